@@ -1,0 +1,111 @@
+"""Hand-set baseline plans at the papers' settings, adapted to whatever model the run searched.
+
+The papers fix sites and sizes for ImageNet ResNet-50 (DropBlock) and CIFAR ResNet-56 (Disout);
+our models differ, so sites are chosen by *feature-map resolution* (a "stage" is a run of
+sites with the same spatial size) and block sizes are clamped or scaled to the map:
+
+- ``none``: no regularization anywhere.
+- ``dropout``: elementwise dropout, drop_prob 0.1, constant, at the DropBlock sites below
+  (same sites and rate as DropBlock, so the pair isolates the effect of block structure).
+- ``dropblock`` (Ghiasi et al. 2018, best ImageNet setting): keep_prob 0.9 -> drop_prob 0.1,
+  block_size 7 clamped to the map (min(7, H, W)), one mask per channel, ramped linearly from 0
+  over the whole training, at every batch-norm output of the last two stages including the
+  projection shortcuts ("groups 3 and 4 and the skip connections").
+- ``disout`` (Tang et al. 2020, CIFAR ResNet-56 setting): dist_prob 0.09, alpha 5.0,
+  block_size 6 of an 8x8 map scaled to the map (round(0.75 * min(H, W)), at least 1), ramped
+  linearly from 0 over the whole training, after both convolutions (their batch-norm outputs)
+  of every block of the last stage, not on shortcuts.
+
+A model whose last stage(s) hold no batch-norm site uses every 4-D site of those stages.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .masks import site_shapes
+
+__all__ = ["BASELINES", "baseline_plans", "stage_sites"]
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("none", "dropout", "dropblock", "disout")
+DROPBLOCK = {"drop_prob": 0.1, "block_size": 7}
+DISOUT = {"dist_prob": 0.09, "block_size": 6, "alpha": 5.0, "paper_map": 8}
+_SHORTCUT_NAMES = ("shortcut", "downsample", "skip")
+
+
+def stage_sites(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
+    """Group 4-D sites into stages: consecutive distinct spatial sizes, in model order."""
+    stages: list[list[str]] = []
+    sizes: list[tuple[int, ...]] = []
+    for site, shape in shapes.items():
+        if len(shape) != 4:
+            continue
+        hw = tuple(shape[2:])
+        if hw not in sizes:
+            sizes.append(hw)
+            stages.append([])
+        stages[sizes.index(hw)].append(site)
+    return stages
+
+
+def _is_bn(model: nn.Module, site: str) -> bool:
+    return isinstance(model.get_submodule(site), nn.modules.batchnorm._BatchNorm)
+
+
+def _is_shortcut(site: str) -> bool:
+    return any(part in _SHORTCUT_NAMES for part in site.split("."))
+
+
+def _bn_or_all(model: nn.Module, sites: list[str], shortcuts: bool) -> list[str]:
+    chosen = [s for s in sites if _is_bn(model, s) and (shortcuts or not _is_shortcut(s))]
+    return chosen or sites
+
+
+def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_name: str = "",
+                   names: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+    """The baseline plans for ``model`` (unregularized) given one input batch ``x``.
+
+    Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
+    """
+    from search_space import Plan, SiteSpec
+
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown baseline(s) {', '.join(unknown)}; allowed: {', '.join(BASELINES)}")
+    shapes = site_shapes(model, sites, x)
+    stages = stage_sites(shapes)
+    if not stages:
+        raise ValueError(f"model {model_name!r}: no site with a 4-D (N, C, H, W) output; sites: {sites}")
+    late = [s for stage in stages[-2:] for s in stage]
+    block_sites = _bn_or_all(model, late, shortcuts=True)
+    disout_sites = _bn_or_all(model, stages[-1], shortcuts=False)
+
+    def plan(chosen: dict[str, SiteSpec], ramp: float, note: str) -> Any:
+        specs = {s: chosen.get(s, SiteSpec("none", {})) for s in sites}
+        return Plan(sites=specs, model=model_name, ramp_fraction=ramp, metadata={"baseline": note})
+
+    def side(site: str) -> int:
+        return int(min(shapes[site][2:]))
+
+    out = {
+        "none": plan({}, 0.0, "none: no regularization"),
+        "dropout": plan({s: SiteSpec("dropout", {"drop_prob": 0.1}) for s in block_sites}, 0.0,
+                        "dropout p=0.1 at the DropBlock sites"),
+        "dropblock": plan({s: SiteSpec("dropblock", {
+            "drop_prob": DROPBLOCK["drop_prob"], "block_size": min(DROPBLOCK["block_size"], side(s)),
+            "share_channels": False}) for s in block_sites}, 1.0,
+            "DropBlock paper: keep_prob 0.9, block 7 clamped, last two stages + shortcuts, ramped"),
+        "disout": plan({s: SiteSpec("disout", {
+            "dist_prob": DISOUT["dist_prob"], "alpha": DISOUT["alpha"],
+            "block_size": max(1, round(DISOUT["block_size"] * side(s) / DISOUT["paper_map"]))})
+            for s in disout_sites}, 1.0,
+            "Disout paper: dist_prob 0.09, block 6/8 of the map, alpha 5, last stage, ramped"),
+    }
+    for name in names:
+        log.info("baseline %s: %s", name, out[name].summary())
+    return {name: out[name] for name in names}

@@ -1,0 +1,171 @@
+"""``python -m results summarize|plot|export|retrain RUN_DIR``: the commands users run after a search.
+
+Any unusable input (bad RUN_DIR, bad rank, unknown option value) ends with one line on
+stderr and exit status 2, like argparse's own usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .run import Run, RunError, combined_trials, open_run, open_runs
+from .tables import (FORMATS, compute_cost, failed_trials, method_share_table, method_stats, render,
+                     searcher_comparison, top_plans)
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("results")
+
+
+def _header(runs: list[Run]) -> str:
+    parts = []
+    for r in runs:
+        st = r.state
+        parts.append(f"{r.path}: {r.searcher} search, {r.status}, {len(r.trials)} trials finished "
+                     f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}), "
+                     f"model {r.train_config.get('model', '?')} on {r.train_config.get('dataset', '?')}")
+    return "\n".join(parts)
+
+
+def _need_trials(runs: list[Run]) -> None:
+    if not any(len(r.trials) for r in runs):
+        raise RunError(f"no finished trials yet in {', '.join(str(r.path) for r in runs)} (trials.csv empty or missing)")
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    runs = open_runs(args.run_dir, args.allow_running)
+    _need_trials(runs)
+    df = combined_trials(runs)
+    stats = method_stats(df)
+    groups = sorted(df["group"].unique())
+    compare_title = ("controller vs random" if {"controller", "random"} <= set(df["searcher"])
+                     else "by searcher")
+    tables = [(f"top {args.top} plans (by validation accuracy)", top_plans(df, args.top)),
+              ("methods per site: count, share, mean reward when chosen", stats) if args.format == "csv" else
+              ("methods per site (cell = share of trials choosing it / mean reward when chosen)",
+               method_share_table(stats)),
+              (f"{compare_title} ({', '.join(groups)}; quarters in completion order)", searcher_comparison(df)),
+              ("failed or diverged trials", failed_trials(df)),
+              ("compute (trial seconds x resources per trial)", compute_cost(runs))]
+    if args.format != "csv":
+        print(_header(runs) + "\n")
+    sys.stdout.write(render(tables, args.format))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .masks import plot_masks
+    from .plots import plot_controller, plot_method_heatmap, plot_rewards
+    from .retrain import plan_at_rank
+
+    runs = open_runs(args.run_dir, args.allow_running)
+    _need_trials(runs)
+    df = combined_trials(runs)
+    out = Path(args.out) if args.out else runs[0].path / "results"
+    sites = list(dict.fromkeys(s for r in runs for s in r.sites))
+    controller_df = df[df["searcher"] == "controller"]
+    written = [plot_rewards(df, out / "reward.png"),
+               plot_controller(runs, out / "controller.png"),
+               plot_method_heatmap(controller_df if len(controller_df) else df, sites, out / "methods_heatmap.png")]
+    best_run = max((r for r in runs if len(r.trials)), key=lambda r: r.trials["val_acc"].max())
+    written.append(plot_masks(plan_at_rank(df, 1), best_run.train_config, out / "masks.png", seed=args.seed))
+    for path in written:
+        if path is not None:
+            print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .retrain import plan_at_rank
+
+    run = open_run(args.run_dir, args.allow_running)
+    _need_trials([run])
+    plan = plan_at_rank(run, args.rank)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plan.save(out)
+    print(f"wrote {out}: rank {args.rank}, val_acc {plan.metadata['val_acc']:.4f}, trial {plan.metadata['trial_id']}")
+    print(plan.summary())
+    return 0
+
+
+def _train_size(text: str) -> str | int:
+    if text in ("full", "search"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad value {text!r}; allowed: full, search, or a positive integer") from None
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .retrain import RetrainConfig, retrain
+
+    run = open_run(args.run_dir, args.allow_running)
+    _need_trials([run])
+    cfg = RetrainConfig(top=args.top, seeds=args.seeds, epochs=args.epochs, train_size=args.train_size,
+                        baselines=tuple(args.baselines), seed_offset=args.seed_offset, device=args.device,
+                        num_threads=args.num_threads)
+    out = Path(args.out) if args.out else run.path / "results"
+    log.setLevel(logging.INFO)
+    _, summary = retrain(run, cfg, out)
+    cols = ["plan", "test_acc", "seeds", "ok", "val_acc_mean", "summary"]
+    print(render([(f"retrained plans: test accuracy mean +- std over {cfg.seeds} seeds", summary[cols])], "text"))
+    print(f"wrote {out / 'retrain.csv'}, {out / 'retrain_summary.csv'}, {out / 'retrain.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .baselines import BASELINES
+
+    p = argparse.ArgumentParser(prog="python -m results", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, many: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("run_dir", nargs="+" if many else None, metavar="RUN_DIR",
+                        help="STORAGE/NAME written by launch_search.py" + (" (several to compare searches)" if many else ""))
+        sp.add_argument("--allow-running", action="store_true",
+                        help="read a run whose run_state.json still says running (its process died)")
+        return sp
+
+    s = add("summarize", "tables: top plans, methods per site, searcher comparison, failures, compute", many=True)
+    s.add_argument("--top", type=int, default=5, help="number of best plans to list (default 5)")
+    s.add_argument("--format", choices=FORMATS, default="text")
+    s.set_defaults(func=cmd_summarize)
+    pl = add("plot", "PNG figures: rewards, controller entropy, method heatmap, masks of the best plan", many=True)
+    pl.add_argument("--out", help="output folder (default RUN_DIR/results)")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the example masks")
+    pl.set_defaults(func=cmd_plot)
+    e = add("export", "write the plan of a ranked trial as a loadable Plan JSON")
+    e.add_argument("--out", required=True, help="plan file to write, e.g. plan.json")
+    e.add_argument("--rank", type=int, default=1, help="1 = best validation accuracy (default)")
+    e.set_defaults(func=cmd_export)
+    r = add("retrain", "retrain top plans and baselines with several seeds; test once")
+    r.add_argument("--top", type=int, default=1, help="number of best searched plans (default 1)")
+    r.add_argument("--seeds", type=int, default=3, help="seeds per plan (default 3)")
+    r.add_argument("--epochs", type=int, default=None, help="epochs (default: the search's)")
+    r.add_argument("--train-size", type=_train_size, default="full",
+                   help="full (whole training split, default), search (the search's subset) or N images")
+    r.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                   help=f"baselines to include (default all: {' '.join(BASELINES)})")
+    r.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are offset..offset+S-1)")
+    r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
+    r.add_argument("--num-threads", type=int, default=None, help="torch CPU threads per training")
+    r.add_argument("--out", help="output folder (default RUN_DIR/results)")
+    r.set_defaults(func=cmd_retrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success, 2 (one line on stderr) on unusable input."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RunError, ValueError) as exc:
+        msg = " ".join(str(exc).split())
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

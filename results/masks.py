@@ -1,0 +1,145 @@
+"""Draw what a plan's regularizers actually drop, on a real image of the run's dataset.
+
+Each regularizer is run (train mode, fixed seed) on a tensor of ones with the exact shape
+of its real input inside the model; units whose output differs from the common rescaled
+value are the ones dropped or distorted. The mask of channel 0 is stretched over the image
+and overlaid, so block size and pattern geometry are seen at the scale the network sees.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+__all__ = ["site_shapes", "regularizer_masks", "plot_masks", "model_and_example"]
+
+log = logging.getLogger(__name__)
+
+
+def model_and_example(train_config: dict[str, Any], index: int = 0,
+                      seed: int = 0) -> tuple[nn.Module, torch.Tensor, int, str]:
+    """A fresh (seeded) model of the run and one real validation image (1, C, H, W) with its label.
+
+    Uses the run's own split so the image is one the search validated on, never a test image.
+    """
+    from child_trainer import build_model, load_data
+
+    cfg = train_config
+    data = load_data(cfg.get("dataset", "digits"), data_dir=cfg.get("data_dir"), seed=int(cfg.get("split_seed", 0)),
+                     with_test=False, image_shape=tuple(cfg.get("synthetic_shape") or (3, 32, 32)),
+                     num_classes=int(cfg.get("synthetic_classes", 10)))
+    if not 0 <= index < len(data.val_y):
+        raise ValueError(f"image index: must be in [0, {len(data.val_y)}) (got {index})")
+    torch.manual_seed(seed)
+    model = build_model(cfg.get("model", "digits_cnn"), data.num_classes, in_channels=data.in_channels)
+    x = data.val_x[index:index + 1].float().cpu()
+    return model, x, int(data.val_y[index]), data.name
+
+
+def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape of each site module for input ``x`` (eval mode, one forward pass)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for site in sites:
+        module = model.get_submodule(site)
+        handles.append(module.register_forward_hook(
+            lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def _inner(layer: nn.Module) -> nn.Module:
+    """The regularizer itself when wrapped in a LinearScheduler (which has ``.layer``)."""
+    return getattr(layer, "layer", layer)
+
+
+def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
+    """Boolean (C, H, W) mask of the dropped/distorted units of one example, per site.
+
+    ``model`` must already carry a plan (``apply_plan`` without ``total_steps`` so the layers sit
+    at their target probability). Sites whose regularizer input is not 4-D are skipped.
+    """
+    from search_space import regularizers
+
+    # The regularizers see the site's output; apply_plan's hook only runs them in training,
+    # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
+    regs = {site: _inner(layer) for site, layer in regularizers(model).items() if ":" not in site}
+    inputs = site_shapes(model, list(regs), x[:1])
+    masks: dict[str, np.ndarray] = {}
+    for i, (site, layer) in enumerate(regs.items()):
+        shape = inputs.get(site)
+        if shape is None or len(shape) != 4:
+            log.info("site %s: input shape %s is not (N, C, H, W); not drawn", site, shape)
+            continue
+        torch.manual_seed(seed + i)
+        layer.train()
+        with torch.no_grad():
+            out = layer(torch.ones(shape))[0]
+        layer.eval()
+        kept_value = out.max()
+        masks[site] = (~torch.isclose(out, kept_value)).numpy() if kept_value > 0 else np.ones(out.shape, bool)
+    return masks
+
+
+def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 0, max_sites: int = 11,
+               image_index: int = 0) -> Path | None:
+    """Figure: the input image, then the image with each regularized site's mask overlaid (red = dropped).
+
+    ``plan`` is a ``search_space.Plan``; ``train_config`` the run's TrainConfig dict (model, dataset).
+    """
+    from search_space import apply_plan
+
+    active = {s: spec for s, spec in plan.sites.items() if spec.method != "none"}
+    if not active:
+        log.info("the plan regularizes no site: skipping the mask figure")
+        return None
+    model, x, label, dataset = model_and_example(train_config, image_index, seed)
+    apply_plan(model, plan)
+    masks = regularizer_masks(model, x, seed=seed)
+    img = x[0].permute(1, 2, 0).numpy()
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+    gray = img.mean(axis=2) if img.shape[2] != 3 else None
+    sites = [s for s in plan.sites if s in masks][:max_sites]
+    n = len(sites) + 1
+    ncols = min(4, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(3.1 * ncols, 3.3 * nrows + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    show = ((lambda ax: ax.imshow(gray, cmap="gray", interpolation="nearest")) if gray is not None
+            else (lambda ax: ax.imshow(img, interpolation="nearest")))
+    show(axes[0])
+    axes[0].set_title(f"input ({dataset}, label {label})", fontsize=9)
+    for ax, site in zip(axes[1:], sites):
+        mask = masks[site][0]
+        show(ax)
+        overlay = np.zeros((*mask.shape, 4))
+        overlay[mask] = (1.0, 0.1, 0.1, 0.6)
+        # same extent as the image: a feature map of another resolution is stretched onto it
+        ax.imshow(overlay, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="nearest")
+        spec = active[site]
+        params = ", ".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
+        ax.set_title(f"{site}\n{spec.method}({params})\n{mask.shape[0]}x{mask.shape[1]} map, "
+                     f"{masks[site].mean():.0%} of units dropped (all channels)", fontsize=7)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle("Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted",
+                 fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path

@@ -1,0 +1,193 @@
+"""Summary tables of a search (pandas): best plans, method statistics, searcher comparison, cost.
+
+Each function takes the trials DataFrame (``run.combined_trials``) and returns a DataFrame, so
+the same numbers feed the text/markdown/csv output, the plots and a user's own notebook.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from .run import FAILED_STATUSES, OK_STATUSES, SITE_PREFIX, Run
+
+__all__ = ["ranked", "top_plans", "method_stats", "method_share_table", "searcher_comparison",
+           "failed_trials", "compute_cost", "render", "FORMATS"]
+
+FORMATS = ("text", "markdown", "csv")
+
+
+def ranked(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials with a real validation accuracy, best first, with a 1-based ``rank``.
+
+    Ties keep completion order so ranks are deterministic.
+    """
+    ok = df[df["status"].isin(OK_STATUSES) & df["val_acc"].notna()]
+    ok = ok.sort_values(["val_acc", "order"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return ok.assign(rank=np.arange(1, len(ok) + 1))
+
+
+def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
+    """The ``k`` best plans: rank, trial, searcher, val_acc, epochs and the compact per-site methods."""
+    if k < 1:
+        raise ValueError(f"top: must be >= 1 (got {k})")
+    cols = ["rank", "run", "trial_id", "searcher", "val_acc", "epochs", "methods"]
+    out = ranked(df).head(k)
+    if out["run"].nunique() <= 1:
+        cols.remove("run")
+    return out[cols].reset_index(drop=True)
+
+
+def _site_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(SITE_PREFIX)]
+
+
+def method_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Per site and method: how often chosen, share of the site's trials, mean reward when chosen.
+
+    Rows with ``site == "(all sites)"`` pool every site. Failed trials count as chosen (the
+    controller did choose them) with the reward the search gave them.
+    """
+    rows = []
+    site_cols = _site_columns(df)
+    long = pd.concat([pd.DataFrame({"site": c[len(SITE_PREFIX):], "method": df[c].astype(str),
+                                    "reward": df["reward"]}) for c in site_cols], ignore_index=True) \
+        if site_cols and len(df) else pd.DataFrame(columns=["site", "method", "reward"])
+    for label, part in [(s, long[long["site"] == s]) for s in long["site"].unique()] + [("(all sites)", long)]:
+        if not len(part):
+            continue
+        g = part.groupby("method", sort=True)["reward"]
+        stats = pd.DataFrame({"count": g.size(), "mean_reward": g.mean()}).reset_index()
+        stats["share"] = stats["count"] / len(part)
+        stats.insert(0, "site", label)
+        rows.append(stats[["site", "method", "count", "share", "mean_reward"]])
+    if not rows:
+        return pd.DataFrame(columns=["site", "method", "count", "share", "mean_reward"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def method_share_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """Compact pivot of :func:`method_stats`: one row per site, cell = "share% / mean reward"."""
+    if not len(stats):
+        return pd.DataFrame()
+    cell = [f"{s:.0%} / {r:.3f}" if not math.isnan(r) else f"{s:.0%} / -"
+            for s, r in zip(stats["share"], stats["mean_reward"])]
+    pivot = stats.assign(cell=cell).pivot(index="site", columns="method", values="cell").fillna("")
+    order = list(dict.fromkeys(stats["site"]))
+    return pivot.reindex(order).reset_index().rename_axis(columns=None)
+
+
+def _quarter_mean(rewards: pd.Series, last: bool) -> float:
+    n = len(rewards)
+    if n == 0:
+        return float("nan")
+    q = max(1, n // 4)
+    part = rewards.iloc[-q:] if last else rewards.iloc[:q]
+    return float(part.mean())
+
+
+def searcher_comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Per searcher group: trials, failures, mean reward overall / first quarter / last quarter, best.
+
+    The last-quarter mean is the fair "did the controller learn" figure: a random search's
+    quarters differ only by noise.
+    """
+    rows = []
+    for group, part in df.groupby("group", sort=True):
+        part = part.sort_values("order", kind="stable")
+        rewards = part["reward"].astype(float)
+        rows.append({"searcher": group, "trials": len(part),
+                     "failed": int(part["status"].isin(FAILED_STATUSES).sum()),
+                     "mean_reward": float(rewards.mean()) if len(rewards) else float("nan"),
+                     "first_quarter_reward": _quarter_mean(rewards.dropna(), last=False),
+                     "last_quarter_reward": _quarter_mean(rewards.dropna(), last=True),
+                     "best_val_acc": float(part["val_acc"].max()) if part["val_acc"].notna().any()
+                     else float("nan")})
+    return pd.DataFrame(rows, columns=["searcher", "trials", "failed", "mean_reward", "first_quarter_reward",
+                                       "last_quarter_reward", "best_val_acc"])
+
+
+def failed_trials(df: pd.DataFrame, width: int = 100) -> pd.DataFrame:
+    """Trials that failed or diverged, with the last line of their error (never silently dropped)."""
+    bad = df[df["status"].isin(FAILED_STATUSES)]
+    last_line = [e.strip().splitlines()[-1][:width] if e.strip() else "" for e in bad["error"]]
+    out = bad.assign(error=last_line)[["trial_id", "searcher", "status", "error", "methods"]]
+    return out.reset_index(drop=True)
+
+
+def _resource(args: dict, *names: str, default: float) -> float:
+    for name in names:
+        value = args.get(name)
+        if value is not None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                continue
+    return default
+
+
+def _wall_hours(run: Run) -> float:
+    try:
+        start = datetime.fromisoformat(str(run.config["started_at"]))
+        end = datetime.fromisoformat(str(run.state["updated_at"]))
+    except (KeyError, ValueError):
+        return float("nan")
+    if (start.tzinfo is None) != (end.tzinfo is None):
+        return float("nan")
+    return max(0.0, (end - start).total_seconds() / 3600.0)
+
+
+def compute_cost(runs: list[Run]) -> pd.DataFrame:
+    """Per run: trial seconds times the resources each trial held -> CPU and GPU hours."""
+    rows = []
+    for run in runs:
+        args = run.args
+        cpus = _resource(args, "cpus_per_trial", "cpus", default=1.0)
+        gpus = _resource(args, "gpus_per_trial", "gpus", default=0.0)
+        seconds = float(run.trials["seconds"].fillna(0).sum())
+        rows.append({"run": run.name, "status": run.status, "trials": len(run.trials),
+                     "trial_hours": seconds / 3600.0, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
+                     "cpu_hours": seconds * cpus / 3600.0, "gpu_hours": seconds * gpus / 3600.0,
+                     "wall_hours": _wall_hours(run)})
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """GitHub table without the optional ``tabulate`` dependency."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, sep, *body])
+
+
+def _text(df: pd.DataFrame) -> str:
+    """Plain table; text columns left-aligned so long per-site method lists stay readable."""
+    fmt = {}
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
+            width = int(df[col].astype(str).str.len().max())
+            fmt[col] = lambda v, w=width: str(v).ljust(w)
+    return df.to_string(index=False, formatters=fmt, float_format=lambda v: f"{v:.4f}", justify="left")
+
+
+def render(tables: list[tuple[str, pd.DataFrame]], fmt: str = "text") -> str:
+    """Render titled tables as plain text, GitHub markdown, or CSV blocks separated by ``# title``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    parts = []
+    for title, df in tables:
+        if fmt == "csv":
+            parts.append(f"# {title}\n" + df.to_csv(index=False).rstrip("\n"))
+        elif fmt == "markdown":
+            parts.append(f"### {title}\n\n" + (_markdown(df) if len(df) else "_none_"))
+        else:
+            body = _text(df) if len(df) else "(none)"
+            parts.append(f"== {title} ==\n{body}")
+    return "\n\n".join(parts) + "\n"

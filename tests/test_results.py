@@ -1,0 +1,330 @@
+"""results/: every command on a real tiny search run made here, plus the error cases.
+
+One module-scoped search (4 trials, 1 epoch, 200 digits images) feeds every test; the
+expected numbers are recomputed here from trials.csv with the csv module, independently of
+the pandas code under test.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from results import load_run, open_run
+from results.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_SAMPLES = 4
+
+
+def _make_run(storage: Path, name: str) -> Path:
+    """TEMPORARY until launch_search.py lands: a run dir in the contract format from real trainings."""
+    from datetime import datetime, timezone
+
+    from child_trainer import TrainConfig, build_model, train_child
+    from search_space import SearchSpace
+
+    cfg = TrainConfig(epochs=1, train_size=200, num_threads=1)
+    space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), model_name="digits_cnn")
+    run = storage / name
+    run.mkdir(parents=True)
+    rows, hist = [], []
+    for i in range(NUM_SAMPLES):
+        plan = space.random_plan(seed=i + 3)
+        r = train_child(cfg, plan)
+        row = {"trial_id": f"t{i:02d}", "order": i, "searcher": "controller", "status": r["status"],
+               "val_acc": r["val_acc"], "best_val_acc": r["best_val_acc"], "reward": r["val_acc"],
+               "error": r["message"], "seconds": r["seconds"], "node": "local", "epochs": r["epochs"],
+               "plan_json": plan.to_json(), "methods": " ".join(f"{s}={m}" for s, m in plan.methods().items())}
+        row.update({f"site:{s}": m for s, m in plan.methods().items()})
+        rows.append(row)
+        if i % 2 == 1:
+            hist.append({"update": len(hist), "step": len(hist) + 1, "trials_seen": i + 1,
+                         "mean_reward": (rows[-1]["reward"] + rows[-2]["reward"]) / 2, "baseline": 0.1 * i,
+                         "entropy": 10.0 - i, "loss": 0.0, "time": 0.0})
+    with open(run / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(run / "controller_history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(hist[0]))
+        w.writeheader()
+        w.writerows(hist)
+    now = datetime.now(timezone.utc).isoformat()
+    (run / "search_config.json").write_text(json.dumps({
+        "args": {"num_samples": NUM_SAMPLES, "cpus_per_trial": 1, "gpus_per_trial": 0},
+        "train": cfg.to_dict(), "space": space.to_dict(), "searcher": "controller", "started_at": now,
+        "version": 1}))
+    (run / "run_state.json").write_text(json.dumps({"status": "finished", "updated_at": now,
+                                                    "num_samples": NUM_SAMPLES, "completed": NUM_SAMPLES}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("runs"), "tiny")
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("results"))
+    return dest
+
+
+# ----------------------------------------------------------------------------- load_run
+def test_load_run_reads_every_finished_trial_in_order(run_dir: Path) -> None:
+    rows = _rows(run_dir)
+    df = load_run(run_dir)
+    assert len(df) == len(rows) == NUM_SAMPLES
+    assert list(df["order"]) == sorted(int(r["order"]) for r in rows)
+    assert list(df["trial_id"]) == [r["trial_id"] for r in sorted(rows, key=lambda r: int(r["order"]))]
+    assert df["val_acc"].dtype.kind == "f" and ((df["val_acc"] >= 0) & (df["val_acc"] <= 1)).all()
+    run = open_run(run_dir)
+    assert [f"site:{s}" for s in run.sites] == [c for c in df.columns if c.startswith("site:")]
+
+
+# ----------------------------------------------------------------------------- summarize
+def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys) -> None:
+    rows = [r for r in _rows(run_dir) if r["status"] in ("ok", "stopped")]
+    best_first = sorted(rows, key=lambda r: (-float(r["val_acc"]), int(r["order"])))
+    rc, out, err = _cli(["summarize", str(run_dir), "--top", "3", "--format", "csv"], capsys)
+    assert rc == 0, err
+    sections = {}
+    for block in out.strip().split("\n\n"):
+        title, body = block.split("\n", 1)
+        sections[title.lstrip("# ").split(" (")[0].split(":")[0]] = list(csv.DictReader(io.StringIO(body)))
+    top = sections["top 3 plans"]
+    assert [t["trial_id"] for t in top] == [r["trial_id"] for r in best_first[:3]]
+    assert [int(t["rank"]) for t in top] == [1, 2, 3]
+    # per-method statistics, recomputed from the raw rows
+    all_rows = _rows(run_dir)
+    stats = sections["methods per site"]
+    site = next(c for c in all_rows[0] if c.startswith("site:"))[len("site:"):]
+    chosen = [r[f"site:{site}"] for r in all_rows]
+    for m in set(chosen):
+        rec = next(s for s in stats if s["site"] == site and s["method"] == m)
+        rewards = [float(r["reward"]) for r in all_rows if r[f"site:{site}"] == m]
+        assert int(rec["count"]) == len(rewards)
+        assert float(rec["share"]) == pytest.approx(len(rewards) / len(all_rows))
+        assert float(rec["mean_reward"]) == pytest.approx(statistics.mean(rewards), abs=1e-9)
+    pooled = [s for s in stats if s["site"] == "(all sites)"]
+    assert sum(float(s["share"]) for s in pooled) == pytest.approx(1.0)
+    cost = sections["compute"][0]
+    seconds = sum(float(r["seconds"]) for r in all_rows)
+    assert float(cost["cpu_hours"]) == pytest.approx(seconds * float(cost["cpus_per_trial"]) / 3600, rel=1e-6)
+    assert float(cost["gpu_hours"]) == pytest.approx(seconds * float(cost["gpus_per_trial"]) / 3600, abs=1e-12)
+
+
+def test_summarize_text_and_markdown(run_dir: Path, capsys) -> None:
+    rc, out, _ = _cli(["summarize", str(run_dir), "--top", "2"], capsys)
+    assert rc == 0 and "== top 2 plans" in out and "== failed or diverged trials ==" in out
+    best = max(_rows(run_dir), key=lambda r: float(r["val_acc"]))
+    assert best["trial_id"] in out.split("== top 2 plans")[1].split("==")[1]
+    rc, out, _ = _cli(["summarize", str(run_dir), "--format", "markdown"], capsys)
+    assert rc == 0 and "### top 5 plans" in out and "|---|" in out
+
+
+def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """Two run dirs with different searchers are compared; quarters follow completion order."""
+    other = _copy_run(run_dir, tmp_path / "random_run")
+    cfg = json.loads((other / "search_config.json").read_text())
+    (other / "search_config.json").write_text(json.dumps({**cfg, "searcher": "random"}))
+    rows = _rows(other)
+    for r in rows:
+        r["searcher"] = "random"
+        r["reward"] = str(float(r["reward"]) / 2)  # distinguishable from the controller's
+    with open(other / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rc, out, err = _cli(["summarize", str(run_dir), str(other), "--format", "csv"], capsys)
+    assert rc == 0, err
+    block = next(b for b in out.split("\n\n") if b.startswith("# controller vs random"))
+    table = {r["searcher"]: r for r in csv.DictReader(io.StringIO(block.split("\n", 1)[1]))}
+    for name, src in (("controller", _rows(run_dir)), ("random", rows)):
+        rewards = [float(r["reward"]) for r in sorted(src, key=lambda r: int(r["order"]))]
+        q = max(1, len(rewards) // 4)
+        assert float(table[name]["last_quarter_reward"]) == pytest.approx(statistics.mean(rewards[-q:]))
+        assert float(table[name]["mean_reward"]) == pytest.approx(statistics.mean(rewards))
+        assert int(table[name]["trials"]) == len(rewards)
+
+
+# ----------------------------------------------------------------------------- export
+def test_export_writes_a_plan_that_loads_and_applies(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from child_trainer import build_model
+    from search_space import Plan, apply_plan, regularizers
+
+    ranked_rows = sorted([r for r in _rows(run_dir) if r["status"] in ("ok", "stopped")],
+                         key=lambda r: (-float(r["val_acc"]), int(r["order"])))
+    for rank in (1, 2):
+        out = tmp_path / f"plan{rank}.json"
+        rc, _, err = _cli(["export", str(run_dir), "--out", str(out), "--rank", str(rank)], capsys)
+        assert rc == 0, err
+        plan = Plan.load(out)
+        want = Plan.from_json(ranked_rows[rank - 1]["plan_json"])
+        assert plan.sites == want.sites
+        assert plan.metadata["trial_id"] == ranked_rows[rank - 1]["trial_id"]
+        assert plan.metadata["val_acc"] == pytest.approx(float(ranked_rows[rank - 1]["val_acc"]))
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1)
+    keys = list(model.state_dict())
+    x = torch.randn(4, 1, 8, 8)
+    before = model.eval()(x)
+    apply_plan(model, Plan.load(tmp_path / "plan1.json"))
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model.eval()(x), before)
+    active = [s for s, spec in Plan.load(tmp_path / "plan1.json").sites.items() if spec.method != "none"]
+    assert sorted(k for k in regularizers(model) if ":" not in k) == sorted(active)
+
+
+def test_export_bad_rank_is_one_line_exit_2(run_dir: Path, tmp_path: Path, capsys) -> None:
+    rc, out, err = _cli(["export", str(run_dir), "--out", str(tmp_path / "p.json"), "--rank", "99"], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and "rank" in err and "99" in err
+    assert not (tmp_path / "p.json").exists()
+
+
+# ----------------------------------------------------------------------------- errors
+def test_bad_run_dirs_give_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "notrun" / "notes.txt").write_text("hello")
+    running = _copy_run(run_dir, tmp_path / "running")
+    state = json.loads((running / "run_state.json").read_text())
+    (running / "run_state.json").write_text(json.dumps({**state, "status": "running", "completed": 2}))
+    cases = {tmp_path / "missing": "not found", tmp_path / "empty": "empty",
+             tmp_path / "notrun": "not a search run", running: "still in progress"}
+    for path, phrase in cases.items():
+        for cmd in (["summarize", str(path)], ["plot", str(path)], ["export", str(path), "--out", "x.json"],
+                    ["retrain", str(path)]):
+            rc, out, err = _cli(cmd, capsys)
+            assert rc == 2, (cmd, err)
+            assert err.startswith("error: ") and err.count("\n") == 1 and phrase in err, (cmd, err)
+    rc, out, _ = _cli(["summarize", str(running), "--allow-running"], capsys)
+    assert rc == 0 and "running" in out
+
+
+def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "results", "summarize", str(tmp_path / "nope")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: run directory not found: {tmp_path / 'nope'}"]
+
+
+def test_interrupted_run_is_summarized_with_what_exists(run_dir: Path, tmp_path: Path, capsys) -> None:
+    part = _copy_run(run_dir, tmp_path / "part")
+    state = json.loads((part / "run_state.json").read_text())
+    (part / "run_state.json").write_text(json.dumps({**state, "status": "interrupted", "completed": 2}))
+    rows = _rows(part)[:2]
+    with open(part / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rc, out, err = _cli(["summarize", str(part), "--format", "csv"], capsys)
+    assert rc == 0, err
+    top = next(b for b in out.split("\n\n") if b.startswith("# top"))
+    assert len(list(csv.DictReader(io.StringIO(top.split("\n", 1)[1])))) == 2
+    (part / "trials.csv").unlink()
+    rc, _, err = _cli(["summarize", str(part)], capsys)
+    assert rc == 2 and "no finished trials" in err
+
+
+# ----------------------------------------------------------------------------- plots
+def test_plot_writes_readable_pngs(run_dir: Path, tmp_path: Path, capsys) -> None:
+    import matplotlib.image as mpimg
+
+    rc, out, err = _cli(["plot", str(run_dir), "--out", str(tmp_path)], capsys)
+    assert rc == 0, err
+    written = sorted(Path(p).name for p in out.split())
+    assert {"reward.png", "controller.png", "methods_heatmap.png"} <= set(written)
+    for name in written:
+        img = mpimg.imread(tmp_path / name)
+        assert img.shape[0] > 200 and img.shape[1] > 300 and float(img[..., :3].std()) > 0.05, name
+
+
+def test_masks_drop_the_requested_fraction() -> None:
+    """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a 16x16 map."""
+    from child_trainer import build_model
+    from search_space import Plan, SiteSpec, apply_plan
+
+    from results.masks import regularizer_masks
+
+    model = build_model("digits_cnn", 10, 1)
+    plan = Plan({"bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
+                 "layer2.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})})
+    apply_plan(model, plan)
+    fracs = [regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=s)["bn1"].mean() for s in range(20)]
+    assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.03)  # sd of the mean ~0.007
+    masks = regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=1)
+    assert masks["bn1"].shape == (32, 16, 16) and masks["layer2.0.bn2"].shape == (64, 8, 8)
+
+
+# ----------------------------------------------------------------------------- baselines + retrain
+def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
+    from child_trainer import build_model
+    from search_space import find_sites
+
+    from results.baselines import baseline_plans
+
+    model = build_model("digits_cnn", 10, 1)
+    sites = find_sites(model)
+    plans = baseline_plans(model, sites, torch.randn(1, 1, 8, 8), "digits_cnn")
+    assert set(plans["none"].methods().values()) == {"none"}
+    db = {s: spec for s, spec in plans["dropblock"].sites.items() if spec.method != "none"}
+    # both stages (16x16 and 8x8) are "the last two"; BN outputs incl. the projection shortcut's BN
+    assert set(db) == {"bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2",
+                       "layer2.0.shortcut.1"}
+    assert {spec.params["block_size"] for spec in db.values()} == {7}
+    assert all(spec.params["drop_prob"] == 0.1 for spec in db.values()) and plans["dropblock"].ramp_fraction == 1.0
+    do = {s for s, spec in plans["dropout"].sites.items() if spec.method == "dropout"}
+    assert do == set(db)
+    ds = {s: spec for s, spec in plans["disout"].sites.items() if spec.method != "none"}
+    assert set(ds) == {"layer2.0.bn1", "layer2.0.bn2"}  # last stage, after both convs, not the shortcut
+    assert all(spec.params == {"dist_prob": 0.09, "block_size": 6, "alpha": 5.0} for spec in ds.values())
+
+
+def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, capsys) -> None:
+    rc, out, err = _cli(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--epochs", "1",
+                         "--train-size", "search", "--baselines", "none", "disout", "--out", str(tmp_path),
+                         "--num-threads", "1"], capsys)
+    assert rc == 0, err
+    with open(tmp_path / "retrain.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "none", "disout")
+                                                    for s in ("0", "1")]
+    assert all(r["status"] == "ok" and 0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
+    with open(tmp_path / "retrain_summary.csv", newline="") as f:
+        summary = {r["plan"]: r for r in csv.DictReader(f)}
+    for plan in ("searched#1", "none", "disout"):
+        accs = [float(r["test_acc"]) for r in rows if r["plan"] == plan]
+        assert float(summary[plan]["test_acc_mean"]) == pytest.approx(statistics.mean(accs))
+        assert float(summary[plan]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)
+        assert f"{statistics.mean(accs):.4f} +- {statistics.stdev(accs):.4f}" in out
+    # different seeds really differ (the seed reaches training), same seed is reproducible elsewhere
+    assert len({r["test_acc"] for r in rows}) > 1 or math.isclose(float(rows[0]["test_acc"]), 1.0)
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "retrain.png")
+    assert img.shape[0] > 200 and float(img[..., :3].std()) > 0.05
+    from search_space import Plan
+
+    assert Plan.load(tmp_path / "plans" / "disout.json").ramp_fraction == 1.0
