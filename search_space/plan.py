@@ -1,0 +1,216 @@
+"""Regularization plans: which method, with which parameters, at each site of a network.
+
+A plan is what a search exports and a user reuses, so it is a versioned, human-readable JSON
+document, and every way it can be wrong is reported with the field, the bad value and what
+is allowed (`PlanError`) instead of failing later inside training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from search_space.vocab import (METHODS, PARAM_SHORT, SPACE_VERSION, VOCAB, ParamValue,
+                                check_value)
+
+PLAN_FORMAT_VERSION = 1
+
+_TOP_KEYS = ("format_version", "metadata", "model", "ramp_fraction", "sites", "space_version")
+
+
+class PlanError(ValueError):
+    """An invalid plan; the message names the field, the bad value and the allowed values."""
+
+
+@dataclass
+class SiteSpec:
+    """The regularizer of one site: a method name and its parameters (layer argument names)."""
+
+    method: str
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """Site path -> SiteSpec, plus the metadata needed to reuse the plan later.
+
+    ramp_fraction: fraction of the total training steps over which every probability ramps
+    linearly from 0 to its target (0 = constant from the first step).
+    Constructing a Plan validates it and canonicalises parameter types.
+    """
+
+    sites: dict[str, SiteSpec]
+    model: str = ""
+    space_version: str = SPACE_VERSION
+    ramp_fraction: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def none(cls, sites: Iterable[str], **kwargs: Any) -> "Plan":
+        """A plan with every site set to "none" (the unregularized baseline)."""
+        return cls({s: SiteSpec("none", {}) for s in sites}, **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Plan":
+        if not isinstance(d, dict):
+            raise PlanError(f"plan: bad value {_short(d)}; allowed: a JSON object with keys "
+                            f"{list(_TOP_KEYS)}")
+        unknown = sorted(set(d) - set(_TOP_KEYS))
+        if unknown:
+            raise PlanError(f"plan.{unknown[0]}: unknown field; allowed: {list(_TOP_KEYS)}")
+        for key in ("format_version", "sites"):
+            if key not in d:
+                raise PlanError(f"plan.{key}: missing; allowed: {list(_TOP_KEYS)}")
+        version = d["format_version"]
+        if version != PLAN_FORMAT_VERSION or isinstance(version, bool):
+            raise PlanError(f"plan.format_version: bad value {version!r}; allowed: "
+                            f"{PLAN_FORMAT_VERSION}")
+        sites = d["sites"]
+        if not isinstance(sites, dict):
+            raise PlanError(f"plan.sites: bad value {_short(sites)}; allowed: an object "
+                            "mapping site paths to {\"method\": ..., \"params\": {...}}")
+        specs = {}
+        for site, spec in sites.items():
+            if not isinstance(spec, dict) or set(spec) - {"method", "params"} or "method" not in spec:
+                raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: an object "
+                                "with keys \"method\" and \"params\"")
+            params = spec.get("params", {})
+            if not isinstance(params, dict):
+                raise PlanError(f"sites[{site!r}].params: bad value {_short(params)}; "
+                                "allowed: an object of parameter values")
+            specs[site] = SiteSpec(spec["method"], dict(params))
+        return cls(specs, model=d.get("model", ""),
+                   space_version=d.get("space_version", SPACE_VERSION),
+                   ramp_fraction=d.get("ramp_fraction", 0.0), metadata=d.get("metadata", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan JSON: malformed ({e.msg} at line {e.lineno} column {e.colno});"
+                            " allowed: a JSON object as written by Plan.to_json()") from None
+        return cls.from_dict(d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Plan":
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            return cls.from_json(text)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
+
+    # ----------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "space_version": self.space_version,
+            "model": self.model,
+            "ramp_fraction": self.ramp_fraction,
+            "metadata": self.metadata,
+            "sites": {s: {"method": sp.method, "params": dict(sp.params)}
+                      for s, sp in self.sites.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (temp file in the same folder, then rename): a reader never
+        sees half a plan even if the writer dies."""
+        path = Path(path)
+        text = self.to_json()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def methods(self) -> dict[str, str]:
+        return {s: sp.method for s, sp in self.sites.items()}
+
+    def summary(self) -> str:
+        """One line, e.g. "layer1.0.bn1=dropblock(p=.1,b=5,sc=0) layer2.0=dropout(p=.2)";
+        sites with method "none" are left out ("none" if all are)."""
+        parts = []
+        for site, spec in self.sites.items():
+            if spec.method == "none":
+                continue
+            args = ",".join(f"{PARAM_SHORT.get(k, k)}={_fmt(v)}" for k, v in spec.params.items())
+            parts.append(f"{site}={spec.method}({args})")
+        return " ".join(parts) if parts else "none"
+
+
+# --------------------------------------------------------------------- validation
+def _validate(plan: Plan) -> None:
+    if plan.space_version != SPACE_VERSION:
+        raise PlanError(f"plan.space_version: bad value {plan.space_version!r}; allowed: "
+                        f"{SPACE_VERSION!r} (this code's search-space version)")
+    if not isinstance(plan.model, str):
+        raise PlanError(f"plan.model: bad value {_short(plan.model)}; allowed: a string")
+    rf = plan.ramp_fraction
+    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0.0 <= rf <= 1.0:
+        raise PlanError(f"plan.ramp_fraction: bad value {rf!r}; allowed: a number in [0, 1]")
+    plan.ramp_fraction = float(rf)
+    if not isinstance(plan.metadata, dict):
+        raise PlanError(f"plan.metadata: bad value {_short(plan.metadata)}; allowed: an object")
+    if not isinstance(plan.sites, dict):
+        raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of "
+                        "site path -> SiteSpec")
+    for site, spec in plan.sites.items():
+        if not isinstance(site, str) or not site or any(not p for p in site.split(".")):
+            raise PlanError(f"plan.sites: bad site path {site!r}; allowed: a dotted module "
+                            "path such as 'layer1.0.bn1'")
+        if not isinstance(spec, SiteSpec):
+            raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: a SiteSpec")
+        spec.params = _validate_params(site, spec)
+
+
+def _validate_params(site: str, spec: SiteSpec) -> dict[str, ParamValue]:
+    if spec.method not in VOCAB:
+        raise PlanError(f"sites[{site!r}].method: bad value {spec.method!r}; allowed: "
+                        f"{list(METHODS)}")
+    table = VOCAB[spec.method]
+    if not isinstance(spec.params, dict):
+        raise PlanError(f"sites[{site!r}].params: bad value {_short(spec.params)}; "
+                        "allowed: a dict of parameter values")
+    unknown = sorted(set(spec.params) - set(table), key=str)
+    if unknown:
+        raise PlanError(f"sites[{site!r}].params.{unknown[0]}: unknown parameter of method "
+                        f"{spec.method!r}; allowed: {list(table)}")
+    missing = [p for p in table if p not in spec.params]
+    if missing:
+        raise PlanError(f"sites[{site!r}].params.{missing[0]}: missing for method "
+                        f"{spec.method!r}; allowed: {list(table[missing[0]])} (required: "
+                        f"{list(table)})")
+    # Canonical order = table order, so equal plans print identically.
+    return {p: check_value(f"sites[{site!r}].params.{p}", p, choices, spec.params[p], PlanError)
+            for p, choices in table.items()}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fmt(v: ParamValue) -> str:
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, float):
+        text = f"{v:g}"
+        return text[1:] if text.startswith("0.") else text
+    return str(v)

@@ -1,0 +1,211 @@
+"""The search space: the ordered list of discrete decisions the controller makes for a model.
+
+Per group of sites (one site, or a whole stage with ``share="stage"``) the decisions are:
+the method, then one decision per parameter name used by any allowed method (in table
+order; methods using the same parameter name share that decision, e.g. ``drop_prob``).
+Decisions that do not belong to the chosen method are *inactive*: `decode` ignores them,
+`encode` writes 0 there, and `active_mask` marks them False so the controller leaves them
+out of its log-probability and entropy. The controller only ever sees token indices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch.nn as nn
+
+from search_space.plan import Plan, PlanError, SiteSpec
+from search_space.vocab import METHODS, SPACE_VERSION, VOCAB, ParamValue
+
+__all__ = ["SPACE_VERSION", "VOCAB", "METHODS", "Decision", "SearchSpace", "stage_of"]
+
+METHOD_PARAM = "method"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One token position. `site` is the site path, or the stage key "layer2.*" when shared."""
+
+    site: str
+    param: str
+    choices: tuple
+
+
+def stage_of(site: str) -> str:
+    """Stage key of a site for ``share="stage"``: the path components before the first
+    numeric one plus ".*" (``layer2.1.bn2`` -> ``layer2.*``, our CIFAR ResNets' stages are
+    ``layer1..3`` too); a site without such a prefix (``bn1``, ``0.bn``) is its own stage."""
+    parts = site.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i]) + ".*" if i > 0 else site
+    return site
+
+
+class SearchSpace:
+    """Decisions for a fixed list of site groups; see the module docstring."""
+
+    def __init__(self, groups: Sequence[tuple[str, Sequence[str]]],
+                 methods: Sequence[str] | None = None, model: str = "",
+                 share: str | None = None, ramp_fraction: float = 0.0) -> None:
+        methods = tuple(METHODS if methods is None else methods)
+        for m in methods:
+            if m not in VOCAB:
+                raise PlanError(f"methods: bad value {m!r}; allowed: {list(METHODS)}")
+        if not methods or len(set(methods)) != len(methods):
+            raise PlanError(f"methods: bad value {list(methods)}; allowed: a non-empty list of "
+                            f"distinct names from {list(METHODS)}")
+        self.groups: list[tuple[str, tuple[str, ...]]] = [(k, tuple(s)) for k, s in groups]
+        self.sites: list[str] = [s for _, members in self.groups for s in members]
+        if not self.sites or len(set(self.sites)) != len(self.sites):
+            raise PlanError(f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of "
+                            "distinct module paths")
+        self.methods = methods
+        self.model = model
+        self.share = share
+        self.ramp_fraction = float(ramp_fraction)
+        # Parameter decisions: union over allowed methods, in table order.
+        self.param_names: list[str] = []
+        for m in METHODS:
+            if m in methods:
+                self.param_names += [p for p in VOCAB[m] if p not in self.param_names]
+        self._choices = {p: c for m in methods for p, c in VOCAB[m].items()}
+        self.decisions: list[Decision] = []
+        for key, _ in self.groups:
+            self.decisions.append(Decision(key, METHOD_PARAM, methods))
+            self.decisions += [Decision(key, p, self._choices[p]) for p in self.param_names]
+        self._per_group = 1 + len(self.param_names)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_model(cls, model: nn.Module, sites: Sequence[str] | None = None,
+                  share: str | Callable[[str], str] | None = None,
+                  methods: Sequence[str] | None = None, model_name: str = "",
+                  ramp_fraction: float = 0.0) -> "SearchSpace":
+        """Space over `sites` (default `find_sites(model)`).
+
+        share: None (one decision set per site), "stage" (one per `stage_of(site)`), or a
+        function site -> group key. model_name and ramp_fraction are copied into decoded plans.
+        """
+        from search_space.apply import find_sites, check_sites
+
+        sites = list(find_sites(model) if sites is None else sites)
+        check_sites(model, sites)
+        if share is None:
+            key_fn: Callable[[str], str] = lambda s: s
+        elif share == "stage":
+            key_fn = stage_of
+        elif callable(share):
+            key_fn = share
+        else:
+            raise PlanError(f"share: bad value {share!r}; allowed: None, 'stage' or a function")
+        groups: dict[str, list[str]] = {}
+        for s in sites:
+            groups.setdefault(key_fn(s), []).append(s)
+        share_name = share if share in (None, "stage") else "custom"
+        return cls(list(groups.items()), methods, model_name, share_name, ramp_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space_version": SPACE_VERSION, "model": self.model, "share": self.share,
+                "methods": list(self.methods), "ramp_fraction": self.ramp_fraction,
+                "groups": [[k, list(members)] for k, members in self.groups]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+        """Rebuild without the model (groups are stored explicitly)."""
+        if not isinstance(d, dict) or "groups" not in d:
+            raise PlanError(f"space: bad value {str(d)[:60]}; allowed: SearchSpace.to_dict() output")
+        if d.get("space_version") != SPACE_VERSION:
+            raise PlanError(f"space.space_version: bad value {d.get('space_version')!r}; "
+                            f"allowed: {SPACE_VERSION!r}")
+        return cls([(k, members) for k, members in d["groups"]], d.get("methods"),
+                   d.get("model", ""), d.get("share"), d.get("ramp_fraction", 0.0))
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [len(d.choices) for d in self.decisions]
+
+    def __len__(self) -> int:
+        return len(self.decisions)
+
+    def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in tokens]
+        if len(tokens) != len(self.decisions):
+            raise ValueError(f"tokens: bad length {len(tokens)}; allowed: {len(self.decisions)}")
+        for i, (t, d) in enumerate(zip(tokens, self.decisions)):
+            if not 0 <= t < len(d.choices):
+                raise ValueError(f"tokens[{i}] ({d.site} {d.param}): bad value {t}; allowed: "
+                                 f"0..{len(d.choices) - 1}")
+        return tokens
+
+    def _group_slices(self, tokens: list[int]):
+        for g, (key, members) in enumerate(self.groups):
+            yield key, members, tokens[g * self._per_group:(g + 1) * self._per_group]
+
+    def decode(self, tokens: Sequence[int]) -> Plan:
+        tokens = self._check_tokens(tokens)
+        sites: dict[str, SiteSpec] = {}
+        for _, members, tok in self._group_slices(tokens):
+            method = self.methods[tok[0]]
+            params = {p: self._choices[p][tok[1 + self.param_names.index(p)]]
+                      for p in VOCAB[method]}
+            for s in members:
+                sites[s] = SiteSpec(method, dict(params))
+        return Plan(sites, model=self.model, ramp_fraction=self.ramp_fraction)
+
+    def encode(self, plan: Plan) -> list[int]:
+        """Tokens of `plan` (inactive decisions -> 0). PlanError if the plan's sites differ
+        from the space's, a method is not searched, a value is not in the vocabulary, or
+        sites sharing one decision set disagree."""
+        missing = [s for s in self.sites if s not in plan.sites]
+        extra = [s for s in plan.sites if s not in set(self.sites)]
+        if missing or extra:
+            bad = missing[0] if missing else extra[0]
+            raise PlanError(f"plan.sites: site {bad!r} is {'missing' if missing else 'unknown'}"
+                            f"; allowed: exactly the space's sites {self.sites[:6]}"
+                            f"{'...' if len(self.sites) > 6 else ''}")
+        tokens: list[int] = []
+        for key, members, _ in self._group_slices([0] * len(self.decisions)):
+            spec = plan.sites[members[0]]
+            for s in members[1:]:
+                if plan.sites[s] != spec:
+                    raise PlanError(f"sites[{s!r}]: bad value {plan.sites[s]}; allowed: the same "
+                                    f"spec as {members[0]!r} (both share decisions {key!r})")
+            if spec.method not in self.methods:
+                raise PlanError(f"sites[{members[0]!r}].method: bad value {spec.method!r}; "
+                                f"allowed in this space: {list(self.methods)}")
+            group = [self.methods.index(spec.method)] + [0] * len(self.param_names)
+            for p, v in spec.params.items():
+                group[1 + self.param_names.index(p)] = _index(
+                    self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
+            tokens += group
+        return tokens
+
+    def active_mask(self, tokens: Sequence[int]) -> list[bool]:
+        tokens = self._check_tokens(tokens)
+        mask: list[bool] = []
+        for _, _, tok in self._group_slices(tokens):
+            used = VOCAB[self.methods[tok[0]]]
+            mask += [True] + [p in used for p in self.param_names]
+        return mask
+
+    def random_tokens(self, rng: np.random.Generator) -> list[int]:
+        """Uniform over every decision (the random-search baseline's distribution)."""
+        return rng.integers(0, np.asarray(self.vocab_sizes)).tolist()
+
+    def random_plan(self, seed: int) -> Plan:
+        return self.decode(self.random_tokens(np.random.default_rng(seed)))
+
+    def __repr__(self) -> str:
+        return (f"SearchSpace({len(self.sites)} sites, {len(self.groups)} groups, "
+                f"{len(self.decisions)} decisions, methods={list(self.methods)})")
+
+
+def _index(choices: tuple, value: ParamValue, field: str) -> int:
+    for i, c in enumerate(choices):
+        if type(c) is type(value) and c == value:
+            return i
+    raise PlanError(f"{field}: bad value {value!r} is not in the search vocabulary; "
+                    f"allowed: {list(choices)}")
