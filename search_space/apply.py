@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 REG_ATTR = "plan_regularizers"
 _BEHIND = "_plan_behind_conv"
 _RESIDUAL_SUFFIX = ":residual"
+_SCHEDULERS = "_plan_schedulers"
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -134,10 +135,19 @@ def regularizers(model: nn.Module) -> dict[str, nn.Module]:
 
 def step_schedulers(model: nn.Module) -> None:
     """Advance every ramp by one step; call once per training iteration."""
-    for holder in _holders(model):
-        for reg in holder:
-            if isinstance(reg, _layers.LinearScheduler):
-                reg.step()
+    cached = model.__dict__.get(_SCHEDULERS)
+    for scheduler in _find_schedulers(model) if cached is None else cached:
+        scheduler.step()
+
+
+def _find_schedulers(model: nn.Module) -> list[nn.Module]:
+    found = []
+    for m in model.modules():
+        hidden = m.__dict__.get(REG_ATTR)
+        for sub in [m] if hidden is None else [m, *hidden.modules()]:
+            if isinstance(sub, _layers.LinearScheduler):
+                found.append(sub)
+    return found
 
 
 def remove_plan(model: nn.Module) -> nn.Module:
@@ -148,6 +158,7 @@ def remove_plan(model: nn.Module) -> nn.Module:
                 del m._forward_hooks[key]
         m._modules.pop(REG_ATTR, None)
         m.__dict__.pop(REG_ATTR, None)
+    model.__dict__.pop(_SCHEDULERS, None)
     return model
 
 
@@ -200,6 +211,9 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
             log.info("site %s: residual=True but no enclosing residual block", site)
             continue
         _attach(modules[block], _ramped(build_layer(spec), nr_steps, site + _RESIDUAL_SUFFIX))
+    # step_schedulers runs every iteration: keep the list instead of walking the model
+    # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
+    model.__dict__[_SCHEDULERS] = _find_schedulers(model)
     log.info("applied plan to %d sites: %s", len(plan.sites), plan.summary())
     return model
 

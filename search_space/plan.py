@@ -168,6 +168,11 @@ def _validate(plan: Plan) -> None:
     plan.ramp_fraction = float(rf)
     if not isinstance(plan.metadata, dict):
         raise PlanError(f"plan.metadata: bad value {_short(plan.metadata)}; allowed: an object")
+    try:
+        json.dumps(plan.metadata, allow_nan=False)
+    except (TypeError, ValueError):
+        raise PlanError(f"plan.metadata: bad value {_short(plan.metadata)}; allowed: JSON "
+                        "values only (no NaN/inf, no objects)") from None
     if not isinstance(plan.sites, dict):
         raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of "
                         "site path -> SiteSpec")

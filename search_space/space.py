@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
+from search_space.apply import check_sites, find_sites
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import METHODS, SPACE_VERSION, VOCAB, ParamValue
 
@@ -88,8 +89,6 @@ class SearchSpace:
         share: None (one decision set per site), "stage" (one per `stage_of(site)`), or a
         function site -> group key. model_name and ramp_fraction are copied into decoded plans.
         """
-        from search_space.apply import find_sites, check_sites
-
         sites = list(find_sites(model) if sites is None else sites)
         check_sites(model, sites)
         if share is None:

@@ -136,10 +136,15 @@ def test_ramp_wraps_in_schedulers_and_steps() -> None:
     targets = {k: plan.sites[k.split(":")[0]].params for k in regs}
     assert all(r.value == 0.0 for r in ramped)
     history = []
-    for _ in range(7):
-        step_schedulers(model)
+    wrapper = nn.Sequential(model)  # no cached list there: found by walking the modules
+    for i in range(7):
+        step_schedulers(model if i < 3 else wrapper)
         history.append(regs["layer1.0.bn1"].value)  # spatial_dropout, target 0.2
+        if i == 1:
+            clone = copy.deepcopy(model)
     assert history == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.2, 0.2])
+    step_schedulers(clone)  # a copy steps its own schedulers only
+    assert regularizers(clone)["layer1.0.bn1"].value == pytest.approx(0.1)
     for key, r in regs.items():
         layer = r.layer
         target = 1.0 if isinstance(layer, PatternDropout) else \

@@ -123,6 +123,7 @@ BAD = {
     "params not object": (_DB + ("params",), [0.1], ["params", "[0.1]", "object"]),
     "bad site path": (("sites", "layer1..bn1"), {"method": "none", "params": {}}, ["'layer1..bn1'", "dotted"]),
     "metadata": (("metadata",), [], ["metadata", "[]", "object"]),
+    "metadata nan": (("metadata", "val_acc"), float("nan"), ["metadata", "nan", "no NaN"]),
 }
 
 
