@@ -114,7 +114,7 @@ class Plan:
             "space_version": self.space_version,
             "model": self.model,
             "ramp_fraction": self.ramp_fraction,
-            "metadata": self.metadata,
+            "metadata": dict(self.metadata),
             "sites": {s: {"method": sp.method, "params": dict(sp.params)}
                       for s, sp in self.sites.items()},
         }

@@ -236,4 +236,17 @@ def test_random_plans_from_space_apply_and_train(tv_model: nn.Module) -> None:
         apply_plan(model, space.random_plan(seed))
         with torch.no_grad():
             assert torch.isfinite(model(x)).all()
-    assert isinstance(Disout(), nn.Module)
+
+
+@pytest.mark.gpu
+def test_apply_on_cuda_channels_last_autocast() -> None:
+    model = torchvision.models.resnet18(num_classes=10)
+    apply_plan(model, _mixed_plan(model))
+    model = model.cuda().to(memory_format=torch.channels_last).train()
+    x = torch.randn(8, 3, 32, 32, device="cuda").to(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = model(x)
+    assert torch.isfinite(y.float()).all()
+    behind = [r.weight_behind for r in regularizers(model).values() if isinstance(r, Disout)]
+    assert behind and all(w is None or w.is_cuda for w in behind)
+    assert any(w is not None for w in behind)
