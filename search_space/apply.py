@@ -162,6 +162,13 @@ def remove_plan(model: nn.Module) -> nn.Module:
     return model
 
 
+def _build(site: str, spec: SiteSpec) -> nn.Module:
+    try:
+        return build_layer(spec)
+    except ValueError as e:
+        raise PlanError(f"sites[{site!r}]: {e}") from None
+
+
 def build_layer(spec: SiteSpec) -> nn.Module:
     """The layer for one SiteSpec (parameters named as the layer's arguments)."""
     layer_name = METHOD_LAYERS[spec.method]
@@ -179,8 +186,10 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"plan: bad value of type {type(plan).__name__}; allowed: a Plan")
+    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                    or total_steps < 0):
+        raise ValueError(f"total_steps: bad value {total_steps!r}; allowed: None or an int >= 0")
     check_sites(model, plan.sites)
-    remove_plan(model)
     named = list(_named_modules(model))
     modules = dict(named)
     nr_steps = None
@@ -190,11 +199,13 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
                         plan.ramp_fraction)
         else:
             nr_steps = max(1, int(plan.ramp_fraction * total_steps))
-    residual: list[tuple[str, SiteSpec]] = []
+    # Build everything first, so a failure leaves the model (and any earlier plan) untouched.
+    own: list[tuple[str, nn.Module]] = []
+    residual: list[tuple[str, nn.Module]] = []
     for site, spec in plan.sites.items():
         if spec.method == "none":
             continue
-        layer = build_layer(spec)
+        layer = _build(site, spec)
         if spec.method == "disout":
             conv = _next_conv(named, site)
             if conv is None:
@@ -202,15 +213,17 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
                          site)
             else:
                 object.__setattr__(layer, _BEHIND, conv)
-        _attach(modules[site], _ramped(layer, nr_steps, site))
+        own.append((site, _ramped(layer, nr_steps, site)))
         if spec.params.get("residual"):
-            residual.append((site, spec))
-    for site, spec in residual:
-        block = _enclosing_block(modules, site)
-        if block is None:
-            log.info("site %s: residual=True but no enclosing residual block", site)
-            continue
-        _attach(modules[block], _ramped(build_layer(spec), nr_steps, site + _RESIDUAL_SUFFIX))
+            block = _enclosing_block(modules, site)
+            if block is None:
+                log.info("site %s: residual=True but no enclosing residual block", site)
+            else:
+                residual.append((block, _ramped(_build(site, spec), nr_steps,
+                                                site + _RESIDUAL_SUFFIX)))
+    remove_plan(model)
+    for path, reg in own + residual:  # a block's own regularizer runs before residual ones
+        _attach(modules[path], reg)
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)

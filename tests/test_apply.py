@@ -199,6 +199,8 @@ def test_unknown_site_is_plan_error_and_leaves_model_alone() -> None:
     apply_plan(model, Plan({"layer1.0.bn1": SiteSpec("dropout", {"drop_prob": 0.1})}))
     with pytest.raises(PlanError, match=r"sites\['layer4.0.bn1'\]: unknown site.*allowed: .*'bn1'"):
         apply_plan(model, Plan({"layer4.0.bn1": SiteSpec("dropout", {"drop_prob": 0.1})}))
+    with pytest.raises(ValueError, match=r"total_steps: bad value -1; allowed: None or an int >= 0"):
+        apply_plan(model, Plan({"bn1": SiteSpec("dropout", {"drop_prob": 0.1})}), total_steps=-1)
     assert list(regularizers(model)) == ["layer1.0.bn1"]
     with pytest.raises(PlanError, match="allowed: a Plan"):
         apply_plan(model, {"sites": {}})  # type: ignore[arg-type]
