@@ -8,10 +8,10 @@ and in ``eval()`` the hook returns the output untouched, so the model is identic
 (For container sites such as ``nn.Sequential``, where a new child would join the forward
 chain, the list is kept as a plain attribute instead and follows the site's train/eval mode.)
 
-Sites (`find_sites`): the output of every ``nn.BatchNorm2d`` (where AutoDropout applies
-its patterns) and of every residual block, detected generically: a module whose class
-name ends with ``Block`` or ``Bottleneck``, or that has a ``downsample`` or ``shortcut``
-attribute (torchvision BasicBlock/Bottleneck, our CIFAR ResNet/WRN blocks).
+Sites (`find_sites`): the output of every ``nn.BatchNorm2d``/``SyncBatchNorm`` (where
+AutoDropout applies its patterns) and of every residual block, detected generically: a
+module whose class name ends with ``Block`` or ``Bottleneck``, or that has a ``downsample``
+or ``shortcut`` attribute (torchvision BasicBlock/Bottleneck, our CIFAR ResNet/WRN blocks).
 
 Disout: its ``weight_behind`` is the weight of the next convolution after the site (in
 module-definition order, which is the forward order of ResNets) whose ``in_channels``
@@ -43,6 +43,7 @@ REG_ATTR = "plan_regularizers"
 _BEHIND = "_plan_behind_conv"
 _RESIDUAL_SUFFIX = ":residual"
 _SCHEDULERS = "_plan_schedulers"
+_SITE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)  # 4-D outputs, which every method accepts
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -64,9 +65,10 @@ def _named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def find_sites(model: nn.Module) -> list[str]:
-    """BatchNorm2d outputs and residual-block outputs, in module order."""
+    """BatchNorm2d (and SyncBatchNorm) outputs and residual-block outputs, in module order.
+    BatchNorm1d is left out: its (N, F) output only suits plain dropout."""
     return [name for name, m in _named_modules(model)
-            if name and (isinstance(m, nn.BatchNorm2d) or is_residual_block(m))]
+            if name and (isinstance(m, _SITE_NORMS) or is_residual_block(m))]
 
 
 def check_sites(model: nn.Module, sites: Iterable[str]) -> None:
