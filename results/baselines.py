@@ -21,12 +21,11 @@ A model whose last stage(s) hold no batch-norm site uses every 4-D site of those
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from .masks import site_shapes
+if TYPE_CHECKING:  # torch loads only when plans are built, so the CLI parser stays light
+    import torch
+    from torch import nn
 
 __all__ = ["BASELINES", "baseline_plans", "stage_sites"]
 
@@ -54,7 +53,9 @@ def stage_sites(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
 
 
 def _is_bn(model: nn.Module, site: str) -> bool:
-    return isinstance(model.get_submodule(site), nn.modules.batchnorm._BatchNorm)
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return isinstance(model.get_submodule(site), _BatchNorm)
 
 
 def _is_shortcut(site: str) -> bool:
@@ -73,6 +74,8 @@ def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_na
     Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
     """
     from search_space import Plan, SiteSpec
+
+    from .masks import site_shapes
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:

@@ -9,10 +9,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
-from .tables import (FORMATS, compute_cost, failed_trials, method_share_table, method_stats, render,
+from .tables import (FORMATS, compute_cost, ranked, failed_trials, method_share_table, method_stats, render,
                      searcher_comparison, top_plans)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "build_parser"]
 
@@ -55,11 +59,21 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _best_regularizing_plan(runs: list[Run], df: "pd.DataFrame") -> tuple[Any, Run | None]:
+    """The best-ranked plan that regularizes at least one site (the reference trial does not)."""
+    from .retrain import plan_at_rank
+
+    for rank in range(1, len(ranked(df)) + 1):
+        plan = plan_at_rank(df, rank)
+        if any(spec.method != "none" for spec in plan.sites.values()):
+            run = next(r for r in runs if r.trials["run"].eq(plan.metadata["run"]).any())
+            return plan, run
+    return None, None
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .masks import plot_masks
     from .plots import plot_controller, plot_method_heatmap, plot_rewards
-    from .retrain import plan_at_rank
-
     runs = open_runs(args.run_dir, args.allow_running)
     _need_trials(runs)
     df = combined_trials(runs)
@@ -69,8 +83,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     written = [plot_rewards(df, out / "reward.png"),
                plot_controller(runs, out / "controller.png"),
                plot_method_heatmap(controller_df if len(controller_df) else df, sites, out / "methods_heatmap.png")]
-    best_run = max((r for r in runs if len(r.trials)), key=lambda r: r.trials["val_acc"].max())
-    written.append(plot_masks(plan_at_rank(df, 1), best_run.train_config, out / "masks.png", seed=args.seed))
+    plan, run = _best_regularizing_plan(runs, df)
+    if plan is not None:
+        written.append(plot_masks(plan, run.train_config, out / "masks.png", seed=args.seed))
+    else:
+        log.warning("no finished trial regularizes any site: no masks.png")
     for path in written:
         if path is not None:
             print(path)

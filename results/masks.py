@@ -8,6 +8,7 @@ and overlaid, so block size and pattern geometry are seen at the scale the netwo
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,8 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         overlay[mask] = (1.0, 0.1, 0.1, 0.6)
         # same extent as the image: a feature map of another resolution is stretched onto it
         ax.imshow(overlay, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="nearest")
-        spec = active[site]
-        params = ", ".join(f"{k}={v}" for k, v in sorted(spec.params.items()))
-        ax.set_title(f"{site}\n{spec.method}({params})\n{mask.shape[0]}x{mask.shape[1]} map, "
+        compact = type(plan)({site: active[site]}).summary().split("=", 1)[1]  # e.g. dropout(p=.1)
+        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(compact, 44)) + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
                      f"{masks[site].mean():.0%} of units dropped (all channels)", fontsize=7)
     for ax in axes:
         ax.set_xticks([])

@@ -38,7 +38,11 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     n_max = 0
-    for i, (group, part) in enumerate(df.groupby("group", sort=True)):
+    is_ref = df["reference"].astype(bool) if "reference" in df.columns else pd.Series(False, index=df.index)
+    for j, (group, part) in enumerate(df[is_ref].groupby("group", sort=True)):
+        ax.axhline(float(part["reward"].mean()), color="black", ls=":" if j else "--", lw=1.2,
+                   label=f"{group}: no regularization (reference trial)")
+    for i, (group, part) in enumerate(df[~is_ref].groupby("group", sort=True)):
         part = part.sort_values("order", kind="stable")
         x = np.arange(1, len(part) + 1)
         n_max = max(n_max, len(part))
@@ -57,6 +61,7 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("reward")
     if n_max:
         ax.set_xlim(0.5, n_max + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
@@ -97,6 +102,8 @@ def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: in
     order, colour is the share of the chunk's trials that chose the method at the site.
     """
     cols = [f"{SITE_PREFIX}{s}" for s in sites if f"{SITE_PREFIX}{s}" in df.columns]
+    if "reference" in df.columns:  # the reference trial is not a searcher's choice
+        df = df[~df["reference"].astype(bool)]
     if not cols or not len(df):
         log.info("no per-site methods in trials.csv: skipping the method heatmap")
         return None

@@ -124,8 +124,9 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
     seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
     for label, plan in plans.items():
         for seed in seeds:
-            result = train_child(_train_config(run, cfg, seed), plan)
-            rows.append({"plan": label, "seed": seed, "status": result["status"],
+            train = _train_config(run, cfg, seed)
+            result = train_child(train, plan)
+            rows.append({"plan": label, "seed": seed, "train_size": train.get("train_size"), "status": result["status"],
                          "test_acc": result.get("test_acc", float("nan")), "val_acc": result["val_acc"],
                          "epochs": result["epochs"], "seconds": result["seconds"], "message": result["message"],
                          "summary": plan.summary()})

@@ -15,13 +15,14 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["RunError", "Run", "open_run", "open_runs", "load_run", "combined_trials", "SITE_PREFIX", "OK_STATUSES",
-           "FAILED_STATUSES"]
+           "FAILED_STATUSES", "REFERENCE"]
 
 log = logging.getLogger(__name__)
 
 SITE_PREFIX = "site:"
 OK_STATUSES = ("ok", "stopped")  # trials whose val_acc is a real measurement (stopped = early-stopped)
 FAILED_STATUSES = ("failed", "diverged")
+REFERENCE = "reference"  # group label of the all-"none" reference trial
 _NUMERIC = ("order", "val_acc", "best_val_acc", "reward", "seconds", "epochs")
 _TRIAL_COLUMNS = ("trial_id", "order", "searcher", "status", "val_acc", "best_val_acc", "reward",
                   "error", "seconds", "node", "epochs", "plan_json", "methods")
@@ -106,6 +107,9 @@ def _clean_trials(df: pd.DataFrame) -> pd.DataFrame:
     df["status"] = df["status"].fillna("unknown").astype(str)
     df["searcher"] = df["searcher"].fillna("unknown").astype(str)
     df["error"] = df["error"].fillna("").astype(str)
+    # the all-"none" reference trial a search may add: a yardstick, not a searcher's choice
+    ref = df["reference"] if "reference" in df.columns else pd.Series(False, index=df.index)
+    df["reference"] = pd.to_numeric(ref, errors="coerce").fillna(0).astype(bool) if len(df) else ref.astype(bool)
     if df["order"].isna().all():
         df["order"] = range(len(df))
     return df.sort_values("order", kind="stable").reset_index(drop=True)
@@ -169,13 +173,16 @@ def load_run(run_dir: str | Path, allow_running: bool = False) -> pd.DataFrame:
 def combined_trials(runs: list[Run]) -> pd.DataFrame:
     """Concatenate the trials of several runs, labelling each with a comparison ``group``.
 
-    The group is the searcher name when that tells the runs apart, else ``run:searcher``.
+    The group is the searcher name ("reference" for a search's all-"none" reference trial)
+    when that tells the runs apart, else ``run:searcher``.
     """
     frames = [r.trials for r in runs if len(r.trials)]
     if not frames:
         return _clean_trials(pd.DataFrame(columns=list(_TRIAL_COLUMNS))).assign(run=[], group=[])
     df = pd.concat(frames, ignore_index=True, sort=False)
-    per_searcher_runs = df.groupby("searcher")["run"].nunique()
-    ambiguous = set(per_searcher_runs[per_searcher_runs > 1].index)
-    df["group"] = [f"{run}:{s}" if s in ambiguous else s for run, s in zip(df["run"], df["searcher"])]
+    df["reference"] = df["reference"].fillna(False).astype(bool)
+    label = df["searcher"].where(~df["reference"], REFERENCE)
+    runs_per_label = df.groupby(label)["run"].nunique()
+    ambiguous = set(runs_per_label[runs_per_label > 1].index)
+    df["group"] = [f"{run}:{lab}" if lab in ambiguous else lab for run, lab in zip(df["run"], label)]
     return df

@@ -35,6 +35,8 @@ def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
         raise ValueError(f"top: must be >= 1 (got {k})")
     cols = ["rank", "run", "trial_id", "searcher", "val_acc", "epochs", "methods"]
     out = ranked(df).head(k)
+    if "group" in out.columns:  # says "reference" for the all-none reference trial
+        out = out.assign(searcher=out["group"])
     if out["run"].nunique() <= 1:
         cols.remove("run")
     return out[cols].reset_index(drop=True)
@@ -48,10 +50,13 @@ def method_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Per site and method: how often chosen, share of the site's trials, mean reward when chosen.
 
     Rows with ``site == "(all sites)"`` pool every site. Failed trials count as chosen (the
-    controller did choose them) with the reward the search gave them.
+    controller did choose them) with the reward the search gave them; the reference trial
+    (all "none", not chosen by any searcher) is left out.
     """
     rows = []
     site_cols = _site_columns(df)
+    if "reference" in df.columns:
+        df = df[~df["reference"].astype(bool)]
     long = pd.concat([pd.DataFrame({"site": c[len(SITE_PREFIX):], "method": df[c].astype(str),
                                     "reward": df["reward"]}) for c in site_cols], ignore_index=True) \
         if site_cols and len(df) else pd.DataFrame(columns=["site", "method", "reward"])
@@ -143,9 +148,11 @@ def compute_cost(runs: list[Run]) -> pd.DataFrame:
     """Per run: trial seconds times the resources each trial held -> CPU and GPU hours."""
     rows = []
     for run in runs:
-        args = run.args
-        cpus = _resource(args, "cpus_per_trial", "cpus", default=1.0)
-        gpus = _resource(args, "gpus_per_trial", "gpus", default=0.0)
+        # resolved resources if the search recorded them, else its arguments; an "auto" GPU
+        # share that was never recorded is unknown (NaN), not silently zero
+        args = {**run.args, **(run.config.get("resources") or {})}
+        cpus = _resource(args, "cpu", "cpus_per_trial", default=1.0)
+        gpus = _resource(args, "gpu", "gpus_per_trial", default=float("nan"))
         seconds = float(run.trials["seconds"].fillna(0).sum())
         rows.append({"run": run.name, "status": run.status, "trials": len(run.trials),
                      "trial_hours": seconds / 3600.0, "cpus_per_trial": cpus, "gpus_per_trial": gpus,

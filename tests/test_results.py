@@ -1,6 +1,6 @@
 """results/: every command on a real tiny search run made here, plus the error cases.
 
-One module-scoped search (4 trials, 1 epoch, 200 digits images) feeds every test; the
+One module-scoped ``launch_search.py`` run (4 trials, 1 epoch, 200 digits images) feeds every test; the
 expected numbers are recomputed here from trials.csv with the csv module, independently of
 the pandas code under test.
 """
@@ -27,52 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 4
 
 
-def _make_run(storage: Path, name: str) -> Path:
-    """TEMPORARY until launch_search.py lands: a run dir in the contract format from real trainings."""
-    from datetime import datetime, timezone
-
-    from child_trainer import TrainConfig, build_model, train_child
-    from search_space import SearchSpace
-
-    cfg = TrainConfig(epochs=1, train_size=200, num_threads=1)
-    space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), model_name="digits_cnn")
-    run = storage / name
-    run.mkdir(parents=True)
-    rows, hist = [], []
-    for i in range(NUM_SAMPLES):
-        plan = space.random_plan(seed=i + 3)
-        r = train_child(cfg, plan)
-        row = {"trial_id": f"t{i:02d}", "order": i, "searcher": "controller", "status": r["status"],
-               "val_acc": r["val_acc"], "best_val_acc": r["best_val_acc"], "reward": r["val_acc"],
-               "error": r["message"], "seconds": r["seconds"], "node": "local", "epochs": r["epochs"],
-               "plan_json": plan.to_json(), "methods": " ".join(f"{s}={m}" for s, m in plan.methods().items())}
-        row.update({f"site:{s}": m for s, m in plan.methods().items()})
-        rows.append(row)
-        if i % 2 == 1:
-            hist.append({"update": len(hist), "step": len(hist) + 1, "trials_seen": i + 1,
-                         "mean_reward": (rows[-1]["reward"] + rows[-2]["reward"]) / 2, "baseline": 0.1 * i,
-                         "entropy": 10.0 - i, "loss": 0.0, "time": 0.0})
-    with open(run / "trials.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(run / "controller_history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(hist[0]))
-        w.writeheader()
-        w.writerows(hist)
-    now = datetime.now(timezone.utc).isoformat()
-    (run / "search_config.json").write_text(json.dumps({
-        "args": {"num_samples": NUM_SAMPLES, "cpus_per_trial": 1, "gpus_per_trial": 0},
-        "train": cfg.to_dict(), "space": space.to_dict(), "searcher": "controller", "started_at": now,
-        "version": 1}))
-    (run / "run_state.json").write_text(json.dumps({"status": "finished", "updated_at": now,
-                                                    "num_samples": NUM_SAMPLES, "completed": NUM_SAMPLES}))
-    return run
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_run(tmp_path_factory.mktemp("runs"), "tiny")
+    """A real tiny controller search (the all-none reference trial + 3 sampled plans, 1 epoch)."""
+    storage = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "launch_search.py", "--num-samples", str(NUM_SAMPLES), "--epochs", "1",
+                           "--train-size", "200", "--storage-path", str(storage), "--name", "tiny", "--seed", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage / "tiny"
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
@@ -116,23 +79,28 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
     top = sections["top 3 plans"]
     assert [t["trial_id"] for t in top] == [r["trial_id"] for r in best_first[:3]]
     assert [int(t["rank"]) for t in top] == [1, 2, 3]
-    # per-method statistics, recomputed from the raw rows
+    # per-method statistics, recomputed from the raw rows (the reference trial is nobody's choice)
     all_rows = _rows(run_dir)
+    sampled = [r for r in all_rows if r.get("reference", "0") in ("0", "False", "")]
+    assert len(sampled) == NUM_SAMPLES - 1  # launch_search adds one all-"none" reference trial
     stats = sections["methods per site"]
-    site = next(c for c in all_rows[0] if c.startswith("site:"))[len("site:"):]
-    chosen = [r[f"site:{site}"] for r in all_rows]
-    for m in set(chosen):
-        rec = next(s for s in stats if s["site"] == site and s["method"] == m)
-        rewards = [float(r["reward"]) for r in all_rows if r[f"site:{site}"] == m]
-        assert int(rec["count"]) == len(rewards)
-        assert float(rec["share"]) == pytest.approx(len(rewards) / len(all_rows))
-        assert float(rec["mean_reward"]) == pytest.approx(statistics.mean(rewards), abs=1e-9)
+    for site in (c[len("site:"):] for c in all_rows[0] if c.startswith("site:")):
+        chosen = [r[f"site:{site}"] for r in sampled]
+        assert sum(int(s["count"]) for s in stats if s["site"] == site) == len(sampled)
+        for m in set(chosen):
+            rec = next(s for s in stats if s["site"] == site and s["method"] == m)
+            rewards = [float(r["reward"]) for r in sampled if r[f"site:{site}"] == m]
+            assert int(rec["count"]) == len(rewards)
+            assert float(rec["share"]) == pytest.approx(len(rewards) / len(sampled))
+            assert float(rec["mean_reward"]) == pytest.approx(statistics.mean(rewards), abs=1e-9)
     pooled = [s for s in stats if s["site"] == "(all sites)"]
     assert sum(float(s["share"]) for s in pooled) == pytest.approx(1.0)
     cost = sections["compute"][0]
     seconds = sum(float(r["seconds"]) for r in all_rows)
     assert float(cost["cpu_hours"]) == pytest.approx(seconds * float(cost["cpus_per_trial"]) / 3600, rel=1e-6)
-    assert float(cost["gpu_hours"]) == pytest.approx(seconds * float(cost["gpus_per_trial"]) / 3600, abs=1e-12)
+    gpus = float(cost["gpus_per_trial"] or "nan")  # NaN (empty) when the search left the GPU share on "auto" unrecorded
+    assert math.isnan(gpus) and cost["gpu_hours"] == "" or \
+        float(cost["gpu_hours"]) == pytest.approx(seconds * gpus / 3600, abs=1e-12)
 
 
 def test_summarize_text_and_markdown(run_dir: Path, capsys) -> None:
@@ -161,7 +129,9 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     assert rc == 0, err
     block = next(b for b in out.split("\n\n") if b.startswith("# controller vs random"))
     table = {r["searcher"]: r for r in csv.DictReader(io.StringIO(block.split("\n", 1)[1]))}
+    assert set(table) == {"controller", "random", "tiny:reference", "random_run:reference"}
     for name, src in (("controller", _rows(run_dir)), ("random", rows)):
+        src = [r for r in src if r["reference"] in ("0", "False", "")]
         rewards = [float(r["reward"]) for r in sorted(src, key=lambda r: int(r["order"]))]
         q = max(1, len(rewards) // 4)
         assert float(table[name]["last_quarter_reward"]) == pytest.approx(statistics.mean(rewards[-q:]))
@@ -176,7 +146,8 @@ def test_export_writes_a_plan_that_loads_and_applies(run_dir: Path, tmp_path: Pa
 
     ranked_rows = sorted([r for r in _rows(run_dir) if r["status"] in ("ok", "stopped")],
                          key=lambda r: (-float(r["val_acc"]), int(r["order"])))
-    for rank in (1, 2):
+    plans = []
+    for rank in range(1, len(ranked_rows) + 1):
         out = tmp_path / f"plan{rank}.json"
         rc, _, err = _cli(["export", str(run_dir), "--out", str(out), "--rank", str(rank)], capsys)
         assert rc == 0, err
@@ -185,16 +156,19 @@ def test_export_writes_a_plan_that_loads_and_applies(run_dir: Path, tmp_path: Pa
         assert plan.sites == want.sites
         assert plan.metadata["trial_id"] == ranked_rows[rank - 1]["trial_id"]
         assert plan.metadata["val_acc"] == pytest.approx(float(ranked_rows[rank - 1]["val_acc"]))
+        plans.append(plan)
+    plan = next(p for p in plans if set(p.methods().values()) != {"none"})
     torch.manual_seed(0)
     model = build_model("digits_cnn", 10, 1)
     keys = list(model.state_dict())
     x = torch.randn(4, 1, 8, 8)
     before = model.eval()(x)
-    apply_plan(model, Plan.load(tmp_path / "plan1.json"))
+    apply_plan(model, plan)
     assert list(model.state_dict()) == keys
     assert torch.equal(model.eval()(x), before)
-    active = [s for s, spec in Plan.load(tmp_path / "plan1.json").sites.items() if spec.method != "none"]
+    active = [s for s, spec in plan.sites.items() if spec.method != "none"]
     assert sorted(k for k in regularizers(model) if ":" not in k) == sorted(active)
+    model.train()(x)  # and the regularized model trains
 
 
 def test_export_bad_rank_is_one_line_exit_2(run_dir: Path, tmp_path: Path, capsys) -> None:
@@ -255,14 +229,14 @@ def test_plot_writes_readable_pngs(run_dir: Path, tmp_path: Path, capsys) -> Non
     rc, out, err = _cli(["plot", str(run_dir), "--out", str(tmp_path)], capsys)
     assert rc == 0, err
     written = sorted(Path(p).name for p in out.split())
-    assert {"reward.png", "controller.png", "methods_heatmap.png"} <= set(written)
+    assert written == ["controller.png", "masks.png", "methods_heatmap.png", "reward.png"]
     for name in written:
         img = mpimg.imread(tmp_path / name)
         assert img.shape[0] > 200 and img.shape[1] > 300 and float(img[..., :3].std()) > 0.05, name
 
 
 def test_masks_drop_the_requested_fraction() -> None:
-    """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a 16x16 map."""
+    """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a 32x16x16 map."""
     from child_trainer import build_model
     from search_space import Plan, SiteSpec, apply_plan
 
@@ -272,8 +246,8 @@ def test_masks_drop_the_requested_fraction() -> None:
     plan = Plan({"bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
                  "layer2.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})})
     apply_plan(model, plan)
-    fracs = [regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=s)["bn1"].mean() for s in range(20)]
-    assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.03)  # sd of the mean ~0.007
+    fracs = [regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=s)["bn1"].mean() for s in range(3)]
+    assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.02)  # 3 x 32x16x16 units: sd of the mean ~0.003
     masks = regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=1)
     assert masks["bn1"].shape == (32, 16, 16) and masks["layer2.0.bn2"].shape == (64, 8, 8)
 
@@ -304,23 +278,22 @@ def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
 
 def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, capsys) -> None:
     rc, out, err = _cli(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--epochs", "1",
-                         "--train-size", "search", "--baselines", "none", "disout", "--out", str(tmp_path),
+                         "--train-size", "search", "--baselines", "disout", "--out", str(tmp_path),
                          "--num-threads", "1"], capsys)
     assert rc == 0, err
     with open(tmp_path / "retrain.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "none", "disout")
+    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout")
                                                     for s in ("0", "1")]
     assert all(r["status"] == "ok" and 0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
     with open(tmp_path / "retrain_summary.csv", newline="") as f:
         summary = {r["plan"]: r for r in csv.DictReader(f)}
-    for plan in ("searched#1", "none", "disout"):
+    for plan in ("searched#1", "disout"):
         accs = [float(r["test_acc"]) for r in rows if r["plan"] == plan]
         assert float(summary[plan]["test_acc_mean"]) == pytest.approx(statistics.mean(accs))
         assert float(summary[plan]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)
         assert f"{statistics.mean(accs):.4f} +- {statistics.stdev(accs):.4f}" in out
-    # different seeds really differ (the seed reaches training), same seed is reproducible elsewhere
-    assert len({r["test_acc"] for r in rows}) > 1 or math.isclose(float(rows[0]["test_acc"]), 1.0)
+    assert all(r["epochs"] == "1" and r["train_size"] == "200" for r in rows)  # --epochs, --train-size search
     import matplotlib.image as mpimg
 
     img = mpimg.imread(tmp_path / "retrain.png")
