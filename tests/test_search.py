@@ -1,0 +1,295 @@
+"""Searchers without Ray (batches, out-of-order completion, save/restore) and launch_search
+end to end on one shared local Ray session (controller, random, failures, bad arguments)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.searcher import (HISTORY_COLUMNS, NO_REPORT_ERROR, TRIAL_COLUMNS,
+                                 ControllerSearcher, RandomSearcher, trial_outcome)
+from search_space.plan import Plan
+from search_space.space import SearchSpace
+
+CHILDREN = Path(__file__).with_name("test_search_children.py")
+PENALTY = 0.1
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_space() -> SearchSpace:
+    return SearchSpace([("s1", ["s1"]), ("s2", ["s2"]), ("s3", ["s3"])], model="m")
+
+
+def ok(val: float) -> dict:
+    return {"final": True, "status": "ok", "val_acc": val, "best_val_acc": val, "epoch": 2,
+            "seconds": 1.0, "node": "n1"}
+
+
+# ----------------------------------------------------------------------- outcomes
+@pytest.mark.parametrize("result,errored,expect", [
+    (ok(0.8), False, ("ok", 0.8, "")),
+    ({"final": False, "val_acc": 0.4, "epoch": 1}, False, ("stopped", 0.4, "")),  # ASHA stop
+    ({"final": True, "status": "diverged", "val_acc": 0.2, "message": "loss nan"}, False,
+     ("diverged", PENALTY, "loss nan")),
+    ({"final": True, "status": "failed", "error": "ValueError: x", "val_acc": float("nan")}, False,
+     ("failed", PENALTY, "ValueError: x")),
+    ({"final": False, "val_acc": 0.4, "epoch": 1}, True, ("failed", None, NO_REPORT_ERROR)),
+    (None, True, ("failed", None, NO_REPORT_ERROR)),
+    (None, False, ("stopped", None, "")),  # removed before it ever reported
+])
+def test_trial_outcome_statuses_and_rewards(result, errored, expect):
+    out = trial_outcome(result, errored, PENALTY)
+    assert (out.status, out.reward, out.error) == expect
+
+
+# ----------------------------------------------------------------------- searchers, no Ray
+def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
+    s = ControllerSearcher(tiny_space(), {"epochs": 2}, num_samples=7, controller_batch=2,
+                           run_dir=tmp_path, seed=1, penalty_reward=PENALTY)
+    configs = {f"t{i}": s.suggest(f"t{i}") for i in range(7)}
+    assert s.suggest("t7") == s.FINISHED
+    ref = Plan.from_json(configs["t0"]["plan"])
+    assert set(ref.methods().values()) == {"none"}  # the reference trial comes first
+    for tid, cfg in configs.items():
+        assert cfg["searcher"] == "controller" and cfg["train"] == {"epochs": 2}
+        assert s.space.decode(cfg["tokens"]).to_json() == cfg["plan"]
+    vals = {f"t{i}": 0.5 + 0.05 * i for i in range(7)}
+    for tid in ["t3", "t1", "t0", "t5", "t2", "t6", "t4"]:
+        s.on_trial_complete(tid, ok(vals[tid]))
+    hist = read_csv(tmp_path / "controller_history.csv")
+    rows = read_csv(tmp_path / "trials.csv")
+    assert list(hist[0]) == HISTORY_COLUMNS
+    assert list(rows[0])[:len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
+    assert [r["trial_id"] for r in rows] == ["t3", "t1", "t0", "t5", "t2", "t6", "t4"]
+    assert [r["update"] for r in rows] == ["0", "0", "", "1", "1", "2", "2"]
+    assert [int(h["step"]) for h in hist] == [1, 2, 3]
+    assert [int(h["trials_seen"]) for h in hist] == [2, 5, 7]
+    for h, batch in zip(hist, (["t3", "t1"], ["t5", "t2"], ["t6", "t4"])):
+        assert float(h["mean_reward"]) == pytest.approx(np.mean([vals[t] for t in batch]), abs=1e-6)
+    assert rows[2]["reference"] == "1" and rows[2]["site:s1"] == "none"
+    best = Plan.load(tmp_path / "best_plan.json")
+    assert best.metadata["trial_id"] == "t6" and best.metadata["val_acc"] == pytest.approx(0.8)
+    state = json.loads((tmp_path / "run_state.json").read_text())
+    assert (state["status"], state["completed"], state["num_samples"]) == ("running", 7, 7)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_errored_trial_without_report_is_recorded_but_not_learned(tmp_path):
+    s = ControllerSearcher(tiny_space(), {}, num_samples=3, controller_batch=1, run_dir=tmp_path,
+                           penalty_reward=PENALTY)
+    for tid in ("a", "b", "c"):
+        s.suggest(tid)
+    s.on_trial_result("b", {"final": False, "val_acc": 0.3, "epoch": 1, "node": "n2"})
+    s.on_trial_complete("b", None, error=True)  # what Ray sends when the worker died
+    s.on_trial_complete("c", {"final": True, "status": "failed", "error": "KeyError: 'x'",
+                              "val_acc": float("nan")})
+    s.on_trial_complete("a", ok(0.9))  # reference: recorded, never learned from
+    rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
+    assert (rows["b"]["status"], rows["b"]["reward"], rows["b"]["node"]) == ("failed", "", "n2")
+    assert rows["b"]["error"] == NO_REPORT_ERROR
+    assert (rows["c"]["status"], float(rows["c"]["reward"])) == ("failed", PENALTY)
+    hist = read_csv(tmp_path / "controller_history.csv")
+    assert len(hist) == 1 and float(hist[0]["mean_reward"]) == pytest.approx(PENALTY)
+
+
+def _drive(s, ids, complete, vals):
+    out = [s.suggest(t)["tokens"] for t in ids]
+    for t in complete:
+        s.on_trial_complete(t, ok(vals[t]))
+    return out
+
+
+def _strip_time(rows):
+    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in rows]
+
+
+@pytest.mark.parametrize("cls", [ControllerSearcher, RandomSearcher])
+def test_save_restore_continues_exactly(tmp_path, cls):
+    vals = {f"t{i}": 0.4 + 0.03 * i for i in range(9)}
+    kw = dict(num_samples=9, seed=5, penalty_reward=PENALTY)
+    if cls is ControllerSearcher:
+        kw["controller_batch"] = 2
+    a = cls(tiny_space(), {}, run_dir=tmp_path / "a", **kw)
+    _drive(a, ["t0", "t1", "t2", "t3", "t4"], ["t2", "t0", "t4"], vals)  # t1, t3 pending
+    a.save(str(tmp_path / "state.pkl"))
+    b = cls(tiny_space(), {}, run_dir=tmp_path / "b", **kw)
+    b.restore(str(tmp_path / "state.pkl"))
+    assert len(read_csv(tmp_path / "b" / "trials.csv")) == 3  # files rewritten from the state
+    rest = (["t5", "t6", "t7", "t8"], ["t1", "t5", "t3", "t6", "t8", "t7"])
+    assert _drive(a, *rest, vals) == _drive(b, *rest, vals)
+    assert _strip_time(a.records) == _strip_time(b.records)
+    assert _strip_time(a.history) == _strip_time(b.history)
+    if cls is ControllerSearcher:
+        assert [h["step"] for h in b.history] == [1, 2, 3, 4]
+        assert a.reinforce.sample(3) == b.reinforce.sample(3)
+
+
+def test_restore_refuses_a_different_space_or_searcher(tmp_path):
+    a = ControllerSearcher(tiny_space(), {}, num_samples=2)
+    a.save(str(tmp_path / "s.pkl"))
+    other = SearchSpace([("s1", ["s1"])], model="m")
+    with pytest.raises(ValueError, match="space"):
+        ControllerSearcher(other, {}, num_samples=2).restore(str(tmp_path / "s.pkl"))
+    with pytest.raises(ValueError, match="searcher"):
+        RandomSearcher(tiny_space(), {}, num_samples=2).restore(str(tmp_path / "s.pkl"))
+
+
+def test_searcher_rejects_bad_counts():
+    with pytest.raises(ValueError, match="controller_batch"):
+        ControllerSearcher(tiny_space(), {}, num_samples=2, controller_batch=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        RandomSearcher(tiny_space(), {}, num_samples=0)
+
+
+# ----------------------------------------------------------------------- launch_search + Ray
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """One local Ray for every in-process search here (starting Ray costs ~10 s)."""
+    ray = pytest.importorskip("ray")
+    counter = tmp_path_factory.mktemp("counter") / "calls"
+    old = os.environ.get("SEARCH_TEST_COUNTER")
+    os.environ["SEARCH_TEST_COUNTER"] = str(counter)  # workers inherit it from the raylet
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    yield counter
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("SEARCH_TEST_COUNTER", None)
+    else:
+        os.environ["SEARCH_TEST_COUNTER"] = old
+
+
+def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[int, Path]:
+    import launch_search
+
+    if child:
+        monkeypatch.setenv("AUTODROPOUT_CHILD", f"{CHILDREN}:{child}")
+    else:
+        monkeypatch.delenv("AUTODROPOUT_CHILD", raising=False)
+    rc = launch_search.main(["--storage-path", str(tmp_path), "--name", "run", *args])
+    return rc, tmp_path / "run"
+
+
+def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path, capsys):
+    rc, run = run_search(monkeypatch, tmp_path, None, "--num-samples", "6", "--epochs", "1",
+                         "--train-size", "100", "--controller-batch", "2", "--max-concurrent", "2")
+    assert rc == 0
+    config = json.loads((run / "search_config.json").read_text())
+    assert config["searcher"] == "controller" and config["version"] == 1
+    assert config["train"]["epochs"] == 1 and config["args"]["train_size"] == 100
+    space = SearchSpace.from_dict(config["space"])
+    rows = read_csv(run / "trials.csv")
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert [int(r["order"]) for r in rows] == list(range(6))
+    assert [c for c in rows[0] if c.startswith("site:")] == [f"site:{s}" for s in space.sites]
+    assert all(r["status"] in ("ok", "diverged") and r["node"] for r in rows)
+    refs = [r for r in rows if r["reference"] == "1"]
+    assert len(refs) == 1 and all(refs[0][f"site:{s}"] == "none" for s in space.sites)
+    for r in rows:
+        plan = Plan.from_json(r["plan_json"])
+        assert space.decode(json.loads(r["tokens"])).sites == plan.sites
+        if r["status"] == "ok":
+            assert 0.0 <= float(r["val_acc"]) <= 1.0 and float(r["reward"]) == float(r["val_acc"])
+    hist = read_csv(run / "controller_history.csv")  # 5 sampled trials, batch 2: 2 + 2 + 1
+    assert [int(h["step"]) for h in hist] == [1, 2, 3]
+    for h in hist:
+        used = [float(r["reward"]) for r in rows if r["update"] == h["update"]]
+        assert float(h["mean_reward"]) == pytest.approx(np.mean(used), abs=1e-6)
+    best = Plan.load(run / "best_plan.json")
+    ok_vals = [float(r["val_acc"]) for r in rows if r["status"] == "ok"]
+    assert best.metadata["val_acc"] == pytest.approx(max(ok_vals))
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+    out = capsys.readouterr().out
+    assert "Best plan" in out and "No regularization: val_acc" in out
+    assert f"python -m results summarize" in out
+
+
+def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch, tmp_path):
+    rc, run = run_search(monkeypatch, tmp_path, "quick", "--search", "random", "--num-samples", "5",
+                         "--epochs", "2", "--seed", "3", "--sites", "layer1.*")
+    assert rc == 0
+    config = json.loads((run / "search_config.json").read_text())
+    space = SearchSpace.from_dict(config["space"])
+    assert space.sites and all(s.startswith("layer1.") for s in space.sites)
+    rows = read_csv(run / "trials.csv")
+    rng = np.random.default_rng(3)
+    expected = [space.encode(Plan.none(space.sites, model=space.model))]
+    expected += [space.random_tokens(rng) for _ in range(4)]
+    assert sorted(json.loads(r["tokens"]) for r in rows) == sorted(expected)
+    assert {r["searcher"] for r in rows} == {"random"} and {r["status"] for r in rows} == {"ok"}
+    for r in rows:  # the fake child's reward: 0.5 + 0.4 * share of spatial_dropout sites
+        methods = [r[f"site:{s}"] for s in space.sites]
+        assert float(r["val_acc"]) == pytest.approx(0.5 + 0.4 * methods.count("spatial_dropout") / len(methods))
+    assert read_csv(run / "controller_history.csv") == []
+
+
+def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, monkeypatch, tmp_path):
+    ray_session.write_text("")
+    rc, run = run_search(monkeypatch, tmp_path, "flaky", "--num-samples", "7", "--epochs", "1",
+                         "--controller-batch", "2", "--max-concurrent", "1")
+    assert rc == 0
+    rows = read_csv(run / "trials.csv")
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "failed", "diverged")}
+    assert [len(by_status[s]) for s in ("ok", "failed", "diverged")] == [2, 3, 2]
+    raised = [r for r in by_status["failed"] if "exploded on purpose" in r["error"]]
+    crashed = [r for r in by_status["failed"] if r["error"] == NO_REPORT_ERROR]
+    assert len(raised) == 2 and len(crashed) == 1
+    assert all(float(r["reward"]) == pytest.approx(PENALTY) for r in raised + by_status["diverged"])
+    assert crashed[0]["reward"] == ""  # a dead worker says nothing about the plan
+    assert all("loss is nan" in r["error"] for r in by_status["diverged"])
+    hist = read_csv(run / "controller_history.csv")
+    learned = [r for r in rows if r["update"] != ""]
+    assert len(learned) == 5 and sum(1 for _ in hist) == 3  # 5 rewards, batch 2: 2 + 2 + 1
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-samples", "0"], "--num-samples: must be a positive integer"),
+    (["--epochs", "-2"], "--epochs: must be a positive integer"),
+    (["--controller-batch", "0"], "--controller-batch"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["--model", "resnet7"], "--model"),
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--sites", "nosuchlayer"], "--sites: 'nosuchlayer' matches no site"),
+    (["--address", "127.0.0.1:1"], "--address: cannot reach Ray"),
+    (["--resume", "--name", "never-ran"], "--resume: no resumable run"),
+    (["--resume"], "--resume: needs --name"),
+    (["--search", "bayes"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
+    import launch_search
+
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(launch_search.main(["--storage-path", str(tmp_path), *args]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())  # nothing was started or written
+
+
+def test_gpus_requested_without_gpus_exit_2(tmp_path, capsys):
+    import torch
+
+    import launch_search
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert launch_search.main(["--storage-path", str(tmp_path), "--gpus-per-trial", "0.5"]) == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
+def test_existing_run_folder_needs_resume(tmp_path, capsys):
+    import launch_search
+
+    (tmp_path / "taken").mkdir()
+    assert launch_search.main(["--storage-path", str(tmp_path), "--name", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err

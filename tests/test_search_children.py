@@ -1,0 +1,80 @@
+"""Fast stand-ins for `child_trainer.train.train_child`, loaded by the search tests and the
+benchmark through the AUTODROPOUT_CHILD hook ("<this file>:<function>"). No tests here.
+
+The reward is a deterministic function of the plan, so a search has something to learn.
+Environment (read in the Ray worker): SEARCH_TEST_SLEEP seconds per epoch, SEARCH_TEST_LOG
+a file that gets one line "trial_id start|end" per call, SEARCH_TEST_COUNTER a file used to
+number calls across workers (flaky: call 3 kills its worker process, otherwise call n raises
+when n % 3 == 1 and diverges when n % 3 == 2).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from typing import Any, Callable
+
+ReportFn = Callable[[int, dict], None]
+
+
+def _trial_id() -> str:
+    from ray import tune
+
+    return tune.get_context().get_trial_id() or "?"
+
+
+def _log(event: str) -> None:
+    path = os.environ.get("SEARCH_TEST_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{_trial_id()} {event}\n")
+
+
+def _score(plan: Any) -> float:
+    """Fraction of sites using spatial_dropout, mapped to [0.5, 0.9]."""
+    methods = list(plan.methods().values())
+    return 0.5 + 0.4 * sum(m == "spatial_dropout" for m in methods) / len(methods)
+
+
+def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
+    _log("start")
+    acc = _score(plan)
+    pause = float(os.environ.get("SEARCH_TEST_SLEEP", "0"))
+    for epoch in range(1, train.epochs + 1):
+        time.sleep(pause)
+        if report is not None:
+            report(epoch, {"epoch": epoch, "val_acc": acc * epoch / train.epochs, "train_loss": 1.0})
+    _log("end")
+    return {"val_acc": acc, "best_val_acc": acc, "train_loss": 1.0, "epochs": train.epochs,
+            "seconds": pause * train.epochs, "status": "ok", "message": ""}
+
+
+def trivial(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
+    """No work at all: what is left of a trial's time is the search machinery's overhead."""
+    if report is not None:
+        report(1, {"epoch": 1, "val_acc": 0.5, "train_loss": 1.0})
+    return {"val_acc": 0.5, "best_val_acc": 0.5, "train_loss": 1.0, "epochs": 1, "seconds": 0.0,
+            "status": "ok", "message": ""}
+
+
+def _next_call() -> int:
+    with open(os.environ["SEARCH_TEST_COUNTER"], "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = len(f.read().splitlines())
+        f.write("call\n")
+        return n
+
+
+def flaky(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
+    n = _next_call()
+    if report is not None:
+        report(1, {"epoch": 1, "val_acc": 0.3, "train_loss": 2.0})
+    if n == 3:
+        os._exit(1)  # the worker dies: Ray sees an errored trial without a final report
+    if n % 3 == 1:
+        raise RuntimeError(f"child {n} exploded on purpose")
+    if n % 3 == 2:
+        return {"val_acc": 0.1, "best_val_acc": 0.3, "train_loss": float("nan"), "epochs": 1,
+                "seconds": 0.0, "status": "diverged", "message": "epoch 1: loss is nan"}
+    return quick(train, plan, report)
