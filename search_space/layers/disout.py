@@ -1,0 +1,85 @@
+"""Disout (Tang et al., AAAI 2020): replace blocks of units by scaled Gaussian distortion."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ._blocks import ALGORITHMS, block_drop_mask, seed_rate
+from ._checks import check_int, check_prob, check_rank
+
+
+class Disout(nn.Module):
+    """Block-structured feature-map distortion, same interface as the official layer.
+
+    Selection follows the official code's geometry: seeds per example and channel, only where
+    a whole block fits (the valid region); the block is clamped to the map when larger. The
+    seed rate is solved exactly (``_blocks.seed_rate``) instead of the official closed form,
+    which ignores block overlap; so the realized selected fraction matches ``dist_prob``.
+    Selected units become ``alpha * w * std(x) * N(0, 1)`` with ``std`` a detached scalar over
+    the tensor and ``w`` per input channel from ``weight_behind`` (the next conv's weight:
+    max over output channels, random sign per entry, mean over the kernel window, x0.1 for
+    1x1 kernels), or 0.01 without it. Output is divided by the realized kept fraction.
+    ``weight_behind`` is stored detached (it shares storage, so optimizer updates are seen,
+    but it never becomes a parameter of this module nor receives gradients from it).
+    """
+
+    prob_attr: ClassVar[str] = "dist_prob"
+
+    def __init__(self, dist_prob: float = 0.09, block_size: int = 6, alpha: float = 1.0, *, algorithm: str = "auto") -> None:
+        super().__init__()
+        self.dist_prob = check_prob("dist_prob", dist_prob)
+        self.block_size = check_int("block_size", block_size)
+        self.alpha = float(alpha)
+        if not self.alpha >= 0.0:
+            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
+        self.weight_behind: torch.Tensor | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "weight_behind":
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"weight_behind must be a Tensor or None, got {type(value).__name__}")
+            object.__setattr__(self, name, None if value is None else value.detach())
+            return
+        super().__setattr__(name, value)
+
+    def _channel_weight(self, x: torch.Tensor) -> torch.Tensor | float:
+        w = self.weight_behind
+        if w is None or w.numel() == 0:
+            return 0.01
+        if w.dim() != 4 or w.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"weight_behind must be a conv weight (out, {x.shape[1]}, kh, kw) matching the input "
+                f"channels, got shape {tuple(w.shape)}"
+            )
+        w_max = w.to(device=x.device, dtype=torch.float32).amax(dim=0, keepdim=True)
+        sign = torch.where(torch.rand_like(w_max) < 0.5, -1.0, 1.0)
+        w_mean = (w_max * sign).mean(dim=(2, 3), keepdim=True)
+        if w.shape[2] * w.shape[3] == 1:
+            w_mean = 0.1 * w_mean
+        return w_mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_rank("Disout", x, (4,), "(N, C, H, W)")
+        p = check_prob("dist_prob", self.dist_prob)
+        bs = check_int("block_size", self.block_size)
+        if not self.training or p == 0.0:
+            return x
+        n, c, h, w = x.shape
+        kernel = (min(bs, h), min(bs, w))
+        rate = seed_rate(p, kernel, (h, w), True)
+        selected = block_drop_mask(n * c, (h, w), kernel, rate, True, x.device, self.algorithm).view(n, c, h, w)
+        keep = (~selected).to(x.dtype)
+        kept_frac = keep.mean(dtype=torch.float32).clamp_min(1.0 / keep.numel())
+        std = x.detach().float().var().clamp_min(0.0).sqrt()
+        scale = (self.alpha * std) * self._channel_weight(x)
+        dist = torch.randn(x.shape, device=x.device, dtype=torch.float32) * scale
+        dist = (dist * selected / kept_frac).to(x.dtype)
+        return x * (keep / kept_frac.to(x.dtype)) + dist
+
+    def extra_repr(self) -> str:
+        return f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"

@@ -1,0 +1,54 @@
+"""Linear ramp of any regularizer's probability (the ``dropblock`` package's scheduler, generalised)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._checks import check_int
+
+
+class LinearScheduler(nn.Module):
+    """Wrap ``layer`` and ramp its ``prob_attr`` from ``start_value`` to ``stop_value``.
+
+    The values are ``np.linspace(start_value, stop_value, nr_steps)``; the i-th ``.step()``
+    sets the i-th value and later steps hold the last one, exactly like ``dropblock``'s
+    scheduler. Deviations that avoid a ramp stuck at ``start_value``: the layer is set to
+    ``start_value`` at construction; ``nr_steps == 0`` sets ``stop_value`` at once and
+    ``nr_steps == 1`` steps straight to ``stop_value``. Adds no parameters or buffers.
+    """
+
+    def __init__(self, layer: nn.Module, start_value: float, stop_value: float, nr_steps: int) -> None:
+        super().__init__()
+        attr = getattr(layer, "prob_attr", None)
+        if attr is None:
+            raise ValueError(f"layer must define prob_attr, got {type(layer).__name__}")
+        self.layer = layer
+        self.nr_steps = check_int("nr_steps", nr_steps, minimum=0)
+        if self.nr_steps <= 1:
+            values = np.array([stop_value], dtype=float)
+        else:
+            values = np.linspace(start_value, stop_value, num=self.nr_steps)
+        self.values: list[float] = [float(v) for v in values]
+        self.i = 0
+        self._set(self.values[-1] if self.nr_steps == 0 else float(start_value))
+
+    @property
+    def value(self) -> float:
+        """The probability currently set on the wrapped layer."""
+        return float(getattr(self.layer, self.layer.prob_attr))
+
+    def _set(self, value: float) -> None:
+        setattr(self.layer, self.layer.prob_attr, value)
+
+    def step(self) -> None:
+        """Advance the ramp by one value (holds the last value after ``nr_steps`` steps)."""
+        if self.i < len(self.values):
+            self._set(self.values[self.i])
+        self.i += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def extra_repr(self) -> str:
+        return f"step={self.i}/{self.nr_steps}, values=[{self.values[0]:g} .. {self.values[-1]:g}]"

@@ -1,0 +1,52 @@
+"""Plain element-wise and channel-wise dropout with the same interface as the block layers."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_prob, check_rank
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout (``F.dropout``); accepts any input of rank >= 2, e.g. (N, F)."""
+
+    prob_attr: ClassVar[str] = "drop_prob"
+
+    def __init__(self, drop_prob: float = 0.1) -> None:
+        super().__init__()
+        self.drop_prob = check_prob("drop_prob", drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_rank("Dropout", x, (2, 3, 4, 5), "(N, F) or (N, C, ...)")
+        p = check_prob("drop_prob", self.drop_prob)
+        if not self.training or p == 0.0:
+            return x
+        return F.dropout(x, p, training=True)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class SpatialDropout(nn.Module):
+    """Drop whole channels per example (input (N, C, H, W) or (N, C, D, H, W)), scale 1/(1-p)."""
+
+    prob_attr: ClassVar[str] = "drop_prob"
+
+    def __init__(self, drop_prob: float = 0.1) -> None:
+        super().__init__()
+        self.drop_prob = check_prob("drop_prob", drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_rank("SpatialDropout", x, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
+        p = check_prob("drop_prob", self.drop_prob)
+        if not self.training or p == 0.0:
+            return x
+        shape = x.shape[:2] + (1,) * (x.dim() - 2)
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p).div_(1.0 - p)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"

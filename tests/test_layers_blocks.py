@@ -1,0 +1,192 @@
+"""DropBlock / Disout: realized rates, exact block geometry, rescaling, distortion statistics.
+
+Statistical tests use fixed seeds; tolerances are stated next to each assertion and sized at
+>= 3 standard deviations of the estimate for the sample sizes used.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from search_space.layers import Disout, DropBlock2d, DropBlock3d, seed_rate
+from search_space.layers._blocks import block_drop_mask, coverage
+
+PROBS = [0.05, 0.1, 0.2, 0.3]
+BLOCKS = [1, 3, 5, 7]
+MAPS = [(8, 8), (16, 16), (32, 32), (12, 20), (20, 9)]
+ELEMENTS = 1 << 17  # elements per pass for the few fixed-size checks
+
+
+def zero_fraction(layer: torch.nn.Module, shape: tuple[int, ...], passes: int = 20) -> float:
+    """Realized zeroed fraction averaged over ``passes`` forwards on a ones tensor."""
+    x = torch.ones(shape)
+    with torch.no_grad():
+        return float(np.mean([float((layer(x) == 0).float().mean()) for _ in range(passes)]))
+
+
+def batch_for(hw: tuple[int, int], channels: int, block: int = 7) -> int:
+    """Batch size giving a standard error of the 20-pass mean rate <= 0.0033 (3 sigma in 0.01).
+
+    The variance of one mask's dropped fraction is about p(1-p) * block_area / map_area <=
+    0.21 * a, so 20 passes need about 1000 * a masks per pass.
+    """
+    area = min(block, hw[0]) * min(block, hw[1]) / (hw[0] * hw[1])
+    masks = int(np.ceil(1000 * area)) + 16
+    return max(1, -(-masks // channels))
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("p", PROBS)
+def test_dropblock_realizes_drop_prob(p: float, share: bool) -> None:
+    torch.manual_seed(1)
+    c = 2 if share else 16
+    for bs in BLOCKS:
+        for hw in MAPS:
+            layer = DropBlock2d(p, bs, share_channels=share).train()
+            rate = zero_fraction(layer, (batch_for(hw, c, bs), c, *hw))
+            assert abs(rate - p) <= 0.01, (p, bs, hw, share, rate)
+
+
+@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
+def test_both_algorithms_realize_drop_prob(algorithm: str) -> None:
+    torch.manual_seed(2)
+    for p, bs, hw in [(0.1, 5, (16, 16)), (0.3, 4, (9, 14)), (0.05, 7, (8, 8)), (0.2, 1, (32, 32)), (0.2, 6, (11, 11))]:
+        layer = DropBlock2d(p, bs, algorithm=algorithm).train()
+        rate = zero_fraction(layer, (batch_for(hw, 8, bs), 8, *hw))
+        assert abs(rate - p) <= 0.01, (algorithm, p, bs, hw, rate)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_dropblock3d_realizes_drop_prob(share: bool) -> None:
+    torch.manual_seed(3)
+    for p, bs, dhw in [(0.1, 3, (6, 8, 8)), (0.2, 2, (4, 7, 9)), (0.3, 5, (8, 8, 8))]:
+        layer = DropBlock3d(p, bs, share_channels=share).train()
+        rate = zero_fraction(layer, (max(1, ELEMENTS // (4 * int(np.prod(dhw)))), 4, *dhw))
+        assert abs(rate - p) <= 0.01, (p, bs, dhw, share, rate)
+
+
+@pytest.mark.parametrize("valid_only", [False, True])
+@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
+def test_per_unit_drop_probability_matches_geometry(valid_only: bool, algorithm: str) -> None:
+    """Every unit u is dropped with probability 1 - (1 - g)^c(u): exact seed region and block
+    placement (odd and even block, non-square map), for both samplers."""
+    torch.manual_seed(4)
+    size, kernel, p, m = (9, 12), (4, 3), 0.2, 20000
+    g = seed_rate(p, kernel, size, valid_only)
+    cov = np.multiply.outer(coverage(9, 4, valid_only), coverage(12, 3, valid_only))
+    expected = 1.0 - (1.0 - g) ** cov
+    freq = block_drop_mask(m, size, kernel, g, valid_only, torch.device("cpu"), algorithm).float().mean(0).numpy()
+    sigma = np.sqrt(expected * (1 - expected) / m) + 1e-9
+    assert np.all(np.abs(freq - expected) <= 4.5 * sigma), np.abs(freq - expected) / sigma
+    assert abs(float(np.mean(expected)) - p) < 1e-9  # the solved seed rate is exact in expectation
+
+
+def test_single_seed_makes_one_centred_block() -> None:
+    """A lone seed on a 7x7 map with block 3 zeroes exactly the 3x3 square centred on it."""
+    torch.manual_seed(5)
+    dropped = block_drop_mask(20000, (7, 7), (3, 3), 0.003, False, torch.device("cpu"), "sparse")
+    counts = dropped.flatten(1).sum(1)
+    interior = dropped[counts == 9]
+    assert len(interior) > 100
+    for mask in interior[:200]:
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        assert rows.max() - rows.min() == 2 and cols.max() - cols.min() == 2
+
+
+def test_seed_rate_beats_naive_formulas() -> None:
+    # The references' closed forms miss the target on a 16x16 map with block 5.
+    g = seed_rate(0.1, (5, 5), (16, 16), False)
+    assert 0.1 / 25 < g < 0.1 * 256 / 25 / (12 * 12)
+    assert seed_rate(0.1, (1, 1), (16, 16), False) == pytest.approx(0.1, abs=1e-12)
+
+
+def test_block_size_one_is_bernoulli_dropout() -> None:
+    torch.manual_seed(6)
+    p, n = 0.2, 256
+    layer = DropBlock2d(p, 1).train()
+    dropped = (layer(torch.ones(n, 16, 16, 16)) == 0).float()
+    per_map = dropped.flatten(2).sum(-1).flatten()  # Binomial(256, p) per map if independent
+    assert float(per_map.mean()) / 256 == pytest.approx(p, abs=0.005)
+    assert float(per_map.var()) / (256 * p * (1 - p)) == pytest.approx(1.0, abs=0.1)
+    right = (dropped[..., :, 1:] * dropped[..., :, :-1]).mean()  # neighbours independent
+    assert float(right) == pytest.approx(p * p, abs=0.004)
+
+
+def test_shared_mask_is_identical_across_channels() -> None:
+    torch.manual_seed(7)
+    y = DropBlock2d(0.3, 3, share_channels=True).train()(torch.ones(8, 5, 10, 10))
+    assert torch.equal(y, y[:, :1].expand_as(y))
+    z = DropBlock2d(0.3, 3, share_channels=False).train()(torch.ones(8, 5, 10, 10))
+    assert not torch.equal(z, z[:, :1].expand_as(z))
+
+
+def test_dropblock_rescales_by_kept_fraction_and_gradient_is_mask() -> None:
+    torch.manual_seed(8)
+    x = torch.rand(16, 4, 12, 12, requires_grad=True)
+    y = DropBlock2d(0.2, 3).train()(x)
+    kept = (y != 0).float()
+    scale = kept.numel() / kept.sum()
+    assert torch.allclose(y, x * kept * scale, atol=1e-6)
+    y.backward(torch.ones_like(y))
+    assert torch.allclose(x.grad, kept * scale, atol=1e-6)
+
+
+def test_block_larger_than_map_is_clamped() -> None:
+    torch.manual_seed(9)
+    layer = DropBlock2d(0.2, 11).train()  # clamped to the 6x4 map: a seed drops most of it
+    rate = zero_fraction(layer, (4096, 1, 6, 4))
+    assert abs(rate - 0.2) <= 0.01
+
+
+# ---- Disout ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", PROBS)
+def test_disout_realizes_dist_prob(p: float) -> None:
+    """On a constant input var(x) = 0, so the distorted units are exactly the zeros."""
+    torch.manual_seed(10)
+    for bs in [1, 3, 6, 7]:
+        for hw in [(8, 8), (16, 16), (12, 20)]:
+            rate = zero_fraction(Disout(p, bs).train(), (batch_for(hw, 16, bs), 16, *hw))
+            assert abs(rate - p) <= 0.01, (p, bs, hw, rate)
+
+
+def test_disout_distortion_statistics_without_weight() -> None:
+    torch.manual_seed(11)
+    alpha, p = 5.0, 0.2
+    x = torch.randn(64, 8, 16, 16) * 3.0 + 1.0
+    layer = Disout(p, 3, alpha=alpha).train()
+    layer.algorithm = "dense"
+    torch.manual_seed(12)
+    y = layer(x)
+    torch.manual_seed(12)
+    selected = block_drop_mask(64 * 8, (16, 16), (3, 3), seed_rate(p, (3, 3), (16, 16), True), True,
+                               torch.device("cpu"), "dense").view_as(x)
+    kf = 1.0 - selected.float().mean()
+    assert torch.allclose(y[~selected], x[~selected] / kf, rtol=1e-5)
+    expected_std = alpha * 0.01 * float(x.var().sqrt()) / float(kf)
+    assert float(y[selected].std()) == pytest.approx(expected_std, rel=0.03)
+    assert abs(float(y[selected].mean())) < 4 * expected_std / np.sqrt(int(selected.sum()))
+
+
+def test_disout_weight_behind_scales_distortion_per_channel() -> None:
+    """1x1 next conv with constant weight 0.5: w = +-0.1 * 0.5 per channel."""
+    torch.manual_seed(13)
+    conv = torch.nn.Conv2d(8, 4, 1, bias=False)
+    torch.nn.init.constant_(conv.weight, 0.5)
+    layer = Disout(0.3, 3, alpha=2.0).train()
+    layer.weight_behind = conv.weight
+    assert list(layer.state_dict()) == [] and list(layer.parameters()) == []
+    x = torch.randn(128, 8, 12, 12, requires_grad=True)
+    y = layer(x)
+    kept = (y.detach() == x.detach() * (y.detach() / x.detach()).median()).float()
+    kf = kept.mean()
+    dist = (y.detach() * (1 - kept))
+    per_channel_std = (dist.pow(2).sum((0, 2, 3)) / (1 - kept).sum((0, 2, 3))).sqrt()
+    expected = 2.0 * 0.05 * float(x.detach().var().sqrt()) / float(kf)
+    assert torch.allclose(per_channel_std, torch.full((8,), expected), rtol=0.06)
+    y.sum().backward()
+    assert conv.weight.grad is None  # the distortion never trains the next layer
+    with pytest.raises(ValueError, match="weight_behind"):
+        layer.weight_behind = torch.ones(4, 3, 1, 1)
+        layer(x)
