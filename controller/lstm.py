@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = ["LSTMController"]
 
@@ -82,12 +83,14 @@ class LSTMController(nn.Module):
         # Row offset of each key's block in the packed head / embedding tables.
         key_rows: dict[Hashable, tuple[int, int]] = {}
         offsets: list[int] = []
+        self._block_of: list[int] = []  # decision -> index of its key's block of rows
         total = 0
         for d, (key, size) in enumerate(zip(keys, sizes)):
             if key not in key_rows:
                 key_rows[key] = (total, size)
                 total += size
             start, key_size = key_rows[key]
+            self._block_of.append(list(key_rows).index(key) if share_keys is not None else d)
             if key_size != size:
                 raise ValueError(
                     f"share_keys[{d}]={key!r}: vocab size {size} differs from {key_size} "
@@ -95,6 +98,7 @@ class LSTMController(nn.Module):
                 )
             offsets.append(start)
         self._offsets = offsets
+        self._block_sizes = [size for _, size in key_rows.values()]
         vmax = max(sizes)
         index = torch.zeros(len(sizes), vmax, dtype=torch.long)
         valid = torch.zeros(len(sizes), vmax, dtype=torch.bool)
@@ -104,6 +108,8 @@ class LSTMController(nn.Module):
         self.register_buffer("_head_index", index, persistent=False)
         self.register_buffer("_head_valid", valid, persistent=False)
         self.register_buffer("_offset_t", torch.tensor(offsets), persistent=False)
+        # Where decision d's choices sit in the flattened padded (D * vmax) logits.
+        self.register_buffer("_flat_valid", valid.flatten().nonzero().squeeze(1), persistent=False)
 
         self.start = nn.Parameter(torch.empty(hidden_size))
         self.embedding = nn.Parameter(torch.empty(total, hidden_size))
@@ -138,47 +144,59 @@ class LSTMController(nn.Module):
             logits = self.tanh_constant * torch.tanh(logits)
         return logits
 
+    @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, greedy: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Draw ``n`` token sequences; returns ``(tokens[n,D], log_probs[n,D], entropies[n,D])``.
 
-        Respects the ambient grad mode (wrap in ``torch.no_grad()`` when only tokens are
-        needed). One uniform per decision is drawn from ``generator`` up front and turned
-        into a token by inverse CDF, so the random stream depends only on ``n`` and ``D``.
+        No gradients (use :meth:`evaluate` on the tokens for those): sampling is the hot loop
+        of a search, so everything that does not depend on the previous token is hoisted out
+        of it (input projections of every token, per-decision head views, all Gumbel noise
+        drawn from ``generator`` in one call) and the LSTM step is hand-fused.
         ``greedy=True`` takes the most likely choice at every step (no randomness).
         """
         _check_positive("n", n, integer=True)
-        device = self.start.device
-        num = self.num_decisions
-        uniforms = None if greedy else torch.rand(n, num, generator=generator, device=device)
-        w_ih, w_hh, b_ih, b_hh = self._lstm_weights()
-        x = self.start.expand(n, -1)
-        h = [x.new_zeros(n, self.hidden_size) for _ in range(self.num_layers)]
-        c = [x.new_zeros(n, self.hidden_size) for _ in range(self.num_layers)]
-        tokens, log_probs, entropies = [], [], []
-        for d, (start, size) in enumerate(zip(self._offsets, self.vocab_sizes)):
+        hid, sizes = self.hidden_size, self.vocab_sizes
+        clip = 1.0 if self.tanh_constant is None else self.tanh_constant
+        w_ih, w_hh, bias = self._gate_ordered_lstm()
+        # Layer-0 input gates of every token row (its embedding) and of the start input.
+        token_gates = torch.addmm(bias[0], self.embedding, w_ih[0].t())
+        x_gates = torch.addmv(bias[0], w_ih[0], self.start).expand(n, -1)
+        token_gates = self._per_decision(token_gates)
+        head_w = self._per_decision(self.head_weight / self.temperature)
+        head_b = self._per_decision(self.head_bias / self.temperature)
+        w_ih_t = [w.t() for w in w_ih]
+        w_hh_t = [w.t() for w in w_hh]
+        if greedy:
+            noise = [self.start.new_zeros(n, size) for size in sizes]
+        else:
+            u = torch.rand(n, sum(sizes), generator=generator, device=self.start.device)
+            u = u.clamp_(min=1e-30).log_().neg_().log_().neg_()  # Gumbel(0, 1)
+            noise = u.split(sizes, dim=1)
+        h = [self.start.new_zeros(n, hid) for _ in range(self.num_layers)]
+        c = [self.start.new_zeros(n, hid) for _ in range(self.num_layers)]
+        tokens, shaped = [], []
+        for d in range(len(sizes)):
             for layer in range(self.num_layers):
-                h[layer], c[layer] = torch.lstm_cell(
-                    x, (h[layer], c[layer]), w_ih[layer], w_hh[layer], b_ih[layer], b_hh[layer]
-                )
-                x = h[layer]
-            rows = slice(start, start + size)
-            logits = self._shape_logits(
-                torch.addmm(self.head_bias[rows], x, self.head_weight[rows].t())
-            )
-            logp = torch.log_softmax(logits, dim=-1)
-            probs = logp.exp()
-            if uniforms is None:
-                token = probs.argmax(dim=-1)
-            else:
-                cdf = probs.detach().cumsum(dim=-1)
-                token = (cdf < uniforms[:, d : d + 1]).sum(dim=-1).clamp_(max=size - 1)
+                if layer > 0:
+                    x_gates = torch.addmm(bias[layer], h[layer - 1], w_ih_t[layer])
+                gates = torch.addmm(x_gates, h[layer], w_hh_t[layer])
+                ifo = gates[:, : 3 * hid].sigmoid().chunk(3, dim=1)
+                c[layer] = torch.addcmul(ifo[1] * c[layer], ifo[0], gates[:, 3 * hid :].tanh())
+                h[layer] = ifo[2] * c[layer].tanh()
+            logits = F.linear(h[-1], head_w[d], head_b[d])
+            if self.tanh_constant is not None:
+                logits = logits.tanh_()
+            shaped.append(logits)  # times `clip`, done once after the loop
+            token = torch.add(noise[d], logits, alpha=clip).argmax(dim=1)
             tokens.append(token)
-            log_probs.append(logp.gather(1, token[:, None]).squeeze(1))
-            entropies.append(-(probs * logp).sum(dim=-1))
-            x = self.embedding[start + token]
-        return torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(entropies, 1)
+            x_gates = token_gates[d].index_select(0, token)
+        padded = self.start.new_full((n, len(sizes) * self._head_valid.shape[1]), _PAD_LOGIT)
+        padded[:, self._flat_valid] = torch.cat(shaped, dim=1).mul_(clip)
+        all_tokens = torch.stack(tokens, dim=1)
+        log_probs, entropies = _score(padded.view(n, len(sizes), -1), all_tokens)
+        return all_tokens, log_probs, entropies
 
     def evaluate(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced ``(log_probs[n,D], entropies[n,D])`` of given tokens (differentiable)."""
@@ -190,15 +208,27 @@ class LSTMController(nn.Module):
         weight = self.head_weight[self._head_index]  # (D, V, H)
         logits = torch.einsum("ndh,dvh->ndv", hidden, weight) + self.head_bias[self._head_index]
         logits = self._shape_logits(logits).masked_fill(~self._head_valid, _PAD_LOGIT)
-        logp = torch.log_softmax(logits, dim=-1)
-        entropies = -(logp.exp() * logp).sum(dim=-1)
-        return logp.gather(2, tokens[:, :, None]).squeeze(2), entropies
+        return _score(logits, tokens)
 
-    def _lstm_weights(self) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        names = ("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")
-        return tuple(  # type: ignore[return-value]
-            [getattr(self.lstm, f"{name}{k}") for k in range(self.num_layers)] for name in names
-        )
+    def _gate_ordered_lstm(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per layer (w_ih, w_hh, b_ih + b_hh) with gate rows reordered from PyTorch's
+        (i, f, g, o) to (i, f, o, g): one sigmoid and one tanh per step, no gather."""
+        hid = self.hidden_size
+        order = torch.cat([torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid),
+                           torch.arange(2 * hid, 3 * hid)]).to(self.start.device)
+        out: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+        for k in range(self.num_layers):
+            lstm = self.lstm
+            bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
+            for dest, tensor in zip(out, (getattr(lstm, f"weight_ih_l{k}"),
+                                          getattr(lstm, f"weight_hh_l{k}"), bias)):
+                dest.append(tensor[order])
+        return out
+
+    def _per_decision(self, rows: Tensor) -> list[Tensor]:
+        """Views of a packed per-row tensor (rows, ...), one per decision (shared keys share)."""
+        blocks = rows.split(self._block_sizes, dim=0)
+        return [blocks[b] for b in self._block_of]
 
     def _check_tokens(self, tokens: Tensor | Sequence[Sequence[int]]) -> Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.start.device)
@@ -215,6 +245,13 @@ class LSTMController(nn.Module):
                 f"0..{self.vocab_sizes[d] - 1}"
             )
         return tokens
+
+
+def _score(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probs of the chosen tokens and entropies from shaped, padded logits (n, D, V)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    entropies = -(logp.exp() * logp).sum(dim=-1)
+    return logp.gather(2, tokens[:, :, None]).squeeze(2), entropies
 
 
 def _check_vocab_sizes(vocab_sizes: Sequence[int]) -> list[int]:

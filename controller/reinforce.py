@@ -105,12 +105,10 @@ class Reinforce:
                 f"rewards: got {len(rewards)} rewards for {len(tokens_batch)} token sequences, "
                 "expected the same non-zero number"
             )
-        for i, r in enumerate(rewards):
-            if not isinstance(r, (int, float)) or not math.isfinite(r):
-                raise ValueError(f"rewards[{i}]={r!r}: expected a finite number")
+        values = [_finite("rewards", i, r) for i, r in enumerate(rewards)]
         device = self.generator.device
-        reward = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=device)
-        mean_reward = float(reward.mean())
+        reward = torch.tensor(values, dtype=torch.float32, device=device)
+        mean_reward = math.fsum(values) / len(values)
         baseline = mean_reward if self.baseline is None else self.baseline
         mask = self._mask(tokens_batch).to(device)
 
@@ -207,6 +205,16 @@ class Reinforce:
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
         self.step = int(state["step"])
         self.generator.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8).cpu())
+
+
+def _finite(field: str, index: int, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{field}[{index}]={value!r}: expected a finite number")
+    return number
 
 
 def state_to_json(state: Any) -> str:

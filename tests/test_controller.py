@@ -93,9 +93,24 @@ def test_same_seed_same_samples_and_init() -> None:
     assert torch.equal(draw(0, 0), draw(0, 0))
     assert not torch.equal(draw(0, 0), draw(0, 1))
     assert not torch.equal(draw(0, 0), draw(1, 0))
+    policy = LSTMController([V] * D, hidden_size=16, seed=4)
+    rebuilt = LSTMController(**policy.config())
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), rebuilt.parameters()))
     trainer = Reinforce(LSTMController([V] * D), seed=7)
     again = Reinforce(LSTMController([V] * D), seed=7)
     assert trainer.sample(5) == again.sample(5) and trainer.sample(5) == again.sample(5)
+
+
+def test_shared_keys_share_head_and_embedding() -> None:
+    """Decisions with one key use the same rows: ENAS-style weight sharing per decision type."""
+    own = LSTMController([4, 3] * 5, hidden_size=8)
+    shared = LSTMController([4, 3] * 5, hidden_size=8, share_keys=["prob", "size"] * 5)
+    assert own.head_weight.shape[0] == 35 and shared.head_weight.shape[0] == 7
+    tokens = shared.sample(32, torch.Generator().manual_seed(0))[0]
+    log_probs, _ = shared.evaluate(tokens)
+    log_probs[:, 0].sum().backward()  # decision 0 ("prob") only: its 4 rows get gradient
+    rows_with_grad = shared.head_weight.grad.abs().sum(dim=1) > 0
+    assert rows_with_grad.tolist() == [True] * 4 + [False] * 3
 
 
 @pytest.mark.parametrize("kwargs,field", [
