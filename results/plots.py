@@ -136,6 +136,9 @@ def plot_retrain(summary: pd.DataFrame, path: Path) -> Path:
     colors = ["C0" if str(p).startswith("searched") else "C7" for p in summary["plan"]]
     ax.bar(x, summary["test_acc_mean"], yerr=summary["test_acc_std"].fillna(0.0), capsize=5, color=colors,
            edgecolor="black", label="mean test accuracy +- 1 std over seeds")
+    for xi, mean in zip(x, summary["test_acc_mean"]):
+        ax.annotate(f"{mean:.3f}", (xi, mean), xytext=(0, 3), textcoords="offset points", ha="left",
+                    fontsize=8)
     lo = float((summary["test_acc_mean"] - summary["test_acc_std"].fillna(0.0)).min())
     hi = float((summary["test_acc_mean"] + summary["test_acc_std"].fillna(0.0)).max())
     pad = max(0.01, (hi - lo) * 0.3)

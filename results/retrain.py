@@ -85,8 +85,18 @@ def _train_config(run: Run, cfg: RetrainConfig, seed: int) -> dict[str, Any]:
 
 
 def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
-    """Label -> Plan: ``searched#k`` for the top-k trials, then the requested baselines."""
-    plans = {f"searched#{k}": plan_at_rank(run, k) for k in range(1, cfg.top + 1)}
+    """Label -> Plan: ``searched#k`` for the k best searched plans, then the requested baselines.
+
+    The search's all-"none" reference trial is skipped even when it ranks first: the ``none``
+    baseline already retrains it.
+    """
+    table = ranked(run.trials)
+    searched = [int(r) for r, ref in zip(table["rank"], table["reference"]) if not ref][:cfg.top]
+    if cfg.top and not searched:
+        raise ValueError(f"top: the run has no finished searched trial to retrain ({run.path})")
+    if len(searched) < cfg.top:
+        log.warning("only %d searched plans finished; retraining those", len(searched))
+    plans = {f"searched#{k}": plan_at_rank(run, rank) for k, rank in enumerate(searched, start=1)}
     if cfg.baselines:
         model, x, _, _ = model_and_example(run.train_config)
         plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), cfg.baselines))
