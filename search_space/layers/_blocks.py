@@ -104,7 +104,7 @@ def block_drop_mask(
     """
     geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
     if _choose(algorithm, device, rate, kernel) == "sparse":
-        return _sparse(m, size, kernel, geo, rate, device)
+        return _sparse(m, size, kernel, geo, rate, valid_only, device)
     return _dense(m, size, kernel, geo, rate, device)
 
 
@@ -123,34 +123,47 @@ def _dense(m, size, kernel, geo, rate, device) -> torch.Tensor:
     return pool(seeds, kernel, stride=1).view(m, *size).bool()
 
 
-def _sparse(m, size, kernel, geo, rate, device) -> torch.Tensor:
-    n_seeds = [n for n, _ in geo]
-    total = m * math.prod(n_seeds)
-    cells = m * math.prod(size)
-    flat = torch.zeros(cells + 1, dtype=torch.bool, device=device)  # last cell: clipped block parts
+@lru_cache(maxsize=256)
+def _cell_table(size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool, device: torch.device) -> torch.Tensor:
+    """For every seed position, the flat in-map indices of the cells its block drops.
+
+    Shape (number of seed positions, prod(kernel)). Block cells clipped by the border are
+    replaced by the seed's own (always dropped) cell, so no index ever leaves the map.
+    """
+    geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
+    seeds = np.stack(np.meshgrid(*[np.arange(n) for n, _ in geo], indexing="ij"), -1).reshape(-1, len(size))
+    offs = np.stack(np.meshgrid(*[np.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, len(size))
+    starts = seeds - np.array([off for _, off in geo])
+    cells = starts[:, None, :] + offs[None, :, :]
+    inside = np.all((cells >= 0) & (cells < np.array(size)), axis=-1)
+    # a seed's block always contains the seed itself (DropBlock) or its start (Disout)
+    own = starts if valid_only else seeds
+    cells = np.where(inside[..., None], cells, own[:, None, :])
+    flat = np.ravel_multi_index(tuple(np.moveaxis(cells, -1, 0)), size)
+    return torch.as_tensor(flat, dtype=torch.int64, device=device)
+
+
+def _sparse(m, size, kernel, geo, rate, valid_only, device) -> torch.Tensor:
+    per_mask = math.prod(n for n, _ in geo)
+    total = m * per_mask
+    cells = math.prod(size)
+    flat = torch.zeros(m * cells, dtype=torch.bool, device=device)
     lam = torch.tensor([total * -math.log1p(-rate)], dtype=torch.float64, device=device)
     count = int(torch.poisson(lam).item())
     if count:
         seed = torch.randint(0, total, (count,), device=device)
-        idx = None
-        stride = 1
-        dims = len(size)
-        for d in reversed(range(dims)):
-            n, (_, off), s, k = n_seeds[d], geo[d], size[d], kernel[d]
-            shape = [1] * (dims + 1)
-            shape[d + 1] = k
-            coord = (seed % n - off).view(-1, *([1] * dims)) + torch.arange(k, device=device).view(shape)
-            part = torch.where((coord >= 0) & (coord < s), coord * stride, cells)
-            idx = part if idx is None else idx + part
-            seed = seed.div(n, rounding_mode="floor")
-            stride *= s
-        idx = (idx + (seed * stride).view(-1, *([1] * dims))).clamp_(max=cells)
-        flat[idx.view(-1)] = True
-    return flat[:cells].view(m, *size)
+        table = _cell_table(tuple(size), tuple(kernel), valid_only, device)
+        idx = table.index_select(0, seed % per_mask).add_(seed.div(per_mask, rounding_mode="floor").mul_(cells)[:, None])
+        flat.index_fill_(0, idx.view(-1), True)
+    return flat.view(m, *size)
 
 
 def keep_scale_mask(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Multiplicative mask: 0 where dropped, ``numel / kept`` elsewhere (mean-preserving)."""
-    kept = dropped.numel() - torch.count_nonzero(dropped)
-    scale = (dropped.numel() / kept.clamp_min(1).double()).to(dtype)
-    return torch.where(dropped, torch.zeros((), dtype=dtype, device=dropped.device), scale)
+    """Multiplicative mask: 0 where dropped, ``numel / kept`` elsewhere (mean-preserving).
+
+    Goes through uint8 because bool -> float conversion is several times slower on CPU.
+    """
+    keep = torch.rsub(dropped.contiguous().view(torch.uint8), 1)
+    kept = torch.count_nonzero(keep)
+    scale = (keep.numel() / kept.clamp_min(1).double()).to(dtype)
+    return keep.to(dtype).mul_(scale)
