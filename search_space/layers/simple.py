@@ -10,14 +10,21 @@ from torch import nn
 from ._checks import check_prob, check_rank
 
 
-class Dropout(nn.Module):
-    """Element-wise dropout (``F.dropout``); accepts any input of rank >= 2, e.g. (N, F)."""
+class _ProbLayer(nn.Module):
+    """A stateless layer driven by one probability ``drop_prob`` in [0, 1)."""
 
     prob_attr: ClassVar[str] = "drop_prob"
 
     def __init__(self, drop_prob: float = 0.1) -> None:
         super().__init__()
         self.drop_prob = check_prob("drop_prob", drop_prob)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Dropout(_ProbLayer):
+    """Element-wise dropout (``F.dropout``); accepts any input of rank 2..5, e.g. (N, F)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("Dropout", x, (2, 3, 4, 5), "(N, F) or (N, C, ...)")
@@ -26,18 +33,9 @@ class Dropout(nn.Module):
             return x
         return F.dropout(x, p, training=True)
 
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
-
-class SpatialDropout(nn.Module):
+class SpatialDropout(_ProbLayer):
     """Drop whole channels per example (input (N, C, H, W) or (N, C, D, H, W)), scale 1/(1-p)."""
-
-    prob_attr: ClassVar[str] = "drop_prob"
-
-    def __init__(self, drop_prob: float = 0.1) -> None:
-        super().__init__()
-        self.drop_prob = check_prob("drop_prob", drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("SpatialDropout", x, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
@@ -47,6 +45,3 @@ class SpatialDropout(nn.Module):
         shape = x.shape[:2] + (1,) * (x.dim() - 2)
         mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p).div_(1.0 - p)
         return x * mask
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
