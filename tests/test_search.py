@@ -3,9 +3,13 @@ end to end on one shared local Ray session (controller, random, failures, bad ar
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +20,14 @@ from controller.searcher import (HISTORY_COLUMNS, NO_REPORT_ERROR, TRIAL_COLUMNS
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
+REPO = Path(__file__).resolve().parents[1]
 CHILDREN = Path(__file__).with_name("test_search_children.py")
 PENALTY = 0.1
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -152,30 +159,28 @@ def test_searcher_rejects_bad_counts():
 
 # ----------------------------------------------------------------------- launch_search + Ray
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    """One local Ray for every in-process search here (starting Ray costs ~10 s)."""
+def ray_session():
+    """One local Ray for every search here (starting Ray costs ~10 s); subprocess drivers
+    join it with --address, which also exercises shipping the code to a cluster."""
     ray = pytest.importorskip("ray")
-    counter = tmp_path_factory.mktemp("counter") / "calls"
-    old = os.environ.get("SEARCH_TEST_COUNTER")
-    os.environ["SEARCH_TEST_COUNTER"] = str(counter)  # workers inherit it from the raylet
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
-    yield counter
+    yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-    if old is None:
-        os.environ.pop("SEARCH_TEST_COUNTER", None)
-    else:
-        os.environ["SEARCH_TEST_COUNTER"] = old
 
 
 def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[int, Path]:
+    """launch_search.main in this process; the fake child's scratch folder is --data-dir."""
     import launch_search
 
     if child:
         monkeypatch.setenv("AUTODROPOUT_CHILD", f"{CHILDREN}:{child}")
     else:
         monkeypatch.delenv("AUTODROPOUT_CHILD", raising=False)
-    rc = launch_search.main(["--storage-path", str(tmp_path), "--name", "run", *args])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    rc = launch_search.main(["--storage-path", str(tmp_path), "--name", "run",
+                             "--data-dir", str(scratch), *args])
     return rc, tmp_path / "run"
 
 
@@ -233,7 +238,6 @@ def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch
 
 
 def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, monkeypatch, tmp_path):
-    ray_session.write_text("")
     rc, run = run_search(monkeypatch, tmp_path, "flaky", "--num-samples", "7", "--epochs", "1",
                          "--controller-batch", "2", "--max-concurrent", "1")
     assert rc == 0
@@ -293,3 +297,57 @@ def test_existing_run_folder_needs_resume(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert launch_search.main(["--storage-path", str(tmp_path), "--name", "taken"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
+    """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
+    env = {**os.environ, "AUTODROPOUT_CHILD": f"{CHILDREN}:quick"}
+    cmd = [sys.executable, str(REPO / "launch_search.py"), "--storage-path", str(tmp_path),
+           "--name", "run", "--address", address, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigint_then_resume_finishes_only_the_remaining_trials(ray_session, tmp_path):
+    run, scratch, total = tmp_path / "run", tmp_path / "scratch", 10
+    scratch.mkdir()
+    (scratch / "sleep").write_text("0.3")
+    proc = launch(tmp_path, ray_session, "--num-samples", str(total), "--epochs", "2",
+                  "--controller-batch", "2", "--max-concurrent", "1", "--data-dir", str(scratch))
+    try:
+        deadline = time.time() + 120
+        while len(read_csv(run / "trials.csv")) < 4 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    state = json.loads((run / "run_state.json").read_text())
+    first = read_csv(run / "trials.csv")
+    hist1 = read_csv(run / "controller_history.csv")
+    assert state["status"] == "interrupted" and state["completed"] == len(first)
+    assert 4 <= len(first) < total and hist1
+
+    proc = launch(tmp_path, ray_session, "--resume")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
+    rows = read_csv(run / "trials.csv")
+    hist = read_csv(run / "controller_history.csv")
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+    assert len(rows) == total and len({r["trial_id"] for r in rows}) == total
+    assert rows[:len(first)] == [{**r, "update": rows[i]["update"]} for i, r in enumerate(first)]
+    starts = Counter(line.split()[0] for line in (scratch / "calls.log").read_text().splitlines()
+                     if line.endswith(" start"))
+    assert set(starts) == {r["trial_id"] for r in rows}
+    assert all(starts[r["trial_id"]] == 1 for r in first)  # finished trials never ran again
+    assert sum(starts.values()) <= total + 1  # at most the one interrupted trial ran twice
+    # The controller went on from its saved step: the history extends the first run's rows.
+    assert hist[:len(hist1)] == hist1
+    assert [int(h["step"]) for h in hist] == list(range(1, len(hist) + 1))
+    assert [int(h["update"]) for h in hist] == list(range(len(hist)))
+    assert len(hist) == 5  # 9 sampled trials, batch 2: 4 full batches + the last one
+    assert len([p for p in run.iterdir() if p.name.startswith("trial_")]) == total
+    assert "Best plan" in out

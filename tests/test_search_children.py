@@ -2,32 +2,33 @@
 benchmark through the AUTODROPOUT_CHILD hook ("<this file>:<function>"). No tests here.
 
 The reward is a deterministic function of the plan, so a search has something to learn.
-Environment (read in the Ray worker): SEARCH_TEST_SLEEP seconds per epoch, SEARCH_TEST_LOG
-a file that gets one line "trial_id start|end" per call, SEARCH_TEST_COUNTER a file used to
-number calls across workers (flaky: call 3 kills its worker process, otherwise call n raises
-when n % 3 == 1 and diverges when n % 3 == 2).
+Settings travel in the trial config, not the environment: ``train.data_dir`` (unused by the
+digits data) names a scratch folder that may hold ``sleep`` (seconds per epoch), and gets
+``calls.log`` (one line "trial_id start|end" per call) and ``counter`` (numbers the calls
+across workers for `flaky`).
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 ReportFn = Callable[[int, dict], None]
 
 
-def _trial_id() -> str:
-    from ray import tune
-
-    return tune.get_context().get_trial_id() or "?"
+def _scratch(train: Any) -> Path | None:
+    return Path(train.data_dir) if train.data_dir else None
 
 
-def _log(event: str) -> None:
-    path = os.environ.get("SEARCH_TEST_LOG")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(f"{_trial_id()} {event}\n")
+def _log(train: Any, event: str) -> None:
+    scratch = _scratch(train)
+    if scratch is not None:
+        from ray import tune
+
+        with open(scratch / "calls.log", "a", encoding="utf-8") as f:
+            f.write(f"{tune.get_context().get_trial_id()} {event}\n")
 
 
 def _score(plan: Any) -> float:
@@ -37,14 +38,15 @@ def _score(plan: Any) -> float:
 
 
 def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
-    _log("start")
+    _log(train, "start")
     acc = _score(plan)
-    pause = float(os.environ.get("SEARCH_TEST_SLEEP", "0"))
+    scratch = _scratch(train)
+    pause = float((scratch / "sleep").read_text()) if scratch and (scratch / "sleep").is_file() else 0.0
     for epoch in range(1, train.epochs + 1):
         time.sleep(pause)
         if report is not None:
             report(epoch, {"epoch": epoch, "val_acc": acc * epoch / train.epochs, "train_loss": 1.0})
-    _log("end")
+    _log(train, "end")
     return {"val_acc": acc, "best_val_acc": acc, "train_loss": 1.0, "epochs": train.epochs,
             "seconds": pause * train.epochs, "status": "ok", "message": ""}
 
@@ -57,8 +59,8 @@ def trivial(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
             "status": "ok", "message": ""}
 
 
-def _next_call() -> int:
-    with open(os.environ["SEARCH_TEST_COUNTER"], "a+", encoding="utf-8") as f:
+def _next_call(train: Any) -> int:
+    with open(Path(train.data_dir) / "counter", "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         n = len(f.read().splitlines())
@@ -67,14 +69,16 @@ def _next_call() -> int:
 
 
 def flaky(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
-    n = _next_call()
-    if report is not None:
-        report(1, {"epoch": 1, "val_acc": 0.3, "train_loss": 2.0})
+    """Call 3 kills its worker process; otherwise call n raises when n % 3 == 1 and
+    diverges when n % 3 == 2; the rest behave like `quick`."""
+    n = _next_call(train)
     if n == 3:
         os._exit(1)  # the worker dies: Ray sees an errored trial without a final report
     if n % 3 == 1:
+        if report is not None:
+            report(1, {"epoch": 1, "val_acc": 0.3, "train_loss": 2.0})
         raise RuntimeError(f"child {n} exploded on purpose")
     if n % 3 == 2:
-        return {"val_acc": 0.1, "best_val_acc": 0.3, "train_loss": float("nan"), "epochs": 1,
+        return {"val_acc": 0.1, "best_val_acc": 0.1, "train_loss": float("nan"), "epochs": 1,
                 "seconds": 0.0, "status": "diverged", "message": "epoch 1: loss is nan"}
     return quick(train, plan, report)
