@@ -63,13 +63,13 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
         ax.set_xlim(0.5, n_max + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides points
     return _save(fig, path)
 
 
 def plot_controller(runs: list[Run], path: Path) -> Path | None:
     """Controller entropy, and mean reward against the REINFORCE baseline, per update."""
-    runs = [r for r in runs if len(r.history) and "entropy" in r.history.columns]
+    runs = [r for r in runs if r.searcher != "random" and len(r.history) and "entropy" in r.history.columns]
     if not runs:
         log.info("no controller_history.csv with entries: skipping the controller figure")
         return None
@@ -91,7 +91,7 @@ def plot_controller(runs: list[Run], path: Path) -> Path | None:
     for ax in (ax_ent, ax_rew):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
