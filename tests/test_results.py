@@ -236,7 +236,7 @@ def test_plot_writes_readable_pngs(run_dir: Path, tmp_path: Path, capsys) -> Non
 
 
 def test_masks_drop_the_requested_fraction() -> None:
-    """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a 32x16x16 map."""
+    """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a (C, 16, 16) map."""
     from child_trainer import build_model
     from search_space import Plan, SiteSpec, apply_plan
 
@@ -247,9 +247,11 @@ def test_masks_drop_the_requested_fraction() -> None:
                  "layer2.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})})
     apply_plan(model, plan)
     fracs = [regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=s)["bn1"].mean() for s in range(3)]
-    assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.02)  # 3 x 32x16x16 units: sd of the mean ~0.003
+    assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.02)  # >= 3 x 16x16x16 units: sd of the mean < 0.005
     masks = regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=1)
-    assert masks["bn1"].shape == (32, 16, 16) and masks["layer2.0.bn2"].shape == (64, 8, 8)
+    channels = {s: model.get_submodule(s).num_features for s in ("bn1", "layer2.0.bn2")}
+    assert masks["bn1"].shape == (channels["bn1"], 16, 16)
+    assert masks["layer2.0.bn2"].shape == (channels["layer2.0.bn2"], 8, 8)
 
 
 # ----------------------------------------------------------------------------- baselines + retrain
