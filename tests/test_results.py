@@ -121,6 +121,8 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     for r in rows:
         r["searcher"] = "random"
         r["reward"] = str(float(r["reward"]) / 2)  # distinguishable from the controller's
+    failed = rows[-1]  # a crashed trial: listed with its error, never ranked, still counted
+    failed.update(status="failed", error="Traceback (most recent call last):\n  ...\nRuntimeError: out of memory")
     with open(other / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -137,6 +139,14 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
         assert float(table[name]["last_quarter_reward"]) == pytest.approx(statistics.mean(rewards[-q:]))
         assert float(table[name]["mean_reward"]) == pytest.approx(statistics.mean(rewards))
         assert int(table[name]["trials"]) == len(rewards)
+    assert (table["random"]["failed"], table["controller"]["failed"]) == ("1", "0")
+    sections = {b.split("\n", 1)[0]: list(csv.DictReader(io.StringIO(b.split("\n", 1)[1])))
+                for b in out.strip().split("\n\n")}
+    assert [(r["trial_id"], r["searcher"], r["error"]) for r in sections["# failed or diverged trials"]] == \
+        [(failed["trial_id"], "random", "RuntimeError: out of memory")]
+    top = next(v for k, v in sections.items() if k.startswith("# top"))
+    assert (failed["trial_id"], "random") not in {(r["trial_id"], r["searcher"]) for r in top}
+    assert len(top) == min(5, 2 * NUM_SAMPLES - 1)
 
 
 # ----------------------------------------------------------------------------- export
