@@ -123,7 +123,7 @@ def _dense(m, size, kernel, geo, rate, device) -> torch.Tensor:
     return pool(seeds, kernel, stride=1).view(m, *size).bool()
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def _cell_table(size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool, device: torch.device) -> torch.Tensor:
     """For every seed position, the flat in-map indices of the cells its block drops.
 
