@@ -61,11 +61,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def _best_regularizing_plan(runs: list[Run], df: "pd.DataFrame") -> tuple[Any, Run | None]:
     """The best-ranked plan that regularizes at least one site (the reference trial does not)."""
+    from search_space import Plan
+
     from .retrain import plan_at_rank
 
-    for rank in range(1, len(ranked(df)) + 1):
-        plan = plan_at_rank(df, rank)
-        if any(spec.method != "none" for spec in plan.sites.values()):
+    table = ranked(df)
+    for rank, text in zip(table["rank"], table["plan_json"]):
+        if any(spec.method != "none" for spec in Plan.from_json(str(text)).sites.values()):
+            plan = plan_at_rank(df, int(rank))
             run = next(r for r in runs if r.trials["run"].eq(plan.metadata["run"]).any())
             return plan, run
     return None, None
@@ -74,6 +77,7 @@ def _best_regularizing_plan(runs: list[Run], df: "pd.DataFrame") -> tuple[Any, R
 def cmd_plot(args: argparse.Namespace) -> int:
     from .masks import plot_masks
     from .plots import plot_controller, plot_method_heatmap, plot_rewards
+
     runs = open_runs(args.run_dir, args.allow_running)
     _need_trials(runs)
     df = combined_trials(runs)

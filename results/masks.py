@@ -1,9 +1,10 @@
 """Draw what a plan's regularizers actually drop, on a real image of the run's dataset.
 
 Each regularizer is run (train mode, fixed seed) on a tensor of ones with the exact shape
-of its real input inside the model; units whose output differs from the common rescaled
-value are the ones dropped or distorted. The mask of channel 0 is stretched over the image
-and overlaid, so block size and pattern geometry are seen at the scale the network sees.
+of its real input inside the model: kept units come out rescaled (>= 1), dropped or
+distorted ones ~0 (Disout's distortion scales with the input's variance, zero here).
+The mask of channel 0 is stretched over the image and overlaid, so block size and
+pattern geometry are seen at the scale the network sees.
 """
 from __future__ import annotations
 
@@ -90,8 +91,9 @@ def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[
         with torch.no_grad():
             out = layer(torch.ones(shape))[0]
         layer.eval()
-        kept_value = out.max()
-        masks[site] = (~torch.isclose(out, kept_value)).numpy() if kept_value > 0 else np.ones(out.shape, bool)
+        # kept units come out >= 1 (ones rescaled by 1/kept fraction, whatever granularity the
+        # layer rescales at); dropped ones ~0 (Disout's distortion is ~0 on a zero-variance input)
+        masks[site] = (out.abs() < 0.5).numpy()
     return masks
 
 
