@@ -79,9 +79,10 @@ def _to_device(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray,
 
 
 def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray] | None], num_classes: int,
-            device: torch.device | str, augment: str) -> DataSplits:
-    """Normalise every split with the training split's per-channel statistics."""
-    tx = parts["train"][0].astype(np.float32)
+            device: torch.device | str, augment: str, stats_x: np.ndarray) -> DataSplits:
+    """Normalise every split with the per-channel statistics of the full training split
+    (before any ``train_size`` subset, so validation tensors are identical across subsets)."""
+    tx = stats_x.astype(np.float32)
     mean = tx.mean(axis=(0, 2, 3))
     std = tx.std(axis=(0, 2, 3)) + 1e-6
     out = {k: _to_device(v[0], v[1], mean, std, device) if v is not None else (None, None)
@@ -104,7 +105,7 @@ def _digits(train_size: int | None, seed: int, with_test: bool, device: torch.de
     train, val = trainval[rest], trainval[val]
     parts = {"train": _subset(x[train], y[train], train_size, seed), "val": (x[val], y[val]),
              "test": (x[test], y[test]) if with_test else None}
-    return _finish("digits", parts, 10, device, "shift")
+    return _finish("digits", parts, 10, device, "shift", x[train])
 
 
 def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_test: bool,
@@ -127,7 +128,7 @@ def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_te
     parts = {"train": _subset(x[rest], y[rest], train_size, seed), "val": (x[val], y[val]),
              "test": (test.data.transpose(0, 3, 1, 2) / np.float32(255.0),
                       np.asarray(test.targets, dtype=np.int64)) if test is not None else None}
-    return _finish(name, parts, num_classes, device, "cifar")
+    return _finish(name, parts, num_classes, device, "cifar", x[rest])
 
 
 def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch.device | str,
@@ -145,7 +146,8 @@ def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch
         return templates[y] + rng.normal(0.0, 2.0, size=(n, *image_shape)).astype(np.float32), y
 
     parts = {"train": draw(sizes[0]), "val": draw(sizes[1]), "test": draw(sizes[2]) if with_test else None}
-    return _finish("synthetic", parts, num_classes, device, "cifar" if image_shape[-1] >= 16 else "none")
+    return _finish("synthetic", parts, num_classes, device, "cifar" if image_shape[-1] >= 16 else "none",
+                   parts["train"][0])
 
 
 def load_data(name: str = "digits", data_dir: str | Path | None = None, train_size: int | None = None,

@@ -1,0 +1,84 @@
+"""``python -m child_trainer``: train one child network from the command line.
+
+Every TrainConfig field is a flag (``--batch-size``, ``--eval-test``/``--no-eval-test``, ...).
+Bad arguments give a one-line error and exit code 2; a diverged or failed run exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from .train import TrainConfig, train_child
+
+_SKIP = {"synthetic_shape"}  # tuples: settable from Python / JSON configs only
+_SHORT_HELP = {"num_threads": "torch CPU threads (1 is best on a busy machine)",
+               "train_size": "stratified training subset (the small-data regime)",
+               "eval_test": "also evaluate the held-out test split (never during a search)"}
+
+
+def _arg_type(tp: Any) -> Any:
+    """int | None -> int, etc.: argparse needs the concrete converter."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m child_trainer", description=__doc__.splitlines()[0])
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{_SHORT_HELP.get(f.name, '')} (default: {default})".strip()
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=_arg_type(hints[f.name]), default=default, help=help_text)
+    parser.add_argument("--threads", dest="num_threads", type=int, help="alias of --num-threads")
+    parser.add_argument("--plan", type=Path, help="regularization plan JSON (search_space.Plan)")
+    parser.add_argument("--json", action="store_true", help="print the result dict as the last stdout line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - _SKIP
+    try:
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        plan = None
+        if args.plan is not None:
+            from search_space.plan import Plan
+
+            if not args.plan.is_file():
+                return _fail(f"plan: file not found: {args.plan}")
+            plan = Plan.load(args.plan)
+        result = train_child(config, plan, progress=sys.stderr.isatty() and not args.json)
+    except ValueError as exc:
+        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        test = f" test_acc={result['test_acc']:.4f}" if "test_acc" in result else ""
+        print(f"{config.model} on {config.dataset}: status={result['status']} val_acc={result['val_acc']:.4f} "
+              f"best_val_acc={result['best_val_acc']:.4f}{test} epochs={result['epochs']} "
+              f"seconds={result['seconds']:.1f} images/s={result['images_per_second']:.0f} {result['message']}".rstrip())
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
