@@ -165,9 +165,10 @@ def load_run(run_dir: str | Path, allow_running: bool = False) -> pd.DataFrame:
     """All finished trials of RUN_DIR as a DataFrame (one row per trial, in completion order).
 
     Columns are those of trials.csv (trial_id, order, searcher, status, val_acc, reward, seconds,
-    methods, plan_json, ``site:<path>`` per site, ...) plus ``run`` (the directory name).
+    methods, plan_json, ``site:<path>`` per site, ...) plus ``run`` (the directory name) and
+    ``group`` (the searcher, or "reference" for the all-"none" reference trial).
     """
-    return open_run(run_dir, allow_running).trials
+    return combined_trials([open_run(run_dir, allow_running)])
 
 
 def combined_trials(runs: list[Run]) -> pd.DataFrame:

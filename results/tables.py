@@ -100,7 +100,8 @@ def searcher_comparison(df: pd.DataFrame) -> pd.DataFrame:
     quarters differ only by noise.
     """
     rows = []
-    for group, part in df.groupby("group", sort=True):
+    key = "group" if "group" in df.columns else "searcher"  # load_run() output has no group yet
+    for group, part in df.groupby(key, sort=True):
         part = part.sort_values("order", kind="stable")
         rewards = part["reward"].astype(float)
         rows.append({"searcher": group, "trials": len(part),
