@@ -141,7 +141,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .baselines import BASELINES
 
-    p = argparse.ArgumentParser(prog="python -m results", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m results",
+                                description="Tables, figures, plan export and retraining against baselines "
+                                            "for a search run written by launch_search.py.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str, many: bool = False) -> argparse.ArgumentParser:
