@@ -40,7 +40,7 @@ EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SEARCHERS = ("controller", "random")
 SCHEDULERS = ("fifo", "asha")
 DEFAULT_DIGITS_TRAIN_SIZE = 500
-DEFAULT_EPOCHS = 10
+DEFAULT_EPOCHS = 20
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 CONFIG_VERSION = 1
 
@@ -368,6 +368,12 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
     from controller.searcher import read_json
 
     saved = read_json(run_dir / "search_config.json")["args"]
+    defaults = vars(build_parser().parse_args([]))
+    ignored = [k for k, v in vars(args).items() if k not in ("address", "resume", "storage_path", "name")
+               and v != defaults[k] and v != saved.get(k)]
+    if ignored:
+        log.warning("--resume uses the run's saved settings; ignoring %s",
+                    ", ".join(f"--{k.replace('_', '-')}" for k in ignored))
     return argparse.Namespace(**{**saved, "address": args.address, "resume": True,
                                  "storage_path": args.storage_path, "name": args.name})
 
@@ -400,31 +406,35 @@ def _completed(run_dir: Path) -> int:
 
 def summary(run_dir: Path) -> str:
     """Best plan vs the no-regularization trials, and what to run next."""
+    from search_space.plan import Plan
+
     with (run_dir / "trials.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     statuses = {s: sum(r["status"] == s for r in rows) for s in ("ok", "stopped", "diverged", "failed")}
     lines = [f"Search finished: {len(rows)} trials ("
              + ", ".join(f"{n} {s}" for s, n in statuses.items() if n) + f"); run folder {run_dir}"]
-    best_path = run_dir / "best_plan.json"
-    if best_path.is_file():
-        from search_space.plan import Plan
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -float(r["val_acc"]))
+    site_cols = [c for c in rows[0] if c.startswith("site:")] if rows else []
+    plain = [r for r in ok if all(r[c] == "none" for c in site_cols)]
+    regularized = [r for r in ok if r not in plain]
+    ref = sum(float(r["val_acc"]) for r in plain) / len(plain) if plain else None
 
-        best = Plan.load(best_path)
-        lines.append(f"Best plan (trial {best.metadata.get('trial_id')}, val_acc "
-                     f"{best.metadata.get('val_acc'):.4f}): {best.summary()}")
-        site_cols = [c for c in rows[0] if c.startswith("site:")]
-        plain = [float(r["val_acc"]) for r in rows if r["status"] == "ok"
-                 and all(r[c] == "none" for c in site_cols)]
-        if plain:
-            ref = sum(plain) / len(plain)
-            lines.append(f"No regularization: val_acc {ref:.4f} ({len(plain)} trial"
-                         f"{'s' if len(plain) > 1 else ''}); best plan "
-                         f"{100 * (best.metadata['val_acc'] - ref):+.2f} points")
-        else:
-            lines.append("No regularization: no finished all-'none' trial to compare with")
-    else:
+    def describe(label: str, row: dict[str, str]) -> str:
+        acc = float(row["val_acc"])
+        versus = f", {100 * (acc - ref):+.2f} points vs no regularization" if ref is not None else ""
+        return (f"{label} (trial {row['trial_id']}, val_acc {acc:.4f}{versus}): "
+                f"{Plan.from_json(row['plan_json']).summary()}")
+
+    if not ok:
         lines.append("No trial finished with status ok: see the error column of trials.csv")
-    rel = os.path.relpath(run_dir) if not os.path.relpath(run_dir).startswith("..") else str(run_dir)
+    else:
+        lines.append(describe("Best plan", ok[0]))
+        if regularized and regularized[0] is not ok[0]:
+            lines.append(describe("Best regularizing plan", regularized[0]))
+        lines.append(f"No regularization: val_acc {ref:.4f} ({len(plain)} trial{'s' * (len(plain) > 1)})"
+                     if plain else "No regularization: no finished all-'none' trial to compare with")
+    rel = os.path.relpath(run_dir)
+    rel = str(run_dir) if rel.startswith("..") else rel
     lines += ["Next:", f"  python -m results summarize {rel}", f"  python -m results plot {rel}",
               f"  python -m results export {rel} --out best_plan.json",
               f"  python -m results retrain {rel}"]

@@ -256,6 +256,19 @@ def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, m
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
 
 
+def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, monkeypatch, tmp_path):
+    rc, run = run_search(monkeypatch, tmp_path, "noisy", "--scheduler", "asha", "--num-samples", "8",
+                         "--epochs", "4", "--max-concurrent", "1", "--controller-batch", "3")
+    assert rc == 0
+    rows = read_csv(run / "trials.csv")
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok", "stopped"}
+    for r in stopped:  # ended at a rung before the last epoch, rewarded with what it reached
+        assert int(r["epochs"]) < 4 and float(r["reward"]) == float(r["val_acc"])
+    assert all(int(r["epochs"]) == 4 for r in rows if r["status"] == "ok")
+    assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--num-samples", "0"], "--num-samples: must be a positive integer"),
     (["--epochs", "-2"], "--epochs: must be a positive integer"),

@@ -51,6 +51,19 @@ def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
             "seconds": pause * train.epochs, "status": "ok", "message": ""}
 
 
+def noisy(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
+    """Like `quick`, but the final accuracy is a hash of the plan in [0.2, 1.0): widely spread
+    scores, so an early-stopping scheduler has weak trials to stop."""
+    import zlib
+
+    acc = 0.2 + 0.8 * zlib.crc32(plan.to_json().encode()) / 2**32
+    for epoch in range(1, train.epochs + 1):
+        if report is not None:
+            report(epoch, {"epoch": epoch, "val_acc": acc * epoch / train.epochs, "train_loss": 1.0})
+    return {"val_acc": acc, "best_val_acc": acc, "train_loss": 1.0, "epochs": train.epochs,
+            "seconds": 0.0, "status": "ok", "message": ""}
+
+
 def trivial(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
     """No work at all: what is left of a trial's time is the search machinery's overhead."""
     if report is not None:
