@@ -25,6 +25,21 @@ P, BLOCK = 0.1, 5
 SHAPES = [(128, 64, 16, 16), (32, 256, 32, 32)]
 
 
+class FixedMask(nn.Module):
+    """Multiply by a precomputed mask: the floor any mask-multiplying DropBlock pays."""
+
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        self.shared = shared
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is None or self.mask.device != x.device:
+            shape = (x.shape[0], 1 if self.shared else x.shape[1], *x.shape[2:])
+            self.mask = (torch.rand(shape, device=x.device) >= P).to(x.dtype) / (1 - P)
+        return x * self.mask
+
+
 def candidates() -> list[tuple[str, str, Callable[[], nn.Module]]]:
     """(row name, name of our row it is compared with, factory)."""
     import dropblock
@@ -42,6 +57,8 @@ def candidates() -> list[tuple[str, str, Callable[[], nn.Module]]]:
          lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=True)),
         ("timm DropBlock2d couple_channels=False (per-channel)", "ours per-channel",
          lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=False)),
+        ("floor: x * precomputed shared mask", "ours shared", lambda: FixedMask(True)),
+        ("floor: x * precomputed per-channel mask", "ours per-channel", lambda: FixedMask(False)),
         ("nn.Dropout", "ours per-channel", lambda: nn.Dropout(P)),
         ("identity", "ours per-channel", lambda: nn.Identity()),
     ]
