@@ -16,9 +16,9 @@ the *expected* dropped fraction is then exactly ``p``.
 Two exact samplers of the same distribution:
 
 * ``sparse`` (CPU default, also for block 1): draws a Poisson number of seeds with rate
-  ``-log(1 - g)`` per position at uniform positions, so every position is occupied independently with
-  probability exactly ``g``; then scatters the block cells into a flat mask (clipped cells go to a spare cell).
-  Work is proportional to the number of seeds (a fraction of a percent of the positions).
+  ``-log(1 - g)`` per position at uniform positions, so every position is occupied
+  independently with probability exactly ``g``; then scatters each seed's block cells (a
+  cached per-position table) into a flat mask. Work is proportional to the number of seeds.
 * ``dense`` (CUDA default, and CPU when seeds are dense): Bernoulli seeds + stride-1 max-pool.
 """
 from __future__ import annotations
