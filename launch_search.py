@@ -380,11 +380,15 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
 
 class _Signals:
     """SIGTERM behaves like SIGINT: inside Tune it asks Tune to stop (Tune's SIGUSR1 handler
-    saves the experiment state); outside it raises KeyboardInterrupt."""
+    saves the experiment state); outside it raises KeyboardInterrupt. `install` again after
+    ray.init, whose core worker replaces the SIGTERM handler with one that aborts."""
 
     def __init__(self) -> None:
         self.in_tune = False
         self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.in_tune and hasattr(signal, "SIGUSR1"):
@@ -441,6 +445,14 @@ def summary(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class _DropTuneHints(logging.Filter):
+    """Tune's end-of-run hints name Python APIs; our own log line says what to run instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not msg.startswith(("Experiment has been interrupted", "Trials did not complete"))
+
+
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
@@ -449,6 +461,9 @@ def _setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _DropTuneHints) for f in tune_log.filters):
+        tune_log.addFilter(_DropTuneHints())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has no GPU "
                                  "(use --address to join a GPU cluster)")
         started_ray = start_ray(args, run_dir)
+        signals.install()
         res = resources(args)
         child_spec = os.environ.get(CHILD_HOOK_ENV) or None
         if not args.resume:

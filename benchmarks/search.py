@@ -13,7 +13,9 @@ Measured in one run, trials one at a time (--max-concurrent 1, so nothing hides 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -37,8 +39,9 @@ def search(storage: Path, name: str, trials: int, child: str | None, *extra: str
     else:
         os.environ.pop("AUTODROPOUT_CHILD", None)
     start = time.perf_counter()
-    rc = launch_search.main(["--storage-path", str(storage), "--name", name, "--max-concurrent", "1",
-                             "--num-samples", str(trials), *extra])
+    with contextlib.redirect_stdout(io.StringIO()):  # the end-of-search summary
+        rc = launch_search.main(["--storage-path", str(storage), "--name", name, "--max-concurrent",
+                                 "1", "--num-samples", str(trials), *extra])
     seconds = time.perf_counter() - start
     if rc != 0:
         raise SystemExit(f"search {name} failed with exit code {rc}")
@@ -79,17 +82,28 @@ def default_search(storage: Path) -> None:
           f"-> {3600 * trials / wall:.0f} trials/hour")
 
 
+def marginal(storage: Path, name: str, short: int, long: int, child: str | None,
+             *extra: str) -> tuple[float, float, float]:
+    """(short seconds, long seconds, extra seconds per extra trial): fixed costs cancel."""
+    t_short = search(storage, f"{name}-short", short, child, *extra)
+    t_long = search(storage, f"{name}-long", long, child, *extra)
+    return t_short, t_long, (t_long - t_short) / (long - short)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--short", type=int, default=5, help="trials of the short trivial search")
+    p.add_argument("--short", type=int, default=5, help="trials of the short searches")
     p.add_argument("--long", type=int, default=35, help="trials of the long trivial search")
-    p.add_argument("--real", type=int, default=8, help="trials of the real tiny-children search")
+    p.add_argument("--real", type=int, default=15, help="trials of the long real tiny-children search")
     p.add_argument("--default-search", action="store_true", help="also time `python launch_search.py`")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     import ray
     import torch
 
+    import launch_search
+
+    launch_search._setup_logging = lambda: None  # keep the figures readable
+    logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,22 +112,22 @@ def main() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
         print(f"Ray start-up (once per search): {time.perf_counter() - t0:.1f} s")
-        short = search(storage, "short", args.short, TRIVIAL, "--epochs", "1")
-        long = search(storage, "long", args.long, TRIVIAL, "--epochs", "1")
-        marginal = (long - short) / (args.long - args.short)
+        warm = search(storage, "warm-up", 3, TRIVIAL, "--epochs", "1")
+        print(f"warm-up search (3 trials, first worker's imports): {warm:.2f} s")
+        short, long, per = marginal(storage, "trivial", args.short, args.long, TRIVIAL, "--epochs", "1")
         print(f"trivial children: {args.short} trials {short:.2f} s, {args.long} trials {long:.2f} s "
-              f"-> marginal overhead {marginal:.3f} s/trial (target < 0.3), "
-              f"{long / args.long:.3f} s/trial incl. fixed costs")
+              f"-> overhead {per:.3f} s per extra trial (target < 0.3); "
+              f"{long / args.long:.3f} s/trial incl. each search's fixed costs")
         tiny = ["--epochs", "1", "--train-size", "100"]
-        real = search(storage, "real", args.real, None, *tiny)
+        short, long, per = marginal(storage, "real", args.short, args.real, None, *tiny)
         ray.shutdown()
-        run = storage / "real"
+        run = storage / "real-long"
         train = json.loads((run / "search_config.json").read_text())["train"]
-        loop = plain_loop(plans_of(run), train)
-        n = args.real
-        print(f"tiny real children: search {real / n:.3f} s/trial vs plain train_child loop "
-              f"{loop / n:.3f} s/trial -> {(real - loop) / n:+.3f} s/trial "
-              "(incl. the search's one-off worker start)")
+        plans = plans_of(run)
+        loop = plain_loop(plans, train) / len(plans)
+        print(f"tiny real children (digits_cnn, 1 epoch, 100 images): search {per:.3f} s per extra "
+              f"trial vs plain train_child loop {loop:.3f} s/trial on the same plans "
+              f"-> overhead {per - loop:+.3f} s/trial")
         if args.default_search:
             default_search(storage)
 

@@ -163,10 +163,13 @@ def ray_session():
     """One local Ray for every search here (starting Ray costs ~10 s); subprocess drivers
     join it with --address, which also exercises shipping the code to a cluster."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if ours:
+        ray.shutdown()
 
 
 def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[int, Path]:
@@ -321,7 +324,8 @@ def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigint_then_resume_finishes_only_the_remaining_trials(ray_session, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, tmp_path, sig):
     run, scratch, total = tmp_path / "run", tmp_path / "scratch", 10
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
@@ -332,7 +336,7 @@ def test_sigint_then_resume_finishes_only_the_remaining_trials(ray_session, tmp_
         while len(read_csv(run / "trials.csv")) < 4 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
