@@ -45,9 +45,11 @@ class BasicBlock(nn.Module):
                                           nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # In-place ReLUs save an allocation each (~5% of a CPU step); autograd's version
+        # checks would reject them if a regularizer at bn1 needed its output for backward.
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self.shortcut(x), inplace=True)
 
 
 class WideBasicBlock(nn.Module):
