@@ -208,7 +208,9 @@ def start_ray(args: argparse.Namespace, run_dir: Path) -> bool:
             ray.init(address=args.address, runtime_env={"working_dir": str(REPO_ROOT),
                                                         "excludes": excludes}, **common)
         except (ConnectionError, RuntimeError) as e:
-            raise UsageError(f"--address: cannot join Ray at {args.address} ({e})") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"--address: cannot join Ray at {args.address} ({first}; a cluster "
+                             "with token authentication needs RAY_AUTH_MODE=token and its token)") from None
     else:
         import torch
 
@@ -339,8 +341,10 @@ def _tuner(args: argparse.Namespace, run_dir: Path, space: Any, train: dict[str,
 
     trainable = tune.with_resources(make_trainable(child_spec), res)
     if args.resume:
-        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        _point_searcher_at(tuner, run_dir)
+        return tuner
     cls = ControllerSearcher if args.search == "controller" else RandomSearcher
     extra = {"controller_batch": args.controller_batch} if args.search == "controller" else {}
     searcher = cls(space, train, num_samples=args.num_samples, run_dir=run_dir, seed=args.seed,
@@ -361,6 +365,21 @@ def _tuner(args: argparse.Namespace, run_dir: Path, space: Any, train: dict[str,
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                                   sync_config=tune.SyncConfig(sync_period=5)),
     )
+
+
+def _point_searcher_at(tuner: Any, run_dir: Path) -> None:
+    """The searcher comes back from the run's tuner.pkl with the folder it started in; a run
+    folder that was moved must still get its files. (Reaches into Tuner internals, hence
+    the guard: if they change, the saved path is kept.)"""
+    try:
+        searcher = tuner._local_tuner._tune_config.search_alg
+        while hasattr(searcher, "searcher"):
+            searcher = searcher.searcher
+        if getattr(searcher, "run_dir", None) != run_dir:
+            log.info("run folder moved: bookkeeping now goes to %s", run_dir)
+            searcher.run_dir = run_dir
+    except AttributeError:
+        log.warning("could not check the searcher's run folder; keeping the saved one")
 
 
 def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:

@@ -364,7 +364,9 @@ class _PlanSearcher(Searcher):
             plan.metadata = {**plan.metadata, "val_acc": best["val_acc"], "trial_id": best["trial_id"],
                              "best_val_acc": best["best_val_acc"], "searcher": self.name}
             plan.save(self.run_dir / "best_plan.json")
-        write_run_state(self.run_dir, "running", self.num_samples, len(self._records))
+        done = len(self._records) >= self.num_samples
+        write_run_state(self.run_dir, "finished" if done else "running", self.num_samples,
+                        len(self._records))
 
     def best(self) -> dict[str, Any] | None:
         """The finished ("ok") trial with the highest final validation accuracy."""

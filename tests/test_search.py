@@ -86,7 +86,7 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
     best = Plan.load(tmp_path / "best_plan.json")
     assert best.metadata["trial_id"] == "t6" and best.metadata["val_acc"] == pytest.approx(0.8)
     state = json.loads((tmp_path / "run_state.json").read_text())
-    assert (state["status"], state["completed"], state["num_samples"]) == ("running", 7, 7)
+    assert (state["status"], state["completed"], state["num_samples"]) == ("finished", 7, 7)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
