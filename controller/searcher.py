@@ -162,7 +162,7 @@ def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: floa
         reward = float(penalty)
     else:
         reward = None
-    if status != "ok" and not error and status == "diverged":
+    if status == "diverged" and not error:
         error = "loss became NaN/inf"
     return TrialOutcome(status, val, best, reward, error)
 
