@@ -166,5 +166,7 @@ def keep_scale_mask(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     keep = torch.rsub(dropped.contiguous().view(torch.uint8), 1)
     kept = torch.count_nonzero(keep)
-    scale = (keep.numel() / kept.clamp_min(1).double()).to(dtype)
+    if keep.device.type == "cpu":  # a host scalar costs nothing here and saves small ops
+        return keep.to(dtype).mul_(keep.numel() / max(int(kept), 1))
+    scale = (keep.numel() / kept.clamp_min(1).double()).to(dtype)  # no host sync on CUDA
     return keep.to(dtype).mul_(scale)
