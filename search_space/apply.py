@@ -270,6 +270,9 @@ def _next_conv(named: list[tuple[str, nn.Module]], site: str) -> _ConvNd | None:
     names = [n for n, _ in named]
     channels = site_channels(named[names.index(site)][1])
     for name, m in named[names.index(site) + 1:]:
-        if not name.startswith(site + ".") and isinstance(m, _ConvNd) and m.in_channels == channels:
+        # A grouped/depthwise conv's weight is (C_out, C_in/groups, ...), not one row per input
+        # channel: skip it (e.g. MobileNet) and take the next dense conv on these channels.
+        if (not name.startswith(site + ".") and isinstance(m, _ConvNd)
+                and m.in_channels == channels and m.groups == 1):
             return m
     return None

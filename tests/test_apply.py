@@ -252,3 +252,24 @@ def test_apply_on_cuda_channels_last_autocast() -> None:
     behind = [r.weight_behind for r in regularizers(model).values() if isinstance(r, Disout)]
     assert behind and all(w is None or w.is_cuda for w in behind)
     assert any(w is not None for w in behind)
+
+
+def test_disout_weight_behind_skips_depthwise_conv() -> None:
+    """MobileNet-style blocks: a depthwise conv follows the BN; Disout must take the next
+    dense conv (one weight row per input channel), never the depthwise one."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(num_classes=10)
+    sites = [s for s in find_sites(model) if s.startswith("features.2.")]
+    plan = Plan({s: SiteSpec("disout", {"dist_prob": 0.1, "block_size": 3, "alpha": 1.0})
+                 for s in sites})
+    apply_plan(model, plan)
+    model.train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert torch.isfinite(out).all()
+    expected_in = {"features.2.conv.0.1": 96, "features.2.conv.1.1": 96, "features.2.conv.3": 24}
+    behind = {site: layer.weight_behind for site, layer in regularizers(model).items()}
+    assert set(behind) == set(expected_in)
+    for site, weight in behind.items():
+        assert weight is not None, site
+        assert weight.shape[1] == expected_in[site], (site, tuple(weight.shape))  # dense conv
