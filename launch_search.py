@@ -208,9 +208,11 @@ def start_ray(args: argparse.Namespace, run_dir: Path) -> bool:
             ray.init(address=args.address, runtime_env={"working_dir": str(REPO_ROOT),
                                                         "excludes": excludes}, **common)
         except (ConnectionError, RuntimeError) as e:
+            text = f"{e} {e.__cause__ or ''}"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UsageError(f"--address: cannot join Ray at {args.address} ({first}; a cluster "
-                             "with token authentication needs RAY_AUTH_MODE=token and its token)") from None
+            hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token"
+                    if "auth" in text.lower() or "Failed to connect" in text else "")
+            raise UsageError(f"--address: cannot join Ray at {args.address} ({first}{hint})") from None
     else:
         import torch
 
