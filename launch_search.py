@@ -55,38 +55,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="launch_search.py", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="digits", help="digits, cifar10, cifar100, synthetic")
+    p = _Parser(prog="launch_search.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="digits", help="digits (default), cifar10, cifar100, synthetic")
     p.add_argument("--data-dir", default=None, help="folder holding CIFAR (default ./data)")
     p.add_argument("--model", default=None,
                    help="child network (default digits_cnn for digits, resnet20 otherwise)")
     p.add_argument("--train-size", type=int, default=None,
                    help=f"training subset per trial (default {DEFAULT_DIGITS_TRAIN_SIZE} for digits, "
                         "the full training split otherwise)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per child")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help=f"epochs per child (default {DEFAULT_EPOCHS})")
     p.add_argument("--num-samples", type=int, default=16,
-                   help="trials in total, the all-'none' reference trial included")
+                   help="trials in total, the all-'none' reference trial included (default 16)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials at once (default: as many as the cluster's resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs per trial, also its torch threads (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)")
-    p.add_argument("--search", choices=SEARCHERS, default="controller")
+    p.add_argument("--search", choices=SEARCHERS, default="controller",
+                   help="controller (default) or random, the baseline")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="fifo",
-                   help="asha stops weak trials early (their last val_acc is the reward)")
+                   help="fifo (default) or asha: stops weak trials early, their last val_acc is the reward")
     p.add_argument("--controller-batch", type=int, default=4,
-                   help="finished trials per REINFORCE update")
+                   help="finished trials per REINFORCE update (default 4)")
     p.add_argument("--sites", default="all",
-                   help="'all' (every site found in the model), 'stage' (one decision set per "
-                        "stage), or comma-separated module paths / glob patterns")
+                   help="'all' (default: every site found in the model), 'stage' (one decision set "
+                        "per stage), or comma-separated module paths / glob patterns")
     p.add_argument("--address", default=None,
-                   help="join a running Ray cluster (host:port or 'auto'); local Ray by default")
-    p.add_argument("--storage-path", default="runs", help="parent folder of the run folder")
-    p.add_argument("--name", default=None, help="run folder name (default: generated)")
+                   help="join a running Ray cluster (host:port or 'auto'); default: local Ray")
+    p.add_argument("--storage-path", default="runs", help="parent folder of the run folder (default runs)")
+    p.add_argument("--name", default=None,
+                   help="run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)")
     p.add_argument("--resume", action="store_true",
-                   help="finish the run --name (its saved settings are used)")
-    p.add_argument("--seed", type=int, default=0, help="controller / random-search and child seed")
+                   help="finish the run --name; its saved settings are used")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the children (default 0)")
     return p
 
 
