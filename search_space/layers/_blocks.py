@@ -1,4 +1,4 @@
-"""Exact block-mask sampling shared by DropBlock and Disout.
+"""Exact block-mask sampling shared by DropBlock, Disout and (block size 1) Dropout.
 
 Geometry: a seed at index ``t`` (per spatial dim) drops the block ``[t - off, t - off + k)``
 of the map, clipped to the map. Two seed regions are used:
@@ -13,17 +13,22 @@ seed rate ``p / k**2`` misses the target. :func:`seed_rate` instead solves
 ``1 - mean_u (1 - g) ** c(u) = p`` where ``c(u)`` counts the seed positions covering unit ``u``;
 the *expected* dropped fraction is then exactly ``p``.
 
-Two exact samplers of the same distribution:
+Two exact samplers of the same distribution, both returning a uint8 *keep* mask (1 = kept)
+laid out like the input (channels_last stays channels_last, so the final multiply streams):
 
 * ``sparse`` (CPU default, also for block 1): draws a Poisson number of seeds with rate
   ``-log(1 - g)`` per position at uniform positions, so every position is occupied
-  independently with probability exactly ``g``; then scatters each seed's block cells (a
-  cached per-position table) into a flat mask. Work is proportional to the number of seeds.
-* ``dense`` (CUDA default, and CPU when seeds are dense): Bernoulli seeds + stride-1 max-pool.
+  independently with probability exactly ``g``; then clears each seed's block cells (a
+  cached per-position table of storage offsets) in the mask. Work is proportional to the
+  number of seeds, and the dropped cells' offsets come for free (Disout writes its noise
+  there without a pass over the map).
+* ``dense`` (CUDA default, and CPU when seeds are dense): Bernoulli seeds + stride-1 max-pool
+  (separable on CPU: two 1-D pools instead of one k x k pool).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -32,8 +37,8 @@ import torch.nn.functional as F
 
 ALGORITHMS = ("auto", "sparse", "dense")
 # On CPU the sparse sampler was faster than the dense one in every case measured (64x64x16x16,
-# 1 thread: drop_prob 0.05-0.95, block 1-7, i.e. up to ~4 scattered cells per position: 2-17x);
-# beyond this many scattered cells per position it falls back to dense to bound memory.
+# 1 thread: drop_prob 0.05-0.95, block 1-7, i.e. up to ~4 scattered cells per unit: 2-17x);
+# beyond this many scattered cells per map unit it falls back to dense to bound memory.
 _SPARSE_MAX_DENSITY = 8.0
 
 
@@ -81,13 +86,70 @@ def seed_rate(drop_prob: float, kernel: tuple[int, ...], size: tuple[int, ...], 
     return 0.5 * (lo + hi)
 
 
-def _choose(algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...]) -> str:
+def dense_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its elements tile a block of memory without gaps (contiguous in some
+    dimension order, e.g. channels_last), else a contiguous copy. Masks are then allocated
+    with ``x``'s strides, so mask and input stream through memory in the same order."""
+    expected = 1
+    for d in sorted(range(x.dim()), key=x.stride):
+        if x.shape[d] == 1:
+            continue
+        if x.stride(d) != expected:
+            return x.contiguous()
+        expected *= x.shape[d]
+    return x
+
+
+def storage_view(t: torch.Tensor) -> torch.Tensor:
+    """1-D view, in memory order, of a tensor laid out as `dense_layout` returns it."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+@dataclass
+class BlockSample:
+    """A sampled keep mask and, from the sparse sampler, where its blocks were dropped.
+
+    keep: uint8, 1 = kept, with the requested shape and strides.
+    cells: (seeds, block cells) storage offsets of every dropped cell (with repeats where
+        blocks overlap or are clipped; one row per seed, so a row lies in one channel), or
+        None (dense sampler).
+    """
+
+    keep: torch.Tensor
+    cells: torch.Tensor | None = None
+
+
+def _choose(
+    algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...], valid_only: bool
+) -> str:
     if algorithm != "auto":
         return algorithm
     if device.type != "cpu":
         return "dense"
-    density = -math.log1p(-rate) * math.prod(kernel)
-    return "sparse" if density < _SPARSE_MAX_DENSITY else "dense"
+    positions = math.prod(_geometry(s, k, valid_only)[0] for s, k in zip(size, kernel))
+    cells_per_unit = -math.log1p(-rate) * math.prod(kernel) * positions / math.prod(size)
+    return "sparse" if cells_per_unit < _SPARSE_MAX_DENSITY else "dense"
+
+
+def sample_blocks(
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    kernel: tuple[int, ...],
+    rate: float,
+    valid_only: bool,
+    device: torch.device,
+    algorithm: str = "auto",
+) -> BlockSample:
+    """Sample independent block masks, one per ``(example, channel)`` of ``shape = (N, M, *size)``.
+
+    ``strides`` are the mask's (dense) strides, e.g. the input's, so that a channels_last
+    input gets a channels_last mask. ``kernel`` must already be clamped to ``size``.
+    """
+    if _choose(algorithm, device, rate, kernel, tuple(shape[2:]), valid_only) == "sparse":
+        if all(k == 1 for k in kernel):  # every unit is its own seed position
+            return _hits(shape, strides, rate, device, want_cells=True)
+        return _sparse(shape, strides, kernel, rate, valid_only, device)
+    return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device))
 
 
 def block_drop_mask(
@@ -101,32 +163,66 @@ def block_drop_mask(
 ) -> torch.Tensor:
     """Sample ``m`` independent boolean drop masks of spatial ``size`` (True = dropped).
 
-    ``kernel`` must already be clamped to ``size``. Returns shape ``(m, *size)``.
+    ``kernel`` must already be clamped to ``size``. Returns shape ``(m, *size)``, contiguous;
+    the same draws as a layer on a contiguous ``(N, C, *size)`` input with ``m = N * C``.
     """
+    shape = (m, 1, *size)
+    keep = sample_blocks(shape, contiguous_strides(shape), kernel, rate, valid_only, device, algorithm).keep
+    return keep.view(m, *size) == 0
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def _dense(shape, strides, kernel, rate, valid_only, device) -> torch.Tensor:
+    n, mc, *size = shape
     geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
-    if _choose(algorithm, device, rate, kernel) == "sparse":
-        return _sparse(m, size, kernel, geo, rate, valid_only, device)
-    return _dense(m, size, kernel, geo, rate, device)
+    pads = [(k - 1 - off, s + k - 1 - (k - 1 - off) - g) for s, k, (g, off) in zip(size, kernel, geo)]
+    if device.type != "cpu":  # one Bernoulli + max-pool launch; fp16 seeds halve the traffic
+        seeds = torch.empty((n * mc, 1, *(g for g, _ in geo)), dtype=torch.float16, device=device).bernoulli_(rate)
+        if any(k > 1 for k in kernel):
+            seeds = F.pad(seeds, [v for pad in reversed(pads) for v in pad])  # F.pad lists the last dim first
+            pool = F.max_pool2d if len(size) == 2 else F.max_pool3d
+            seeds = pool(seeds, kernel, stride=1)
+        keep = torch.empty_strided(shape, strides, dtype=torch.bool, device=device)
+        torch.eq(seeds.view(shape), 0, out=keep)
+        return keep.view(torch.uint8)
+    # CPU: seeds in the mask's memory order (so the result has its strides), zero-padded, then
+    # dilated per spatial dim by log2(k) shifted maxima on uint8 (max_pool is slow on CPU).
+    order = sorted(range(len(shape)), key=lambda d: -strides[d])  # stable: outermost dim first
+    padded = [n, mc, *(g + left + right for (g, _), (left, right) in zip(geo, pads))]
+    dropped = torch.zeros([padded[d] for d in order], dtype=torch.uint8, device=device)
+    interior = dropped
+    for d in range(2, len(shape)):
+        interior = interior.narrow(order.index(d), pads[d - 2][0], geo[d - 2][0])
+    interior.copy_(torch.rand(interior.shape, dtype=torch.float64, device=device) < rate)
+    for d, k in zip(range(2, len(shape)), kernel):
+        dropped = _dilate(dropped, order.index(d), k)
+    return torch.rsub(dropped, 1).permute([order.index(d) for d in range(len(shape))])
 
 
-def _dense(m, size, kernel, geo, rate, device) -> torch.Tensor:
-    n_seeds = [n for n, _ in geo]
-    dtype = torch.float32 if device.type == "cpu" else torch.float16
-    seeds = torch.empty((m, 1, *n_seeds), dtype=dtype, device=device).bernoulli_(rate)
-    if all(k == 1 for k in kernel):  # block 1: plain Bernoulli dropout, no pooling needed
-        return seeds.view(m, *size).bool()
-    pads: list[int] = []
-    for s, k, (n, off) in zip(size, kernel, geo):
-        left = k - 1 - off
-        pads = [left, s + k - 1 - left - n] + pads  # F.pad lists the last dim first
-    seeds = F.pad(seeds, pads)
-    pool = F.max_pool2d if len(size) == 2 else F.max_pool3d
-    return pool(seeds, kernel, stride=1).view(m, *size).bool()
+def _dilate(t: torch.Tensor, dim: int, k: int) -> torch.Tensor:
+    """Sliding-window maximum of width ``k`` along ``dim`` (valid: length shrinks by k - 1)."""
+    width = 1
+    while width < k:
+        step = min(width, k - width)  # windows [i, i + width) and [i + step, ...) cover width + step
+        length = t.shape[dim] - step
+        t = torch.maximum(t.narrow(dim, 0, length), t.narrow(dim, step, length))
+        width += step
+    return t
 
 
 @lru_cache(maxsize=64)
-def _cell_table(size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool, device: torch.device) -> torch.Tensor:
-    """For every seed position, the flat in-map indices of the cells its block drops.
+def _cell_table(
+    size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool, strides: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """For every seed position, the storage offsets (within one map) of the cells its block drops.
 
     Shape (number of seed positions, prod(kernel)). Block cells clipped by the border are
     replaced by the seed's own (always dropped) cell, so no index ever leaves the map.
@@ -140,31 +236,64 @@ def _cell_table(size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool
     # a seed's block always contains the seed itself (DropBlock) or its start (Disout)
     own = starts if valid_only else seeds
     cells = np.where(inside[..., None], cells, own[:, None, :])
-    flat = np.ravel_multi_index(tuple(np.moveaxis(cells, -1, 0)), size)
+    flat = cells @ np.asarray(strides, dtype=np.int64)
     return torch.as_tensor(flat, dtype=torch.int64, device=device)
 
 
-def _sparse(m, size, kernel, geo, rate, valid_only, device) -> torch.Tensor:
-    per_mask = math.prod(n for n, _ in geo)
-    total = m * per_mask
-    cells = math.prod(size)
-    flat = torch.zeros(m * cells, dtype=torch.bool, device=device)
+def _sparse(shape, strides, kernel, rate, valid_only, device) -> BlockSample:
+    n, mc, *size = shape
+    numel = math.prod(shape)
+    keep = torch.ones(numel, dtype=torch.uint8, device=device)
+    geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
+    per_mask = math.prod(g for g, _ in geo)
+    total = n * mc * per_mask
     lam = torch.tensor([total * -math.log1p(-rate)], dtype=torch.float64, device=device)
-    count = int(torch.poisson(lam).item())
-    if count:
-        seed = torch.randint(0, total, (count,), device=device)
-        table = _cell_table(tuple(size), tuple(kernel), valid_only, device)
-        idx = table.index_select(0, seed % per_mask).add_(seed.div(per_mask, rounding_mode="floor").mul_(cells)[:, None])
-        flat.index_fill_(0, idx.view(-1), True)
-    return flat.view(m, *size)
+    seed = torch.randint(0, total, (int(torch.poisson(lam).item()),), device=device)
+    mask_id = torch.div(seed, per_mask, rounding_mode="floor")
+    pos = seed - mask_id * per_mask
+    if mc == 1:
+        base = mask_id * strides[0]
+    elif n == 1 or strides[1] * mc == strides[0]:  # the masks of one example follow each other
+        base = mask_id * strides[1]
+    else:  # e.g. channels_last: the channel is the fastest dimension
+        example = torch.div(mask_id, mc, rounding_mode="floor")
+        base = example * strides[0] + (mask_id - example * mc) * strides[1]
+    table = _cell_table(tuple(size), tuple(kernel), valid_only, tuple(strides[2:]), device)
+    cells = table.index_select(0, pos).add_(base[:, None])
+    keep.index_fill_(0, cells.view(-1), 0)
+    return BlockSample(keep.as_strided(shape, strides), cells)
 
 
-def keep_scale_mask(dropped: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
+    """Independent Bernoulli drops (block size 1): a Poisson number of uniform hits.
+
+    With rate ``-log(1 - q)`` per unit, every unit is hit independently with probability
+    exactly ``q``. Hits mark the dropped units when p <= 1/2, else (unless the dropped cells
+    are wanted) the kept ones, so the work is ``min(-log(1 - p), -log(p))`` draws per unit
+    (CPU ``bernoulli_`` draws one or more random numbers per unit). Units are independent,
+    so hits index storage order directly, whatever the layout.
+    """
+    numel = math.prod(shape)
+    mark_kept = drop_prob > 0.5 and not want_cells
+    q = 1.0 - drop_prob if mark_kept else drop_prob
+    keep = torch.full((numel,), 0 if mark_kept else 1, dtype=torch.uint8, device=device)
+    lam = torch.tensor([numel * -math.log1p(-q)], dtype=torch.float64, device=device)
+    hits = torch.randint(0, numel, (int(torch.poisson(lam).item()),), device=device)
+    keep.index_fill_(0, hits, 1 if mark_kept else 0)
+    return BlockSample(keep.as_strided(shape, strides), hits[:, None] if want_cells else None)
+
+
+def bernoulli_keep(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """uint8 mask with ``x``'s shape and strides, each unit kept independently w.p. 1 - p."""
+    return _hits(tuple(x.shape), x.stride(), drop_prob, x.device, want_cells=False).keep
+
+
+def keep_scale(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Multiplicative mask: 0 where dropped, ``numel / kept`` elsewhere (mean-preserving).
 
     Goes through uint8 because bool -> float conversion is several times slower on CPU.
+    Keeps ``keep``'s strides.
     """
-    keep = torch.rsub(dropped.contiguous().view(torch.uint8), 1)
     kept = torch.count_nonzero(keep)
     if keep.device.type == "cpu":  # a host scalar costs nothing here and saves small ops
         return keep.to(dtype).mul_(keep.numel() / max(int(kept), 1))

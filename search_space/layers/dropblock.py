@@ -6,7 +6,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._blocks import ALGORITHMS, block_drop_mask, keep_scale_mask, seed_rate
+from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
 
 
@@ -20,7 +20,7 @@ class _DropBlockNd(nn.Module):
     ``share_channels=True`` draws one mask per example shared by all channels (timm's
     ``couple_channels=True``, the ``dropblock`` package); otherwise one mask per channel.
     ``algorithm`` picks the sampler ("auto": sparse scatter on CPU, dense max-pool on CUDA);
-    all choices sample the same distribution.
+    all choices sample the same distribution. The backward pass is one multiply by the mask.
     """
 
     prob_attr: ClassVar[str] = "drop_prob"
@@ -49,13 +49,15 @@ class _DropBlockNd(nn.Module):
         bs = check_int("block_size", self.block_size)
         if not self.training or p == 0.0:
             return x
+        x = dense_layout(x)
         n, c, *size = x.shape
         kernel = tuple(min(bs, s) for s in size)
         rate = seed_rate(p, kernel, tuple(size), False)
-        m_c = 1 if self.share_channels else c
-        dropped = block_drop_mask(n * m_c, tuple(size), kernel, rate, False, x.device, self.algorithm)
-        mask = keep_scale_mask(dropped, x.dtype).view(n, m_c, *size)
-        return x * mask
+        # per-channel masks take the input's strides (channels_last stays channels_last)
+        shape = (n, 1, *size) if self.share_channels else tuple(x.shape)
+        strides = contiguous_strides(shape) if self.share_channels else x.stride()
+        keep = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm).keep
+        return x * keep_scale(keep, x.dtype)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._blocks import keep_scale_mask
+from ._blocks import dense_layout
 from ._checks import check_pair, check_prob, check_rank
 
 Pair = int | Sequence[int]
@@ -58,6 +58,29 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
     return src.reshape(2, h, w)
 
 
+_TABLE_MAX_UNITS = 4096  # maps up to 64x64: a table of at most 16 MiB per pattern and map size
+
+
+@lru_cache(maxsize=32)
+def _offset_table(
+    shape: tuple[int, int], size: tuple[int, int], stride: tuple[int, int], repeat: tuple[int, int],
+    rotate: float, shear_x: float, shear_y: float, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every mask the layer can draw on an (H, W) map, as one uint8 keep table.
+
+    Row ``oy * W + ox`` is the flattened keep mask (1 = kept) for the random offset (oy, ox);
+    the extra last row keeps everything (an example/channel that does not get the pattern).
+    Also returns the number of kept units per row, so the rescale needs no pass over masks.
+    """
+    h, w = shape
+    base = tiled_pattern(shape, size, stride, repeat)
+    src_y, src_x = _source_grid(shape, rotate, shear_x, shear_y).reshape(2, 1, h * w)
+    oy, ox = np.divmod(np.arange(h * w)[:, None], w)
+    dropped = base[(src_y - oy) % h, (src_x - ox) % w]
+    keep = np.concatenate([~dropped, np.ones((1, h * w), dtype=bool)]).astype(np.uint8)
+    return torch.as_tensor(keep, device=device), torch.as_tensor(keep.sum(1, dtype=np.int64), device=device)
+
+
 class PatternDropout(nn.Module):
     """Zero a tiled grid of rectangles (the AutoDropout ConvNet pattern) and rescale the rest.
 
@@ -99,29 +122,53 @@ class PatternDropout(nn.Module):
         """The untransformed pattern at offset (0, 0) on an (H, W) map (True = dropped)."""
         return tiled_pattern(shape, self.size, self.stride, self.repeat)
 
+    def keep_masks(self, m: int, shape: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``m`` uint8 keep masks (1 = kept): shape (m, H, W), and the total kept count.
+
+        Small maps look the masks up in a cached table of all H*W offsets (one row copy per
+        mask); larger maps index the pattern per unit.
+        """
+        h, w = shape
+        cells = h * w
+        offset = torch.randint(0, cells, (m,), device=device)
+        if self.apply_prob < 1.0:
+            off = torch.rand((m,), device=device) >= self.apply_prob
+            offset = offset.masked_fill_(off, cells)  # the table's all-kept row
+        if cells <= _TABLE_MAX_UNITS:
+            table, kept = _offset_table(shape, self.size, self.stride, self.repeat, self.rotate, self.shear_x,
+                                        self.shear_y, device)
+            return table.index_select(0, offset).view(m, h, w), kept.index_select(0, offset).sum()
+        base = torch.as_tensor(np.append(~self.pattern(shape).reshape(-1), True).astype(np.uint8), device=device)
+        src = torch.as_tensor(_source_grid(shape, self.rotate, self.shear_x, self.shear_y), device=device)
+        oy, ox = offset.div(w, rounding_mode="floor").view(m, 1, 1), (offset % w).view(m, 1, 1)
+        idx = ((src[0] - oy) % h) * w + (src[1] - ox) % w
+        keep = base[torch.where(offset.view(m, 1, 1) == cells, cells, idx)]
+        return keep, keep.sum(dtype=torch.int64)
+
     def masks(self, m: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Sample ``m`` boolean drop masks (True = dropped) of ``shape``: shape (m, H, W)."""
-        h, w = shape
-        base = torch.as_tensor(self.pattern(shape).reshape(-1), device=device)
-        src = torch.as_tensor(_source_grid(shape, self.rotate, self.shear_x, self.shear_y), device=device)
-        oy = torch.randint(0, h, (m, 1, 1), device=device)
-        ox = torch.randint(0, w, (m, 1, 1), device=device)
-        idx = ((src[0] - oy) % h) * w + (src[1] - ox) % w
-        dropped = base[idx]
-        if self.apply_prob < 1.0:
-            on = torch.rand((m, 1, 1), device=device) < self.apply_prob
-            dropped = dropped & on
-        return dropped
+        return self.keep_masks(m, shape, device)[0] == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("PatternDropout", x, (4,), "(N, C, H, W)")
         p = check_prob("apply_prob", self.apply_prob, allow_one=True)
         if not self.training or p == 0.0:
             return x
+        x = dense_layout(x)
         n, c, h, w = x.shape
         m_c = 1 if self.share_channels else c
-        dropped = self.masks(n * m_c, (h, w), x.device)
-        return x * keep_scale_mask(dropped, x.dtype).view(n, m_c, h, w)
+        keep, kept = self.keep_masks(n * m_c, (h, w), x.device)
+        keep = keep.view(n, m_c, h, w)
+        if not self.share_channels and keep.stride() != x.stride():  # e.g. channels_last input
+            mask = torch.empty_like(x).copy_(keep)
+        else:
+            mask = keep.to(x.dtype)
+        numel = keep.numel()
+        if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
+            scale: float | torch.Tensor = numel / max(int(kept), 1)
+        else:  # no host sync on CUDA
+            scale = (numel / kept.clamp_min(1).double()).to(x.dtype)
+        return x * mask.mul_(scale)
 
     def extra_repr(self) -> str:
         return (

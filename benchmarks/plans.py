@@ -1,0 +1,175 @@
+"""Cost of regularization plans inside real training: ResNet-20, synthetic CIFAR, CPU.
+
+Run by hand (not CI): ``python benchmarks/plans.py --threads 1 [--random 7] [--layers]``.
+Measures, in one process and interleaved round-robin (robust to other load on the cores):
+
+1. ms per training step (forward + backward + SGD, batch 128, channels_last as the trainer
+   uses it) with every one of the 30 sites using one method, and with no plan;
+2. the slowdown of a step under random plans of the search space (``space.random_plan(seed)``
+   for seeds 0..N-1) versus no plan: issue 5's target is <= 15% (median);
+3. with ``--layers``: fwd+bwd ms of each method's layer alone on ResNet-20's three site
+   shapes, channels_last (where the time of (1) goes).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from child_trainer import build_model
+from search_space import Plan, SearchSpace, SiteSpec, apply_plan, find_sites, step_schedulers
+from search_space.apply import build_layer
+
+#: one representative setting per method (the papers' defaults where they exist)
+METHOD_PARAMS: dict[str, dict] = {
+    "dropout": {"drop_prob": 0.1},
+    "spatial_dropout": {"drop_prob": 0.1},
+    "dropblock": {"drop_prob": 0.1, "block_size": 5, "share_channels": False},
+    "dropblock_shared": {"drop_prob": 0.1, "block_size": 5, "share_channels": True},
+    "disout": {"dist_prob": 0.09, "block_size": 6, "alpha": 1.0},
+    "pattern": {"size": 2, "stride": 4, "repeat": 2, "rotate": 15.0, "shear_x": 0.1, "shear_y": 0.0,
+                "share_channels": False, "residual": False},
+}
+SITE_SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
+
+
+def method_of(name: str) -> str:
+    return "dropblock" if name.startswith("dropblock") else name
+
+
+class Step:
+    """One training configuration: a model (optionally under a plan), its optimizer and data."""
+
+    def __init__(self, plan: Plan | None, batch: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.model = build_model("resnet20", 10)
+        if plan is not None:
+            apply_plan(self.model, plan, total_steps=None)
+        self.model.to(memory_format=torch.channels_last).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                   weight_decay=5e-4)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 10, (batch,), generator=g)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def __call__(self) -> None:
+        loss = self.loss_fn(self.model(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        step_schedulers(self.model)
+
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+FAULTS: dict[str, list[int]] = {}  # minor page faults per call (fresh memory from the OS is slow here)
+
+
+def time_round_robin(runs: dict[str, Callable[[], None]], rounds: int, per_round: int) -> dict[str, float]:
+    """Median ms per call of each callable; the callables take turns ``per_round`` calls at a time."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(rounds + 1):
+        for name, fn in runs.items():
+            for _ in range(per_round):
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                t0 = clock()
+                fn()
+                if r:  # round 0 is warm-up
+                    times[name].append(clock() - t0)
+                    FAULTS.setdefault(name, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def uniform_plan(sites: list[str], name: str) -> Plan:
+    if name == "none":
+        return Plan.none(sites, model="resnet20")
+    return Plan({s: SiteSpec(method_of(name), dict(METHOD_PARAMS[name])) for s in sites}, model="resnet20")
+
+
+def bench_methods(sites: list[str], methods: list[str], args: argparse.Namespace) -> dict[str, float]:
+    runs = {m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0) for m in ["none", *methods]}
+    return time_round_robin(runs, args.rounds, args.steps)
+
+
+def bench_random(sites: list[str], args: argparse.Namespace) -> list[tuple[int, float, float, str]]:
+    space = SearchSpace.for_model(build_model("resnet20", 10))
+    rows = []
+    for seed in range(args.random):
+        plan = space.random_plan(seed)
+        ms = time_round_robin({"none": Step(None, args.batch, seed), "plan": Step(plan, args.batch, seed)},
+                              args.rounds, args.steps)
+        rows.append((seed, ms["none"], ms["plan"], plan.summary()))
+        print(f"random plan seed={seed}: none {ms['none']:.1f} ms, plan {ms['plan']:.1f} ms, "
+              f"slowdown {100 * (ms['plan'] / ms['none'] - 1):+.1f}%", flush=True)
+    return rows
+
+
+def bench_layers(methods: list[str], args: argparse.Namespace) -> list[str]:
+    lines = ["| layer | " + " | ".join("x".join(map(str, s)) for s in SITE_SHAPES) + " |",
+             "|---|" + "---:|" * len(SITE_SHAPES)]
+    for name in methods:
+        layer = build_layer(SiteSpec(method_of(name), {k: v for k, v in METHOD_PARAMS[name].items()})).train()
+        if hasattr(layer, "weight_behind"):
+            layer.weight_behind = torch.randn(32, 16, 3, 3)
+        cells = []
+        for shape in SITE_SHAPES:
+            if hasattr(layer, "weight_behind"):
+                layer.weight_behind = torch.randn(shape[1], shape[1], 3, 3)
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+            g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+
+            def run(layer=layer, x=x, g=g) -> None:
+                x.grad = None
+                layer(x).backward(g)
+
+            ident = lambda x=x, g=g: (x * 1.0).backward(g)  # noqa: E731
+            ms = time_round_robin({"layer": run, "identity": ident}, args.rounds, args.steps)
+            cells.append(f"{ms['layer']:.2f} (id {ms['identity']:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds (after one warm-up round)")
+    ap.add_argument("--steps", type=int, default=1, help="steps per configuration per round")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
+                    help="wall time, or this process's CPU time (less noisy on a shared machine)")
+    ap.add_argument("--methods", nargs="*", default=list(METHOD_PARAMS), choices=list(METHOD_PARAMS))
+    ap.add_argument("--random", type=int, default=5, help="number of random plans (0: skip)")
+    ap.add_argument("--layers", action="store_true", help="also time each layer alone per site shape")
+    ap.add_argument("--skip-methods", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCK[args.clock]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"median of {args.rounds}x{args.steps} steps, {args.clock} clock", flush=True)
+    sites = find_sites(build_model("resnet20", 10))
+    if args.layers:
+        print("\nfwd+bwd ms of one layer, channels_last (id = x * 1.0 fwd+bwd):")
+        print("\n".join(bench_layers(args.methods, args)), flush=True)
+    if not args.skip_methods:
+        ms = bench_methods(sites, args.methods, args)
+        print(f"\nms per training step, all {len(sites)} sites one method:")
+        print("| method | ms/step | vs none | page faults/step |\n|---|---:|---:|---:|")
+        for m, v in ms.items():
+            print(f"| {m} | {v:.1f} | {100 * (v / ms['none'] - 1):+.1f}% | {statistics.median(FAULTS[m]):.0f} |",
+                  flush=True)
+    if args.random:
+        rows = bench_random(sites, args)
+        slow = [100 * (p / n - 1) for _, n, p, _ in rows]
+        print(f"\nrandom plans: median slowdown {statistics.median(slow):+.1f}% "
+              f"(min {min(slow):+.1f}%, max {max(slow):+.1f}%) over seeds 0..{args.random - 1}")
+
+
+if __name__ == "__main__":
+    main()
