@@ -139,15 +139,17 @@ def sample_blocks(
     valid_only: bool,
     device: torch.device,
     algorithm: str = "auto",
+    want_cells: bool = False,
 ) -> BlockSample:
     """Sample independent block masks, one per ``(example, channel)`` of ``shape = (N, M, *size)``.
 
     ``strides`` are the mask's (dense) strides, e.g. the input's, so that a channels_last
     input gets a channels_last mask. ``kernel`` must already be clamped to ``size``.
+    ``want_cells``: the sparse sampler must return the dropped cells (Disout).
     """
     if _choose(algorithm, device, rate, kernel, tuple(shape[2:]), valid_only) == "sparse":
         if all(k == 1 for k in kernel):  # every unit is its own seed position
-            return _hits(shape, strides, rate, device, want_cells=True)
+            return _hits(shape, strides, rate, device, want_cells)
         return _sparse(shape, strides, kernel, rate, valid_only, device)
     return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device))
 
@@ -264,22 +266,40 @@ def _sparse(shape, strides, kernel, rate, valid_only, device) -> BlockSample:
     return BlockSample(keep.as_strided(shape, strides), cells)
 
 
-def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
-    """Independent Bernoulli drops (block size 1): a Poisson number of uniform hits.
+# Above this per-unit hit rate, independent drops come from one random byte per unit instead
+# of sparse hits (a hit costs a 32-bit draw plus a scattered write; 8 bytes cost one 64-bit draw).
+_BYTES_MIN_RATE = 0.15
 
-    With rate ``-log(1 - q)`` per unit, every unit is hit independently with probability
-    exactly ``q``. Hits mark the dropped units when p <= 1/2, else (unless the dropped cells
-    are wanted) the kept ones, so the work is ``min(-log(1 - p), -log(p))`` draws per unit
-    (CPU ``bernoulli_`` draws one or more random numbers per unit). Units are independent,
-    so hits index storage order directly, whatever the layout.
+
+def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
+    """Independent Bernoulli drops (block size 1), exact.
+
+    Sparse: a Poisson number of uniform hits with rate ``-log(1 - q)`` per unit hits every unit
+    independently with probability exactly ``q``. Hits mark the dropped units (q = p) when
+    p <= 1/2 or the dropped cells are wanted, else the kept ones (q = 1 - p), so the work is
+    ``min(-log(1 - p), -log(p))`` draws per unit. For larger q without wanted cells, the marked
+    set is ``{u < a} | H`` with ``u`` a uniform random byte per unit, ``a = floor(256 q)``, and
+    ``H`` independent sparse hits of rate ``r = (q - a/256) / (1 - a/256) < 1/128``: so each
+    unit is marked independently with probability exactly ``a/256 + (1 - a/256) r = q``.
+    Units are independent, so marks index storage order directly, whatever the layout.
     """
     numel = math.prod(shape)
     mark_kept = drop_prob > 0.5 and not want_cells
     q = 1.0 - drop_prob if mark_kept else drop_prob
-    keep = torch.full((numel,), 0 if mark_kept else 1, dtype=torch.uint8, device=device)
-    lam = torch.tensor([numel * -math.log1p(-q)], dtype=torch.float64, device=device)
-    hits = torch.randint(0, numel, (int(torch.poisson(lam).item()),), device=device)
-    keep.index_fill_(0, hits, 1 if mark_kept else 0)
+    if want_cells or -math.log1p(-q) < _BYTES_MIN_RATE:
+        keep = torch.full((numel,), 0 if mark_kept else 1, dtype=torch.uint8, device=device)
+        rate = q
+    else:
+        a = math.floor(256 * q)
+        words = torch.empty(-(-numel // 8), dtype=torch.int64, device=device).random_(-(2**63), None)  # all 64 bits
+        byte = words.view(torch.uint8)[:numel]
+        keep = (byte < a if mark_kept else byte >= a).view(torch.uint8)
+        rate = (q - a / 256) / (1 - a / 256)
+    hits = torch.empty(0, dtype=torch.int64, device=device)
+    if rate > 0.0:
+        lam = torch.tensor([numel * -math.log1p(-rate)], dtype=torch.float64, device=device)
+        hits = torch.randint(0, numel, (int(torch.poisson(lam).item()),), device=device)
+        keep.index_fill_(0, hits, 1 if mark_kept else 0)
     return BlockSample(keep.as_strided(shape, strides), hits[:, None] if want_cells else None)
 
 

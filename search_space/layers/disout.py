@@ -114,7 +114,7 @@ class Disout(nn.Module):
         n, c, h, w = x.shape
         kernel = (min(bs, h), min(bs, w))
         rate = seed_rate(p, kernel, (h, w), True)
-        sample = sample_blocks(tuple(x.shape), x.stride(), kernel, rate, True, x.device, self.algorithm)
+        sample = sample_blocks(tuple(x.shape), x.stride(), kernel, rate, True, x.device, self.algorithm, want_cells=True)
         keep = sample.keep
         if sample.cells is None:  # dense sampler (CUDA): noise drawn for every unit, then masked
             keep_f = keep.to(x.dtype)
