@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from search_space.layers import Disout, DropBlock2d, DropBlock3d, seed_rate
-from search_space.layers._blocks import block_drop_mask, coverage
+from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, seed_rate
+from search_space.layers._blocks import _dilate, bernoulli_keep, block_drop_mask, coverage, sample_blocks
 
 PROBS = [0.05, 0.1, 0.2, 0.3]
 BLOCKS = [1, 3, 5, 7]
@@ -194,3 +194,94 @@ def test_disout_weight_behind_scales_distortion_per_channel() -> None:
     layer.weight_behind = torch.ones(4, 3, 1, 1)
     with pytest.raises(ValueError, match="weight_behind"):
         layer(x)
+
+
+# ---- memory layout, samplers' internals -----------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
+@pytest.mark.parametrize("valid_only", [False, True])
+def test_channels_last_masks_have_the_input_strides_and_geometry(valid_only: bool, algorithm: str) -> None:
+    """Masks for a channels_last input are laid out channels_last, and every unit is still
+    dropped with probability 1 - (1 - g)^c(u) (a wrong stride mapping would smear blocks
+    across channels and break this per-unit profile)."""
+    torch.manual_seed(15)
+    shape, kernel, p = (1500, 4, 9, 12), (4, 3), 0.2
+    x = torch.empty(shape).contiguous(memory_format=torch.channels_last)
+    g = seed_rate(p, kernel, shape[2:], valid_only)
+    keep = sample_blocks(shape, x.stride(), kernel, g, valid_only, torch.device("cpu"), algorithm).keep
+    assert keep.stride() == x.stride() and keep.dtype == torch.uint8
+    freq = 1.0 - keep.float().mean((0, 1)).numpy()
+    cov = np.multiply.outer(coverage(9, 4, valid_only), coverage(12, 3, valid_only))
+    expected = 1.0 - (1.0 - g) ** cov
+    sigma = np.sqrt(expected * (1 - expected) / 6000) + 1e-9
+    assert np.all(np.abs(freq - expected) <= 4.5 * sigma)
+    # each dropped region is a union of whole blocks inside one channel map
+    one = sample_blocks((1, 4, 9, 12), x.stride(), kernel, 0.02, valid_only, torch.device("cpu"), algorithm).keep
+    assert torch.equal(one, one.contiguous())  # same values whatever the layout
+
+
+def test_channels_last_layer_output_stays_channels_last() -> None:
+    x = torch.randn(4, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    for layer in [DropBlock2d(0.2, 3), Disout(0.2, 3)]:
+        y = layer.train()(x)
+        assert y.is_contiguous(memory_format=torch.channels_last), type(layer).__name__
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 8])
+def test_dense_dilation_equals_max_pool(k: int) -> None:
+    """The CPU dense sampler's shifted-maximum dilation is exactly a stride-1 max-pool."""
+    t = (torch.rand(6, 3, 20, 17, generator=torch.Generator().manual_seed(k)) < 0.1).to(torch.uint8)
+    ours = _dilate(_dilate(t, 2, k), 3, k)
+    ref = torch.nn.functional.max_pool2d(t.float(), k, stride=1).to(torch.uint8)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.7])
+def test_bernoulli_keep_is_exact_independent_dropout(p: float) -> None:
+    """Both regimes (sparse hits below rate 0.15, random bytes + sparse correction above; kept
+    units marked for p > 1/2) keep each unit independently with probability 1 - p."""
+    torch.manual_seed(16)
+    x = torch.empty(64, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    keep = bernoulli_keep(x, p)
+    assert keep.stride() == x.stride()
+    dropped = 1.0 - keep.float()
+    n = dropped.numel()  # 1M units: 3 sigma of the mean <= 0.0015
+    assert float(dropped.mean()) == pytest.approx(p, abs=3 * np.sqrt(p * (1 - p) / n))
+    right = float((dropped[..., 1:] * dropped[..., :-1]).mean())  # neighbours independent
+    assert right == pytest.approx(p * p, abs=0.003)
+    per_map = dropped.flatten(2).sum(-1).flatten()  # Binomial(1024, p) per map
+    assert float(per_map.var()) / (1024 * p * (1 - p)) == pytest.approx(1.0, abs=0.1)
+
+
+def test_dropout_scales_by_one_over_keep_prob_and_gradient_is_mask() -> None:
+    torch.manual_seed(17)
+    x = torch.rand(32, 8, 12, 12, requires_grad=True)
+    y = Dropout(0.3).train()(x)
+    kept = (y != 0).float()
+    assert torch.allclose(y, x * kept / 0.7, atol=1e-6)
+    assert float(kept.mean()) == pytest.approx(0.7, abs=0.01)  # 37k units: 3 sigma 0.007
+    y.backward(torch.ones_like(y))
+    assert torch.allclose(x.grad, kept / 0.7, atol=1e-6)
+    y2 = Dropout(0.3).train()(torch.ones(64, 500))  # (N, F) input
+    assert float((y2 == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
+
+
+def test_disout_channels_last_noise_scale_per_channel() -> None:
+    """channels_last input: noise lands in the dropped cells with its channel's weight."""
+    conv = torch.nn.Conv2d(8, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.linspace(0.1, 0.8, 8).view(1, 8, 1, 1).expand(4, 8, 1, 1))
+    layer = Disout(0.3, 2, alpha=2.0).train()
+    layer.weight_behind = conv.weight
+    x = torch.randn(128, 8, 12, 12, generator=torch.Generator().manual_seed(18)).contiguous(
+        memory_format=torch.channels_last)
+    torch.manual_seed(19)
+    y = layer(x)
+    torch.manual_seed(19)
+    selected = layer(torch.ones_like(x)) == 0  # same draws; constant input: zero noise std
+    kf = 1.0 - selected.float().mean()
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y[~selected], x[~selected] / kf, rtol=1e-5)
+    std = ((y * selected).pow(2).sum((0, 2, 3)) / selected.sum((0, 2, 3))).sqrt()
+    expected = 2.0 * 0.1 * torch.linspace(0.1, 0.8, 8) * float(x.var().sqrt()) / float(kf)
+    assert torch.allclose(std, expected, rtol=0.06)  # ~5k noise values per channel
