@@ -39,8 +39,11 @@ CHILD_HOOK_ENV = "AUTODROPOUT_CHILD"
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SEARCHERS = ("controller", "random")
 SCHEDULERS = ("fifo", "asha")
-DEFAULT_DIGITS_TRAIN_SIZE = 500
-DEFAULT_EPOCHS = 20
+# Digits defaults: a small training subset trained long enough to overfit (about 1,000 SGD
+# steps), the regime where a regularizer can pay off; 20 epochs on 500 images stops while the
+# unregularized net is still underfitting, so every regularizer looked harmful there.
+DIGITS_DEFAULTS = {"train_size": 200, "epochs": 150, "batch_size": 32}
+DEFAULT_EPOCHS = 30
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 CONFIG_VERSION = 1
 
@@ -61,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="child network (default digits_cnn for digits, resnet20 otherwise)")
     p.add_argument("--train-size", type=int, default=None,
-                   help=f"training subset per trial (default {DEFAULT_DIGITS_TRAIN_SIZE} for digits, "
-                        "the full training split otherwise)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                   help=f"epochs per child (default {DEFAULT_EPOCHS})")
+                   help=f"training subset per trial (default {DIGITS_DEFAULTS['train_size']} for "
+                        "digits, the full training split otherwise)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs per child (default {DIGITS_DEFAULTS['epochs']} for digits, "
+                        f"{DEFAULT_EPOCHS} otherwise)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"child batch size (default {DIGITS_DEFAULTS['batch_size']} for digits, "
+                        "the trainer's default otherwise)")
+    p.add_argument("--lr", type=float, default=None, help="child peak learning rate "
+                   "(default: the trainer's, 0.1)")
     p.add_argument("--num-samples", type=int, default=16,
                    help="trials in total, the all-'none' reference trial included (default 16)")
     p.add_argument("--max-concurrent", type=int, default=None,
@@ -79,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fifo (default) or asha: stops weak trials early, their last val_acc is the reward")
     p.add_argument("--controller-batch", type=int, default=4,
                    help="finished trials per REINFORCE update (default 4)")
+    p.add_argument("--controller-lr", type=float, default=None,
+                   help="controller Adam learning rate (default: Reinforce's, 0.01); small "
+                        "budgets (tens of trials) learn more with a larger one")
     p.add_argument("--sites", default="all",
                    help="'all' (default: every site found in the model), 'stage' (one decision set "
                         "per stage), or comma-separated module paths / glob patterns")
@@ -96,12 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- validation
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be checked without Ray; raises UsageError."""
-    for name in ("epochs", "num_samples", "controller_batch", "max_concurrent", "train_size"):
+    for name in ("epochs", "num_samples", "controller_batch", "max_concurrent", "train_size",
+                 "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be a positive integer (got {value})")
     if not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
         raise UsageError(f"--cpus-per-trial: must be > 0 (got {args.cpus_per_trial})")
+    for name in ("lr", "controller_lr"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')}: must be > 0 (got {value})")
     if args.gpus_per_trial is not None and not (math.isfinite(args.gpus_per_trial)
                                                 and args.gpus_per_trial >= 0):
         raise UsageError(f"--gpus-per-trial: must be >= 0 (got {args.gpus_per_trial})")
@@ -130,10 +147,11 @@ def train_config(args: argparse.Namespace) -> dict[str, Any]:
     from child_trainer.train import TrainConfig
 
     num_threads = max(1, int(args.cpus_per_trial))
+    recipe = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     try:
         cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                           train_size=args.train_size, data_dir=args.data_dir, seed=args.seed,
-                          num_threads=num_threads)
+                          num_threads=num_threads, **recipe)
     except ValueError as e:
         raise UsageError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(':', 1)[-1].strip()}") from None
     return cfg.to_dict()
@@ -351,7 +369,11 @@ def _tuner(args: argparse.Namespace, run_dir: Path, space: Any, train: dict[str,
         _point_searcher_at(tuner, run_dir)
         return tuner
     cls = ControllerSearcher if args.search == "controller" else RandomSearcher
-    extra = {"controller_batch": args.controller_batch} if args.search == "controller" else {}
+    extra: dict[str, Any] = {}
+    if args.search == "controller":
+        extra["controller_batch"] = args.controller_batch
+        if args.controller_lr is not None:
+            extra["reinforce_kwargs"] = {"lr": args.controller_lr}
     searcher = cls(space, train, num_samples=args.num_samples, run_dir=run_dir, seed=args.seed,
                    penalty_reward=penalty, **extra)
     limiter = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent(args, res))
@@ -398,7 +420,7 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
     if ignored:
         log.warning("--resume uses the run's saved settings; ignoring %s",
                     ", ".join(f"--{k.replace('_', '-')}" for k in ignored))
-    return argparse.Namespace(**{**saved, "address": args.address, "resume": True,
+    return argparse.Namespace(**{**defaults, **saved, "address": args.address, "resume": True,
                                  "storage_path": args.storage_path, "name": args.name})
 
 
@@ -505,8 +527,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = _saved_args(args, run_dir)
         if args.model is None:
             args.model = "digits_cnn" if args.dataset == "digits" else "resnet20"
-        if args.train_size is None and args.dataset == "digits" and not args.resume:
-            args.train_size = DEFAULT_DIGITS_TRAIN_SIZE
+        if args.dataset == "digits" and not args.resume:
+            for key, value in DIGITS_DEFAULTS.items():
+                if getattr(args, key) is None:
+                    setattr(args, key, value)
+        if args.epochs is None:
+            args.epochs = DEFAULT_EPOCHS
         args.name = args.name or default_name(args)
         run_dir = Path(args.storage_path).expanduser().resolve() / args.name
         train = train_config(args)

@@ -284,6 +284,9 @@ def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, mon
     (["--resume", "--name", "never-ran"], "--resume: no resumable run"),
     (["--resume"], "--resume: needs --name"),
     (["--search", "bayes"], "invalid choice"),
+    (["--batch-size", "0"], "--batch-size: must be a positive integer"),
+    (["--lr", "nan"], "--lr: must be > 0"),
+    (["--controller-lr", "-0.1"], "--controller-lr: must be > 0"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     import launch_search
