@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .augment import AUGMENTATIONS, augment_batch
 from .data import DATASETS, DataSplits, load_data
 from .models import build_model
@@ -176,6 +177,8 @@ class _Run:
         self.device = resolve_device(cfg.device)
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.channels_last = cfg.channels_last != "off"
         torch.manual_seed(cfg.seed)
