@@ -267,9 +267,9 @@ def site_channels(module: nn.Module) -> int | None:
 
 
 def _next_conv(named: list[tuple[str, nn.Module]], site: str) -> _ConvNd | None:
-    names = [n for n, _ in named]
-    channels = site_channels(named[names.index(site)][1])
-    for name, m in named[names.index(site) + 1:]:
+    index = next(i for i, (name, _) in enumerate(named) if name == site)
+    channels = site_channels(named[index][1])
+    for name, m in named[index + 1:]:
         # A grouped/depthwise conv's weight is (C_out, C_in/groups, ...), not one row per input
         # channel: skip it (e.g. MobileNet) and take the next dense conv on these channels.
         if (not name.startswith(site + ".") and isinstance(m, _ConvNd)

@@ -1,7 +1,6 @@
 """Linear ramp of any regularizer's probability (the ``dropblock`` package's scheduler, generalised)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,13 +24,14 @@ class LinearScheduler(nn.Module):
             raise ValueError(f"layer must define prob_attr, got {type(layer).__name__}")
         self.layer = layer
         self.nr_steps = check_int("nr_steps", nr_steps, minimum=0)
-        if self.nr_steps <= 1:
-            values = np.array([stop_value], dtype=float)
-        else:
-            values = np.linspace(start_value, stop_value, num=self.nr_steps)
-        self.values: list[float] = [float(v) for v in values]
+        # The ramp is derived per step (as np.linspace computes it: start + i * delta, the last
+        # value exactly stop) rather than stored: a list of nr_steps floats per layer reached
+        # hundreds of MB for a long CIFAR schedule with dozens of ramped sites.
+        self.start_value, self.stop_value = float(start_value), float(stop_value)
+        self._delta = ((self.stop_value - self.start_value) / (self.nr_steps - 1)
+                       if self.nr_steps > 1 else 0.0)
         self.i = 0
-        self._set(self.values[-1] if self.nr_steps == 0 else float(start_value))
+        self._set(self.stop_value if self.nr_steps == 0 else self.start_value)
 
     @property
     def value(self) -> float:
@@ -43,12 +43,16 @@ class LinearScheduler(nn.Module):
 
     def step(self) -> None:
         """Advance the ramp by one value (holds the last value after ``nr_steps`` steps)."""
-        if self.i < len(self.values):
-            self._set(self.values[self.i])
+        if self.i < self.nr_steps:
+            last = self.i == self.nr_steps - 1
+            self._set(self.stop_value if last else self.i * self._delta + self.start_value)
         self.i += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)
 
     def extra_repr(self) -> str:
-        return f"step={self.i}/{self.nr_steps}, values=[{self.values[0]:g} .. {self.values[-1]:g}]"
+        return f"step={self.i}/{self.nr_steps}, values=[{self._first():g} .. {self.stop_value:g}]"
+
+    def _first(self) -> float:
+        return self.start_value if self.nr_steps > 1 else self.stop_value
