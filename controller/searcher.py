@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from ray.tune.search import Searcher
 
 from controller.lstm import LSTMController
 from controller.reinforce import Reinforce
+from search_space.files import atomic_write_text
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
@@ -66,20 +66,6 @@ NO_REPORT_ERROR = ("trial errored in Ray before the child reported (worker crash
 
 
 # ------------------------------------------------------------------------- files
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from search_space.files import atomic_write_text
 from search_space.vocab import (METHODS, PARAM_SHORT, SPACE_VERSION, VOCAB, ParamValue,
                                 check_value)
 
@@ -123,22 +123,9 @@ class Plan:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temp file in the same folder, then rename): a reader never
+        """Write atomically and durably (`atomic_write_text` with fsync): a reader never
         sees half a plan even if the writer dies."""
-        path = Path(path)
-        text = self.to_json()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_json(), fsync=True)
 
     def methods(self) -> dict[str, str]:
         return {s: sp.method for s, sp in self.sites.items()}
