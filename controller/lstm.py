@@ -81,24 +81,23 @@ class LSTMController(nn.Module):
         self.seed = int(seed)
 
         # Row offset of each key's block in the packed head / embedding tables.
-        key_rows: dict[Hashable, tuple[int, int]] = {}
+        key_rows: dict[Hashable, tuple[int, int, int]] = {}  # key -> (first row, size, block)
         offsets: list[int] = []
         self._block_of: list[int] = []  # decision -> index of its key's block of rows
         total = 0
         for d, (key, size) in enumerate(zip(keys, sizes)):
             if key not in key_rows:
-                key_rows[key] = (total, size)
+                key_rows[key] = (total, size, len(key_rows))
                 total += size
-            start, key_size = key_rows[key]
-            self._block_of.append(list(key_rows).index(key) if share_keys is not None else d)
+            start, key_size, block = key_rows[key]
+            self._block_of.append(block)
             if key_size != size:
                 raise ValueError(
                     f"share_keys[{d}]={key!r}: vocab size {size} differs from {key_size} "
                     "of an earlier decision with the same key"
                 )
             offsets.append(start)
-        self._offsets = offsets
-        self._block_sizes = [size for _, size in key_rows.values()]
+        self._block_sizes = [size for _, size, _ in key_rows.values()]
         vmax = max(sizes)
         index = torch.zeros(len(sizes), vmax, dtype=torch.long)
         valid = torch.zeros(len(sizes), vmax, dtype=torch.bool)
