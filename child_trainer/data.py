@@ -82,7 +82,7 @@ def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray] | None], n
             device: torch.device | str, augment: str, stats_x: np.ndarray) -> DataSplits:
     """Normalise every split with the per-channel statistics of the full training split
     (before any ``train_size`` subset, so validation tensors are identical across subsets)."""
-    tx = stats_x.astype(np.float32)
+    tx = stats_x.astype(np.float32, copy=False)
     mean = tx.mean(axis=(0, 2, 3))
     std = tx.std(axis=(0, 2, 3)) + 1e-6
     out = {k: _to_device(v[0], v[1], mean, std, device) if v is not None else (None, None)
@@ -103,9 +103,10 @@ def _digits(train_size: int | None, seed: int, with_test: bool, device: torch.de
     trainval, test = stratified_split(y, n_test, seed)
     rest, val = stratified_split(y[trainval], n_val, seed)
     train, val = trainval[rest], trainval[val]
-    parts = {"train": _subset(x[train], y[train], train_size, seed), "val": (x[val], y[val]),
+    train_x = x[train]
+    parts = {"train": _subset(train_x, y[train], train_size, seed), "val": (x[val], y[val]),
              "test": (x[test], y[test]) if with_test else None}
-    return _finish("digits", parts, 10, device, "shift", x[train])
+    return _finish("digits", parts, 10, device, "shift", train_x)
 
 
 def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_test: bool,
@@ -125,10 +126,11 @@ def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_te
     x = train.data.transpose(0, 3, 1, 2) / np.float32(255.0)
     y = np.asarray(train.targets, dtype=np.int64)
     rest, val = stratified_split(y, CIFAR_VAL_SIZE, seed)
-    parts = {"train": _subset(x[rest], y[rest], train_size, seed), "val": (x[val], y[val]),
+    train_x = x[rest]  # ~550 MB for CIFAR: index it once (subset and statistics share it)
+    parts = {"train": _subset(train_x, y[rest], train_size, seed), "val": (x[val], y[val]),
              "test": (test.data.transpose(0, 3, 1, 2) / np.float32(255.0),
                       np.asarray(test.targets, dtype=np.int64)) if test is not None else None}
-    return _finish(name, parts, num_classes, device, "cifar", x[rest])
+    return _finish(name, parts, num_classes, device, "cifar", train_x)
 
 
 def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch.device | str,
