@@ -18,6 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from .plots import save_figure
+
 __all__ = ["site_shapes", "regularizer_masks", "plot_masks", "model_and_example"]
 
 log = logging.getLogger(__name__)
@@ -63,22 +65,17 @@ def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str
     return shapes
 
 
-def _inner(layer: nn.Module) -> nn.Module:
-    """The regularizer itself when wrapped in a LinearScheduler (which has ``.layer``)."""
-    return getattr(layer, "layer", layer)
-
-
 def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
     """Boolean (C, H, W) mask of the dropped/distorted units of one example, per site.
 
     ``model`` must already carry a plan (``apply_plan`` without ``total_steps`` so the layers sit
     at their target probability). Sites whose regularizer input is not 4-D are skipped.
     """
-    from search_space import regularizers
+    from search_space.apply import regularizers, unwrap_regularizer
 
     # The regularizers see the site's output; apply_plan's hook only runs them in training,
     # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
-    regs = {site: _inner(layer) for site, layer in regularizers(model).items() if ":" not in site}
+    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items() if ":" not in site}
     inputs = site_shapes(model, list(regs), x[:1])
     masks: dict[str, np.ndarray] = {}
     for i, (site, layer) in enumerate(regs.items()):
@@ -142,6 +139,4 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         ax.set_visible(False)
     fig.suptitle("Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted",
                  fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(fig, path)

@@ -27,7 +27,8 @@ def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
     return s.rolling(window, min_periods=1).mean().to_numpy()
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a figure as PNG at the results' common resolution (creating its folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     return path
@@ -64,7 +65,7 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides points
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_controller(runs: list[Run], path: Path) -> Path | None:
@@ -92,7 +93,7 @@ def plot_controller(runs: list[Run], path: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: int = 8) -> Path | None:
@@ -125,7 +126,7 @@ def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: in
     axes[0].set_ylabel("site")
     fig.suptitle("Share of trials choosing each method, per site, over the search")
     fig.colorbar(image, ax=list(axes), label="share of trials in chunk", shrink=0.9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_retrain(summary: pd.DataFrame, path: Path) -> Path:
@@ -150,4 +151,4 @@ def plot_retrain(summary: pd.DataFrame, path: Path) -> Path:
     ax.set_title(f"Retrained plans vs baselines ({seeds} seeds each, held-out test set)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)

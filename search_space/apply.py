@@ -100,7 +100,7 @@ def _run_regularizers(module: nn.Module, args: Any, output: Any) -> Any:
     for reg in holder:
         conv = reg.__dict__.get(_BEHIND)
         if conv is not None:
-            _inner(reg).weight_behind = conv.weight.detach()
+            unwrap_regularizer(reg).weight_behind = conv.weight.detach()
         output = reg(output)
     return output
 
@@ -124,7 +124,8 @@ def _holders(model: nn.Module) -> Iterator[nn.ModuleList]:
             yield holder
 
 
-def _inner(reg: nn.Module) -> nn.Module:
+def unwrap_regularizer(reg: nn.Module) -> nn.Module:
+    """The regularizer layer itself, unwrapped from its LinearScheduler when ramped."""
     return reg.layer if isinstance(reg, _layers.LinearScheduler) else reg
 
 
