@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from child_trainer import build_model
+from child_trainer.allocator import keep_freed_memory
+from child_trainer.train import cpu_has_native_bf16
 from search_space import Plan, SearchSpace, SiteSpec, apply_plan, find_sites, step_schedulers
 from search_space.apply import build_layer
 
@@ -45,7 +47,8 @@ def method_of(name: str) -> str:
 class Step:
     """One training configuration: a model (optionally under a plan), its optimizer and data."""
 
-    def __init__(self, plan: Plan | None, batch: int, seed: int) -> None:
+    def __init__(self, plan: Plan | None, batch: int, seed: int, amp: bool = False) -> None:
+        self.amp = amp
         torch.manual_seed(seed)
         self.model = build_model("resnet20", 10)
         if plan is not None:
@@ -59,7 +62,8 @@ class Step:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def __call__(self) -> None:
-        loss = self.loss_fn(self.model(self.x), self.y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.loss_fn(self.model(self.x), self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -93,7 +97,7 @@ def uniform_plan(sites: list[str], name: str) -> Plan:
 
 
 def bench_methods(sites: list[str], methods: list[str], args: argparse.Namespace) -> dict[str, float]:
-    runs = {m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0) for m in ["none", *methods]}
+    runs = {m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0, args.bf16) for m in ["none", *methods]}
     return time_round_robin(runs, args.rounds, args.steps)
 
 
@@ -102,7 +106,8 @@ def bench_random(sites: list[str], args: argparse.Namespace) -> list[tuple[int, 
     rows = []
     for seed in range(args.random):
         plan = space.random_plan(seed)
-        ms = time_round_robin({"none": Step(None, args.batch, seed), "plan": Step(plan, args.batch, seed)},
+        ms = time_round_robin({"none": Step(None, args.batch, seed, args.bf16),
+                               "plan": Step(plan, args.batch, seed, args.bf16)},
                               args.rounds, args.steps)
         rows.append((seed, ms["none"], ms["plan"], plan.summary()))
         print(f"random plan seed={seed}: none {ms['none']:.1f} ms, plan {ms['plan']:.1f} ms, "
@@ -121,8 +126,9 @@ def bench_layers(methods: list[str], args: argparse.Namespace) -> list[str]:
         for shape in SITE_SHAPES:
             if hasattr(layer, "weight_behind"):
                 layer.weight_behind = torch.randn(shape[1], shape[1], 3, 3)
-            x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
-            g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+            dtype = torch.bfloat16 if args.bf16 else torch.float32
+            x = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+            g = torch.randn(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
 
             def run(layer=layer, x=x, g=g) -> None:
                 x.grad = None
@@ -147,15 +153,19 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=5, help="number of random plans (0: skip)")
     ap.add_argument("--layers", action="store_true", help="also time each layer alone per site shape")
     ap.add_argument("--skip-methods", action="store_true")
+    ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
+                    help="bf16 autocast; auto = as the trainer (bf16 where the CPU has native bf16)")
     args = ap.parse_args()
+    args.bf16 = args.amp == "bf16" or (args.amp == "auto" and cpu_has_native_bf16())
+    keep_freed_memory()  # as every training process does
     torch.set_num_threads(args.threads)
     global clock
     clock = CLOCK[args.clock]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"median of {args.rounds}x{args.steps} steps, {args.clock} clock", flush=True)
+          f"{'bf16' if args.bf16 else 'fp32'}, median of {args.rounds}x{args.steps} steps, {args.clock} clock", flush=True)
     sites = find_sites(build_model("resnet20", 10))
     if args.layers:
-        print("\nfwd+bwd ms of one layer, channels_last (id = x * 1.0 fwd+bwd):")
+        print(f"\nfwd+bwd ms of one layer, channels_last, {'bf16' if args.bf16 else 'fp32'} (id = x * 1.0 fwd+bwd):")
         print("\n".join(bench_layers(args.methods, args)), flush=True)
     if not args.skip_methods:
         ms = bench_methods(sites, args.methods, args)

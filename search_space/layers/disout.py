@@ -7,30 +7,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._blocks import ALGORITHMS, dense_layout, sample_blocks, seed_rate, storage_view
+from ._blocks import ALGORITHMS, dense_layout, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
-
-
-class _MaskThenWrite(torch.autograd.Function):
-    """``y = x * mask`` then ``y[cells] = values`` (storage offsets); backward: one multiply.
-
-    The written values do not depend on ``x`` (the noise scale is detached), so the gradient
-    is ``grad * mask`` and only the mask is saved. ``scatter_`` on a 1-D tensor runs serially
-    in index order on CPU, so where blocks overlap the last write wins deterministically.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, cells: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        y = torch.empty_like(mask, dtype=x.dtype)
-        torch.mul(x, mask, out=y)
-        storage_view(y).scatter_(0, cells, values)
-        ctx.save_for_backward(mask)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None
+from ._zero import scale_and_zero
 
 
 def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
@@ -43,8 +22,9 @@ def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
     n = x.numel()
     if x.device.type != "cpu" or n < 2:
         return x.float().var().clamp_min(0.0).sqrt()
-    mean = float(x.sum(dtype=torch.float32)) / n
-    sq = float(torch.linalg.vector_norm(x, dtype=torch.float32)) ** 2 / n
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # vector_norm refuses to narrow
+    mean = float(x.sum(dtype=acc)) / n
+    sq = float(torch.linalg.vector_norm(x, dtype=acc)) ** 2 / n
     var = (sq - mean * mean) * n / (n - 1)
     if mean * mean > 100.0 * var:
         var = float(x.float().var())
@@ -123,8 +103,8 @@ class Disout(nn.Module):
             dist = torch.randn(x.shape, device=x.device, dtype=torch.float32) * scale
             dist = (dist * (1 - keep) / kept_frac).to(x.dtype)
             return x * (keep_f / kept_frac.to(x.dtype)) + dist
-        # sparse sampler (CPU): noise drawn only for the dropped cells, written in place
-        inv_kept_frac = keep.numel() / max(int(torch.count_nonzero(keep)), 1)
+        # sparse sampler (CPU): noise drawn only for the dropped cells, written over x * scale
+        inv_kept_frac = keep.numel() / max(int(kept_count(keep)), 1)
         weight = self._channel_weight(x)
         scale = self.alpha * _detached_std(x) * inv_kept_frac
         if isinstance(weight, torch.Tensor):
@@ -133,8 +113,7 @@ class Disout(nn.Module):
         else:
             seed_scale = weight * scale
         noise = torch.randn(sample.cells.shape, device=x.device, dtype=torch.float32).mul_(seed_scale)
-        mask = keep.to(x.dtype).mul_(inv_kept_frac)
-        return _MaskThenWrite.apply(x, mask, sample.cells.view(-1), noise.view(-1).to(x.dtype))
+        return scale_and_zero(x, inv_kept_frac, sample.cells, values=noise.view(-1).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"

@@ -6,8 +6,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, sample_blocks, seed_rate
+from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
+from ._zero import scale_and_zero
 
 
 class _DropBlockNd(nn.Module):
@@ -20,7 +21,8 @@ class _DropBlockNd(nn.Module):
     ``share_channels=True`` draws one mask per example shared by all channels (timm's
     ``couple_channels=True``, the ``dropblock`` package); otherwise one mask per channel.
     ``algorithm`` picks the sampler ("auto": sparse scatter on CPU, dense max-pool on CUDA);
-    all choices sample the same distribution. The backward pass is one multiply by the mask.
+    all choices sample the same distribution. The backward pass is one multiply by the mask
+    (shared masks on channels_last: a scalar multiply and the same rows zeroed).
     """
 
     prob_attr: ClassVar[str] = "drop_prob"
@@ -56,8 +58,13 @@ class _DropBlockNd(nn.Module):
         # per-channel masks take the input's strides (channels_last stays channels_last)
         shape = (n, 1, *size) if self.share_channels else tuple(x.shape)
         strides = contiguous_strides(shape) if self.share_channels else x.stride()
-        keep = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm).keep
-        return x * keep_scale(keep, x.dtype)
+        sample = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm)
+        if sample.cells is not None and self.share_channels and x.stride(1) == 1:
+            # channels_last: a shared cell is a row of C units; zeroing rows after a scalar
+            # multiply is 2-5x faster than the broadcast multiply (channel-innermost loop)
+            scale = sample.keep.numel() / max(int(kept_count(sample.keep)), 1)
+            return scale_and_zero(x, scale, sample.cells, c)
+        return x * keep_scale(sample.keep, x.dtype)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"

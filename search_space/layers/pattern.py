@@ -12,6 +12,7 @@ from torch import nn
 
 from ._blocks import dense_layout
 from ._checks import check_pair, check_prob, check_rank
+from ._zero import scale_and_zero
 
 Pair = int | Sequence[int]
 
@@ -159,15 +160,17 @@ class PatternDropout(nn.Module):
         m_c = 1 if self.share_channels else c
         keep, kept = self.keep_masks(n * m_c, (h, w), x.device)
         keep = keep.view(n, m_c, h, w)
+        numel = keep.numel()
+        if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
+            scale: float | torch.Tensor = numel / max(int(kept), 1)
+            if self.share_channels and x.stride(1) == 1:  # channels_last: a dropped unit is a row of C
+                return scale_and_zero(x, scale, torch.nonzero(keep.view(-1) == 0).view(-1), c)
+        else:  # no host sync on CUDA
+            scale = (numel / kept.clamp_min(1).double()).to(x.dtype)
         if not self.share_channels and keep.stride() != x.stride():  # e.g. channels_last input
             mask = torch.empty_like(x).copy_(keep)
         else:
             mask = keep.to(x.dtype)
-        numel = keep.numel()
-        if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
-            scale: float | torch.Tensor = numel / max(int(kept), 1)
-        else:  # no host sync on CUDA
-            scale = (numel / kept.clamp_min(1).double()).to(x.dtype)
         return x * mask.mul_(scale)
 
     def extra_repr(self) -> str:

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import bernoulli_keep, dense_layout
+from ._blocks import bernoulli_keep, dense_layout, hits_are_sparse, sparse_hits
 from ._checks import check_prob, check_rank
+from ._zero import scale_and_zero
 
 
 class _ProbLayer(nn.Module):
@@ -27,9 +28,10 @@ class _ProbLayer(nn.Module):
 class Dropout(_ProbLayer):
     """Element-wise dropout, scale ``1 / (1 - p)`` (``F.dropout``); any input of rank 2..5.
 
-    On CPU the mask comes from the exact sparse Bernoulli sampler (`_blocks.bernoulli_keep`,
-    several times faster than ``F.dropout``'s dense ``bernoulli_``) in the input's layout;
-    on CUDA ``F.dropout``'s fused kernel is used.
+    On CPU the drops come from the exact sparse Bernoulli sampler (`_blocks.sparse_hits`,
+    several times faster than ``F.dropout``'s dense ``bernoulli_``): for small ``p`` the hit
+    units are zeroed after a scalar multiply (`_zero.scale_and_zero`, no mask), else a mask
+    in the input's layout is built from random bytes. On CUDA ``F.dropout``'s fused kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +42,8 @@ class Dropout(_ProbLayer):
         if x.device.type != "cpu":
             return F.dropout(x, p, training=True)
         x = dense_layout(x)
+        if hits_are_sparse(p):
+            return scale_and_zero(x, 1.0 / (1.0 - p), sparse_hits(x.numel(), p, x.device))
         return x * bernoulli_keep(x, p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 

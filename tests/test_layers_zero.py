@@ -1,0 +1,110 @@
+"""Mask-free drops (`_zero.scale_and_zero`): exact forward/backward, and the layers that use it
+give the same result as the masked multiply they replace."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, PatternDropout
+from search_space.layers._blocks import storage_view
+from search_space.layers._zero import scale_and_zero
+
+CL = torch.channels_last
+
+
+def _masked_reference(x: torch.Tensor, scale: float, index: torch.Tensor, width: int) -> torch.Tensor:
+    keep = torch.ones(x.numel() // width, width, dtype=x.dtype)
+    keep[index] = 0
+    mask = torch.empty_like(x)
+    storage_view(mask).copy_(keep.view(-1))
+    return mask * scale
+
+
+@pytest.mark.parametrize("width", [1, 6])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_scale_and_zero_matches_masked_multiply_forward_and_backward(width: int, layout: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 5, 7, generator=g, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    x.requires_grad_()
+    index = torch.randint(0, x.numel() // width, (30,), generator=g)  # with repeats
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    y = scale_and_zero(x, 1.25, index, width)
+    assert y.stride() == x.stride()
+    mask = _masked_reference(x.detach(), 1.25, index, width)
+    torch.testing.assert_close(y, x.detach() * mask, rtol=0, atol=0)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad, grad * mask, rtol=0, atol=0)
+    assert int((mask == 0).sum()) == width * len(index.unique())
+
+
+def test_scale_and_zero_values_overwrite_and_get_no_gradient() -> None:
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([0, 5, 5, 40])
+    values = torch.tensor([7.0, 8.0, 9.0, 10.0], dtype=torch.float64)
+    y = scale_and_zero(x, 2.0, index, values=values)
+    flat = y.detach().view(-1)
+    assert flat[0] == 7.0 and flat[5] == 9.0 and flat[40] == 10.0  # the last write wins
+    others = torch.ones(x.numel(), dtype=torch.bool)
+    others[index] = False
+    torch.testing.assert_close(flat[others], 2.0 * x.detach().view(-1)[others])
+    y.sum().backward()
+    expected = torch.full((x.numel(),), 2.0, dtype=torch.float64)
+    expected[index] = 0.0
+    torch.testing.assert_close(x.grad.view(-1), expected)
+
+
+def test_scale_and_zero_rejects_bad_width() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="width 5 does not divide"):
+        scale_and_zero(x, 1.0, torch.tensor([0]), 5)
+    with pytest.raises(ValueError, match="values need width 1"):
+        scale_and_zero(x, 1.0, torch.tensor([0]), 3, values=torch.zeros(1))
+
+
+@pytest.mark.parametrize("layer, shape, cl", [
+    (DropBlock2d(0.2, 3, share_channels=True), (8, 16, 12, 12), CL),
+    (DropBlock3d(0.2, 3, share_channels=True), (4, 8, 6, 6, 6), torch.channels_last_3d),
+    (PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8), (8, 16, 12, 12), CL),
+])
+def test_shared_masks_on_channels_last_equal_the_masked_multiply(layer, shape, cl) -> None:
+    """Same seed, same shared mask: the channels_last path (rows zeroed) and the contiguous
+    path (broadcast multiply by the mask) agree exactly, forward and backward."""
+    x = torch.randn(shape, dtype=torch.float64)
+    grad = torch.randn(shape, dtype=torch.float64)
+    outs = []
+    for fmt in (torch.contiguous_format, cl):
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        torch.manual_seed(5)
+        y = layer.train()(xi)
+        y.backward(grad)
+        outs.append((y.detach().contiguous(), xi.grad.contiguous()))
+    assert 0.05 < float((outs[0][0] == 0).double().mean()) < 0.3  # something was dropped
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1])  # the sparse-hit regime of Dropout on CPU
+def test_sparse_dropout_gradient_follows_its_forward_mask(p: float) -> None:
+    x = (torch.rand(64, 16, 16, 16, dtype=torch.float64) + 0.5).contiguous(memory_format=CL).requires_grad_()
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    y = Dropout(p).train()(x)
+    y.backward(grad)
+    kept = y.detach() != 0
+    assert abs(1.0 - float(kept.double().mean()) - p) < 0.005  # 262k units: 5 sigma ~ 0.003
+    torch.testing.assert_close(y.detach()[kept], x.detach()[kept] / (1 - p))
+    torch.testing.assert_close(x.grad, torch.where(kept, grad / (1 - p), 0.0))
+
+
+def test_disout_gradient_is_zero_exactly_where_noise_was_written() -> None:
+    layer = Disout(0.2, 3, alpha=1.0).train()
+    x = (torch.rand(16, 8, 12, 12, dtype=torch.float64) + 0.5).contiguous(memory_format=CL).requires_grad_()
+    torch.manual_seed(0)
+    y = layer(x)
+    y.sum().backward()
+    written = x.grad == 0
+    assert 0.15 < float(written.double().mean()) < 0.25
+    ratio = (y.detach() / x.detach())[~written]  # kept units: x * numel / kept
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(x.grad[~written][0])))
+    assert float(x.grad[~written][0]) == pytest.approx(1 / (1 - float(written.double().mean())))
