@@ -324,13 +324,10 @@ def bernoulli_keep(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 def keep_scale(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Multiplicative mask: 0 where dropped, ``numel / kept`` elsewhere (mean-preserving).
 
-    Goes through uint8 because bool -> float conversion is several times slower on CPU.
-    Keeps ``keep``'s strides.
+    The scale stays on the device (no host sync: the CUDA path; CPU layers fuse the rescale
+    into the multiply, `_drop_ops.mask_and_scale`). Keeps ``keep``'s strides.
     """
-    kept = kept_count(keep)
-    if keep.device.type == "cpu":  # a host scalar costs nothing here and saves small ops
-        return keep.to(dtype).mul_(keep.numel() / max(int(kept), 1))
-    scale = (keep.numel() / kept.clamp_min(1).double()).to(dtype)  # no host sync on CUDA
+    scale = (keep.numel() / kept_count(keep).clamp_min(1).double()).to(dtype)
     return keep.to(dtype).mul_(scale)
 
 

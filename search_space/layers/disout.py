@@ -9,7 +9,7 @@ from torch import nn
 
 from ._blocks import ALGORITHMS, dense_layout, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
-from ._zero import scale_and_zero
+from ._drop_ops import scale_and_zero
 
 
 def _detached_std(x: torch.Tensor) -> torch.Tensor | float:

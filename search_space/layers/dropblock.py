@@ -8,7 +8,7 @@ from torch import nn
 
 from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
-from ._zero import scale_and_zero
+from ._drop_ops import mask_and_scale, scale_and_zero
 
 
 class _DropBlockNd(nn.Module):
@@ -22,7 +22,8 @@ class _DropBlockNd(nn.Module):
     ``couple_channels=True``, the ``dropblock`` package); otherwise one mask per channel.
     ``algorithm`` picks the sampler ("auto": sparse scatter on CPU, dense max-pool on CUDA);
     all choices sample the same distribution. The backward pass is one multiply by the mask
-    (shared masks on channels_last: a scalar multiply and the same rows zeroed).
+    (on CPU fused with the rescale; shared masks on channels_last: a scalar multiply and the
+    same rows zeroed, see `_drop_ops`).
     """
 
     prob_attr: ClassVar[str] = "drop_prob"
@@ -59,12 +60,14 @@ class _DropBlockNd(nn.Module):
         shape = (n, 1, *size) if self.share_channels else tuple(x.shape)
         strides = contiguous_strides(shape) if self.share_channels else x.stride()
         sample = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm)
+        if x.device.type != "cpu":
+            return x * keep_scale(sample.keep, x.dtype)
+        scale = sample.keep.numel() / max(int(kept_count(sample.keep)), 1)
         if sample.cells is not None and self.share_channels and x.stride(1) == 1:
             # channels_last: a shared cell is a row of C units; zeroing rows after a scalar
             # multiply is 2-5x faster than the broadcast multiply (channel-innermost loop)
-            scale = sample.keep.numel() / max(int(kept_count(sample.keep)), 1)
             return scale_and_zero(x, scale, sample.cells, c)
-        return x * keep_scale(sample.keep, x.dtype)
+        return mask_and_scale(x, sample.keep, scale)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._blocks import dense_layout
 from ._checks import check_pair, check_prob, check_rank
-from ._zero import scale_and_zero
+from ._drop_ops import mask_and_scale, scale_and_zero
 
 Pair = int | Sequence[int]
 
@@ -162,16 +162,16 @@ class PatternDropout(nn.Module):
         keep = keep.view(n, m_c, h, w)
         numel = keep.numel()
         if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
-            scale: float | torch.Tensor = numel / max(int(kept), 1)
+            scale = numel / max(int(kept), 1)
             if self.share_channels and x.stride(1) == 1:  # channels_last: a dropped unit is a row of C
                 return scale_and_zero(x, scale, torch.nonzero(keep.view(-1) == 0).view(-1), c)
-        else:  # no host sync on CUDA
-            scale = (numel / kept.clamp_min(1).double()).to(x.dtype)
+            return mask_and_scale(x, keep, scale)
+        scale_t = (numel / kept.clamp_min(1).double()).to(x.dtype)  # no host sync on CUDA
         if not self.share_channels and keep.stride() != x.stride():  # e.g. channels_last input
             mask = torch.empty_like(x).copy_(keep)
         else:
             mask = keep.to(x.dtype)
-        return x * mask.mul_(scale)
+        return x * mask.mul_(scale_t)
 
     def extra_repr(self) -> str:
         return (

@@ -9,7 +9,7 @@ from torch import nn
 
 from ._blocks import bernoulli_keep, dense_layout, hits_are_sparse, sparse_hits
 from ._checks import check_prob, check_rank
-from ._zero import scale_and_zero
+from ._drop_ops import mask_and_scale, scale_and_zero
 
 
 class _ProbLayer(nn.Module):
@@ -30,7 +30,7 @@ class Dropout(_ProbLayer):
 
     On CPU the drops come from the exact sparse Bernoulli sampler (`_blocks.sparse_hits`,
     several times faster than ``F.dropout``'s dense ``bernoulli_``): for small ``p`` the hit
-    units are zeroed after a scalar multiply (`_zero.scale_and_zero`, no mask), else a mask
+    units are zeroed after a scalar multiply (`_drop_ops.scale_and_zero`, no mask), else a mask
     in the input's layout is built from random bytes. On CUDA ``F.dropout``'s fused kernel.
     """
 
@@ -44,7 +44,7 @@ class Dropout(_ProbLayer):
         x = dense_layout(x)
         if hits_are_sparse(p):
             return scale_and_zero(x, 1.0 / (1.0 - p), sparse_hits(x.numel(), p, x.device))
-        return x * bernoulli_keep(x, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+        return mask_and_scale(x, bernoulli_keep(x, p), 1.0 / (1.0 - p))
 
 
 class SpatialDropout(_ProbLayer):

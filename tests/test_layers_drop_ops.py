@@ -1,4 +1,4 @@
-"""Mask-free drops (`_zero.scale_and_zero`): exact forward/backward, and the layers that use it
+"""Mask-free drops (`_drop_ops.scale_and_zero`): exact forward/backward, and the layers that use it
 give the same result as the masked multiply they replace."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, PatternDropout
 from search_space.layers._blocks import storage_view
-from search_space.layers._zero import scale_and_zero
+from search_space.layers._drop_ops import scale_and_zero
 
 CL = torch.channels_last
 
