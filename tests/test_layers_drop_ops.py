@@ -7,7 +7,7 @@ import torch
 
 from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, PatternDropout
 from search_space.layers._blocks import storage_view
-from search_space.layers._drop_ops import scale_and_zero
+from search_space.layers._drop_ops import mask_and_scale, scale_and_zero
 
 CL = torch.channels_last
 
@@ -108,3 +108,30 @@ def test_disout_gradient_is_zero_exactly_where_noise_was_written() -> None:
     ratio = (y.detach() / x.detach())[~written]  # kept units: x * numel / kept
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(x.grad[~written][0])))
     assert float(x.grad[~written][0]) == pytest.approx(1 / (1 - float(written.double().mean())))
+
+
+@pytest.mark.parametrize("mask_shape, mask_format", [
+    ((4, 6, 5, 7), torch.contiguous_format),  # full size, other layout than x: copied into x's
+    ((4, 6, 5, 7), CL),
+    ((4, 1, 5, 7), torch.contiguous_format),  # one mask per example (broadcast over channels)
+    ((4, 6, 1, 1), torch.contiguous_format),  # one per channel (spatial dropout)
+])
+def test_mask_and_scale_is_one_rounding_of_x_times_mask_times_scale(mask_shape, mask_format) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, 5, 7, generator=g, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    keep = (torch.rand(mask_shape, generator=g) > 0.3).to(torch.uint8).contiguous(memory_format=mask_format)
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    y = mask_and_scale(x, keep, 1.5)
+    assert y.stride() == x.stride() and y.dtype == x.dtype
+    torch.testing.assert_close(y, x.detach() * keep * 1.5, rtol=0, atol=1e-15)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad, grad * keep * 1.5, rtol=0, atol=1e-15)
+    assert (x.grad == 0).sum() >= (keep == 0).sum() * x.numel() // keep.numel()
+
+
+def test_mask_and_scale_in_bf16_rounds_once() -> None:
+    x = torch.full((2, 3, 4, 4), 1.0 + 2**-7, dtype=torch.bfloat16)  # exactly representable
+    keep = torch.ones(2, 3, 4, 4, dtype=torch.uint8)
+    y = mask_and_scale(x, keep, 1.0 / 0.9)
+    exact = (1.0 + 2**-7) / 0.9
+    assert float(y[0, 0, 0, 0]) == float(torch.tensor(exact).to(torch.bfloat16))  # not via bf16(1/0.9)
