@@ -67,10 +67,12 @@ def test_scale_and_zero_rejects_bad_width() -> None:
     (DropBlock2d(0.2, 3, share_channels=True), (8, 16, 12, 12), CL),
     (DropBlock3d(0.2, 3, share_channels=True), (4, 8, 6, 6, 6), torch.channels_last_3d),
     (PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8), (8, 16, 12, 12), CL),
+    (PatternDropout(2, 3, 2, shear_x=0.2, share_channels=False, apply_prob=0.8), (8, 16, 12, 12), CL),
 ])
-def test_shared_masks_on_channels_last_equal_the_masked_multiply(layer, shape, cl) -> None:
-    """Same seed, same shared mask: the channels_last path (rows zeroed) and the contiguous
-    path (broadcast multiply by the mask) agree exactly, forward and backward."""
+def test_channels_last_paths_equal_the_contiguous_path(layer, shape, cl) -> None:
+    """Same seed, same masks: the channels_last paths (shared: rows zeroed; per-channel
+    pattern: masks gathered in channels_last order) and the contiguous path (a multiply by
+    the mask) agree exactly, forward and backward."""
     x = torch.randn(shape, dtype=torch.float64)
     grad = torch.randn(shape, dtype=torch.float64)
     outs = []
