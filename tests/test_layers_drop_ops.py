@@ -137,3 +137,15 @@ def test_mask_and_scale_in_bf16_rounds_once() -> None:
     y = mask_and_scale(x, keep, 1.0 / 0.9)
     exact = (1.0 + 2**-7) / 0.9
     assert float(y[0, 0, 0, 0]) == float(torch.tensor(exact).to(torch.bfloat16))  # not via bf16(1/0.9)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-4), (torch.bfloat16, 0.015)])
+@pytest.mark.parametrize("mean", [0.0, 0.7, 3.0, 40.0])  # in units of the std: up to heavy cancellation
+def test_disout_noise_scale_std_is_accurate(dtype: torch.dtype, tolerance: float, mean: float) -> None:
+    from search_space.layers.disout import _detached_std
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 16, 16, 16, generator=g, dtype=torch.float64) * 2.0 + 2.0 * mean).to(dtype)
+    x = x.contiguous(memory_format=CL)
+    exact = float(x.double().var().sqrt())
+    assert float(_detached_std(x)) == pytest.approx(exact, rel=tolerance)

@@ -331,7 +331,20 @@ def keep_scale(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return keep.to(dtype).mul_(scale)
 
 
-def kept_count(keep: torch.Tensor) -> torch.Tensor:
-    """Number of ones of a 0/1 uint8 mask (a sum: ~2x faster than count_nonzero on CPU)."""
-    return keep.sum(dtype=torch.int32 if keep.numel() < 2**31 else torch.int64)
+_BYTE_LANES = 0x0101010101010101
 
+
+def kept_count(keep: torch.Tensor) -> torch.Tensor:
+    """Number of ones of a 0/1 uint8 mask laid out densely (as `dense_layout` returns it).
+
+    Reads the mask as 64-bit words: with 0/1 bytes, the top byte of ``word * 0x0101..01`` is
+    the word's byte sum. On CPU this avoids ``sum``'s full int32 copy of the mask and is ~2x
+    faster than ``count_nonzero``.
+    """
+    flat = storage_view(keep)
+    whole = flat.numel() // 8 * 8 if flat.storage_offset() % 8 == 0 else 0
+    total = flat[whole:].sum(dtype=torch.int64)
+    if whole:
+        words = flat[:whole].view(torch.int64)
+        total = total + torch.mul(words, _BYTE_LANES).bitwise_right_shift_(56).bitwise_and_(0xFF).sum()
+    return total
