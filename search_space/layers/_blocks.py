@@ -16,14 +16,15 @@ the *expected* dropped fraction is then exactly ``p``.
 Two exact samplers of the same distribution, both returning a uint8 *keep* mask (1 = kept)
 laid out like the input (channels_last stays channels_last, so the final multiply streams):
 
-* ``sparse`` (CPU default, also for block 1): draws a Poisson number of seeds with rate
-  ``-log(1 - g)`` per position at uniform positions, so every position is occupied
-  independently with probability exactly ``g``; then clears each seed's block cells (a
-  cached per-position table of storage offsets) in the mask. Work is proportional to the
-  number of seeds, and the dropped cells' offsets come for free (Disout writes its noise
-  there without a pass over the map).
-* ``dense`` (CUDA default, and CPU when seeds are dense): Bernoulli seeds + stride-1 max-pool
-  (separable on CPU: two 1-D pools instead of one k x k pool).
+* ``sparse`` (CPU default for few dropped cells, and for block 1): draws a Poisson number of
+  seeds with rate ``-log(1 - g)`` per position at uniform positions (`sparse_hits`), so
+  every position is occupied independently with probability exactly ``g``; then clears each
+  seed's block cells (a cached per-position table of storage offsets) in the mask. Work is
+  proportional to the number of dropped cells, and their offsets come for free (Disout
+  writes its noise there without a pass over the map).
+* ``dense`` (CUDA default, and CPU for many dropped cells): Bernoulli seeds + stride-1
+  max-pool. On CPU the seeds are placed sparsely too, and the pool is separable shifted
+  maxima on uint8 (log2(k) passes per dimension), so its cost does not grow with ``p``.
 """
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ import torch
 import torch.nn.functional as F
 
 ALGORITHMS = ("auto", "sparse", "dense")
-# On CPU the sparse sampler was faster than the dense one in every case measured (64x64x16x16,
-# 1 thread: drop_prob 0.05-0.95, block 1-7, i.e. up to ~4 scattered cells per unit: 2-17x);
-# beyond this many scattered cells per map unit it falls back to dense to bound memory.
-_SPARSE_MAX_DENSITY = 8.0
+# CPU, bf16 channels_last, fwd+bwd of DropBlock2d on ResNet-20's maps: sparse wins below
+# ~0.15 dropped cells (repeats included) per map unit (p <= 0.1 for blocks >= 3), dense above
+# (up to 6x at p 0.3-0.5: scattered writes cost more than a few streaming uint8 passes).
+_SPARSE_MAX_DENSITY = 0.15
+# Disout needs the cells for its noise (the dense path draws noise for every unit instead).
+_SPARSE_MAX_DENSITY_WITH_CELLS = 8.0
 
 
 def _geometry(size: int, k: int, valid_only: bool) -> tuple[int, int]:
@@ -120,7 +123,8 @@ class BlockSample:
 
 
 def _choose(
-    algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...], valid_only: bool
+    algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...], valid_only: bool,
+    want_cells: bool,
 ) -> str:
     if algorithm != "auto":
         return algorithm
@@ -128,7 +132,8 @@ def _choose(
         return "dense"
     positions = math.prod(_geometry(s, k, valid_only)[0] for s, k in zip(size, kernel))
     cells_per_unit = -math.log1p(-rate) * math.prod(kernel) * positions / math.prod(size)
-    return "sparse" if cells_per_unit < _SPARSE_MAX_DENSITY else "dense"
+    limit = _SPARSE_MAX_DENSITY_WITH_CELLS if want_cells else _SPARSE_MAX_DENSITY
+    return "sparse" if cells_per_unit < limit else "dense"
 
 
 def sample_blocks(
@@ -145,11 +150,12 @@ def sample_blocks(
 
     ``strides`` are the mask's (dense) strides, e.g. the input's, so that a channels_last
     input gets a channels_last mask. ``kernel`` must already be clamped to ``size``.
-    ``want_cells``: the sparse sampler must return the dropped cells (Disout).
+    ``want_cells``: the caller uses the dropped cells when it gets them (Disout, shared masks
+    on channels_last), so "auto" keeps the sparse sampler up to a higher density.
     """
-    if _choose(algorithm, device, rate, kernel, tuple(shape[2:]), valid_only) == "sparse":
-        if all(k == 1 for k in kernel):  # every unit is its own seed position
-            return _hits(shape, strides, rate, device, want_cells)
+    if all(k == 1 for k in kernel) and (algorithm == "sparse" or (algorithm == "auto" and device.type == "cpu")):
+        return _hits(shape, strides, rate, device, want_cells)  # every unit is its own seed position
+    if _choose(algorithm, device, rate, kernel, tuple(shape[2:]), valid_only, want_cells) == "sparse":
         return _sparse(shape, strides, kernel, rate, valid_only, device)
     return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device))
 
@@ -203,7 +209,9 @@ def _dense(shape, strides, kernel, rate, valid_only, device) -> torch.Tensor:
     interior = dropped
     for d in range(2, len(shape)):
         interior = interior.narrow(order.index(d), pads[d - 2][0], geo[d - 2][0])
-    interior.copy_(torch.rand(interior.shape, dtype=torch.float64, device=device) < rate)
+    seeds = torch.zeros(interior.shape, dtype=torch.uint8, device=device)  # Bernoulli(rate) seeds, drawn sparsely
+    seeds.view(-1).index_fill_(0, sparse_hits(seeds.numel(), rate, device), 1)
+    interior.copy_(seeds)
     for d, k in zip(range(2, len(shape)), kernel):
         dropped = _dilate(dropped, order.index(d), k)
     return torch.rsub(dropped, 1).permute([order.index(d) for d in range(len(shape))])
