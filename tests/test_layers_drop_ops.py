@@ -149,3 +149,18 @@ def test_disout_noise_scale_std_is_accurate(dtype: torch.dtype, tolerance: float
     x = x.contiguous(memory_format=CL)
     exact = float(x.double().var().sqrt())
     assert float(_detached_std(x)) == pytest.approx(exact, rel=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_scale_and_zero_writes_values_in_index_order_with_repeats(dtype: torch.dtype) -> None:
+    """Values are scattered as bit patterns (fast on CPU); the last write to a unit wins, as
+    a loop over the index would do, so the result does not depend on threads."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 16, 16, generator=g).to(dtype).contiguous(memory_format=CL)
+    index = torch.randint(0, 300, (5000,), generator=g)  # every written unit ~17 times
+    values = torch.randn(5000, generator=g).to(dtype)
+    y = scale_and_zero(x, 1.5, index, values=values)
+    expected = (x * 1.5).permute(0, 2, 3, 1).reshape(-1).clone()
+    for i, v in zip(index.tolist(), values):
+        expected[i] = v
+    assert torch.equal(storage_view(y), expected)
