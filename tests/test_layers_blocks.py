@@ -266,12 +266,13 @@ def test_dropout_scales_by_one_over_keep_prob_and_gradient_is_mask() -> None:
     assert float((y2 == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
 
 
-def test_disout_channels_last_noise_scale_per_channel() -> None:
+@pytest.mark.parametrize("block", [1, 2])  # 1: independent cells (the hit sampler)
+def test_disout_channels_last_noise_scale_per_channel(block: int) -> None:
     """channels_last input: noise lands in the dropped cells with its channel's weight."""
     conv = torch.nn.Conv2d(8, 4, 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.linspace(0.1, 0.8, 8).view(1, 8, 1, 1).expand(4, 8, 1, 1))
-    layer = Disout(0.3, 2, alpha=2.0).train()
+    layer = Disout(0.3, block, alpha=2.0).train()
     layer.weight_behind = conv.weight
     x = torch.randn(128, 8, 12, 12, generator=torch.Generator().manual_seed(18)).contiguous(
         memory_format=torch.channels_last)

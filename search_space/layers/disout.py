@@ -111,7 +111,9 @@ class Disout(nn.Module):
         weight = self._channel_weight(x)
         scale = self.alpha * _detached_std(x) * inv_kept_frac
         if isinstance(weight, torch.Tensor):
-            channel = sample.cells[:, 0].div(x.stride(1), rounding_mode="floor").remainder_(c)
+            first = sample.cells[:, 0]  # a block lies in one channel: its first cell names it
+            unit = first if x.stride(1) == 1 else first.div(x.stride(1), rounding_mode="floor")  # channels_last: no div
+            channel = unit.remainder(c)
             seed_scale = weight.view(c).index_select(0, channel).mul_(scale)[:, None]
         else:
             seed_scale = weight * scale
