@@ -164,3 +164,25 @@ def test_scale_and_zero_writes_values_in_index_order_with_repeats(dtype: torch.d
     for i, v in zip(index.tolist(), values):
         expected[i] = v
     assert torch.equal(storage_view(y), expected)
+
+
+def test_mask_and_scale_with_written_values_equals_scale_and_zero() -> None:
+    """Disout's two CPU paths (mask + write, or scale + write + zero again) agree exactly."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 5, 7, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+    keep = (torch.rand(x.shape, generator=g) > 0.3).to(torch.uint8).contiguous(memory_format=CL)
+    dropped = torch.nonzero(storage_view(keep) == 0).view(-1)
+    index = torch.cat([dropped, dropped[::3]])  # repeats, as overlapping blocks give
+    values = torch.randn(len(index), generator=g, dtype=torch.float64)
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    outs = []
+    for apply in (lambda t: mask_and_scale(t, keep, 1.4, index, values),
+                  lambda t: scale_and_zero(t, 1.4, index, values=values)):
+        xi = x.clone(memory_format=CL).requires_grad_()
+        y = apply(xi)
+        y.backward(grad)
+        outs.append((y.detach(), xi.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="index and values go together"):
+        mask_and_scale(x, keep, 1.0, index)

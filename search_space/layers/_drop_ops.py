@@ -25,6 +25,12 @@ _BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32:
          torch.float64: torch.int64}
 
 
+def _write(y: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``y``'s storage units ``index`` = ``values``, in index order (the last repeat wins)."""
+    bits = _BITS.get(y.dtype, y.dtype)
+    storage_view(y).view(bits).scatter_(0, index, values.to(y.dtype).view(bits))
+
+
 class _ScaleAndZero(torch.autograd.Function):
     """``y = x * scale``; rows ``index`` of y's storage seen as (numel / width, width) become
     0, or (width 1) ``values``. The written values do not depend on ``x``, so the gradient is
@@ -39,8 +45,7 @@ class _ScaleAndZero(torch.autograd.Function):
         if values is None:
             storage_view(y).view(-1, width).index_fill_(0, index, 0)
         else:
-            bits = _BITS.get(y.dtype, y.dtype)
-            storage_view(y).view(bits).scatter_(0, index, values.to(y.dtype).view(bits))
+            _write(y, index, values)
         ctx.save_for_backward(index)
         ctx.scale, ctx.width, ctx.layout = scale, width, (x.shape, x.stride())
         return y
@@ -73,18 +78,23 @@ def scale_and_zero(x: torch.Tensor, scale: float, index: torch.Tensor, width: in
 
 class _MaskAndScale(torch.autograd.Function):
     """``y = x * mask * scale`` and ``grad_x = grad * mask * scale``, one ``addcmul`` pass each
-    (the zero-dim addend broadcasts for free); only the mask is saved for the backward."""
+    (the zero-dim addend broadcasts for free); only the mask is saved for the backward.
+    Optionally ``values`` then overwrite storage units ``index`` (which the mask zeroes)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float, index: torch.Tensor | None,
+                values: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale, ctx.layout = scale, (x.shape, x.stride())
-        return _addcmul(x, mask, scale, x.shape, x.stride())
+        y = _addcmul(x, mask, scale, x.shape, x.stride())
+        if index is not None:
+            _write(y, index, values)
+        return y
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (mask,) = ctx.saved_tensors
-        return _addcmul(grad, mask, ctx.scale, *ctx.layout), None, None
+        return _addcmul(grad, mask, ctx.scale, *ctx.layout), None, None, None, None
 
 
 def _addcmul(t: torch.Tensor, mask: torch.Tensor, scale: float, shape: torch.Size, strides: tuple[int, ...]) -> torch.Tensor:
@@ -92,17 +102,21 @@ def _addcmul(t: torch.Tensor, mask: torch.Tensor, scale: float, shape: torch.Siz
     return torch.addcmul(torch.zeros((), dtype=t.dtype, device=t.device), t, mask, value=scale, out=out)
 
 
-def mask_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+def mask_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float, index: torch.Tensor | None = None,
+                   values: torch.Tensor | None = None) -> torch.Tensor:
     """``x * keep * scale`` for a 0/1 ``keep`` mask broadcastable to ``x`` (any dtype), in ``x``'s layout.
 
     ``x`` must be laid out as `_blocks.dense_layout` returns it; a full-size mask in another
     layout is copied into ``x``'s (so both passes stream). The product is rounded once
-    (``scale`` is not rounded to ``x``'s dtype first).
+    (``scale`` is not rounded to ``x``'s dtype first). ``values`` (no gradient) then overwrite
+    the storage units ``index``, which must be dropped ones (Disout's noise).
     """
+    if (index is None) != (values is None):
+        raise ValueError("index and values go together")
     mask = keep.to(x.dtype)
     if keep.shape == x.shape and keep.stride() != x.stride():
         mask = _like_layout(mask, x)
-    return _MaskAndScale.apply(x, mask, float(scale))
+    return _MaskAndScale.apply(x, mask, float(scale), None if index is None else index.reshape(-1), values)
 
 
 def _like_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,11 @@ from torch import nn
 
 from ._blocks import ALGORITHMS, dense_layout, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
-from ._drop_ops import scale_and_zero
+from ._drop_ops import mask_and_scale, scale_and_zero
+
+# Above this many noise cells (repeats included) per unit the backward multiplies by the mask
+# instead of zeroing the cells again (scattered writes cost more than one streaming pass).
+_ZERO_MAX_CELLS_PER_UNIT = 0.15
 
 
 def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
@@ -117,8 +121,10 @@ class Disout(nn.Module):
             seed_scale = weight.view(c).index_select(0, channel).mul_(scale)[:, None]
         else:
             seed_scale = weight * scale
-        noise = torch.randn(sample.cells.shape, device=x.device, dtype=torch.float32).mul_(seed_scale)
-        return scale_and_zero(x, inv_kept_frac, sample.cells, values=noise.view(-1).to(x.dtype))
+        noise = torch.randn(sample.cells.shape, device=x.device, dtype=torch.float32).mul_(seed_scale).view(-1)
+        if sample.cells.numel() <= _ZERO_MAX_CELLS_PER_UNIT * x.numel():  # backward: zero the cells again
+            return scale_and_zero(x, inv_kept_frac, sample.cells, values=noise)
+        return mask_and_scale(x, keep, inv_kept_frac, sample.cells, noise)  # backward: one masked multiply
 
     def extra_repr(self) -> str:
         return f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"
