@@ -186,3 +186,14 @@ def test_mask_and_scale_with_written_values_equals_scale_and_zero() -> None:
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=1e-15)
     with pytest.raises(ValueError, match="index and values go together"):
         mask_and_scale(x, keep, 1.0, index)
+
+
+@pytest.mark.parametrize("numel", [0, 7, 1000, 2**18 - 1, 2**18 + 5, 2**20])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_kept_count_counts_ones_of_a_uint8_mask(numel: int, offset: int) -> None:
+    from search_space.layers._blocks import kept_count
+
+    g = torch.Generator().manual_seed(numel)
+    base = (torch.rand(numel + offset, generator=g) > 0.3).to(torch.uint8)
+    keep = base[offset:]  # an unaligned start reads bytes, not words
+    assert int(kept_count(keep)) == int(keep.sum())

@@ -340,6 +340,7 @@ def keep_scale(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 _BYTE_LANES = 0x0101010101010101
+_WORDS_MIN_UNITS = 1 << 18
 
 
 def kept_count(keep: torch.Tensor) -> torch.Tensor:
@@ -350,6 +351,8 @@ def kept_count(keep: torch.Tensor) -> torch.Tensor:
     faster than ``count_nonzero``.
     """
     flat = storage_view(keep)
+    if flat.numel() < _WORDS_MIN_UNITS:  # a few small ops would cost more than one pass
+        return torch.count_nonzero(flat)
     whole = flat.numel() // 8 * 8 if flat.storage_offset() % 8 == 0 else 0
     total = flat[whole:].sum(dtype=torch.int64)
     if whole:
