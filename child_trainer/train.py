@@ -301,6 +301,7 @@ def train_child(config: TrainConfig | Mapping[str, Any], plan: Any = None, repor
         return {**result, "status": "failed", "message": f"setup: {type(exc).__name__}: {exc}",
                 "seconds": time.perf_counter() - start}
     result["num_params"] = run.num_params
+    result["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[run.amp_dtype]  # amp=auto varies by CPU
     bar = _progress(progress, cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         try:

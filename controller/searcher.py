@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 STATUSES = ("ok", "diverged", "failed", "stopped")
 TRIAL_COLUMNS = ["trial_id", "order", "searcher", "status", "val_acc", "best_val_acc", "reward",
-                 "error", "seconds", "node", "epochs", "plan_json", "methods", "reference",
+                 "error", "seconds", "node", "precision", "epochs", "plan_json", "methods", "reference",
                  "update", "tokens"]
 HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss",
                    "time"]
@@ -230,7 +230,7 @@ class _PlanSearcher(Searcher):
         if trial_id in self._pending:
             self._pending[trial_id]["last"] = {k: result.get(k) for k in (
                 "final", "status", "val_acc", "best_val_acc", "error", "message", "seconds",
-                "node", "epoch")}
+                "node", "epoch", "precision")}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -247,6 +247,7 @@ class _PlanSearcher(Searcher):
             "status": outcome.status, "val_acc": outcome.val_acc,
             "best_val_acc": outcome.best_val_acc, "reward": outcome.reward,
             "error": outcome.error, "node": res.get("node") or "",
+            "precision": res.get("precision") or "",  # amp=auto: bf16 or fp32 depending on the node's CPU
             "seconds": _num(res.get("seconds")) if res.get("seconds") is not None
             else time.time() - entry["suggested_at"],
             "epochs": res.get("epoch"), "plan_json": json.dumps(plan.to_dict(), sort_keys=True),

@@ -27,6 +27,7 @@ def test_short_digits_training_reaches_accuracy(amp: str) -> None:
     result = train_child(TrainConfig(epochs=10, num_threads=1, amp=amp), report=lambda e, m: reports.append((e, m)))
     assert result["status"] == "ok" and result["epochs"] == 10
     assert result["val_acc"] >= 0.92, result  # measured 0.94-0.96 for seeds 0-2 (20 epochs: 0.97-0.98)
+    assert result["precision"] == {"none": "fp32", "bf16": "bf16"}[amp]
     assert result["best_val_acc"] >= result["val_acc"] and "test_acc" not in result
     assert [e for e, _ in reports] == list(range(1, 11))
     assert {"val_acc", "train_loss", "epoch"} <= set(reports[-1][1]) and reports[-1][1]["epoch"] == 10

@@ -200,6 +200,7 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     assert [int(r["order"]) for r in rows] == list(range(6))
     assert [c for c in rows[0] if c.startswith("site:")] == [f"site:{s}" for s in space.sites]
     assert all(r["status"] in ("ok", "diverged") and r["node"] for r in rows)
+    assert {r["precision"] for r in rows} <= {"fp32", "bf16"} and len({r["precision"] for r in rows}) == 1
     refs = [r for r in rows if r["reference"] == "1"]
     assert len(refs) == 1 and all(refs[0][f"site:{s}"] == "none" for s in space.sites)
     for r in rows:
