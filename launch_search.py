@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"child batch size (default {DIGITS_DEFAULTS['batch_size']} for digits, "
                         "the trainer's default otherwise)")
+    p.add_argument("--amp", default=None, choices=["auto", "none", "bf16", "fp16"],
+                   help="children's autocast (default auto: bf16 on CUDA and on CPUs with native bf16, "
+                        "else fp32; pin it on a cluster of mixed CPUs so rewards compare)")
     p.add_argument("--lr", type=float, default=None, help="child peak learning rate "
                    "(default: the trainer's, 0.1)")
     p.add_argument("--num-samples", type=int, default=16,
@@ -147,7 +150,8 @@ def train_config(args: argparse.Namespace) -> dict[str, Any]:
     from child_trainer.train import TrainConfig
 
     num_threads = max(1, int(args.cpus_per_trial))
-    recipe = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    recipe = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr), ("amp", args.amp))
+              if v is not None}
     try:
         cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                           train_size=args.train_size, data_dir=args.data_dir, seed=args.seed,

@@ -288,6 +288,7 @@ def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, mon
     (["--batch-size", "0"], "--batch-size: must be a positive integer"),
     (["--lr", "nan"], "--lr: must be > 0"),
     (["--controller-lr", "-0.1"], "--controller-lr: must be > 0"),
+    (["--amp", "fp8"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     import launch_search
@@ -372,3 +373,11 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     assert len(hist) == 5  # 9 sampled trials, batch 2: 4 full batches + the last one
     assert len([p for p in run.iterdir() if p.name.startswith("trial_")]) == total
     assert "Best plan" in out
+
+
+@pytest.mark.parametrize("flag, expected", [([], "auto"), (["--amp", "none"], "none"), (["--amp", "bf16"], "bf16")])
+def test_amp_flag_reaches_every_child(flag, expected):
+    import launch_search
+
+    args = launch_search.build_parser().parse_args(["--epochs", "3", *flag])
+    assert launch_search.train_config(args)["amp"] == expected
