@@ -131,7 +131,7 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 

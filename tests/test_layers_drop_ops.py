@@ -197,3 +197,27 @@ def test_kept_count_counts_ones_of_a_uint8_mask(numel: int, offset: int) -> None
     base = (torch.rand(numel + offset, generator=g) > 0.3).to(torch.uint8)
     keep = base[offset:]  # an unaligned start reads bytes, not words
     assert int(kept_count(keep)) == int(keep.sum())
+
+
+@pytest.mark.parametrize("layer", [DropBlock2d(0.2, 3, share_channels=True),
+                                   PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8)])
+def test_shared_masks_in_an_unusual_channels_innermost_order_equal_the_contiguous_path(layer) -> None:
+    """Stored (N, W, H, C): channels innermost but not channels_last, so pixels are not the
+    shared mask's rows in order; the result must still equal the contiguous path's."""
+    x = torch.randn(2, 4, 5, 9, dtype=torch.float64)
+    odd = x.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1)
+    assert odd.stride(1) == 1 and not odd.is_contiguous(memory_format=CL)
+    outs = []
+    for xi in (x, odd):
+        torch.manual_seed(0)
+        outs.append(layer.train()(xi).contiguous())
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", [Dropout(0.1), Dropout(0.5), DropBlock2d(0.1, 3), DropBlock2d(0.3, 3, True),
+                                   Disout(0.1, 3), PatternDropout()])
+def test_empty_batch_passes_through(layer) -> None:
+    x = torch.randn(0, 4, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    y = layer.train()(x)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape

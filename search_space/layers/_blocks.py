@@ -284,7 +284,7 @@ def sparse_hits(numel: int, rate: float, device: torch.device) -> torch.Tensor:
     A Poisson number of uniform hits with mean ``-log(1 - rate)`` per unit misses each unit
     with probability ``exp(-mean) = 1 - rate``, independently of the others.
     """
-    if rate <= 0.0:
+    if rate <= 0.0 or numel == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
     lam = torch.tensor([numel * -math.log1p(-rate)], dtype=torch.float64, device=device)
     return torch.randint(0, numel, (int(torch.poisson(lam).item()),), device=device)

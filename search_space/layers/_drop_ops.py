@@ -60,6 +60,14 @@ class _ScaleAndZero(torch.autograd.Function):
         return out, None, None, None, None
 
 
+def pixels_are_rows(x: torch.Tensor) -> bool:
+    """Whether ``x`` is stored (N, *spatial, C): then the units of one pixel are one storage row
+    of C, and row ``r`` is unit ``r`` of a contiguous (N, 1, *spatial) map. Other gap-free
+    orders with the channels innermost (e.g. N, W, H, C) number their pixels differently."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
 def scale_and_zero(x: torch.Tensor, scale: float, index: torch.Tensor, width: int = 1,
                    values: torch.Tensor | None = None) -> torch.Tensor:
     """``x * scale`` with storage rows ``index`` (int64, repeats allowed) zeroed or set to ``values``.

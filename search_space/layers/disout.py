@@ -22,18 +22,21 @@ def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
     On CPU from one sum and one norm, ~8x cheaper than ``torch.var``'s Welford pass;
     ``torch.var`` is kept where the mean dominates the spread (cancellation). bf16 inputs are
     reduced in bf16 (fp32 accumulation inside, one rounding of each result, ~0.4%): asking
-    for an fp32 result first copies all of ``x`` to fp32, which took 4x longer. The stricter
-    cancellation guard then bounds the std's error by ~1%, the precision of the bf16 noise.
+    for an fp32 result first copies all of ``x`` to fp32, which took 4x longer. Below float64
+    the cancellation guard is strict (mean^2 <= var): the std's error is then ~1% in bf16
+    (the precision of the bf16 noise) and far below in fp32.
     """
     x = x.detach()
     n = x.numel()
-    if x.device.type != "cpu" or n < 2:
+    if n < 2:
+        return 0.0  # no spread to measure (torch.var would warn and give nan)
+    if x.device.type != "cpu":
         return x.float().var().clamp_min(0.0).sqrt()
     acc = {torch.bfloat16: torch.bfloat16, torch.float64: torch.float64}.get(x.dtype, torch.float32)
     mean = float(x.sum(dtype=acc)) / n
     sq = float(torch.linalg.vector_norm(x, dtype=acc)) ** 2 / n
     var = (sq - mean * mean) * n / (n - 1)
-    if mean * mean > (1.0 if acc == torch.bfloat16 else 100.0) * var:
+    if mean * mean > (100.0 if acc == torch.float64 else 1.0) * var:
         var = float(x.to(torch.float64 if x.dtype == torch.float64 else torch.float32).var())
     return math.sqrt(max(var, 0.0))
 

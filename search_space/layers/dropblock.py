@@ -8,7 +8,7 @@ from torch import nn
 
 from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, kept_count, sample_blocks, seed_rate
 from ._checks import check_int, check_prob, check_rank
-from ._drop_ops import mask_and_scale, scale_and_zero
+from ._drop_ops import mask_and_scale, pixels_are_rows, scale_and_zero
 
 
 class _DropBlockNd(nn.Module):
@@ -59,7 +59,7 @@ class _DropBlockNd(nn.Module):
         # per-channel masks take the input's strides (channels_last stays channels_last)
         shape = (n, 1, *size) if self.share_channels else tuple(x.shape)
         strides = contiguous_strides(shape) if self.share_channels else x.stride()
-        rows = self.share_channels and x.stride(1) == 1  # channels_last: a shared cell is a row of C units
+        rows = self.share_channels and pixels_are_rows(x)  # channels_last: a shared cell is a row of C units
         sample = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm, want_cells=rows)
         if x.device.type != "cpu":
             return x * keep_scale(sample.keep, x.dtype)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._blocks import dense_layout
 from ._checks import check_pair, check_prob, check_rank
-from ._drop_ops import mask_and_scale, scale_and_zero
+from ._drop_ops import mask_and_scale, pixels_are_rows, scale_and_zero
 
 Pair = int | Sequence[int]
 
@@ -163,7 +163,7 @@ class PatternDropout(nn.Module):
         numel = keep.numel()
         if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
             scale = numel / max(int(kept), 1)
-            if self.share_channels and x.stride(1) == 1:  # channels_last: a dropped unit is a row of C
+            if self.share_channels and pixels_are_rows(x):  # channels_last: a dropped unit is a row of C
                 return scale_and_zero(x, scale, torch.nonzero(keep.view(-1) == 0).view(-1), c)
             return mask_and_scale(x, keep, scale)
         scale_t = (numel / kept.clamp_min(1).double()).to(x.dtype)  # no host sync on CUDA
