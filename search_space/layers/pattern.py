@@ -12,7 +12,7 @@ from torch import nn
 
 from ._blocks import dense_layout
 from ._checks import check_pair, check_prob, check_rank
-from ._drop_ops import mask_and_scale, pixels_are_rows, scale_and_zero
+from ._drop_ops import mask_and_scale, mask_like, pixels_are_rows, scale_and_zero
 
 Pair = int | Sequence[int]
 
@@ -167,11 +167,7 @@ class PatternDropout(nn.Module):
                 return scale_and_zero(x, scale, torch.nonzero(keep.view(-1) == 0).view(-1), c)
             return mask_and_scale(x, keep, scale)
         scale_t = (numel / kept.clamp_min(1).double()).to(x.dtype)  # no host sync on CUDA
-        if not self.share_channels and keep.stride() != x.stride():  # e.g. channels_last input
-            mask = torch.empty_like(x).copy_(keep)
-        else:
-            mask = keep.to(x.dtype)
-        return x * mask.mul_(scale_t)
+        return x * mask_like(keep, x).mul_(scale_t)
 
     def extra_repr(self) -> str:
         return (
