@@ -229,7 +229,7 @@ class _Run:
 
     def train_epoch(self) -> float:
         """One pass over a fresh permutation; returns the mean training loss."""
-        cfg, data, model = self.cfg, self.data, self.model
+        data, model = self.data, self.model
         model.train()
         start = time.perf_counter()
         perm = torch.randperm(len(data.train_y), device=self.device, generator=self.generator)
