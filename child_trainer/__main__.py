@@ -14,34 +14,12 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from .flags import add_train_flags, train_fields
 from .train import TrainConfig, train_child
-
-_SKIP = {"synthetic_shape"}  # tuples: settable from Python / JSON configs only
-_SHORT_HELP = {"num_threads": "torch CPU threads (1 is best on a busy machine)",
-               "train_size": "stratified training subset (the small-data regime)",
-               "eval_test": "also evaluate the held-out test split (never during a search)"}
-
-
-def _arg_type(tp: Any) -> Any:
-    """int | None -> int, etc.: argparse needs the concrete converter."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m child_trainer", description=__doc__.splitlines()[0])
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{_SHORT_HELP.get(f.name, '')} (default: {default})".strip()
-        if hints[f.name] is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        else:
-            parser.add_argument(flag, type=_arg_type(hints[f.name]), default=default, help=help_text)
+    add_train_flags(parser)
     parser.add_argument("--threads", dest="num_threads", type=int, help="alias of --num-threads")
     parser.add_argument("--plan", type=Path, help="regularization plan JSON (search_space.Plan)")
     parser.add_argument("--json", action="store_true", help="print the result dict as the last stdout line")
@@ -57,7 +35,7 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - _SKIP
+    fields = set(train_fields())
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         plan = None

@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from search_space.errors import FieldError
+
 from .allocator import keep_freed_memory
 from .augment import AUGMENTATIONS, augment_batch
 from .data import DATASETS, DataSplits, load_data
@@ -70,21 +72,24 @@ class TrainConfig:
                    "channels_last": AUTO_OFF_ON, "augment": ("auto", *AUGMENTATIONS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "eval_batch_size": self.eval_batch_size, "synthetic_classes": self.synthetic_classes - 1}
-        for name, value in positive.items():
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: must be a positive number (got {getattr(self, name)!r})")
-        ranges = {"weight_decay": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "momentum": (0.0, 1.0),
-                  "warmup_fraction": (0.0, 1.0)}
-        for name, (lo, hi) in ranges.items():
-            if not lo <= getattr(self, name) < hi:
-                raise ValueError(f"{name}: must be in [{lo}, {hi}) (got {getattr(self, name)!r})")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads: must be >= 1 or None (got {self.num_threads})")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device: invalid value {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+                raise FieldError(name, getattr(self, name), ", ".join(allowed))
+        positive = {"epochs": (self.epochs, True), "batch_size": (self.batch_size, True),
+                    "lr": (self.lr, False), "eval_batch_size": (self.eval_batch_size, True)}
+        for name, (value, integer) in positive.items():
+            _check_number(name, value, 0.0, None, integer=integer, low_open=True)
+        _check_number("synthetic_classes", self.synthetic_classes, 2, 1000, integer=True)
+        if self.train_size is not None:
+            _check_number("train_size", self.train_size, 1, None, integer=True)
+        for name in ("seed", "split_seed"):
+            _check_number(name, getattr(self, name), 0, SEED_MAX, integer=True)
+        for name in ("weight_decay", "label_smoothing", "momentum", "warmup_fraction"):
+            _check_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
+        if self.num_threads is not None:
+            _check_number("num_threads", self.num_threads, 1, MAX_THREADS, integer=True)
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise FieldError("device", self.device, "auto, cpu, cuda, cuda:N")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -92,7 +97,8 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
+            raise FieldError(unknown[0], d[unknown[0]], f"the TrainConfig fields {', '.join(names)}",
+                             detail="unknown field")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -100,6 +106,25 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["synthetic_shape"] = list(self.synthetic_shape)
         return out
+
+
+SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all take seeds up to here
+MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None, *, integer: bool = False,
+                  low_open: bool = False, high_open: bool = False) -> None:
+    """FieldError unless ``value`` is a finite number (an int if ``integer``) in the range."""
+    kind = "an integer" if integer else "a number"
+    lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+    fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+    allowed = f"{kind} in {lo}{fmt(low)}, {'inf' if high is None else fmt(high)}{hi}"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise FieldError(name, value, allowed)
+    if value < low or (low_open and value == low) or (high is not None and (
+            value > high or (high_open and value == high))):
+        raise FieldError(name, value, allowed)
 
 
 class Diverged(RuntimeError):
@@ -111,7 +136,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available; allowed here: cpu, auto")
+        raise FieldError("device", name, "cpu, auto (CUDA is not available here)")
     return torch.device(name)
 
 
@@ -127,7 +152,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp: 'fp16' needs CUDA; allowed on CPU: none, bf16, auto")
+        raise FieldError("amp", "fp16", "none, bf16, auto (fp16 needs CUDA)")
     if cfg.amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -176,7 +201,7 @@ def _load_plan(plan: Any) -> Any:
         return Plan.from_json(plan)
     if isinstance(plan, Mapping):
         return Plan.from_dict(dict(plan))
-    raise ValueError(f"plan: expected Plan, dict, JSON str or None (got {type(plan).__name__})")
+    raise FieldError("plan", type(plan).__name__, "a Plan, its dict, its JSON text or None")
 
 
 class _Run:

@@ -1,9 +1,29 @@
-"""The policy that proposes plans: an ENAS-style LSTM controller trained with REINFORCE.
+"""The policy that proposes plans, the Ray Tune searchers around it, and the search API.
 
-Ray Tune searchers (ControllerSearcher, RandomSearcher) live in ``controller.searcher`` and
-are imported from there directly, so this package imports without Ray.
+    from controller import run_search, SearchResult          # search your own model
+    from controller import ControllerSearcher, RandomSearcher, TPESearcher  # into your own Tuner
+
+Names load lazily, so ``controller.run_folder`` (what ``results`` reads) imports without torch
+or Ray.
 """
-from controller.lstm import LSTMController
-from controller.reinforce import Reinforce, ReinforceConfig, state_from_json, state_to_json
+from __future__ import annotations
 
-__all__ = ["LSTMController", "Reinforce", "ReinforceConfig", "state_from_json", "state_to_json"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LSTMController": "controller.lstm", "Reinforce": "controller.reinforce",
+    "ReinforceConfig": "controller.reinforce", "state_from_json": "controller.reinforce",
+    "state_to_json": "controller.reinforce", "run_search": "controller.api",
+    "SearchResult": "controller.api", "ControllerSearcher": "controller.searcher",
+    "RandomSearcher": "controller.searcher", "TPESearcher": "controller.searcher",
+    "make_searcher": "controller.searcher", "Objective": "controller.run_folder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'controller' has no attribute {name!r}")

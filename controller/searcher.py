@@ -4,100 +4,80 @@ Why it looks like this:
 - Ray Tune owns scheduling, resources, fault tolerance and resume; a `Searcher` is the one
   place it lets us decide *what* to train next and hear about every finished trial, so the
   controller lives here, on the driver.
+- A search has three stages, all ordinary Tune trials: the **baselines** (hand-set plans,
+  suggested first, recorded and never learned from), the **sampled plans**, and the
+  **final re-training** of the ``final_top_k`` best sampled plans and every baseline with
+  fresh seeds (``final.csv``; ``best_plan.json`` is chosen from its means).
 - Trials finish out of order and concurrently: a suggested trial waits in ``pending`` with
   its tokens; finished ones go, in completion order, into a buffer that is turned into one
   REINFORCE update per ``controller_batch`` rewards (and a last, smaller one at the end).
 - Ray resumes a run from its own experiment snapshot, which holds this searcher's `save()`
   state; the bookkeeping files are rewritten from that state on `restore()`, so they always
   agree with the trials Ray will (re-)run.
+- Recording a trial must not lose it: the row is kept before anything that can fail
+  (controller update, disk writes); such a failure stops the search (``fatal_error``).
 
-Reward of a finished trial (``trial_outcome``):
-- ``ok``: the final validation accuracy (last epoch, not the best epoch: that is the
-  plan's value at the end of its schedule, and the same number the scheduler compares);
-- ``stopped`` (ended early by the scheduler, e.g. ASHA): its last reported validation
-  accuracy, a natural penalty since it trained fewer epochs;
-- ``diverged``, or ``failed`` inside the child (it raised or reported a failure): the
-  penalty reward (launch_search uses chance level, 1/num_classes), error recorded;
-- ``failed`` without any report from the child (worker crash, node lost): recorded in
-  trials.csv but left out of the update, because it says nothing about the plan.
-The reference trial (the all-"none" plan, suggested first) is recorded like any other but
-never enters an update: it was not sampled from the policy.
+Reward of a finished trial (``trial_outcome``; the run's ``Objective`` turns a metric value
+into a reward, e.g. minus the loss for ``mode="min"``):
+- ``ok``: the final value of the metric (last epoch, mean over the reward seeds);
+- ``stopped`` (ended early by a scheduler, e.g. ASHA): its last reported value, a natural
+  penalty since it trained fewer epochs;
+- ``diverged``, or ``failed`` inside the child: the penalty reward (default: the worst
+  reward seen so far), error recorded;
+- ``failed`` without any report (worker crash, node lost): recorded but left out of the
+  update, because it says nothing about the plan.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from ray.tune.search import Searcher
 
+from controller import run_folder as rf
 from controller.lstm import LSTMController
 from controller.reinforce import Reinforce
-from search_space.files import atomic_write_text
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
-__all__ = ["ControllerSearcher", "RandomSearcher", "TrialOutcome", "trial_outcome",
-           "atomic_write_text", "write_run_state", "read_json", "TRIAL_COLUMNS",
-           "HISTORY_COLUMNS", "STATUSES"]
+__all__ = ["ControllerSearcher", "RandomSearcher", "TPESearcher", "PlanSearcher", "SEARCHERS",
+           "make_searcher", "TrialOutcome", "trial_outcome", "NO_REPORT_ERROR"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-STATUSES = ("ok", "diverged", "failed", "stopped")
-TRIAL_COLUMNS = ["trial_id", "order", "searcher", "status", "val_acc", "best_val_acc", "reward",
-                 "error", "seconds", "node", "precision", "epochs", "plan_json", "methods", "reference",
-                 "update", "tokens"]
-HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss",
-                   "time"]
+STATE_VERSION = 2
 NO_REPORT_ERROR = ("trial errored in Ray before the child reported (worker crash or node "
                    "loss); see error.txt in the trial directory")
+PARTIAL_ERROR = ("trial errored in Ray after the child reported {epochs} epoch(s) (worker "
+                 "crash or node loss); {metric} {value} is the last, partial value; see "
+                 "error.txt in the trial directory")
+SEARCH, FINAL = "search", "final"
+OWN_FILES = (rf.TRIALS, rf.HISTORY, rf.FINAL, rf.BEST_PLAN, rf.RUN_STATE)
+
+# The searcher of the search running in this (driver) process, by run folder: Tune restores
+# a searcher from its own snapshot, and the API needs it afterwards (fatal errors, counts).
+_ACTIVE: dict[Path, "PlanSearcher"] = {}
+_RESUME_INTO: list[Path] = []
 
 
-# ------------------------------------------------------------------------- files
-
-def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-    return buf.getvalue()
+def resume_into(run_dir: str | os.PathLike[str]) -> None:
+    """Tell the searcher Tune is about to restore which run folder it now writes to (a run
+    folder may have been moved or copied since its snapshot was taken)."""
+    _RESUME_INTO[:] = [Path(run_dir)]
 
 
-def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_run_state(run_dir: str | os.PathLike[str], status: str, num_samples: int,
-                    completed: int, **extra: Any) -> None:
-    """run_state.json: what a user (or `--resume`) needs to know about the run right now."""
-    state = {"status": status, "updated_at": now_iso(), "num_samples": int(num_samples),
-             "completed": int(completed), **extra}
-    atomic_write_text(Path(run_dir) / "run_state.json", json.dumps(state, indent=2) + "\n")
+def active_searcher(run_dir: str | os.PathLike[str]) -> "PlanSearcher | None":
+    return _ACTIVE.get(Path(run_dir))
 
 
 # ------------------------------------------------------------------------- rewards
@@ -106,8 +86,8 @@ class TrialOutcome:
     """How one finished trial is recorded and rewarded (see the module docstring)."""
 
     status: str
-    val_acc: float
-    best_val_acc: float
+    value: float
+    best_value: float
     reward: float | None  # None: recorded but not used by the controller
     error: str
 
@@ -119,76 +99,116 @@ def _num(value: Any) -> float:
         return float("nan")
 
 
-def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: float) -> TrialOutcome:
+def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: float | None,
+                  objective: rf.Objective = rf.Objective()) -> TrialOutcome:
     """Status and reward of a trial from its last result and whether Ray saw it error.
 
     The trainable marks its last report with ``final=True`` and a child status (ok,
     diverged, failed); a trial whose last result is not final was stopped early.
     """
     res = dict(result or {})
+    if res and "final" not in res and not errored:
+        # a plain trainable (not ours: no final report) that ended normally: its last result is final
+        res = {**res, "final": True, "status": rf.OK}
     final = bool(res.get("final"))
-    val, best = _num(res.get("val_acc")), _num(res.get("best_val_acc"))
+    val, best = _num(res.get(objective.metric)), _num(res.get(objective.best_column))
     error = str(res.get("error") or res.get("message") or "")
     if final:
-        status = str(res.get("status", "ok"))
-        if status not in ("ok", "diverged", "failed"):
+        status = str(res.get("status", rf.OK))
+        if status not in rf.CHILD_STATUSES:
             error = error or f"unknown child status {status!r}"
-            status = "failed"
-        if errored and status == "ok":
-            status, error = "failed", error or "trial raised after its final report"
+            status = rf.FAILED
+        if errored and status == rf.OK:
+            status, error = rf.FAILED, error or "trial raised after its final report"
     elif errored:
-        status, error = "failed", error or NO_REPORT_ERROR
+        status = rf.FAILED
+        if not error:
+            error = (PARTIAL_ERROR.format(epochs=res.get("epoch"), metric=objective.metric,
+                                          value=f"{val:.6g}")
+                     if res.get("epoch") and math.isfinite(val) else NO_REPORT_ERROR)
     else:
-        status = "stopped"
+        status = rf.STOPPED
     if not math.isfinite(best):
         best = val
-    if status in ("ok", "stopped"):
-        reward: float | None = val if math.isfinite(val) else (penalty if final else None)
+    reward: float | None
+    if status in (rf.OK, rf.STOPPED):
+        r = objective.reward(val) if math.isfinite(val) else float("nan")
+        reward = r if math.isfinite(r) else (penalty if final else None)
     elif final:  # diverged, or the child itself failed: the plan's fault as far as we know
-        reward = float(penalty)
+        reward = penalty
     else:
         reward = None
-    if status == "diverged" and not error:
+    if status == rf.DIVERGED and not error:
         error = "loss became NaN/inf"
     return TrialOutcome(status, val, best, reward, error)
 
 
 # ------------------------------------------------------------------------- searchers
-class _PlanSearcher(Searcher):
-    """Shared machinery: suggestion bookkeeping, outcomes, batches, files, save/restore."""
+class PlanSearcher(Searcher):
+    """Shared machinery: the three stages, bookkeeping, batches, files, save/restore.
+
+    Args:
+        space: the decisions (tokens <-> plans).
+        objective: metric, mode and reward transform (``run_folder.Objective``).
+        num_samples: sampled plans (the baselines come on top).
+        run_dir: where trials.csv & co. are written (None: keep them in memory only).
+        baselines: name -> hand-set Plan, trained first, recorded, never learned from.
+        reward_seeds: the seeds every search-stage trial trains with (reward = mean).
+        final_top_k, final_seeds: the final re-training (0 / empty: no final stage).
+        penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
+    """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, space: SearchSpace, train: Mapping[str, Any], *, num_samples: int,
+    def __init__(self, space: SearchSpace, *, num_samples: int,
+                 objective: rf.Objective | None = None,
                  run_dir: str | os.PathLike[str] | None = None, controller_batch: int = 4,
-                 penalty_reward: float = 0.0, reference: bool = True,
-                 metric: str = "val_acc", mode: str = "max") -> None:
-        super().__init__(metric=metric, mode=mode)
+                 penalty_reward: float | None = None, baselines: Mapping[str, Plan] | None = None,
+                 reward_seeds: Sequence[int] = (0,), final_top_k: int = 0,
+                 final_seeds: Sequence[int] = ()) -> None:
+        self.objective = objective or rf.Objective()
+        super().__init__(metric=self.objective.metric, mode=self.objective.mode)
         for field, value in (("num_samples", num_samples), ("controller_batch", controller_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field}: bad value {value!r}; allowed: an integer >= 1")
-        if not math.isfinite(float(penalty_reward)):
+        if isinstance(final_top_k, bool) or not isinstance(final_top_k, int) or final_top_k < 0:
+            raise ValueError(f"final_top_k: bad value {final_top_k!r}; allowed: an integer >= 0")
+        if penalty_reward is not None and not math.isfinite(float(penalty_reward)):
             raise ValueError(f"penalty_reward: bad value {penalty_reward!r}; allowed: a finite number")
+        if not reward_seeds:
+            raise ValueError("reward_seeds: bad value []; allowed: a non-empty list of seeds")
         self.space = space
-        self.train = dict(train)
         self.num_samples = num_samples
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.controller_batch = controller_batch
-        self.penalty_reward = float(penalty_reward)
-        self.reference = reference
+        self.penalty_reward = None if penalty_reward is None else float(penalty_reward)
+        self.baselines: dict[str, Plan] = dict(baselines or {})
+        for label, plan in self.baselines.items():
+            space.encode(plan)  # a baseline must be a plan of this space (PlanError otherwise)
+        self.reward_seeds = [int(s) for s in reward_seeds]
+        self.final_top_k = final_top_k
+        self.final_seeds = [int(s) for s in final_seeds] if final_top_k or self.baselines else []
+        if not final_seeds:
+            self.final_top_k, self.final_seeds = 0, []
+        self.fatal_error: str | None = None
         self._pending: dict[str, dict[str, Any]] = {}
         self._records: list[dict[str, Any]] = []
+        self._final_records: list[dict[str, Any]] = []
+        self._final_queue: list[dict[str, Any]] | None = None
         self._buffer: list[tuple[str, list[int], float]] = []
         self._history: list[dict[str, Any]] = []
         self._suggested = 0
         self._session: dict[str, float] | None = None
+        if self.run_dir is not None:
+            _ACTIVE[self.run_dir] = self
 
     # ---- subclass hooks
-    def _sample_tokens(self) -> list[int]:
+    def _sample_tokens(self, trial_id: str) -> list[int]:
         raise NotImplementedError
 
-    def _learn(self, tokens: list[list[int]], rewards: list[float]) -> dict[str, Any] | None:
-        """Use one batch of rewards; return the controller's stats (None: nothing learned)."""
+    def _learn(self, batch: list[tuple[str, list[int], float]]) -> dict[str, Any] | None:
+        """Use one batch of (trial_id, tokens, reward); return the controller's stats
+        (None: nothing to log as a controller update)."""
         return None
 
     def _policy_state(self) -> Any:
@@ -197,88 +217,187 @@ class _PlanSearcher(Searcher):
     def _load_policy_state(self, state: Any) -> None:
         raise NotImplementedError
 
+    # ---- sizes
+    @property
+    def search_trials(self) -> int:
+        """Trials of the first two stages: the baselines, then the sampled plans."""
+        return len(self.baselines) + self.num_samples
+
+    @property
+    def final_trials(self) -> int:
+        """Trials of the final stage: one per (plan, seed)."""
+        return (self.final_top_k + len(self.baselines)) * len(self.final_seeds)
+
+    @property
+    def total_trials(self) -> int:
+        return self.search_trials + self.final_trials
+
     # ---- Ray Searcher API
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
-        """Our space is the SearchSpace, so Tune's param_space must be empty."""
+        """Our space is the SearchSpace, so Tune's param_space must be empty; the metric and
+        mode are the objective's (a Tuner asking for others is refused)."""
         if config:
             return False
-        self._metric = metric or self._metric
-        self._mode = mode or self._mode
+        if (metric and metric != self.objective.metric) or (mode and mode != self.objective.mode):
+            raise ValueError(f"metric/mode: bad value {metric!r}/{mode!r}; allowed: the "
+                             f"searcher's objective {self.objective.metric!r}/{self.objective.mode!r}")
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self._suggested >= self.num_samples:
+        if self.fatal_error is not None:
             return Searcher.FINISHED
         self._start_session()
-        is_reference = self.reference and self._suggested == 0
-        if is_reference:
-            tokens = self.space.encode(Plan.none(self.space.sites, model=self.space.model,
-                                                 ramp_fraction=self.space.ramp_fraction))
+        if self._suggested < self.search_trials:
+            return self._suggest_search(trial_id)
+        return self._suggest_final(trial_id)
+
+    def _suggest_search(self, trial_id: str) -> dict:
+        names = list(self.baselines)
+        baseline = names[self._suggested] if self._suggested < len(names) else ""
+        if baseline:
+            plan = self.baselines[baseline]
+            tokens = self.space.encode(plan)
         else:
-            tokens = [int(t) for t in self._sample_tokens()]
-        plan_json = self.space.decode(tokens).to_json()
-        self._pending[trial_id] = {"tokens": tokens, "plan_json": plan_json,
-                                   "reference": is_reference, "suggested_at": time.time(),
-                                   "last": None}
+            tokens = [int(t) for t in self._sample_tokens(trial_id)]
+            plan = self.space.decode(tokens)
+        self._pending[trial_id] = {"stage": SEARCH, "tokens": tokens, "plan": plan,
+                                   "baseline": baseline, "suggested_at": time.time(), "last": None}
         self._suggested += 1
-        return {"plan": plan_json, "tokens": list(tokens), "searcher": self.name,
-                "train": dict(self.train)}
+        return {"plan": plan, "seeds": list(self.reward_seeds), "searcher": self.name,
+                "stage": SEARCH, "label": baseline or "searched", "tokens": list(tokens)}
+
+    def _suggest_final(self, trial_id: str) -> dict | str | None:
+        if self._final_queue is None:
+            if len(self._records) < self.search_trials:
+                return None  # the final stage needs every search-stage result: ask again later
+            self._final_queue = self._final_plan_queue()
+        if not self._final_queue:
+            return Searcher.FINISHED
+        item = self._final_queue.pop(0)
+        self._pending[trial_id] = {**item, "stage": FINAL, "suggested_at": time.time(), "last": None}
+        self._suggested += 1
+        return {"plan": item["plan"], "seeds": [item["seed"]], "searcher": self.name,
+                "stage": FINAL, "label": item["label"], "tokens": []}
+
+    def _final_plan_queue(self) -> list[dict[str, Any]]:
+        """(label, plan, seed) of every final trial still to run: the top searched plans (by
+        search-stage value, distinct plans only) and every baseline, each with every seed."""
+        if not self.final_seeds:
+            return []
+        ranked = sorted((r for r in self._records if not r["baseline"] and r["status"] == rf.OK
+                         and math.isfinite(r[self.objective.metric])),
+                        key=lambda r: (-self.objective.reward(r[self.objective.metric]), r["order"]))
+        plans: dict[str, tuple[Plan, str]] = {}
+        for r in ranked:
+            if len(plans) >= self.final_top_k:
+                break
+            plan = r["plan"]
+            if all(plan.sites != p.sites for p, _ in plans.values()):
+                plans[f"searched#{len(plans) + 1}"] = (plan, r["trial_id"])
+        for name, plan in self.baselines.items():
+            source = next((r["trial_id"] for r in self._records if r["baseline"] == name), "")
+            plans[name] = (plan, source)
+        done = {(r["label"], r["seed"]) for r in self._final_records}
+        running = {(p["label"], p.get("seed")) for p in self._pending.values() if p["stage"] == FINAL}
+        return [{"label": label, "plan": plan, "source": source, "seed": seed}
+                for label, (plan, source) in plans.items() for seed in self.final_seeds
+                if (label, seed) not in done | running]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep the latest result: an errored trial completes without one."""
         if trial_id in self._pending:
+            o = self.objective
             self._pending[trial_id]["last"] = {k: result.get(k) for k in (
-                "final", "status", "val_acc", "best_val_acc", "error", "message", "seconds",
-                "node", "epoch", "precision")}
+                "final", "status", o.metric, o.best_column, o.se_column, o.seeds_column, "error",
+                "message", "seconds", "node", "epoch", "precision")}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        entry = self._pending.pop(trial_id, None)
+        entry = self._pending.get(trial_id)
         if entry is None:
             log.warning("completion of unknown trial %s ignored", trial_id)
             return
-        result = result if result else entry["last"]
-        outcome = trial_outcome(result, error, self.penalty_reward)
+        try:
+            self._record(trial_id, entry, result if result else entry["last"], error)
+        except Exception as exc:  # noqa: BLE001 - Tune would log and carry on: stop instead
+            self.fatal_error = f"{type(exc).__name__}: {exc}"
+            log.error("recording trial %s failed, stopping the search: %s", trial_id, self.fatal_error)
+
+    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None,
+                errored: bool) -> None:
+        outcome = trial_outcome(result, errored, self._penalty(), self.objective)
         res = result or {}
-        plan = Plan.from_json(entry["plan_json"])
+        o = self.objective
+        plan: Plan = entry["plan"]
         row: dict[str, Any] = {
-            "trial_id": trial_id, "order": len(self._records), "searcher": self.name,
-            "status": outcome.status, "val_acc": outcome.val_acc,
-            "best_val_acc": outcome.best_val_acc, "reward": outcome.reward,
-            "error": outcome.error, "node": res.get("node") or "",
+            "trial_id": trial_id, "searcher": self.name, "status": outcome.status,
+            o.metric: outcome.value, o.se_column: _num(res.get(o.se_column)),
+            o.seeds_column: res.get(o.seeds_column) or "", o.best_column: outcome.best_value,
+            "reward": outcome.reward, "error": outcome.error, "node": res.get("node") or "",
             "precision": res.get("precision") or "",  # amp=auto: bf16 or fp32 depending on the node's CPU
             "seconds": _num(res.get("seconds")) if res.get("seconds") is not None
             else time.time() - entry["suggested_at"],
-            "epochs": res.get("epoch"), "plan_json": json.dumps(plan.to_dict(), sort_keys=True),
-            "methods": plan.summary(), "reference": entry["reference"], "update": None,
-            "tokens": json.dumps(entry["tokens"]),
-            **{f"site:{s}": m for s, m in plan.methods().items()},
+            "epochs": res.get("epoch"), "plan": plan,
+            "plan_json": json.dumps(plan.to_dict(), sort_keys=True),
+            "methods": plan.summary(),
         }
-        self._records.append(row)
-        if outcome.status in ("failed", "diverged"):
+        if outcome.status in rf.FAILED_STATUSES:
             log.warning("trial %s %s: %s", trial_id, outcome.status, outcome.error)
-        if outcome.reward is not None and not entry["reference"]:
-            self._buffer.append((trial_id, entry["tokens"], outcome.reward))
-        while len(self._buffer) >= self.controller_batch:
-            self._consume(self.controller_batch)
-        if len(self._records) >= self.num_samples and self._buffer:
-            self._consume(len(self._buffer))  # the last, partial batch
-        self._write_files()
+        if entry["stage"] == FINAL:
+            row.update(label=entry["label"], seed=entry["seed"], source=entry["source"],
+                       order=len(self._final_records))
+            self._final_records.append(row)
+            del self._pending[trial_id]
+        else:
+            row.update(order=len(self._records), baseline=entry["baseline"],
+                       reference=bool(entry["baseline"]), update=None,
+                       tokens=json.dumps(entry["tokens"]),
+                       **{f"{rf.SITE_PREFIX}{s}": m for s, m in plan.methods().items()})
+            self._records.append(row)
+            del self._pending[trial_id]
+            if outcome.reward is not None and not entry["baseline"]:
+                self._buffer.append((trial_id, entry["tokens"], float(outcome.reward)))
+        try:
+            while len(self._buffer) >= self.controller_batch:
+                self._consume(self.controller_batch)
+            if len(self._records) >= self.search_trials and self._buffer:
+                self._consume(len(self._buffer))  # the last, partial batch
+        finally:
+            self._write_files()
         self._log_progress(row)
+
+    def _penalty(self) -> float | None:
+        if self.penalty_reward is not None:
+            return self.penalty_reward
+        seen = [r["reward"] for r in self._records if r["reward"] is not None and r["status"] == rf.OK]
+        return min(seen) if seen else None
 
     def save(self, checkpoint_path: str) -> None:
         state = {"version": STATE_VERSION, "searcher": self.name, "space": self.space.to_dict(),
-                 "num_samples": self.num_samples, "controller_batch": self.controller_batch,
-                 "suggested": self._suggested, "pending": self._pending,
-                 "records": self._records, "buffer": self._buffer, "history": self._history,
-                 "policy": self._policy_state()}
+                 "objective": self.objective.to_dict(), "num_samples": self.num_samples,
+                 "controller_batch": self.controller_batch, "suggested": self._suggested,
+                 "pending": self._pending, "records": self._records,
+                 "final_records": self._final_records, "final_queue": self._final_queue,
+                 "buffer": self._buffer, "history": self._history, "policy": self._policy_state()}
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Load a `save()` state and rewrite the run folder's files from it.
+
+        On Tune's resume ``checkpoint_path`` lies in Ray's driver staging folder, which Ray
+        filled with a copy of the run folder. Our own files are deleted from that copy, or
+        Ray's periodic sync would write those stale copies back over the current ones."""
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
+        staging = Path(checkpoint_path).parent
+        if _RESUME_INTO and self.run_dir is not None:
+            self.run_dir = _RESUME_INTO.pop()
+            _ACTIVE[self.run_dir] = self
+        if self.run_dir is not None and staging.resolve() != self.run_dir.resolve():
+            for name in OWN_FILES:
+                (staging / name).unlink(missing_ok=True)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"searcher state version: bad value {state.get('version')!r}; "
                              f"allowed: {STATE_VERSION}")
@@ -293,6 +412,8 @@ class _PlanSearcher(Searcher):
         self._suggested = state["suggested"]
         self._pending = state["pending"]
         self._records = state["records"]
+        self._final_records = state["final_records"]
+        self._final_queue = state["final_queue"]
         self._buffer = state["buffer"]
         self._history = state["history"]
         self._load_policy_state(state["policy"])
@@ -300,18 +421,14 @@ class _PlanSearcher(Searcher):
         self._start_session()
         self._write_files()
         log.info("searcher restored: %d trials finished, %d to re-run, %d controller updates",
-                 len(self._records), len(self._pending), len(self._history))
+                 len(self._records) + len(self._final_records), len(self._pending), len(self._history))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_session"] = None  # timing of this driver session only
         return state
 
-    # ---- internals
-    @property
-    def completed(self) -> int:
-        return len(self._records)
-
+    # ---- what the files and the API read
     @property
     def history(self) -> list[dict[str, Any]]:
         return list(self._history)
@@ -320,9 +437,30 @@ class _PlanSearcher(Searcher):
     def records(self) -> list[dict[str, Any]]:
         return list(self._records)
 
+    @property
+    def final_records(self) -> list[dict[str, Any]]:
+        return list(self._final_records)
+
+    @property
+    def finished(self) -> int:
+        return len(self._records) + len(self._final_records)
+
+    def best(self) -> dict[str, Any] | None:
+        """The best search-stage trial (``run_folder.best_row``: ok, best metric)."""
+        best = rf.best_row(self._records, self.objective)
+        return dict(best) if best is not None else None
+
+    def final_table(self) -> list[dict[str, Any]]:
+        """One row per final plan (see ``controller.final.final_rows``)."""
+        from controller.final import final_rows
+
+        return final_rows(self._final_records, self.objective, list(self.baselines))
+
+    # ---- internals
     def _consume(self, n: int) -> None:
-        batch, self._buffer = self._buffer[:n], self._buffer[n:]
-        stats = self._learn([list(t) for _, t, _ in batch], [r for _, _, r in batch])
+        batch = self._buffer[:n]
+        stats = self._learn([(tid, list(t), r) for tid, t, r in batch])
+        self._buffer = self._buffer[n:]  # only once the update went through
         if stats is None:
             return
         update = len(self._history)
@@ -337,48 +475,75 @@ class _PlanSearcher(Searcher):
 
     def _start_session(self) -> None:
         if self._session is None:
-            self._session = {"start": time.time(), "done_at_start": float(len(self._records))}
+            self._session = {"start": time.time(), "done_at_start": float(self.finished)}
 
     def _write_files(self) -> None:
         if self.run_dir is None:
             return
-        site_cols = [f"site:{s}" for s in self.space.sites]
-        atomic_write_text(self.run_dir / "trials.csv", _csv_text(TRIAL_COLUMNS + site_cols, self._records))
-        atomic_write_text(self.run_dir / "controller_history.csv", _csv_text(HISTORY_COLUMNS, self._history))
-        best = self.best()
-        if best is not None:
-            plan = Plan.from_json(best["plan_json"])
-            plan.metadata = {**plan.metadata, "val_acc": best["val_acc"], "trial_id": best["trial_id"],
-                             "best_val_acc": best["best_val_acc"], "searcher": self.name}
-            plan.save(self.run_dir / "best_plan.json")
-        done = len(self._records) >= self.num_samples
-        write_run_state(self.run_dir, "finished" if done else "running", self.num_samples,
-                        len(self._records))
+        from controller.final import write_final
 
-    def best(self) -> dict[str, Any] | None:
-        """The finished ("ok") trial with the highest final validation accuracy."""
-        ok = [r for r in self._records if r["status"] == "ok" and math.isfinite(r["val_acc"])]
-        return max(ok, key=lambda r: r["val_acc"]) if ok else None
+        site_cols = [f"{rf.SITE_PREFIX}{s}" for s in self.space.sites]
+        with rf.disk_full_is_fatal(self.run_dir):
+            rf.atomic_write_text(self.run_dir / rf.TRIALS,
+                                 rf.csv_text(rf.trial_columns(self.objective) + site_cols, self._records))
+            rf.atomic_write_text(self.run_dir / rf.HISTORY, rf.csv_text(rf.HISTORY_COLUMNS, self._history))
+            final = self.final_table() if self._final_records else []
+            if final:
+                write_final(self.run_dir, final)
+            best = self._best_plan(final)
+            if best is not None:
+                best.save(self.run_dir / rf.BEST_PLAN)
+            rf.write_run_state(self.run_dir, "finished" if self.finished >= self.total_trials
+                               else "running", self.total_trials, self.finished)
+
+    def _best_plan(self, final: list[dict[str, Any]]) -> Plan | None:
+        """best_plan.json: the chosen row of the final stage once it ran, else the best trial."""
+        o = self.objective
+        chosen = next((r for r in final if r["chosen"]), None)
+        if chosen is not None:
+            plan = Plan.from_json(chosen["plan_json"])
+            plan.metadata = {**plan.metadata, "selected_by": "final", "label": chosen["label"],
+                             o.metric: _finite_or_none(chosen["mean"]), o.se_column: _finite_or_none(chosen["se"]),
+                             "seeds": chosen["seeds"], "trial_id": chosen["trial_id"],
+                             "searcher": self.name}
+            return plan
+        best = self.best()
+        if best is None:
+            return None
+        plan = Plan.from_json(best["plan_json"])
+        plan.metadata = {**plan.metadata, "selected_by": "search", o.metric: _finite_or_none(best[o.metric]),
+                         "trial_id": best["trial_id"], o.best_column: _finite_or_none(best[o.best_column]),
+                         "baseline": best["baseline"], "searcher": self.name}
+        return plan
 
     def _log_progress(self, row: dict[str, Any]) -> None:
-        done = len(self._records)
-        failed = sum(r["status"] in ("failed", "diverged") for r in self._records)
+        done, total = self.finished, self.total_trials
+        failed = sum(r["status"] in rf.FAILED_STATUSES for r in self._records + self._final_records)
         best = self.best()
+        metric = self.objective.metric
         session = self._session or {"start": time.time(), "done_at_start": 0.0}
         elapsed = time.time() - session["start"]
         rate = (done - session["done_at_start"]) / max(elapsed, 1e-9)
-        eta = (self.num_samples - done) / rate if rate > 0 else float("nan")
+        eta = (total - done) / rate if rate > 0 else float("nan")
         if self._history:
             h = self._history[-1]
             ctrl = f"controller upd {h['update'] + 1} reward {h['mean_reward']:.4f} entropy {h['entropy']:.3f}"
         elif self.name == "controller":
             ctrl = f"controller: {len(self._buffer)}/{self.controller_batch} rewards buffered"
         else:
-            ctrl = "random search"
-        log.info("[%d/%d] %s %s val_acc %.4f | running %d | failed %d | best %s | %s | "
-                 "elapsed %s ETA %s", done, self.num_samples, row["trial_id"], row["status"],
-                 row["val_acc"], len(self._pending), failed,
-                 f"{best['val_acc']:.4f}" if best else "-", ctrl, _hms(elapsed), _hms(eta))
+            ctrl = f"{self.name} search"
+        label = row.get("label") or row.get("baseline") or ""
+        stage = f"final {label} seed {row['seed']}" if "seed" in row else (f"baseline {label}" if label else "")
+        log.info("[%d/%d] %s %s%s %s %.4f | running %d | failed %d | best %s | %s | "
+                 "elapsed %s ETA %s", done, total, row["trial_id"], f"({stage}) " if stage else "",
+                 row["status"], metric, row[metric], len(self._pending), failed,
+                 f"{best[metric]:.4f}" if best else "-", ctrl, _hms(elapsed), _hms(eta))
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """JSON has no NaN: a missing number is null in best_plan.json's metadata."""
+    v = _num(value)
+    return v if math.isfinite(v) else None
 
 
 def _hms(seconds: float) -> str:
@@ -388,8 +553,8 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class ControllerSearcher(_PlanSearcher):
-    """Plans sampled from an LSTM controller trained with REINFORCE on validation accuracy.
+class ControllerSearcher(PlanSearcher):
+    """Plans sampled from an LSTM controller trained with REINFORCE on the trials' rewards.
 
     controller_kwargs / reinforce_kwargs go to `LSTMController` / `Reinforce`; ``seed``
     seeds both the controller's initialisation and its sampling.
@@ -397,19 +562,19 @@ class ControllerSearcher(_PlanSearcher):
 
     name = "controller"
 
-    def __init__(self, space: SearchSpace, train: Mapping[str, Any], *, num_samples: int,
-                 seed: int = 0, controller_kwargs: Mapping[str, Any] | None = None,
+    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0,
+                 controller_kwargs: Mapping[str, Any] | None = None,
                  reinforce_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(space, train, num_samples=num_samples, **kwargs)
+        super().__init__(space, num_samples=num_samples, **kwargs)
         policy = LSTMController(space.vocab_sizes, seed=seed, **dict(controller_kwargs or {}))
         self.reinforce = Reinforce(policy, seed=seed, active_fn=space.active_mask,
                                    **dict(reinforce_kwargs or {}))
 
-    def _sample_tokens(self) -> list[int]:
+    def _sample_tokens(self, trial_id: str) -> list[int]:
         return self.reinforce.sample(1)[0]
 
-    def _learn(self, tokens: list[list[int]], rewards: list[float]) -> dict[str, Any]:
-        return self.reinforce.update(tokens, rewards)
+    def _learn(self, batch: list[tuple[str, list[int], float]]) -> dict[str, Any]:
+        return self.reinforce.update([t for _, t, _ in batch], [r for _, _, r in batch])
 
     def _policy_state(self) -> Any:
         return self.reinforce.state_dict()
@@ -418,17 +583,16 @@ class ControllerSearcher(_PlanSearcher):
         self.reinforce.load_state_dict(state)
 
 
-class RandomSearcher(_PlanSearcher):
+class RandomSearcher(PlanSearcher):
     """Uniform samples over the same space: the baseline every controller search is compared with."""
 
     name = "random"
 
-    def __init__(self, space: SearchSpace, train: Mapping[str, Any], *, num_samples: int,
-                 seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(space, train, num_samples=num_samples, **kwargs)
+    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(space, num_samples=num_samples, **kwargs)
         self.rng = np.random.default_rng(seed)
 
-    def _sample_tokens(self) -> list[int]:
+    def _sample_tokens(self, trial_id: str) -> list[int]:
         return self.space.random_tokens(self.rng)
 
     def _policy_state(self) -> Any:
@@ -436,3 +600,89 @@ class RandomSearcher(_PlanSearcher):
 
     def _load_policy_state(self, state: Any) -> None:
         self.rng.bit_generator.state = state
+
+
+class TPESearcher(PlanSearcher):
+    """Optuna's TPE over the same conditional plan space, through Ray Tune's OptunaSearch.
+
+    The space is written define-by-run: per group, the method first, then only the parameters
+    that method uses (``SearchSpace.active_mask``), so TPE models each method's parameters
+    only where they matter. Rewards reach Optuna as the objective ("maximize").
+    """
+
+    name = "tpe"
+
+    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0,
+                 n_startup_trials: int = 8, **kwargs: Any) -> None:
+        super().__init__(space, num_samples=num_samples, **kwargs)
+        self.seed = int(seed)
+        self.n_startup_trials = int(n_startup_trials)
+        self._optuna = self._make_optuna()
+
+    def _make_optuna(self) -> Any:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna's words
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials,
+                                                 multivariate=True, group=True)
+        return OptunaSearch(space=_DefineByRun(self.space), metric="reward", mode="max", sampler=sampler)
+
+    def _sample_tokens(self, trial_id: str) -> list[int]:
+        config = self._optuna.suggest(trial_id)
+        tokens = [0] * len(self.space.decisions)
+        for key, value in config.items():
+            tokens[int(key.split(":", 1)[0])] = int(value)
+        return tokens
+
+    def _learn(self, batch: list[tuple[str, list[int], float]]) -> None:
+        for trial_id, _, reward in batch:
+            self._optuna.on_trial_complete(trial_id, {"reward": reward})
+        return None
+
+    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None,
+                errored: bool) -> None:
+        super()._record(trial_id, entry, result, errored)
+        # a sampled trial that gave no reward (worker crash) must not stay open in Optuna
+        if entry["stage"] == SEARCH and not entry["baseline"] and \
+                trial_id not in {t for t, _, _ in self._buffer} and \
+                self._records[-1].get("reward") is None:
+            self._optuna.on_trial_complete(trial_id, None, error=True)
+
+    def _policy_state(self) -> Any:
+        return pickle.dumps(self._optuna.__dict__)  # study, open Optuna trials, sampler RNG
+
+    def _load_policy_state(self, state: Any) -> None:
+        self._optuna.__dict__.update(pickle.loads(state))
+
+
+class _DefineByRun:
+    """Optuna's define-by-run space for a SearchSpace (a class, not a closure: it is pickled
+    with the searcher). Per group the method, then only the parameters it uses."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> None:
+        tokens = [0] * len(self.space.decisions)
+        for i, d in enumerate(self.space.decisions):
+            if self.space.active_mask(tokens)[i]:
+                tokens[i] = int(trial.suggest_categorical(f"{i}:{d.site}:{d.param}",
+                                                          list(range(len(d.choices)))))
+
+
+SEARCHERS: dict[str, type[PlanSearcher]] = {
+    "controller": ControllerSearcher, "random": RandomSearcher, "tpe": TPESearcher}
+
+
+def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearcher:
+    """The searcher named ``search`` (controller, random or tpe)."""
+    if search not in SEARCHERS:
+        raise ValueError(f"search: bad value {search!r}; allowed: {', '.join(SEARCHERS)}")
+    cls = SEARCHERS[search]
+    if cls is not ControllerSearcher:
+        kwargs.pop("controller_kwargs", None)
+        kwargs.pop("reinforce_kwargs", None)
+    return cls(space, **kwargs)

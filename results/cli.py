@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
-from .tables import (FORMATS, compute_cost, ranked, failed_trials, method_share_table, method_stats, render,
-                     searcher_comparison, top_plans)
+from .tables import (FORMATS, compute_cost, failed_trials, final_table, method_share_table, method_stats,
+                     ranked, render, searcher_comparison, top_plans)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +46,16 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     groups = sorted(df["group"].unique())
     compare_title = ("controller vs random" if {"controller", "random"} <= set(df["searcher"])
                      else "by searcher")
-    tables = [(f"top {args.top} plans (by validation accuracy)", top_plans(df, args.top)),
+    o = runs[0].objective
+    tables = [(f"top {args.top} plans (by {o.metric}, {'highest' if o.mode == 'max' else 'lowest'} first; "
+               "+- se over the reward seeds)", top_plans(df, args.top))]
+    for run in runs:
+        table = final_table(run)
+        if len(table):
+            title = "final re-training" + (f" of {run.name}" if len(runs) > 1 else "")
+            tables.append((f"{title} (fresh seeds, validation split; paired difference with the best "
+                           "baseline +- se)", table))
+    tables += [
               ("methods per site: count, share, mean reward when chosen", stats) if args.format == "csv" else
               ("methods per site (cell = share of trials choosing it / mean reward when chosen)",
                method_share_table(stats)),
@@ -60,7 +69,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def _best_regularizing_plan(runs: list[Run], df: "pd.DataFrame") -> tuple[Any, Run | None]:
-    """The best-ranked plan that regularizes at least one site (the reference trial does not)."""
+    """The best-ranked plan that regularizes at least one site (the 'none' baseline does not)."""
     from search_space import Plan
 
     from .retrain import plan_at_rank
@@ -107,7 +116,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
-    print(f"wrote {out}: rank {args.rank}, val_acc {plan.metadata['val_acc']:.4f}, trial {plan.metadata['trial_id']}")
+    metric = run.objective.metric
+    print(f"wrote {out}: rank {args.rank}, {metric} {plan.metadata[metric]:.4f}, trial {plan.metadata['trial_id']}"
+          + (f" ({plan.metadata['label']}, final re-training)" if plan.metadata.get("label") else ""))
     print(plan.summary())
     return 0
 
@@ -139,7 +150,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .baselines import BASELINES
+    from search_space.baselines import BASELINES
 
     p = argparse.ArgumentParser(prog="python -m results",
                                 description="Tables, figures, plan export and retraining against baselines "

@@ -18,51 +18,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from search_space.baselines import site_shapes
+
 from .plots import save_figure
 
-__all__ = ["site_shapes", "regularizer_masks", "plot_masks", "model_and_example"]
+__all__ = ["regularizer_masks", "plot_masks"]
 
 log = logging.getLogger(__name__)
-
-
-def model_and_example(train_config: dict[str, Any], index: int = 0,
-                      seed: int = 0) -> tuple[nn.Module, torch.Tensor, int, str]:
-    """A fresh (seeded) model of the run and one real validation image (1, C, H, W) with its label.
-
-    Uses the run's own split so the image is one the search validated on, never a test image.
-    """
-    from child_trainer import build_model, load_data
-
-    cfg = train_config
-    data = load_data(cfg.get("dataset", "digits"), data_dir=cfg.get("data_dir"), seed=int(cfg.get("split_seed", 0)),
-                     with_test=False, image_shape=tuple(cfg.get("synthetic_shape") or (3, 32, 32)),
-                     num_classes=int(cfg.get("synthetic_classes", 10)))
-    if not 0 <= index < len(data.val_y):
-        raise ValueError(f"image index: must be in [0, {len(data.val_y)}) (got {index})")
-    torch.manual_seed(seed)
-    model = build_model(cfg.get("model", "digits_cnn"), data.num_classes, in_channels=data.in_channels)
-    x = data.val_x[index:index + 1].float().cpu()
-    return model, x, int(data.val_y[index]), data.name
-
-
-def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of each site module for input ``x`` (eval mode, one forward pass)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for site in sites:
-        module = model.get_submodule(site)
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return shapes
 
 
 def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
@@ -106,6 +68,8 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
     if not active:
         log.info("the plan regularizes no site: skipping the mask figure")
         return None
+    from child_trainer.trial import model_and_example
+
     model, x, label, dataset = model_and_example(train_config, image_index, seed)
     apply_plan(model, plan)
     masks = regularizer_masks(model, x, seed=seed)

@@ -41,8 +41,8 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     n_max = 0
     is_ref = df["reference"].astype(bool) if "reference" in df.columns else pd.Series(False, index=df.index)
     for j, (group, part) in enumerate(df[is_ref].groupby("group", sort=True)):
-        ax.axhline(float(part["reward"].mean()), color="black", ls=":" if j else "--", lw=1.2,
-                   label=f"{group}: no regularization (reference trial)")
+        ax.axhline(float(part["reward"].mean()), color=f"C{7 + j % 3}", ls=(":", "--", "-.")[j % 3], lw=1.2,
+                   label=f"{group} (hand-set)")
     for i, (group, part) in enumerate(df[~is_ref].groupby("group", sort=True)):
         part = part.sort_values("order", kind="stable")
         x = np.arange(1, len(part) + 1)
@@ -57,7 +57,7 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
         if failed.any():
             ax.scatter(x[failed], np.nan_to_num(reward[failed], nan=0.0), marker="x", s=40, color="red",
                        label=f"{group}: failed/diverged")
-    ax.set_title("Reward (validation accuracy) per trial")
+    ax.set_title(f"Reward per trial ({_reward_words(df)})")
     ax.set_xlabel("trial (completion order)")
     ax.set_ylabel("reward")
     if n_max:
@@ -66,6 +66,13 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides points
     return save_figure(fig, path)
+
+
+def _reward_words(df: pd.DataFrame) -> str:
+    o = df.attrs.get("objective")
+    if o is None or o.transform == "identity":
+        return o.metric if o is not None else "val_acc"
+    return f"-{o.metric}" if o.transform == "negate" else f"-ln {o.metric}"
 
 
 def plot_controller(runs: list[Run], path: Path) -> Path | None:
@@ -103,7 +110,7 @@ def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: in
     order, colour is the share of the chunk's trials that chose the method at the site.
     """
     cols = [f"{SITE_PREFIX}{s}" for s in sites if f"{SITE_PREFIX}{s}" in df.columns]
-    if "reference" in df.columns:  # the reference trial is not a searcher's choice
+    if "reference" in df.columns:  # the baselines are not a searcher's choice
         df = df[~df["reference"].astype(bool)]
     if not cols or not len(df):
         log.info("no per-site methods in trials.csv: skipping the method heatmap")

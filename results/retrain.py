@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .baselines import BASELINES, baseline_plans
-from .masks import model_and_example
+from controller.run_folder import Objective
+from search_space.baselines import BASELINES, baseline_plans
+
 from .plots import plot_retrain
 from .run import Run
 from .tables import ranked
@@ -54,18 +55,46 @@ class RetrainConfig:
 
 
 def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
-    """The Plan of the trial ranked ``rank`` (1 = best validation accuracy), with its metadata."""
+    """The Plan ranked ``rank`` with its metadata; rank 1 is what best_plan.json holds.
+
+    A run whose final stage finished is ranked by its final.csv means (the honest selection);
+    otherwise finished (ok) trials are ranked by their value (``tables.ranked``).
+    """
     from search_space import Plan
 
+    if isinstance(run_or_df, Run) and _final_complete(run_or_df):
+        run = run_or_df
+        o = run.objective
+        f = run.final.sort_values(["chosen", "mean"], ascending=[False, o.mode == "min"], kind="stable")
+        if not 1 <= rank <= len(f):
+            raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(f)} (plans of the final stage)")
+        row = f.iloc[rank - 1]
+        plan = Plan.from_json(str(row["plan_json"]))
+        plan.metadata = {**plan.metadata, o.metric: float(row["mean"]), o.se_column: _float_or_none(row["se"]),
+                         "trial_id": str(row["trial_id"]), "label": str(row["label"]), "rank": int(rank),
+                         "run": run.name, "searcher": run.searcher, "selected_by": "final"}
+        return plan
     df = run_or_df.trials if isinstance(run_or_df, Run) else run_or_df
-    table = ranked(df)
+    o = df.attrs.get("objective") or (run_or_df.objective if isinstance(run_or_df, Run) else Objective())
+    table = ranked(df, o)
     if not 1 <= rank <= len(table):
-        raise ValueError(f"rank: must be in [1, {len(table)}] (the run has {len(table)} ranked trials; got {rank})")
+        raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(table)} (the run has {len(table)} "
+                         "ranked trials)")
     row = table.iloc[rank - 1]
     plan = Plan.from_json(str(row["plan_json"]))
-    plan.metadata = {**plan.metadata, "val_acc": float(row["val_acc"]), "trial_id": str(row["trial_id"]),
-                     "rank": int(rank), "run": str(row["run"]), "searcher": str(row["searcher"])}
+    plan.metadata = {**plan.metadata, o.metric: float(row[o.metric]), "trial_id": str(row["trial_id"]),
+                     "rank": int(rank), "run": str(row["run"]), "searcher": str(row["searcher"]),
+                     "selected_by": "search"}
     return plan
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if pd.notna(value) else None
+
+
+def _final_complete(run: Run) -> bool:
+    """final.csv exists and the run finished (a half-done final stage ranks nothing yet)."""
+    return run.final is not None and len(run.final) > 0 and run.status == "finished"
 
 
 def _train_config(run: Run, cfg: RetrainConfig, seed: int) -> dict[str, Any]:
@@ -87,17 +116,30 @@ def _train_config(run: Run, cfg: RetrainConfig, seed: int) -> dict[str, Any]:
 def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
     """Label -> Plan: ``searched#k`` for the k best searched plans, then the requested baselines.
 
-    The search's all-"none" reference trial is skipped even when it ranks first: the ``none``
-    baseline already retrains it.
+    The search's baseline trials are skipped even when they rank first: the baselines are
+    retrained under their own names.
     """
-    table = ranked(run.trials)
-    searched = [int(r) for r, ref in zip(table["rank"], table["reference"]) if not ref][:cfg.top]
-    if cfg.top and not searched:
-        raise ValueError(f"top: the run has no finished searched trial to retrain ({run.path})")
-    if len(searched) < cfg.top:
-        log.warning("only %d searched plans finished; retraining those", len(searched))
-    plans = {f"searched#{k}": plan_at_rank(run, rank) for k, rank in enumerate(searched, start=1)}
+    from search_space import Plan
+
+    if _final_complete(run):  # the final stage's order: re-trained means, not one lucky draw
+        f = run.final[run.final["kind"] == "searched"].sort_values("mean", ascending=run.objective.mode == "min")
+        plans = {}
+        for k, text in enumerate(f["plan_json"].head(cfg.top), start=1):
+            plan = Plan.from_json(str(text))
+            plan.metadata = {**plan.metadata, "rank_in_final": k}
+            plans[f"searched#{k}"] = plan
+    else:
+        table = ranked(run.trials, run.objective)
+        searched = [int(r) for r, ref in zip(table["rank"], table["reference"]) if not ref][:cfg.top]
+        plans = {f"searched#{k}": plan_at_rank(run.trials.assign(run=run.name), rank)
+                 for k, rank in enumerate(searched, start=1)}
+    if cfg.top and not plans:
+        raise ValueError(f"top: bad value {cfg.top}; the run has no finished searched trial to retrain ({run.path})")
+    if len(plans) < cfg.top:
+        log.warning("only %d searched plans finished; retraining those", len(plans))
     if cfg.baselines:
+        from child_trainer.trial import model_and_example
+
         model, x, _, _ = model_and_example(run.train_config)
         plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), cfg.baselines))
     if not plans:

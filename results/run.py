@@ -14,19 +14,18 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RunError", "Run", "open_run", "open_runs", "load_run", "combined_trials", "SITE_PREFIX", "OK_STATUSES",
-           "FAILED_STATUSES", "REFERENCE"]
+from controller import run_folder as rf
+
+__all__ = ["RunError", "Run", "open_run", "open_runs", "load_run", "combined_trials", "SITE_PREFIX",
+           "OK_STATUSES", "FAILED_STATUSES", "BASELINE_GROUP"]
 
 log = logging.getLogger(__name__)
 
-SITE_PREFIX = "site:"
-OK_STATUSES = ("ok", "stopped")  # trials whose val_acc is a real measurement (stopped = early-stopped)
-FAILED_STATUSES = ("failed", "diverged")
-REFERENCE = "reference"  # group label of the all-"none" reference trial
-_NUMERIC = ("order", "val_acc", "best_val_acc", "reward", "seconds", "epochs")
-_TRIAL_COLUMNS = ("trial_id", "order", "searcher", "status", "val_acc", "best_val_acc", "reward",
-                  "error", "seconds", "node", "epochs", "plan_json", "methods")
-_HISTORY_COLUMNS = ("update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss", "time")
+SITE_PREFIX = rf.SITE_PREFIX
+OK_STATUSES = rf.RANKED_STATUSES  # the trials ranked and called "best" (run_folder decides)
+FAILED_STATUSES = rf.FAILED_STATUSES
+BASELINE_GROUP = "baseline:{}"  # group label of a baseline trial (hand-set, not searched)
+_HISTORY_COLUMNS = tuple(rf.HISTORY_COLUMNS)
 
 
 class RunError(ValueError):
@@ -42,6 +41,11 @@ class Run:
     state: dict[str, Any]
     trials: pd.DataFrame
     history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(_HISTORY_COLUMNS)))
+    final: pd.DataFrame | None = None
+
+    @property
+    def objective(self) -> rf.Objective:
+        return rf.Objective.from_config(self.config)
 
     @property
     def name(self) -> str:
@@ -88,28 +92,21 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=list(columns))
     try:
-        return pd.read_csv(path, keep_default_na=True, dtype={"trial_id": str, "error": str,
-                                                              "plan_json": str, "methods": str})
+        return pd.read_csv(path, keep_default_na=True)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise RunError(f"cannot read {path}: {exc}") from None
 
 
-def _clean_trials(df: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in ("trial_id", "status", "val_acc", "plan_json") if c not in df.columns]
-    if missing and len(df):
-        raise RunError(f"trials.csv lacks column(s) {', '.join(missing)}; is it from launch_search.py?")
+def _clean_trials(df: pd.DataFrame, objective: rf.Objective) -> pd.DataFrame:
     df = df.copy()
-    for col in _TRIAL_COLUMNS:
+    for col in rf.trial_columns(objective):
         if col not in df.columns:
             df[col] = pd.NA
-    for col in _NUMERIC:
-        df[col] = pd.to_numeric(df[col], errors="coerce")
     df["status"] = df["status"].fillna("unknown").astype(str)
     df["searcher"] = df["searcher"].fillna("unknown").astype(str)
     df["error"] = df["error"].fillna("").astype(str)
-    # the all-"none" reference trial a search may add: a yardstick, not a searcher's choice
-    ref = df["reference"] if "reference" in df.columns else pd.Series(False, index=df.index)
-    df["reference"] = pd.to_numeric(ref, errors="coerce").fillna(0).astype(bool) if len(df) else ref.astype(bool)
+    df["baseline"] = df["baseline"].fillna("").astype(str)
+    df["reference"] = df["baseline"] != ""
     if df["order"].isna().all():
         df["order"] = range(len(df))
     return df.sort_values("order", kind="stable").reset_index(drop=True)
@@ -140,13 +137,18 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
                        "to finish, or pass --allow-running if its process is gone")
     if status not in ("finished", "running"):
         log.warning("run %s has status %r: summarizing the trials it finished", path, status)
-    trials = _clean_trials(_read_csv(path / "trials.csv", _TRIAL_COLUMNS))
+    try:
+        objective = rf.Objective.from_config(config)
+        trials = _clean_trials(rf.read_trials(path / rf.TRIALS, objective), objective)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot read {path / rf.TRIALS}: {exc}") from None
     if "run" not in trials.columns:
         trials.insert(0, "run", path.name)
-    history = _read_csv(path / "controller_history.csv", _HISTORY_COLUMNS)
+    history = _read_csv(path / rf.HISTORY, _HISTORY_COLUMNS)
     for col in history.columns:
         history[col] = pd.to_numeric(history[col], errors="coerce")
-    return Run(path=path, config=config, state=state, trials=trials, history=history)
+    final = _read_csv(path / rf.FINAL, tuple(rf.FINAL_COLUMNS)) if (path / rf.FINAL).is_file() else None
+    return Run(path=path, config=config, state=state, trials=trials, history=history, final=final)
 
 
 def open_runs(run_dirs: list[str | Path], allow_running: bool = False) -> list[Run]:
@@ -154,6 +156,10 @@ def open_runs(run_dirs: list[str | Path], allow_running: bool = False) -> list[R
     if not run_dirs:
         raise RunError("no RUN_DIR given")
     runs = [open_run(p, allow_running) for p in run_dirs]
+    metrics = {(r.objective.metric, r.objective.mode) for r in runs}
+    if len(metrics) > 1:
+        raise RunError(f"runs optimise different metrics ({', '.join(f'{m} {d}' for m, d in sorted(metrics))}); "
+                       "compare runs of one metric")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same leaf name from different storage paths: disambiguate
         for r in runs:
@@ -164,9 +170,10 @@ def open_runs(run_dirs: list[str | Path], allow_running: bool = False) -> list[R
 def load_run(run_dir: str | Path, allow_running: bool = False) -> pd.DataFrame:
     """All finished trials of RUN_DIR as a DataFrame (one row per trial, in completion order).
 
-    Columns are those of trials.csv (trial_id, order, searcher, status, val_acc, reward, seconds,
-    methods, plan_json, ``site:<path>`` per site, ...) plus ``run`` (the directory name) and
-    ``group`` (the searcher, or "reference" for the all-"none" reference trial).
+    Columns are those of trials.csv (trial_id, order, searcher, baseline, status, the run's
+    metric and its standard error, reward, seconds, methods, plan_json, ``site:<path>`` per
+    site, ...) plus ``run`` (the directory name) and ``group`` (the searcher, or
+    "baseline:<name>" for a baseline trial).
     """
     return combined_trials([open_run(run_dir, allow_running)])
 
@@ -174,16 +181,19 @@ def load_run(run_dir: str | Path, allow_running: bool = False) -> pd.DataFrame:
 def combined_trials(runs: list[Run]) -> pd.DataFrame:
     """Concatenate the trials of several runs, labelling each with a comparison ``group``.
 
-    The group is the searcher name ("reference" for a search's all-"none" reference trial)
-    when that tells the runs apart, else ``run:searcher``.
+    The group is the searcher name ("baseline:<name>" for a search's baseline trials) when
+    that tells the runs apart, else ``run:searcher``.
     """
     frames = [r.trials for r in runs if len(r.trials)]
+    objective = runs[0].objective if runs else rf.Objective()
     if not frames:
-        return _clean_trials(pd.DataFrame(columns=list(_TRIAL_COLUMNS))).assign(run=[], group=[])
+        return _clean_trials(pd.DataFrame(columns=rf.trial_columns(objective)), objective).assign(run=[], group=[])
     df = pd.concat(frames, ignore_index=True, sort=False)
-    df["reference"] = df["reference"].fillna(False).astype(bool)
-    label = df["searcher"].where(~df["reference"], REFERENCE)
+    df["baseline"] = df["baseline"].fillna("").astype(str)
+    df["reference"] = df["baseline"] != ""
+    label = df["searcher"].where(~df["reference"], df["baseline"].map(BASELINE_GROUP.format))
     runs_per_label = df.groupby(label)["run"].nunique()
     ambiguous = set(runs_per_label[runs_per_label > 1].index)
     df["group"] = [f"{run}:{lab}" if lab in ambiguous else lab for run, lab in zip(df["run"], label)]
+    df.attrs["objective"] = objective
     return df

@@ -11,35 +11,70 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from controller import run_folder as rf
+
 from .run import FAILED_STATUSES, OK_STATUSES, SITE_PREFIX, Run
 
-__all__ = ["ranked", "top_plans", "method_stats", "method_share_table", "searcher_comparison",
+__all__ = ["ranked", "objective_of", "top_plans", "final_table", "method_stats", "method_share_table", "searcher_comparison",
            "failed_trials", "compute_cost", "render", "FORMATS"]
 
 FORMATS = ("text", "markdown", "csv")
 
 
-def ranked(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials with a real validation accuracy, best first, with a 1-based ``rank``.
+def objective_of(df: pd.DataFrame) -> rf.Objective:
+    """The metric a trials table is ranked by (``combined_trials`` records it; val_acc/max else)."""
+    return df.attrs.get("objective") or rf.Objective()
 
-    Ties keep completion order so ranks are deterministic.
+
+def ranked(df: pd.DataFrame, objective: rf.Objective | None = None) -> pd.DataFrame:
+    """Finished (ok) trials with a real value, best first, with a 1-based ``rank``.
+
+    The same rule as ``run_folder.best_row`` (what best_plan.json holds when there is no final
+    stage): a trial stopped early by a scheduler is never ranked. Ties keep completion order.
     """
-    ok = df[df["status"].isin(OK_STATUSES) & df["val_acc"].notna()]
-    ok = ok.sort_values(["val_acc", "order"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    o = objective or objective_of(df)
+    ok = df[df["status"].isin(OK_STATUSES) & df[o.metric].notna()]
+    ok = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True], kind="stable")
+    ok = ok.reset_index(drop=True)
     return ok.assign(rank=np.arange(1, len(ok) + 1))
 
 
+def _with_se(mean: pd.Series, se: pd.Series) -> list[str]:
+    return [f"{m:.4f} +- {s:.4f}" if pd.notna(s) else (f"{m:.4f}" if pd.notna(m) else "")
+            for m, s in zip(mean, se)]
+
+
 def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
-    """The ``k`` best plans: rank, trial, searcher, val_acc, epochs and the compact per-site methods."""
+    """The ``k`` best plans: rank, trial, searcher (or baseline), the metric +- its standard
+    error over the reward seeds, epochs and the compact per-site methods."""
     if k < 1:
-        raise ValueError(f"top: must be >= 1 (got {k})")
-    cols = ["rank", "run", "trial_id", "searcher", "val_acc", "epochs", "methods"]
-    out = ranked(df).head(k)
-    if "group" in out.columns:  # says "reference" for the all-none reference trial
+        raise ValueError(f"top: bad value {k}; allowed: an integer >= 1")
+    o = objective_of(df)
+    out = ranked(df, o).head(k)
+    if "group" in out.columns:  # says "baseline:<name>" for the baselines
         out = out.assign(searcher=out["group"])
+    se = out[o.se_column] if o.se_column in out.columns else pd.Series(np.nan, index=out.index)
+    out = out.assign(**{f"{o.metric} +- se": _with_se(out[o.metric], se)})
+    cols = ["rank", "run", "trial_id", "searcher", o.metric, f"{o.metric} +- se", "epochs", "methods"]
     if out["run"].nunique() <= 1:
         cols.remove("run")
     return out[cols].reset_index(drop=True)
+
+
+def final_table(run: Run) -> pd.DataFrame:
+    """The final re-training (final.csv): mean +- standard error per finalist, the paired
+    difference with the best baseline, best first; empty when the run had no final stage."""
+    if run.final is None or not len(run.final):
+        return pd.DataFrame()
+    o = run.objective
+    f = run.final.copy()
+    f = f.sort_values("mean", ascending=o.mode == "min", kind="stable").reset_index(drop=True)
+    return pd.DataFrame({
+        "rank": np.arange(1, len(f) + 1), "plan": f["label"], "kind": f["kind"], "seeds": f["seeds"],
+        f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
+        "vs best baseline": _with_se(f["diff_vs_best_baseline"], f["diff_se"]),
+        "z": f["z"], "chosen": f["chosen"].map({1: "best_plan.json", True: "best_plan.json"}).fillna(""),
+        "methods": f["methods"]})
 
 
 def _site_columns(df: pd.DataFrame) -> list[str]:
@@ -51,7 +86,7 @@ def method_stats(df: pd.DataFrame) -> pd.DataFrame:
 
     Rows with ``site == "(all sites)"`` pool every site. Failed trials count as chosen (the
     controller did choose them) with the reward the search gave them; the reference trial
-    (all "none", not chosen by any searcher) is left out.
+    and the baselines (hand-set, not chosen by any searcher) are left out.
     """
     rows = []
     site_cols = _site_columns(df)
@@ -100,6 +135,7 @@ def searcher_comparison(df: pd.DataFrame) -> pd.DataFrame:
     quarters differ only by noise.
     """
     rows = []
+    o = objective_of(df)
     key = "group" if "group" in df.columns else "searcher"  # load_run() output has no group yet
     for group, part in df.groupby(key, sort=True):
         part = part.sort_values("order", kind="stable")
@@ -109,10 +145,16 @@ def searcher_comparison(df: pd.DataFrame) -> pd.DataFrame:
                      "mean_reward": float(rewards.mean()) if len(rewards) else float("nan"),
                      "first_quarter_reward": _quarter_mean(rewards.dropna(), last=False),
                      "last_quarter_reward": _quarter_mean(rewards.dropna(), last=True),
-                     "best_val_acc": float(part["val_acc"].max()) if part["val_acc"].notna().any()
-                     else float("nan")})
+                     o.best_column: _best(part[part["status"].isin(OK_STATUSES)][o.metric], o)})
     return pd.DataFrame(rows, columns=["searcher", "trials", "failed", "mean_reward", "first_quarter_reward",
-                                       "last_quarter_reward", "best_val_acc"])
+                                       "last_quarter_reward", o.best_column])
+
+
+def _best(values: pd.Series, o: rf.Objective) -> float:
+    values = values.dropna()
+    if not len(values):
+        return float("nan")
+    return float(values.max() if o.mode == "max" else values.min())
 
 
 def failed_trials(df: pd.DataFrame, width: int = 100) -> pd.DataFrame:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch loads only when plans are built, so the CLI parser st
     import torch
     from torch import nn
 
-__all__ = ["BASELINES", "baseline_plans", "stage_sites"]
+__all__ = ["BASELINES", "baseline_plans", "stage_sites", "site_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_na
 
     Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
     """
-    from search_space import Plan, SiteSpec
-
-    from .masks import site_shapes
+    from search_space.plan import Plan, SiteSpec
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -112,3 +110,25 @@ def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_na
     for name in names:
         log.info("baseline %s: %s", name, out[name].summary())
     return {name: out[name] for name in names}
+
+
+def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape of each site module for input ``x`` (eval mode, one forward pass)."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for site in sites:
+        module = model.get_submodule(site)
+        handles.append(module.register_forward_hook(
+            lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes

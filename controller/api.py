@@ -1,0 +1,621 @@
+"""Search a regularization plan for *your* model and training loop, with Ray Tune.
+
+    from controller import run_search
+
+    def model_fn():                       # any nn.Module: its sites make the search space
+        return MyNet()
+
+    def train_fn(plan, seed, report):     # runs in a Ray worker, once per trial and seed
+        torch.manual_seed(seed)
+        model = apply_plan(MyNet(), plan, total_steps=steps)
+        for epoch in range(epochs):
+            ...train one epoch (call step_schedulers(model) after each optimizer step)...
+            report(val_loss=validate(model))
+
+    result = run_search(model_fn, train_fn, metric="val_loss", mode="min", num_samples=32)
+    result.best_plan.save("plan.json"); print(result.trials)
+
+Ray Tune runs the trials (resources, ASHA, fault tolerance, resume); a searcher from
+``controller.searcher`` proposes the plans and writes the run folder (``controller.run_folder``).
+Every argument is checked before Ray starts (ValueError naming the argument and value).
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller import run_folder as rf
+from search_space.errors import FieldError
+from controller.trainable import TrainFn, make_trainable
+
+__all__ = ["run_search", "SearchResult", "resolve_sites", "summary_text", "check_seed", "check_name",
+           "CONFIG_VERSION", "SCHEDULERS"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = 2
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass
+class SearchResult:
+    """What a search leaves: the plan to take home, the tables, and where everything is."""
+
+    run_dir: Path
+    status: str  # finished | interrupted | failed
+    objective: rf.Objective
+    best_plan: Any  # search_space.Plan or None (no trial finished ok)
+    trials: Any  # pandas DataFrame, one row per search-stage trial (trials.csv)
+    final: Any = None  # pandas DataFrame (final.csv) when a final stage ran
+    error: str = ""
+    summary: str = field(default="", repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise FieldError(name, value, allowed)
+    return value
+
+
+SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all accept seeds up to here
+
+
+def check_seed(name: str, value: Any) -> int:
+    return _check_int(name, value, 0, SEED_MAX)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
+            or name.startswith(".") or len(name.encode()) > 200 or not name.isprintable():
+        raise FieldError("name", name, "a folder name of at most 200 bytes, printable, without '/' "
+                         "and not starting with '.'")
+    return name
+
+
+def _check_storage(storage_path: str | os.PathLike[str]) -> Path:
+    path = Path(storage_path).expanduser()
+    if str(storage_path) == "":
+        raise FieldError("storage_path", "", "a folder path")
+    path = path.resolve()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FieldError("storage_path", str(storage_path), "a folder (created if missing)",
+                         detail=f"bad value {str(storage_path)!r} ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FieldError("storage_path", str(storage_path), "a writable folder",
+                         detail=f"bad value {str(storage_path)!r} ({probe} is not writable)")
+    return path
+
+
+def resolve_sites(found: Sequence[str], sites: str | Sequence[str] = "all") -> tuple[list[str] | None, str | None]:
+    """``sites`` ("all", "stage", or paths / glob patterns) -> (site list or None, share)."""
+    if isinstance(sites, str):
+        if sites == "all":
+            return None, None
+        if sites == "stage":
+            return None, "stage"
+        patterns = [s.strip() for s in sites.split(",") if s.strip()]
+    else:
+        patterns = [str(s) for s in sites]
+    chosen: list[str] = []
+    for pattern in patterns:
+        names = [pattern] if pattern in found else fnmatch.filter(found, pattern)
+        if not names:
+            raise FieldError("sites", pattern, f"all, stage, or paths/patterns over {list(found)}",
+                             detail=f"bad value {pattern!r} (matches no site)")
+        chosen += [n for n in names if n not in chosen]
+    if not chosen:
+        raise FieldError("sites", "", "all, stage, or comma-separated paths")
+    return chosen, None
+
+
+# ----------------------------------------------------------------------------- Ray
+def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bool:
+    """Join ``address`` or start a local Ray; True if we started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # e.g. a notebook or a test session: use it as it is
+        return False
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        try:
+            ray.init(address=address, runtime_env=dict(runtime_env or {}) or None, **common)
+        except (ConnectionError, RuntimeError) as e:
+            text = f"{e} {e.__cause__ or ''}"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token"
+                    if "auth" in text.lower() or "Failed to connect" in text else "")
+            raise FieldError("address", address, "the address of a running Ray cluster",
+                             detail=f"bad value {address!r}; cannot join Ray ({first}{hint})") from None
+    else:
+        import torch
+
+        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
+                 runtime_env=dict(runtime_env or {}) or None, **common)
+    return True
+
+
+def _resources(requested: Mapping[str, float] | None) -> dict[str, float]:
+    """Per-trial resources checked against the cluster (ValueError when they cannot fit)."""
+    import ray
+
+    req = {"cpu": 1.0, "gpu": None, **dict(requested or {})}
+    unknown = sorted(set(req) - {"cpu", "gpu"})
+    if unknown:
+        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
+    total = ray.cluster_resources()
+    total_cpus, total_gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+    cpus = float(req["cpu"])
+    gpus = float(req["gpu"]) if req["gpu"] is not None else (0.25 if total_gpus > 0 else 0.0)
+    if gpus > 0 and total_gpus == 0:
+        raise FieldError("gpus_per_trial", gpus, "0 (the Ray cluster has no GPUs)")
+    if gpus > total_gpus:
+        raise FieldError("gpus_per_trial", gpus, f"at most {total_gpus:g} (the Ray cluster's GPUs)")
+    if cpus > total_cpus:
+        raise FieldError("cpus_per_trial", cpus, f"at most {total_cpus:g} (the Ray cluster's CPUs)")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def _max_concurrent(requested: int | None, res: Mapping[str, float], total_trials: int) -> int:
+    import ray
+
+    if requested:
+        return requested
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 1) // max(res["cpu"], 1e-9))
+    if res["gpu"] > 0:
+        fits = min(fits, int(total.get("GPU", 0) // res["gpu"]))
+    return max(1, min(fits, total_trials))
+
+
+class _Signals:
+    """SIGTERM behaves like SIGINT: inside Tune it asks Tune to stop (Tune's SIGUSR1 handler
+    saves the experiment state); outside it raises KeyboardInterrupt. `install` again after
+    ray.init, whose core worker replaces the SIGTERM handler with one that aborts."""
+
+    def __init__(self) -> None:
+        self.in_tune = False
+        self.previous: Any = None
+
+    def install(self) -> None:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous = signal.signal(signal.SIGTERM, self._handle)
+            if self.previous is None:
+                self.previous = previous
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.in_tune and hasattr(signal, "SIGUSR1"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self.previous)
+
+
+class _DropTuneHints(logging.Filter):
+    """Tune's end-of-run hints name Python APIs; our own log line says what to run instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not msg.startswith(("Experiment has been interrupted", "Trials did not complete"))
+
+
+def _quiet_tune() -> None:
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # errors go to trials.csv
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, our log lines
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _DropTuneHints) for f in tune_log.filters):
+        tune_log.addFilter(_DropTuneHints())
+
+
+# ----------------------------------------------------------------------------- the search
+def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = "val_acc",
+               mode: str = "max", reward_transform: str = "", num_samples: int = 16,
+               search: str = "controller", storage_path: str | os.PathLike[str] = "runs",
+               name: str | None = None, resume: bool = False,
+               resources_per_trial: Mapping[str, float] | None = None,
+               max_concurrent: int | None = None, scheduler: Any = "fifo",
+               max_epochs: int | None = None, sites: str | Sequence[str] = "all",
+               methods: Sequence[str] | None = None, model_name: str = "", seed: int = 0,
+               reward_seeds: int = 1, baselines: Mapping[str, Any] | Sequence[str] = ("none",),
+               example_input: Any = None, final_top_k: int = 0, final_seeds: int = 0,
+               controller_batch: int = 4, controller_lr: float | None = None,
+               controller_kwargs: Mapping[str, Any] | None = None,
+               penalty_reward: float | None = None, address: str | None = None,
+               runtime_env: Mapping[str, Any] | None = None, max_failures: int = 0,
+               extra_config: Mapping[str, Any] | None = None) -> SearchResult:
+    """Search a regularization plan for ``model_fn()``'s network trained by ``train_fn``.
+
+    Args:
+        model_fn: returns the (unregularized) model; called once on the driver to find its
+            sites (``search_space.find_sites``) and build the search space.
+        train_fn: ``train_fn(plan, seed, report)``; builds and trains the model under the
+            ``search_space.Plan`` (``apply_plan``) with ``seed``, calls ``report(**metrics)``
+            once per epoch (``metric`` among them), and may return final metrics (``status``
+            ok / diverged / failed). Runs in Ray workers: it must be picklable.
+        metric, mode: what to optimise (``"val_loss", "min"`` works); reward_transform:
+            how a value becomes the controller's reward (``run_folder.Objective``).
+        num_samples: plans the searcher samples (baselines and the final stage come on top).
+        search: "controller" (LSTM + REINFORCE), "random" or "tpe" (Optuna TPE).
+        storage_path, name: the run folder is ``storage_path/name``; resume: finish it.
+        resources_per_trial: ``{"cpu": 1, "gpu": 0.25}``; fractional GPUs share a device.
+        scheduler: "fifo", "asha" (needs ``max_epochs``: the epochs one seed trains) or a
+            Tune ``TrialScheduler``.
+        sites: "all", "stage" (one decision set per stage) or paths / glob patterns.
+        reward_seeds: each plan trains this many times (seeds seed..seed+K-1); reward = mean.
+        baselines: hand-set plans trained first at the same fidelity, recorded, never learned
+            from: name -> Plan, or names from ``search_space.baselines.BASELINES`` (those
+            other than "none" need ``example_input``, one input batch of the model).
+        final_top_k, final_seeds: re-train the K best sampled plans and every baseline with S
+            fresh seeds (final.csv); ``best_plan.json`` is then chosen from those means.
+        extra_config: saved in search_config.json (e.g. the command line that started it).
+    """
+    objective = rf.Objective(metric, mode, reward_transform)
+    _check_int("num_samples", num_samples, 1)
+    _check_int("reward_seeds", reward_seeds, 1, 1000)
+    _check_int("final_top_k", final_top_k, 0)
+    _check_int("final_seeds", final_seeds, 0, 1000)
+    _check_int("controller_batch", controller_batch, 1)
+    _check_int("max_failures", max_failures, 0)
+    check_seed("seed", seed)
+    if max_concurrent is not None:
+        _check_int("max_concurrent", max_concurrent, 1)
+    if controller_lr is not None and not (isinstance(controller_lr, (int, float))
+                                          and math.isfinite(controller_lr) and 0 < controller_lr <= 1):
+        raise FieldError("controller_lr", controller_lr, "a number in (0, 1]")
+    if isinstance(scheduler, str):
+        if scheduler not in SCHEDULERS:
+            raise FieldError("scheduler", scheduler, f"{', '.join(SCHEDULERS)} or a ray.tune TrialScheduler")
+        if scheduler == "asha":
+            _check_int("max_epochs", max_epochs, 1)
+    from controller.searcher import SEARCHERS
+
+    if search not in SEARCHERS:
+        raise FieldError("search", search, ", ".join(SEARCHERS))
+    if not callable(train_fn):
+        raise FieldError("train_fn", train_fn, "a function (plan, seed, report)")
+    storage = _check_storage(storage_path)
+    if resume and not name:
+        raise FieldError("name", None, "the name of the run to resume", detail="missing")
+    name = check_name(name or f"{model_name or 'model'}-{search}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = storage / name
+    lock = rf.RunFolderLock(run_dir)
+    try:
+        lock.acquire()
+    except rf.RunFolderBusy as exc:
+        raise FieldError("name", name, "a run folder no other driver uses",
+                         detail=f"bad value {name!r} ({exc})") from None
+    try:
+        if resume:
+            _check_resumable(run_dir)
+            config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
+            return _execute(run_dir, config, None, train_fn, resume=True,
+                            resources=resources_per_trial, address=address, runtime_env=runtime_env)
+        if run_dir.exists():
+            raise FieldError("name", name, "a new name, or resume the run",
+                             detail=f"bad value {name!r} (run folder {run_dir} already exists)")
+        if not callable(model_fn):
+            raise FieldError("model_fn", model_fn, "a function returning an nn.Module")
+        space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines,
+                                                     example_input)
+        config = {
+            "version": CONFIG_VERSION, "searcher": search, "objective": objective.to_dict(),
+            "space": space.to_dict(), "num_samples": num_samples, "seed": seed,
+            "reward_seeds": list(range(seed, seed + reward_seeds)),
+            "final_top_k": final_top_k,
+            "final_seeds": [seed + 1000 + i for i in range(final_seeds)],
+            "baselines": {k: p.to_dict() for k, p in baseline_plans.items()},
+            "controller_batch": controller_batch, "controller_lr": controller_lr,
+            "controller_kwargs": dict(controller_kwargs or {}), "penalty_reward": penalty_reward,
+            "scheduler": scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
+            "max_epochs": max_epochs, "max_concurrent": max_concurrent, "max_failures": max_failures,
+            "started_at": rf.now_iso(), **dict(extra_config or {}),
+        }
+        searcher_kwargs = dict(
+            objective=objective, num_samples=num_samples, seed=seed, run_dir=run_dir,
+            controller_batch=controller_batch, penalty_reward=penalty_reward,
+            baselines=baseline_plans, reward_seeds=config["reward_seeds"],
+            final_top_k=final_top_k, final_seeds=config["final_seeds"])
+        if search == "controller":
+            searcher_kwargs["controller_kwargs"] = dict(controller_kwargs or {})
+            if controller_lr is not None:
+                searcher_kwargs["reinforce_kwargs"] = {"lr": controller_lr}
+        from controller.searcher import make_searcher
+
+        searcher = make_searcher(search, space, **searcher_kwargs)
+        return _execute(run_dir, config, searcher, train_fn, resume=False,
+                        resources=resources_per_trial, address=address, runtime_env=runtime_env,
+                        scheduler=scheduler)
+    finally:
+        lock.release()
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """Refuse (ValueError) a resume whose state cannot be read, before anything is touched."""
+    missing = [f for f in (rf.SEARCH_CONFIG, "tuner.pkl") if not (run_dir / f).is_file()]
+    if missing:
+        raise FieldError("resume", str(run_dir), "a run folder with search_config.json and tuner.pkl",
+                         detail=f"no resumable run at {run_dir} (missing {', '.join(missing)})")
+    try:
+        config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
+        if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
+            raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
+        rf.Objective.from_config(config)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FieldError("resume", str(run_dir), f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
+                         detail=f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version "
+                                f"({exc}); nothing was changed") from None
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        raise FieldError("resume", str(run_dir), "a run folder Ray has saved a state in",
+                         detail=f"no Ray experiment state in {run_dir}; nothing was changed")
+    try:
+        json.loads(states[-1].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FieldError("resume", str(run_dir), "an intact Ray experiment state",
+                         detail=f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
+                                f"({type(exc).__name__}); nothing was changed") from None
+
+
+def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str,
+                         baselines: Any, example_input: Any) -> tuple[Any, dict[str, Any]]:
+    from search_space.apply import find_sites
+    from search_space.baselines import BASELINES, baseline_plans
+    from search_space.plan import Plan
+    from search_space.space import SearchSpace
+
+    model = model_fn()
+    found = find_sites(model)
+    chosen, share = resolve_sites(found, sites)
+    space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods,
+                                  model_name=model_name)
+    if isinstance(baselines, Mapping):
+        plans = {str(k): (v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()}
+    else:
+        names = tuple(baselines or ())
+        unknown = [n for n in names if n not in BASELINES]
+        if unknown:
+            raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
+        if any(n != "none" for n in names) and example_input is None:
+            raise FieldError("example_input", None, "one input batch of the model (baselines other "
+                             "than 'none' place their layers by feature-map size)")
+        if names == ("none",) or not names:
+            plans = {"none": Plan.none(space.sites, model=model_name)} if names else {}
+        else:
+            plans = baseline_plans(model, space.sites, example_input, model_name, names)
+    return space, plans
+
+
+def _execute(run_dir: Path, config: dict[str, Any], searcher: Any, train_fn: TrainFn, *,
+             resume: bool, resources: Mapping[str, float] | None, address: str | None,
+             runtime_env: Mapping[str, Any] | None, scheduler: Any = "fifo") -> SearchResult:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from controller import searcher as searchers
+
+    objective = rf.Objective.from_config(config)
+    _quiet_tune()
+    signals = _Signals()
+    signals.install()
+    started = _start_ray(address, runtime_env)
+    try:
+        signals.install()
+        res = _resources(resources)
+        _ship_by_value(train_fn)
+        trainable = tune.with_resources(make_trainable(train_fn, objective), res)
+        total = _total_trials(config)
+        if resume:
+            searchers.resume_into(run_dir)
+            tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            with rf.disk_full_is_fatal(run_dir):
+                rf.atomic_write_text(run_dir / rf.SEARCH_CONFIG, json.dumps(config, indent=2) + "\n")
+            limiter = ConcurrencyLimiter(searcher, max_concurrent=_max_concurrent(
+                config.get("max_concurrent"), res, total))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=limiter, scheduler=_scheduler(scheduler, config), metric=objective.metric,
+                    mode=objective.mode, num_samples=total, reuse_actors=True,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                run_config=tune.RunConfig(
+                    name=run_dir.name, storage_path=str(run_dir.parent), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0),
+                                                      fail_fast=False),
+                    sync_config=tune.SyncConfig(sync_period=5)))
+        log.info("%s %s search: %d trials (%d baselines, %d sampled, %d final) on %g CPU, %g GPU "
+                 "per trial -> %s", "resuming" if resume else "starting", config["searcher"], total,
+                 len(config.get("baselines") or {}), config["num_samples"],
+                 total - len(config.get("baselines") or {}) - config["num_samples"], res["cpu"],
+                 res["gpu"], run_dir)
+        rf.write_run_state(run_dir, "running", total, _completed(run_dir, objective))
+        start = time.time()
+        signals.in_tune = True
+        error = ""
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            pass
+        except Exception as e:  # noqa: BLE001 - the run stays resumable; say so
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            signals.in_tune = False
+        active = searchers.active_searcher(run_dir)
+        if active is not None and active.fatal_error:
+            error = active.fatal_error
+        done = active.finished if active is not None else _completed(run_dir, objective)
+        status = "failed" if error else ("finished" if done >= total else "interrupted")
+        with contextlib.suppress(OSError):
+            rf.write_run_state(run_dir, status if status != "failed" else "interrupted", total, done,
+                               **({"error": error} if error else {}),
+                               **({"seconds_this_session": round(time.time() - start, 1)}
+                                  if status == "finished" else {}))
+        return _result(run_dir, config, status, error)
+    finally:
+        signals.restore()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+_OUR_PACKAGES = ("controller", "search_space", "child_trainer", "results", "launch_search")
+
+
+def _ship_by_value(*functions: Any) -> None:
+    """Let Ray workers run functions from modules they cannot import (a script, a notebook, a
+    test file outside any package): such modules are pickled by value with the trial. Modules
+    of installed packages (site-packages) and our own stay pickled by reference."""
+    import inspect
+    import sys
+
+    from ray import cloudpickle
+
+    for fn in functions:
+        module = sys.modules.get(getattr(fn, "__module__", None) or "") or inspect.getmodule(type(fn))
+        if module is None or module.__name__ == "__main__":
+            continue
+        top = module.__name__.split(".")[0]
+        path = str(getattr(module, "__file__", "") or "")
+        if top in _OUR_PACKAGES or not path or "site-packages" in path or "dist-packages" in path \
+                or top in sys.stdlib_module_names:
+            continue
+        with contextlib.suppress(ValueError):  # already registered
+            cloudpickle.register_pickle_by_value(module)
+
+
+def _total_trials(config: Mapping[str, Any]) -> int:
+    n_base = len(config.get("baselines") or {})
+    finalists = int(config.get("final_top_k", 0)) + n_base
+    return n_base + int(config["num_samples"]) + finalists * len(config.get("final_seeds") or [])
+
+
+def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not isinstance(scheduler, str):
+        return scheduler
+    if scheduler == "asha":
+        # time_attr "epoch" counts over every reward seed; max_t beyond the last one so the
+        # final report (same epoch) still reaches the searcher.
+        seeds = len(config.get("reward_seeds") or [0])
+        return ASHAScheduler(time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1,
+                             grace_period=1, reduction_factor=3)
+    return FIFOScheduler()
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _completed(run_dir: Path, objective: rf.Objective) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        n = len(rf.read_trials(run_dir / rf.TRIALS, objective))
+        if (run_dir / rf.FINAL).is_file():
+            import pandas as pd
+
+            final = pd.read_csv(run_dir / rf.FINAL)
+            n += int(final["seeds"].sum()) if len(final) else 0
+        return n
+    return 0
+
+
+def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -> SearchResult:
+    import pandas as pd
+
+    from search_space.plan import Plan
+
+    objective = rf.Objective.from_config(config)
+    trials = rf.read_trials(run_dir / rf.TRIALS, objective)
+    final = pd.read_csv(run_dir / rf.FINAL) if (run_dir / rf.FINAL).is_file() else None
+    best = Plan.load(run_dir / rf.BEST_PLAN) if (run_dir / rf.BEST_PLAN).is_file() else None
+    result = SearchResult(run_dir=run_dir, status=status, objective=objective, best_plan=best,
+                          trials=trials, final=final, error=error)
+    result.summary = summary_text(result)
+    return result
+
+
+def summary_text(result: SearchResult) -> str:
+    """The end-of-search lines: counts, best plan vs no regularization and the baselines, verdict."""
+    from controller.final import verdict
+
+    o, df = result.objective, result.trials
+    counts = df["status"].value_counts() if len(df) else {}
+    n_final = int(result.final["seeds"].sum()) if result.final is not None and len(result.final) else 0
+    lines = [f"Search {result.status}: {len(df)} trials ("
+             + ", ".join(f"{int(counts[s])} {s}" for s in rf.STATUSES if s in counts)
+             + ")" + (f" + {n_final} final re-trainings" if n_final else "")
+             + f"; run folder {result.run_dir}"]
+    ok = df[df["status"].isin(rf.RANKED_STATUSES)] if len(df) else df
+    plain = ok[ok["baseline"].fillna("") == "none"] if len(ok) else ok
+    ref = float(plain[o.metric].mean()) if len(plain) else None
+    if len(ok):
+        best = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
+        versus = ""
+        if ref is not None:
+            diff = float(best[o.metric]) - ref
+            versus = (f", {100 * diff:+.2f} points vs no regularization" if o.metric.endswith("acc")
+                      else f", {diff:+.4g} vs no regularization")
+        label = f"baseline {best['baseline']}" if str(best.get("baseline") or "") not in ("", "nan") \
+            else f"trial {best['trial_id']}"
+        se = best.get(o.se_column)
+        se_text = f" +- {se:.4f}" if isinstance(se, float) and math.isfinite(se) else ""
+        lines.append(f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}{versus}): "
+                     f"{_plan_summary(best['plan_json'])}")
+        for name, part in ok[ok["baseline"].fillna("") != ""].groupby("baseline", sort=False):
+            lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
+        if ref is None:
+            lines.append("No regularization: no finished 'none' baseline to compare with")
+        else:
+            lines.append(f"No regularization: {o.metric} {ref:.4f} ({len(plain)} trial{'s' * (len(plain) > 1)})")
+    else:
+        lines.append("No trial finished with status ok: see the error column of trials.csv")
+    if result.final is not None and len(result.final) and result.status == "finished":
+        rows = result.final.to_dict("records")
+        chosen = next((r for r in rows if r.get("chosen")), None)
+        lines.append(f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split):")
+        for r in rows:
+            lines.append(f"  {r['label']:<12} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}"
+                         + ("   <- best_plan.json" if r is chosen else ""))
+        lines.append(verdict(rows, o))
+    if result.error:
+        lines.append(f"Stopped by an error: {result.error}")
+    rel = os.path.relpath(result.run_dir)
+    rel = str(result.run_dir) if rel.startswith("..") else rel
+    lines += ["Next:", f"  python -m results summarize {rel}", f"  python -m results plot {rel}",
+              f"  python -m results export {rel} --out best_plan.json",
+              f"  python -m results retrain {rel}"]
+    return "\n".join(lines)
+
+
+def _plan_summary(plan_json: str) -> str:
+    from search_space.plan import Plan
+
+    return Plan.from_json(str(plan_json)).summary()

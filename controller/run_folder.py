@@ -1,0 +1,331 @@
+"""The run folder: its files, their columns, the trial statuses and what "best" means.
+
+Every piece that writes or reads ``STORAGE/NAME/`` (the searchers, the search API,
+``launch_search.py``, ``results/``) takes these names from here, so the layout is defined
+once. Only the standard library and pandas are imported: ``results`` loads this without torch.
+
+Layout::
+
+    search_config.json      how the search was started (objective, space, settings)
+    run_state.json          running | interrupted | finished, and how many trials are done
+    trials.csv              one row per finished trial (TRIAL_COLUMNS, then one column per site)
+    controller_history.csv  one row per controller update (HISTORY_COLUMNS)
+    final.csv               the final re-training of the top plans and the baselines
+    best_plan.json          the plan to take home (see ``best_plan_row``)
+    trial_*/                Ray Tune's per-trial folders
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from search_space.files import atomic_write_text
+
+__all__ = [
+    "SEARCH_CONFIG", "RUN_STATE", "TRIALS", "HISTORY", "FINAL", "BEST_PLAN", "OK", "STOPPED",
+    "DIVERGED", "FAILED", "STATUSES", "CHILD_STATUSES", "FAILED_STATUSES", "RANKED_STATUSES",
+    "SITE_PREFIX", "HISTORY_COLUMNS", "FINAL_COLUMNS", "Objective", "trial_columns",
+    "is_better", "best_row", "csv_text", "read_json", "now_iso", "write_run_state",
+    "RunFolderLock", "RunFolderBusy", "DiskFullError", "atomic_write_text", "search_metric",
+]
+
+log = logging.getLogger(__name__)
+
+SEARCH_CONFIG = "search_config.json"
+RUN_STATE = "run_state.json"
+TRIALS = "trials.csv"
+HISTORY = "controller_history.csv"
+FINAL = "final.csv"
+BEST_PLAN = "best_plan.json"
+
+# Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that a
+# scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped trial's value was
+# measured after fewer epochs than the others', so it is recorded and rewarded, never "best".
+OK, STOPPED, DIVERGED, FAILED = "ok", "stopped", "diverged", "failed"
+STATUSES = (OK, STOPPED, DIVERGED, FAILED)
+CHILD_STATUSES = (OK, DIVERGED, FAILED)
+FAILED_STATUSES = (FAILED, DIVERGED)
+RANKED_STATUSES = (OK,)
+
+SITE_PREFIX = "site:"
+HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss",
+                   "time"]
+FINAL_COLUMNS = ["label", "kind", "trial_id", "seeds", "mean", "se", "values", "complete",
+                 "best_baseline", "diff_vs_best_baseline", "diff_se", "z", "chosen", "methods",
+                 "plan_json"]
+MODES = ("max", "min")
+TRANSFORMS = ("identity", "negate", "neg_log")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a search optimises: the metric a trial reports, its direction, and the reward.
+
+    The controller maximises the reward: ``identity`` (the metric itself) for ``mode="max"``,
+    ``negate`` (minus the metric) for ``mode="min"``, or ``neg_log`` (minus its natural log:
+    for perplexity this is minus the mean NLL per token, a scale that does not change as the
+    model improves).
+    """
+
+    metric: str = "val_acc"
+    mode: str = "max"
+    transform: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric.isidentifier():
+            raise ValueError(f"metric: bad value {self.metric!r}; allowed: a metric name such as "
+                             "val_acc or val_loss")
+        if self.mode not in MODES:
+            raise ValueError(f"mode: bad value {self.mode!r}; allowed: {', '.join(MODES)}")
+        if not self.transform:
+            object.__setattr__(self, "transform", "identity" if self.mode == "max" else "negate")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"reward_transform: bad value {self.transform!r}; allowed: "
+                             f"{', '.join(TRANSFORMS)}")
+        if (self.transform == "identity") != (self.mode == "max"):
+            raise ValueError(f"reward_transform: bad value {self.transform!r} for mode "
+                             f"{self.mode!r}; allowed: identity with max, negate or neg_log with min")
+
+    def reward(self, value: float) -> float:
+        """The controller's reward for a metric value (higher is better)."""
+        if self.transform == "identity":
+            return float(value)
+        if self.transform == "negate":
+            return -float(value)
+        return -math.log(value) if value > 0 else float("nan")
+
+    @property
+    def se_column(self) -> str:
+        return f"{self.metric}_se"
+
+    @property
+    def seeds_column(self) -> str:
+        return f"{self.metric}_seeds"
+
+    @property
+    def best_column(self) -> str:
+        return f"best_{self.metric}"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Objective":
+        """The objective a run folder's search_config.json records (val_acc/max before it did)."""
+        saved = config.get("objective") or {}
+        return cls(**{k: saved[k] for k in ("metric", "mode", "transform") if k in saved})
+
+
+def search_metric(config: Mapping[str, Any]) -> Objective:
+    return Objective.from_config(config)
+
+
+def trial_columns(objective: Objective) -> list[str]:
+    """trials.csv's columns before the per-site ones.
+
+    ``baseline`` names the hand-set plan of a baseline trial (empty for searched plans);
+    ``reference`` is 1 for baseline trials (they never enter a controller update). The
+    metric's column holds the final value (mean over the reward seeds), ``<metric>_se`` its
+    standard error and ``<metric>_seeds`` every seed's value (JSON list).
+    """
+    m = objective
+    return ["trial_id", "order", "searcher", "baseline", "status", m.metric, m.se_column,
+            m.seeds_column, m.best_column, "reward", "error", "seconds", "node", "precision",
+            "epochs", "plan_json", "methods", "reference", "update", "tokens"]
+
+
+def is_better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def best_row(rows: Sequence[Mapping[str, Any]], objective: Objective) -> Mapping[str, Any] | None:
+    """The best finished trial: status ok, finite metric, best by the mode; ties go to the
+    earlier trial. ``results`` ranks with the same rule (``results.tables.ranked``)."""
+    best = None
+    for row in rows:
+        value = _float(row.get(objective.metric))
+        if row.get("status") not in RANKED_STATUSES or not math.isfinite(value):
+            continue
+        if best is None or is_better(value, _float(best[objective.metric]), objective.mode):
+            best = row
+    return best
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# ------------------------------------------------------------------------- writing
+def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text with a header; None and non-finite floats become empty cells, bools 0/1."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_run_state(run_dir: str | os.PathLike[str], status: str, num_samples: int,
+                    completed: int, **extra: Any) -> None:
+    """run_state.json: what a user (or ``--resume``) needs to know about the run right now."""
+    state = {"status": status, "updated_at": now_iso(), "num_samples": int(num_samples),
+             "completed": int(completed), **extra}
+    atomic_write_text(Path(run_dir) / RUN_STATE, json.dumps(state, indent=2) + "\n")
+
+
+class DiskFullError(OSError):
+    """The run folder's disk is full: what was written before is intact, the rest must wait."""
+
+
+@contextlib.contextmanager
+def disk_full_is_fatal(path: Path) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT into DiskFullError naming the folder (callers stop the search)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(exc.errno, f"disk full while writing the run folder {path}; "
+                                "free space, then resume with --resume") from exc
+        raise
+
+
+# ------------------------------------------------------------------------- locking
+class RunFolderBusy(RuntimeError):
+    """Another driver holds the run folder."""
+
+
+class RunFolderLock:
+    """An exclusive lock on ``STORAGE/NAME`` held for a driver's lifetime.
+
+    The lock file sits beside the folder (``STORAGE/.NAME.lock``), so it can be taken before
+    the folder exists: two new runs with one name, or two ``--resume`` of one run, cannot both
+    start. The operating system releases it when the process dies, so a killed driver never
+    leaves a stale lock.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunFolderLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = self.path.read_text().strip()
+            raise RunFolderBusy(f"run folder {self.path.parent / self.path.name[1:-5]} is in use by "
+                                f"another driver{f' (pid {holder})' if holder else ''}; wait for "
+                                "it to end") from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock; the lock file goes too when the run folder was never created (a refused
+        start leaves nothing behind)."""
+        if self._fd is not None:
+            if not self.run_dir.exists():
+                self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunFolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------- reading
+NUMERIC_TRIAL_COLUMNS = ("order", "reward", "seconds", "epochs", "update")
+
+
+def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
+    """trials.csv as a pandas DataFrame, never with a silently wrong number.
+
+    A row whose required cells are missing (a file cut mid-row by a crash or a full disk) or
+    whose status is unknown is dropped with a warning naming the row; a missing or empty file
+    is an empty table.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    columns = trial_columns(objective)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=columns)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None) or []
+        missing = [c for c in ("trial_id", "status", objective.metric, "plan_json") if c not in header]
+        if missing:
+            raise ValueError(f"{path}: column(s) {', '.join(missing)} missing; allowed: a trials.csv "
+                             f"written by a search with metric {objective.metric!r}")
+        rows = []
+        for line_no, cells in enumerate(reader, start=2):
+            row = dict(zip(header, cells))
+            problem = _row_problem(row, len(cells), len(header), objective)
+            if problem:
+                log.warning("%s line %d dropped: %s", path, line_no, problem)
+                continue
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=header)
+    for col in (objective.metric, objective.se_column, objective.best_column, *NUMERIC_TRIAL_COLUMNS):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _row_problem(row: Mapping[str, str], n_cells: int, n_columns: int, objective: Objective) -> str:
+    if n_cells != n_columns:
+        return f"{n_cells} cells for {n_columns} columns (a truncated or damaged row)"
+    if row.get("status") not in STATUSES:
+        return f"status: bad value {row.get('status')!r}; allowed: {', '.join(STATUSES)}"
+    if not row.get("trial_id"):
+        return "trial_id: empty"
+    try:
+        json.loads(row.get("plan_json") or "")
+    except ValueError:
+        return "plan_json: not a complete JSON plan"
+    if row["status"] == OK and not math.isfinite(_float(row.get(objective.metric))):
+        return f"{objective.metric}: bad value {row.get(objective.metric)!r} for an ok trial"
+    return ""

@@ -1,0 +1,113 @@
+"""The Ray Tune trainable that wraps a user's ``train_fn(plan, seed, report)``.
+
+One trial trains its plan once per seed in ``config["seeds"]`` (the reward seeds), one after
+the other, forwarding every ``report(**metrics)`` to Tune (``epoch`` counts epochs over all
+seeds, so a scheduler sees one growing curve). The last report carries ``final=True``, the
+child's status, the metric's mean over the seeds, its standard error and every seed's value.
+
+A ``train_fn`` that raises is reported as status "failed" with its error (the traceback goes
+to Ray's result.json) and the function returns normally: Ray then keeps the worker process for
+the next trial instead of paying a new one (seconds of imports) per failure. A ``train_fn``
+may return a dict of final metrics (``status`` "ok" / "diverged" / "failed", ``message``);
+returning None means "ok, and the last reported metrics are final".
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controller import run_folder as rf
+
+__all__ = ["make_trainable", "TrainFn"]
+
+#: ``train_fn(plan, seed, report)``: builds and trains the user's model under ``plan`` with
+#: ``seed``, calling ``report(**metrics)`` once per epoch.
+TrainFn = Callable[[Any, int, Callable[..., None]], "Mapping[str, Any] | None"]
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()
+            if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+def _node_name() -> str:
+    import ray
+
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def make_trainable(train_fn: TrainFn, objective: rf.Objective) -> Callable[[dict[str, Any]], None]:
+    """The function Tune runs per trial (a closure, so train_fn travels with it)."""
+
+    def autodropout_trial(config: dict[str, Any]) -> None:
+        run_trial(config, train_fn, objective)
+
+    return autodropout_trial
+
+
+def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Objective) -> None:
+    from ray import tune
+
+    metric, sign = objective.metric, (1.0 if objective.mode == "max" else -1.0)
+    plan, seeds = config["plan"], [int(s) for s in config["seeds"]]
+    node = _node_name()
+    state: dict[str, Any] = {"in_report": False, "epoch": 0}
+    values: list[float] = []
+    bests: list[float] = []
+    extra: dict[str, Any] = {}
+
+    def final(status: str, **fields: Any) -> None:
+        tune.report({**extra, metric: float("nan"), **fields, "final": True, "status": status,
+                     "epoch": state["epoch"], "node": node})
+
+    for index, seed in enumerate(seeds):
+        seen: dict[str, Any] = {}
+        best = [float("nan")]
+
+        def report(**metrics: Any) -> None:
+            state["epoch"] += 1
+            values_now = _scalars(metrics)
+            seen.update(values_now)
+            value = values_now.get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value) and \
+                    not sign * best[0] >= sign * value:
+                best[0] = float(value)
+            state["in_report"] = True
+            tune.report({**values_now, "epoch": state["epoch"], "seed_index": index,
+                         "status": "running", "final": False, "node": node})
+            state["in_report"] = False
+
+        try:
+            returned = train_fn(plan, seed, report)
+        except Exception as exc:
+            if state["in_report"]:  # Tune itself is ending the trial: not a child failure
+                raise
+            final(rf.FAILED, error=f"{type(exc).__name__}: {exc}",
+                  traceback=traceback.format_exc(limit=-8))
+            return
+        result = {**seen, **_scalars(dict(returned or {}))}
+        extra = {k: result[k] for k in ("precision", "seconds") if k in result}
+        status = str(result.get("status", rf.OK))
+        message = str(result.get("message") or result.get("error") or "")
+        if status not in rf.CHILD_STATUSES:
+            final(rf.FAILED, error=f"status: bad value {status!r} returned by train_fn; "
+                                   f"allowed: {', '.join(rf.CHILD_STATUSES)}")
+            return
+        if status != rf.OK:
+            final(status, error=message or status)
+            return
+        value = result.get(metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            final(rf.FAILED, error=f"{metric}: bad value {value!r} at the end of seed {seed}; "
+                                   f"allowed: a finite number reported with report({metric}=...)")
+            return
+        values.append(float(value))
+        bests.append(best[0] if math.isfinite(best[0]) else float(value))
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    final(rf.OK, **{metric: mean, objective.se_column: se, objective.best_column: statistics.fmean(bests),
+                    objective.seeds_column: json.dumps(values), "error": ""})
