@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "launch_search.py"
 SEARCHES = ("controller", "random", "tpe")
+SCHEDULERS = ("fifo", "asha")
 BASELINE_NAMES = ("none", "dropout", "dropblock", "disout")
 # Digits defaults: a small training subset trained long enough to overfit (about 1,000 SGD
 # steps), the regime where a regularizer can pay off.
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lr": "the trainer's, 0.1", "data_dir": "./data", "amp": "auto"})
     p.add_argument("--num-samples", type=int, default=16,
                    help="plans the searcher samples (default 16); baselines and the final stage come on top")
-    p.add_argument("--search", choices=SEARCHES, default="controller",
+    p.add_argument("--search", default="controller",
                    help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)")
     p.add_argument("--reward-seeds", type=int, default=1,
                    help="trainings per plan with different seeds; the reward is their mean (default 1)")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs per trial, also its torch threads (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)")
-    p.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+    p.add_argument("--scheduler", default="fifo",
                    help="fifo (default) or asha: stops weak trials early, their last value is the reward")
     p.add_argument("--controller-batch", type=int, default=4,
                    help="finished trials per REINFORCE update (default 4)")
@@ -124,6 +125,10 @@ def check_args(args: argparse.Namespace) -> None:
                 raise FieldError(name, value, f"an integer >= {low}" if high is None
                                  else f"an integer in [{low}, {high}]")
         check_seed("seed", args.seed)
+        if args.search not in SEARCHES:
+            raise FieldError("search", args.search, ", ".join(SEARCHES))
+        if args.scheduler not in SCHEDULERS:
+            raise FieldError("scheduler", args.scheduler, ", ".join(SCHEDULERS))
         if not (math.isfinite(args.cpus_per_trial) and 0 < args.cpus_per_trial <= 1024):
             raise FieldError("cpus_per_trial", args.cpus_per_trial, "a number in (0, 1024]")
         if args.controller_lr is not None and not (math.isfinite(args.controller_lr)

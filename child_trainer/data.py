@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from search_space.errors import FieldError
+
 __all__ = ["DataError", "DataSplits", "load_data", "DATASETS", "stratified_split"]
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ _CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py", 10),
           "cifar100": ("CIFAR100", "cifar-100-python", 100)}
 
 
-class DataError(ValueError):
+class DataError(FieldError):
     """A dataset cannot be loaded (missing files, bad size): a configuration error, not a crash."""
 
 
@@ -64,8 +66,8 @@ def _subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int) -> tuple[
         return x, y
     n_classes = len(np.unique(y))
     if not n_classes <= size < len(y):
-        raise DataError(f"train_size: must be between {n_classes} (one per class) and {len(y)} "
-                        f"(got {size})")
+        raise DataError("train_size", size, f"an integer from {n_classes} (one per class) to "
+                        f"{len(y) - 1} (below the training split's {len(y)} images)")
     _, keep = stratified_split(y, size, seed + 1)
     return x[keep], y[keep]
 
@@ -120,9 +122,9 @@ def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_te
         test = cls(str(data_dir), train=False, download=False) if with_test else None
     except RuntimeError as exc:
         raise DataError(
-            f"{name} not found: expected {data_dir / folder} (from --data-dir {data_dir}); get it with "
-            f"python -c \"import torchvision; torchvision.datasets.{cls_name}('{data_dir}', download=True)\" "
-            f"on a machine with internet and copy the folder here ({exc})") from None
+            "data_dir", str(data_dir), f"a folder holding {folder} (get it with python -c \"import torchvision; "
+            f"torchvision.datasets.{cls_name}('{data_dir}', download=True)\" on a machine with internet "
+            "and copy the folder here)", detail=f"{name} not found: expected {data_dir / folder}") from None
     x = train.data.transpose(0, 3, 1, 2) / np.float32(255.0)
     y = np.asarray(train.targets, dtype=np.int64)
     rest, val = stratified_split(y, CIFAR_VAL_SIZE, seed)
@@ -139,7 +141,7 @@ def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch
     rng = np.random.default_rng(seed)
     sizes = (train_size or SYNTHETIC_SIZES[0], *SYNTHETIC_SIZES[1:])
     if sizes[0] < num_classes:
-        raise DataError(f"train_size: must be >= num_classes={num_classes} (got {sizes[0]})")
+        raise DataError("train_size", sizes[0], f"an integer >= num_classes={num_classes}")
     templates = rng.normal(0.0, 1.0, size=(num_classes, *image_shape)).astype(np.float32)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,9 +164,9 @@ def load_data(name: str = "digits", data_dir: str | Path | None = None, train_si
     test split entirely (test_x/test_y are None) so a search cannot touch it.
     """
     if name not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        raise DataError("dataset", name, ", ".join(DATASETS))
     if train_size is not None and train_size < 1:
-        raise DataError(f"train_size: must be a positive integer or None (got {train_size})")
+        raise DataError("train_size", train_size, "a positive integer or None")
     if name == "digits":
         return _digits(train_size, seed, with_test, device)
     if name == "synthetic":

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_space.errors import FieldError
+
 __all__ = ["build_model", "model_names", "BasicBlock", "WideBasicBlock", "CifarResNet", "WideResNet",
            "DigitsCNN"]
 
@@ -83,7 +85,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(f"model: CIFAR ResNet depth must be 6n+2 (got {depth}); allowed e.g. 20, 32, 44, 56, 110")
+            raise FieldError("model", f"resnet{depth}", "a CIFAR ResNet depth 6n+2, e.g. resnet20, resnet56")
         n = (depth - 2) // 6
         w = width
         self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
@@ -106,8 +108,8 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, k: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10 or k < 1:
-            raise ValueError(f"model: WRN depth must be 6n+4 and k >= 1 (got depth={depth}, k={k}); "
-                             "allowed e.g. wrn28_10, wrn28_2, wrn16_4, wrn40_2")
+            raise FieldError("model", f"wrn{depth}_{k}", "a WRN depth 6n+4 and k >= 1, e.g. wrn28_10, wrn28_2, "
+                             "wrn16_4, wrn40_2")
         n = (depth - 4) // 6
         widths = (16, 16 * k, 32 * k, 64 * k)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -164,8 +166,7 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise ValueError(f"model: unknown torchvision classifier {name!r}; allowed: tv:<one of "
-                         f"{', '.join(sorted(available))}>")
+        raise FieldError("model", f"tv:{name}", f"tv:<one of {', '.join(sorted(available))}>")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
@@ -181,7 +182,8 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
                     in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
                     child.dilation, child.groups, child.bias is not None, child.padding_mode))
                 return
-    raise ValueError(f"model: cannot adapt torchvision model to in_channels={in_channels}; use 3")
+    raise FieldError("model", type(model).__name__, "a torchvision model with a 3-channel first convolution",
+                     detail=f"cannot adapt it to in_channels={in_channels}")
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -190,7 +192,7 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     ``name``: digits_cnn, resnet20/32/44/56/110 (CIFAR), wrn{depth}_{k}, or tv:<torchvision name>.
     """
     if num_classes < 2:
-        raise ValueError(f"num_classes: must be >= 2 (got {num_classes})")
+        raise FieldError("num_classes", num_classes, "an integer >= 2")
     if name == "digits_cnn":
         return DigitsCNN(num_classes, in_channels)
     if name.startswith("tv:"):
@@ -200,4 +202,4 @@ def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     match = _WRN.match(name)
     if match:
         return WideResNet(int(match.group(1)), int(match.group(2)), num_classes, in_channels)
-    raise ValueError(f"model: unknown model {name!r}; allowed: {', '.join(model_names())}")
+    raise FieldError("model", name, ", ".join(model_names()))

@@ -513,7 +513,8 @@ def _ship_by_value(*functions: Any) -> None:
 
 def _total_trials(config: Mapping[str, Any]) -> int:
     n_base = len(config.get("baselines") or {})
-    finalists = int(config.get("final_top_k", 0)) + n_base
+    top_k = int(config.get("final_top_k", 0))
+    finalists = top_k + n_base if top_k else 0
     return n_base + int(config["num_samples"]) + finalists * len(config.get("final_seeds") or [])
 
 

@@ -154,7 +154,8 @@ class PlanSearcher(Searcher):
         run_dir: where trials.csv & co. are written (None: keep them in memory only).
         baselines: name -> hand-set Plan, trained first, recorded, never learned from.
         reward_seeds: the seeds every search-stage trial trains with (reward = mean).
-        final_top_k, final_seeds: the final re-training (0 / empty: no final stage).
+        final_top_k, final_seeds: the final re-training of the top-k sampled plans and every
+            baseline with these seeds (top-k 0 or no seeds: no final stage).
         penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
     """
 
@@ -187,9 +188,9 @@ class PlanSearcher(Searcher):
             space.encode(plan)  # a baseline must be a plan of this space (PlanError otherwise)
         self.reward_seeds = [int(s) for s in reward_seeds]
         self.final_top_k = final_top_k
-        self.final_seeds = [int(s) for s in final_seeds] if final_top_k or self.baselines else []
-        if not final_seeds:
-            self.final_top_k, self.final_seeds = 0, []
+        self.final_seeds = [int(s) for s in final_seeds] if final_top_k else []  # top-k 0: no final stage
+        if not self.final_seeds:
+            self.final_top_k = 0
         self.fatal_error: str | None = None
         self._pending: dict[str, dict[str, Any]] = {}
         self._records: list[dict[str, Any]] = []
@@ -268,6 +269,8 @@ class PlanSearcher(Searcher):
                 "stage": SEARCH, "label": baseline or "searched", "tokens": list(tokens)}
 
     def _suggest_final(self, trial_id: str) -> dict | str | None:
+        if not self.final_trials:
+            return Searcher.FINISHED
         if self._final_queue is None:
             if len(self._records) < self.search_trials:
                 return None  # the final stage needs every search-stage result: ask again later
@@ -332,7 +335,7 @@ class PlanSearcher(Searcher):
         plan: Plan = entry["plan"]
         row: dict[str, Any] = {
             "trial_id": trial_id, "searcher": self.name, "status": outcome.status,
-            o.metric: outcome.value, o.se_column: _num(res.get(o.se_column)),
+            o.metric: outcome.value, o.se_column: _finite_or_none(res.get(o.se_column)),
             o.seeds_column: res.get(o.seeds_column) or "", o.best_column: outcome.best_value,
             "reward": outcome.reward, "error": outcome.error, "node": res.get("node") or "",
             "precision": res.get("precision") or "",  # amp=auto: bf16 or fp32 depending on the node's CPU

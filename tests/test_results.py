@@ -24,15 +24,19 @@ from results import load_run, open_run
 from results.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-NUM_SAMPLES = 4
+SAMPLED = 3
+BASELINES = ("none", "dropblock")
+NUM_SAMPLES = SAMPLED + len(BASELINES)  # rows of trials.csv
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real tiny controller search (the all-none reference trial + 3 sampled plans, 1 epoch)."""
+    """A real tiny controller search: 2 baselines, 3 sampled plans, then the best sampled plan and
+    both baselines re-trained with 2 fresh seeds (1 epoch each)."""
     storage = tmp_path_factory.mktemp("runs")
-    proc = subprocess.run([sys.executable, "launch_search.py", "--num-samples", str(NUM_SAMPLES), "--epochs", "1",
-                           "--train-size", "200", "--storage-path", str(storage), "--name", "tiny", "--seed", "0"],
+    proc = subprocess.run([sys.executable, "launch_search.py", "--num-samples", str(SAMPLED), "--epochs", "1",
+                           "--train-size", "200", "--storage-path", str(storage), "--name", "tiny", "--seed", "0",
+                           "--baselines", ",".join(BASELINES), "--final-top-k", "1", "--final-seeds", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage / "tiny"
@@ -68,7 +72,7 @@ def test_load_run_reads_every_finished_trial_in_order(run_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- summarize
 def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys) -> None:
-    rows = [r for r in _rows(run_dir) if r["status"] in ("ok", "stopped")]
+    rows = [r for r in _rows(run_dir) if r["status"] == "ok"]
     best_first = sorted(rows, key=lambda r: (-float(r["val_acc"]), int(r["order"])))
     rc, out, err = _cli(["summarize", str(run_dir), "--top", "3", "--format", "csv"], capsys)
     assert rc == 0, err
@@ -79,10 +83,10 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
     top = sections["top 3 plans"]
     assert [t["trial_id"] for t in top] == [r["trial_id"] for r in best_first[:3]]
     assert [int(t["rank"]) for t in top] == [1, 2, 3]
-    # per-method statistics, recomputed from the raw rows (the reference trial is nobody's choice)
+    # per-method statistics, recomputed from the raw rows (the baselines are nobody's choice)
     all_rows = _rows(run_dir)
-    sampled = [r for r in all_rows if r.get("reference", "0") in ("0", "False", "")]
-    assert len(sampled) == NUM_SAMPLES - 1  # launch_search adds one all-"none" reference trial
+    sampled = [r for r in all_rows if not r["baseline"]]
+    assert len(sampled) == SAMPLED and sorted(r["baseline"] for r in all_rows if r["baseline"]) == sorted(BASELINES)
     stats = sections["methods per site"]
     for site in (c[len("site:"):] for c in all_rows[0] if c.startswith("site:")):
         chosen = [r[f"site:{site}"] for r in sampled]
@@ -121,7 +125,7 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     for r in rows:
         r["searcher"] = "random"
         r["reward"] = str(float(r["reward"]) / 2)  # distinguishable from the controller's
-    failed = rows[-1]  # a crashed trial: listed with its error, never ranked, still counted
+    failed = next(r for r in reversed(rows) if not r["baseline"])  # a crash: listed, never ranked, counted
     failed.update(status="failed", error="Traceback (most recent call last):\n  ...\nRuntimeError: out of memory")
     with open(other / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -131,9 +135,10 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     assert rc == 0, err
     block = next(b for b in out.split("\n\n") if b.startswith("# controller vs random"))
     table = {r["searcher"]: r for r in csv.DictReader(io.StringIO(block.split("\n", 1)[1]))}
-    assert set(table) == {"controller", "random", "tiny:reference", "random_run:reference"}
+    assert set(table) == {"controller", "random"} | {f"{run}:baseline:{b}" for run in ("tiny", "random_run")
+                                                     for b in BASELINES}
     for name, src in (("controller", _rows(run_dir)), ("random", rows)):
-        src = [r for r in src if r["reference"] in ("0", "False", "")]
+        src = [r for r in src if not r["baseline"]]
         rewards = [float(r["reward"]) for r in sorted(src, key=lambda r: int(r["order"]))]
         q = max(1, len(rewards) // 4)
         assert float(table[name]["last_quarter_reward"]) == pytest.approx(statistics.mean(rewards[-q:]))
@@ -149,24 +154,39 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     assert len(top) == min(5, 2 * NUM_SAMPLES - 1)
 
 
+def test_summarize_shows_the_final_stage_and_standard_errors(run_dir: Path, capsys) -> None:
+    final = list(csv.DictReader(open(run_dir / "final.csv", newline="")))
+    assert sorted(f["label"] for f in final) == sorted(["searched#1", *BASELINES])
+    assert all(int(f["seeds"]) == 2 and len(json.loads(f["values"])) == 2 for f in final)
+    for f in final:
+        vals = list(json.loads(f["values"]).values())
+        assert float(f["mean"]) == pytest.approx(statistics.mean(vals))
+        assert float(f["se"]) == pytest.approx(statistics.stdev(vals) / math.sqrt(2))
+    rc, out, err = _cli(["summarize", str(run_dir)], capsys)
+    assert rc == 0, err
+    block = out.split("== final re-training")[1].split("\n\n")[0]
+    best = max(final, key=lambda f: float(f["mean"]))
+    assert f"{float(best['mean']):.4f} +- {float(best['se']):.4f}" in block and "best_plan.json" in block
+
+
 # ----------------------------------------------------------------------------- export
 def test_export_writes_a_plan_that_loads_and_applies(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """With a final stage, ranks follow final.csv's means and rank 1 is best_plan.json."""
     from child_trainer import build_model
     from search_space import Plan, apply_plan, regularizers
 
-    ranked_rows = sorted([r for r in _rows(run_dir) if r["status"] in ("ok", "stopped")],
-                         key=lambda r: (-float(r["val_acc"]), int(r["order"])))
+    final = sorted(csv.DictReader(open(run_dir / "final.csv", newline="")),
+                   key=lambda f: (-int(f["chosen"]), -float(f["mean"])))
     plans = []
-    for rank in range(1, len(ranked_rows) + 1):
+    for rank in range(1, len(final) + 1):
         out = tmp_path / f"plan{rank}.json"
         rc, _, err = _cli(["export", str(run_dir), "--out", str(out), "--rank", str(rank)], capsys)
         assert rc == 0, err
         plan = Plan.load(out)
-        want = Plan.from_json(ranked_rows[rank - 1]["plan_json"])
-        assert plan.sites == want.sites
-        assert plan.metadata["trial_id"] == ranked_rows[rank - 1]["trial_id"]
-        assert plan.metadata["val_acc"] == pytest.approx(float(ranked_rows[rank - 1]["val_acc"]))
+        assert plan.sites == Plan.from_json(final[rank - 1]["plan_json"]).sites
+        assert plan.metadata["val_acc"] == pytest.approx(float(final[rank - 1]["mean"]))
         plans.append(plan)
+    assert plans[0].sites == Plan.load(run_dir / "best_plan.json").sites
     plan = next(p for p in plans if set(p.methods().values()) != {"none"})
     torch.manual_seed(0)
     model = build_model("digits_cnn", 10, 1)
@@ -269,7 +289,7 @@ def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
     from child_trainer import build_model
     from search_space import find_sites
 
-    from results.baselines import baseline_plans
+    from search_space.baselines import baseline_plans
 
     model = build_model("digits_cnn", 10, 1)
     sites = find_sites(model)
@@ -313,3 +333,43 @@ def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, caps
     from search_space import Plan
 
     assert Plan.load(tmp_path / "plans" / "disout.json").ramp_fraction == 1.0
+
+
+def test_best_plan_and_export_rank_1_agree_when_a_stopped_trial_scores_highest(tmp_path: Path, capsys) -> None:
+    """Under ASHA a stopped trial's value comes from fewer epochs: neither the searcher's
+    best_plan.json nor `results export --rank 1` may pick it (run_folder.best_row decides both)."""
+    from controller.searcher import RandomSearcher
+    from search_space import Plan, SearchSpace
+
+    space = SearchSpace([("a", ["a"]), ("b", ["b"])], model="m")
+    run = tmp_path / "asha"
+    s = RandomSearcher(space, num_samples=4, run_dir=run, seed=0)
+    run.mkdir()
+    (run / "search_config.json").write_text(json.dumps({"version": 2, "searcher": "random", "space": space.to_dict(),
+                                                         "objective": {"metric": "val_acc", "mode": "max"}}))
+    for i, (final, acc) in enumerate([(True, 0.7), (False, 0.95), (True, 0.8), (False, 0.5)]):
+        s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", {"final": final, "status": "ok", "val_acc": acc, "epoch": 3 if final else 1})
+    rows = _rows(run)
+    assert [r["status"] for r in rows] == ["ok", "stopped", "ok", "stopped"]
+    best = Plan.load(run / "best_plan.json")
+    assert best.metadata["trial_id"] == "t2"
+    rc, out, err = _cli(["export", str(run), "--out", str(tmp_path / "p.json")], capsys)
+    assert rc == 0, err
+    exported = Plan.load(tmp_path / "p.json")
+    assert exported.metadata["trial_id"] == "t2" and exported.sites == best.sites
+
+
+def test_a_truncated_last_row_is_dropped_with_a_warning_never_misread(run_dir: Path, tmp_path: Path, capsys,
+                                                                       caplog) -> None:
+    part = _copy_run(run_dir, tmp_path / "cut")
+    text = (part / "trials.csv").read_text()
+    rows = _rows(part)
+    last = rows[-1]
+    cut_at = text.rindex(last["trial_id"]) + len(last["trial_id"]) + 1  # the row cut inside its fields
+    for keep in (cut_at + 5, cut_at + 30):
+        (part / "trials.csv").write_text(text[:keep])
+        df = load_run(part)
+        assert last["trial_id"] not in set(df["trial_id"]) and len(df) == len(rows) - 1
+        assert any("dropped" in r.message and "line" in r.message for r in caplog.records)
+        caplog.clear()

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.searcher import (HISTORY_COLUMNS, NO_REPORT_ERROR, TRIAL_COLUMNS,
-                                 ControllerSearcher, RandomSearcher, trial_outcome)
+from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
+from controller.searcher import NO_REPORT_ERROR, PARTIAL_ERROR, ControllerSearcher, RandomSearcher, trial_outcome
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 CHILDREN = Path(__file__).with_name("test_search_children.py")
 PENALTY = 0.1
+TRIAL_COLUMNS = trial_columns(Objective())
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -34,6 +35,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def tiny_space() -> SearchSpace:
     return SearchSpace([("s1", ["s1"]), ("s2", ["s2"]), ("s3", ["s3"])], model="m")
+
+
+def none_baseline(space: SearchSpace) -> dict[str, Plan]:
+    return {"none": Plan.none(space.sites, model=space.model)}
 
 
 def ok(val: float) -> dict:
@@ -49,7 +54,8 @@ def ok(val: float) -> dict:
      ("diverged", PENALTY, "loss nan")),
     ({"final": True, "status": "failed", "error": "ValueError: x", "val_acc": float("nan")}, False,
      ("failed", PENALTY, "ValueError: x")),
-    ({"final": False, "val_acc": 0.4, "epoch": 1}, True, ("failed", None, NO_REPORT_ERROR)),
+    ({"final": False, "val_acc": 0.4, "epoch": 1}, True,  # a worker killed after an epoch
+     ("failed", None, PARTIAL_ERROR.format(epochs=1, metric="val_acc", value="0.4"))),
     (None, True, ("failed", None, NO_REPORT_ERROR)),
     (None, False, ("stopped", None, "")),  # removed before it ever reported
 ])
@@ -60,15 +66,15 @@ def test_trial_outcome_statuses_and_rewards(result, errored, expect):
 
 # ----------------------------------------------------------------------- searchers, no Ray
 def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
-    s = ControllerSearcher(tiny_space(), {"epochs": 2}, num_samples=7, controller_batch=2,
-                           run_dir=tmp_path, seed=1, penalty_reward=PENALTY)
+    s = ControllerSearcher(tiny_space(), num_samples=6, controller_batch=2, run_dir=tmp_path, seed=1,
+                           penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
     configs = {f"t{i}": s.suggest(f"t{i}") for i in range(7)}
     assert s.suggest("t7") == s.FINISHED
-    ref = Plan.from_json(configs["t0"]["plan"])
-    assert set(ref.methods().values()) == {"none"}  # the reference trial comes first
+    ref = configs["t0"]["plan"]
+    assert set(ref.methods().values()) == {"none"}  # the baseline comes first
     for tid, cfg in configs.items():
-        assert cfg["searcher"] == "controller" and cfg["train"] == {"epochs": 2}
-        assert s.space.decode(cfg["tokens"]).to_json() == cfg["plan"]
+        assert cfg["searcher"] == "controller" and cfg["seeds"] == [0]
+        assert s.space.decode(cfg["tokens"]).sites == cfg["plan"].sites
     vals = {f"t{i}": 0.5 + 0.05 * i for i in range(7)}
     for tid in ["t3", "t1", "t0", "t5", "t2", "t6", "t4"]:
         s.on_trial_complete(tid, ok(vals[tid]))
@@ -82,7 +88,7 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
     assert [int(h["trials_seen"]) for h in hist] == [2, 5, 7]
     for h, batch in zip(hist, (["t3", "t1"], ["t5", "t2"], ["t6", "t4"])):
         assert float(h["mean_reward"]) == pytest.approx(np.mean([vals[t] for t in batch]), abs=1e-6)
-    assert rows[2]["reference"] == "1" and rows[2]["site:s1"] == "none"
+    assert rows[2]["reference"] == "1" and rows[2]["baseline"] == "none" and rows[2]["site:s1"] == "none"
     best = Plan.load(tmp_path / "best_plan.json")
     assert best.metadata["trial_id"] == "t6" and best.metadata["val_acc"] == pytest.approx(0.8)
     state = json.loads((tmp_path / "run_state.json").read_text())
@@ -91,18 +97,20 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
 
 
 def test_errored_trial_without_report_is_recorded_but_not_learned(tmp_path):
-    s = ControllerSearcher(tiny_space(), {}, num_samples=3, controller_batch=1, run_dir=tmp_path,
-                           penalty_reward=PENALTY)
+    s = ControllerSearcher(tiny_space(), num_samples=2, controller_batch=1, run_dir=tmp_path,
+                           penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
     for tid in ("a", "b", "c"):
         s.suggest(tid)
     s.on_trial_result("b", {"final": False, "val_acc": 0.3, "epoch": 1, "node": "n2"})
     s.on_trial_complete("b", None, error=True)  # what Ray sends when the worker died
     s.on_trial_complete("c", {"final": True, "status": "failed", "error": "KeyError: 'x'",
                               "val_acc": float("nan")})
-    s.on_trial_complete("a", ok(0.9))  # reference: recorded, never learned from
+    s.on_trial_complete("a", ok(0.9))  # the baseline: recorded, never learned from
     rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
     assert (rows["b"]["status"], rows["b"]["reward"], rows["b"]["node"]) == ("failed", "", "n2")
-    assert rows["b"]["error"] == NO_REPORT_ERROR
+    # item: a killed worker's trial says what it reached, labelled partial, and is not learned from
+    assert rows["b"]["error"] == PARTIAL_ERROR.format(epochs=1, metric="val_acc", value="0.3")
+    assert float(rows["b"]["val_acc"]) == pytest.approx(0.3)
     assert (rows["c"]["status"], float(rows["c"]["reward"])) == ("failed", PENALTY)
     hist = read_csv(tmp_path / "controller_history.csv")
     assert len(hist) == 1 and float(hist[0]["mean_reward"]) == pytest.approx(PENALTY)
@@ -122,13 +130,13 @@ def _strip_time(rows):
 @pytest.mark.parametrize("cls", [ControllerSearcher, RandomSearcher])
 def test_save_restore_continues_exactly(tmp_path, cls):
     vals = {f"t{i}": 0.4 + 0.03 * i for i in range(9)}
-    kw = dict(num_samples=9, seed=5, penalty_reward=PENALTY)
+    kw = dict(num_samples=8, seed=5, penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
     if cls is ControllerSearcher:
         kw["controller_batch"] = 2
-    a = cls(tiny_space(), {}, run_dir=tmp_path / "a", **kw)
+    a = cls(tiny_space(), run_dir=tmp_path / "a", **kw)
     _drive(a, ["t0", "t1", "t2", "t3", "t4"], ["t2", "t0", "t4"], vals)  # t1, t3 pending
     a.save(str(tmp_path / "state.pkl"))
-    b = cls(tiny_space(), {}, run_dir=tmp_path / "b", **kw)
+    b = cls(tiny_space(), run_dir=tmp_path / "b", **kw)
     b.restore(str(tmp_path / "state.pkl"))
     assert len(read_csv(tmp_path / "b" / "trials.csv")) == 3  # files rewritten from the state
     rest = (["t5", "t6", "t7", "t8"], ["t1", "t5", "t3", "t6", "t8", "t7"])
@@ -141,20 +149,20 @@ def test_save_restore_continues_exactly(tmp_path, cls):
 
 
 def test_restore_refuses_a_different_space_or_searcher(tmp_path):
-    a = ControllerSearcher(tiny_space(), {}, num_samples=2)
+    a = ControllerSearcher(tiny_space(), num_samples=2)
     a.save(str(tmp_path / "s.pkl"))
     other = SearchSpace([("s1", ["s1"])], model="m")
     with pytest.raises(ValueError, match="space"):
-        ControllerSearcher(other, {}, num_samples=2).restore(str(tmp_path / "s.pkl"))
+        ControllerSearcher(other, num_samples=2).restore(str(tmp_path / "s.pkl"))
     with pytest.raises(ValueError, match="searcher"):
-        RandomSearcher(tiny_space(), {}, num_samples=2).restore(str(tmp_path / "s.pkl"))
+        RandomSearcher(tiny_space(), num_samples=2).restore(str(tmp_path / "s.pkl"))
 
 
 def test_searcher_rejects_bad_counts():
     with pytest.raises(ValueError, match="controller_batch"):
-        ControllerSearcher(tiny_space(), {}, num_samples=2, controller_batch=0)
+        ControllerSearcher(tiny_space(), num_samples=2, controller_batch=0)
     with pytest.raises(ValueError, match="num_samples"):
-        RandomSearcher(tiny_space(), {}, num_samples=0)
+        RandomSearcher(tiny_space(), num_samples=0)
 
 
 # ----------------------------------------------------------------------- launch_search + Ray
@@ -176,23 +184,24 @@ def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[in
     """launch_search.main in this process; the fake child's scratch folder is --data-dir."""
     import launch_search
 
-    if child:
-        monkeypatch.setenv("AUTODROPOUT_CHILD", f"{CHILDREN}:{child}")
-    else:
-        monkeypatch.delenv("AUTODROPOUT_CHILD", raising=False)
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
+    hook = ["--child", f"{CHILDREN}:{child}"] if child else []
+    if "--baselines" not in args:
+        hook += ["--baselines", "none"]
+    if "--final-top-k" not in args:
+        hook += ["--final-top-k", "0"]
     rc = launch_search.main(["--storage-path", str(tmp_path), "--name", "run",
-                             "--data-dir", str(scratch), *args])
+                             "--data-dir", str(scratch), *hook, *args])
     return rc, tmp_path / "run"
 
 
 def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path, capsys):
-    rc, run = run_search(monkeypatch, tmp_path, None, "--num-samples", "6", "--epochs", "1",
+    rc, run = run_search(monkeypatch, tmp_path, None, "--num-samples", "5", "--epochs", "1",
                          "--train-size", "100", "--controller-batch", "2", "--max-concurrent", "2")
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
-    assert config["searcher"] == "controller" and config["version"] == 1
+    assert config["searcher"] == "controller" and config["version"] == 2
     assert config["train"]["epochs"] == 1 and config["args"]["train_size"] == 100
     space = SearchSpace.from_dict(config["space"])
     rows = read_csv(run / "trials.csv")
@@ -218,12 +227,12 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     assert best.metadata["val_acc"] == pytest.approx(max(ok_vals))
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
     out = capsys.readouterr().out
-    assert "Best plan" in out and "No regularization: val_acc" in out
+    assert "Best in search" in out and "No regularization: val_acc" in out
     assert f"python -m results summarize" in out
 
 
 def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "quick", "--search", "random", "--num-samples", "5",
+    rc, run = run_search(monkeypatch, tmp_path, "quick", "--search", "random", "--num-samples", "4",
                          "--epochs", "2", "--seed", "3", "--sites", "layer1.*")
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
@@ -242,7 +251,7 @@ def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch
 
 
 def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "flaky", "--num-samples", "7", "--epochs", "1",
+    rc, run = run_search(monkeypatch, tmp_path, "flaky", "--num-samples", "6", "--epochs", "1",
                          "--controller-batch", "2", "--max-concurrent", "1")
     assert rc == 0
     rows = read_csv(run / "trials.csv")
@@ -261,7 +270,7 @@ def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, m
 
 
 def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "noisy", "--scheduler", "asha", "--num-samples", "8",
+    rc, run = run_search(monkeypatch, tmp_path, "noisy", "--scheduler", "asha", "--num-samples", "7",
                          "--epochs", "4", "--max-concurrent", "1", "--controller-batch", "3")
     assert rc == 0
     rows = read_csv(run / "trials.csv")
@@ -274,21 +283,21 @@ def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, mon
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--num-samples", "0"], "--num-samples: must be a positive integer"),
-    (["--epochs", "-2"], "--epochs: must be a positive integer"),
+    (["--num-samples", "0"], "--num-samples: bad value 0"),
+    (["--epochs", "-2"], "--epochs: bad value -2"),
     (["--controller-batch", "0"], "--controller-batch"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial"),
     (["--model", "resnet7"], "--model"),
     (["--dataset", "imagenet"], "--dataset"),
-    (["--sites", "nosuchlayer"], "--sites: 'nosuchlayer' matches no site"),
-    (["--address", "127.0.0.1:1"], "--address: cannot reach Ray"),
+    (["--sites", "nosuchlayer"], "--sites: bad value 'nosuchlayer' (matches no site)"),
+    (["--address", "127.0.0.1:1"], "--address: bad value '127.0.0.1:1'; cannot reach Ray"),
     (["--resume", "--name", "never-ran"], "--resume: no resumable run"),
     (["--resume"], "--resume: needs --name"),
-    (["--search", "bayes"], "invalid choice"),
-    (["--batch-size", "0"], "--batch-size: must be a positive integer"),
-    (["--lr", "nan"], "--lr: must be > 0"),
-    (["--controller-lr", "-0.1"], "--controller-lr: must be > 0"),
-    (["--amp", "fp8"], "invalid choice"),
+    (["--search", "bayes"], "--search: bad value 'bayes'; allowed: controller, random, tpe"),
+    (["--batch-size", "0"], "--batch-size: bad value 0"),
+    (["--lr", "nan"], "--lr: bad value nan"),
+    (["--controller-lr", "-0.1"], "--controller-lr: bad value -0.1"),
+    (["--amp", "fp8"], "--amp: bad value 'fp8'; allowed: auto, none, bf16, fp16"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     import launch_search
@@ -322,9 +331,11 @@ def test_existing_run_folder_needs_resume(tmp_path, capsys):
 
 def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
     """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
-    env = {**os.environ, "AUTODROPOUT_CHILD": f"{CHILDREN}:quick"}
+    env = dict(os.environ)
+    child = [] if "--resume" in extra else ["--child", f"{CHILDREN}:quick", "--baselines", "none",
+                                             "--final-top-k", "0"]
     cmd = [sys.executable, str(REPO / "launch_search.py"), "--storage-path", str(tmp_path),
-           "--name", "run", "--address", address, *extra]
+           "--name", "run", "--address", address, *child, *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -334,7 +345,7 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     run, scratch, total = tmp_path / "run", tmp_path / "scratch", 10
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
-    proc = launch(tmp_path, ray_session, "--num-samples", str(total), "--epochs", "2",
+    proc = launch(tmp_path, ray_session, "--num-samples", str(total - 1), "--epochs", "2",
                   "--controller-batch", "2", "--max-concurrent", "1", "--data-dir", str(scratch))
     try:
         deadline = time.time() + 120
@@ -372,7 +383,7 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     assert [int(h["update"]) for h in hist] == list(range(len(hist)))
     assert len(hist) == 5  # 9 sampled trials, batch 2: 4 full batches + the last one
     assert len([p for p in run.iterdir() if p.name.startswith("trial_")]) == total
-    assert "Best plan" in out
+    assert "Best in search" in out
 
 
 @pytest.mark.parametrize("flag, expected", [([], "auto"), (["--amp", "none"], "none"), (["--amp", "bf16"], "bf16")])
@@ -380,4 +391,4 @@ def test_amp_flag_reaches_every_child(flag, expected):
     import launch_search
 
     args = launch_search.build_parser().parse_args(["--epochs", "3", *flag])
-    assert launch_search.train_config(args)["amp"] == expected
+    assert launch_search.resolve(args)["amp"] == expected
