@@ -45,6 +45,9 @@ class LSTMController(nn.Module):
         share_keys: optional key per decision; equal keys share head and embedding.
         init_range: parameters start uniform in ``[-init_range, init_range]`` (ENAS: 0.1).
         seed: seed of the parameter initialisation (the global RNG is not touched).
+        prior_logits: optional starting logits per decision (one per choice, after
+            temperature and clipping), e.g. ``controller.prior.mild_prior``; they go into
+            the head's bias, so the untrained policy samples from (close to) their softmax.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class LSTMController(nn.Module):
         share_keys: Sequence[Hashable] | None = None,
         init_range: float = 0.1,
         seed: int = 0,
+        prior_logits: Sequence[Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         sizes = _check_vocab_sizes(vocab_sizes)
@@ -119,6 +123,27 @@ class LSTMController(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 nn.init.uniform_(p, -self.init_range, self.init_range, generator=gen)
+            if prior_logits is not None:
+                self._set_prior(prior_logits, offsets)
+
+    def _set_prior(self, prior: Sequence[Sequence[float]], offsets: Sequence[int]) -> None:
+        """Head bias rows such that ``_shape_logits(bias)`` equals the prior (clipped inside
+        the tanh range); decisions sharing a key take the first one's prior."""
+        if len(prior) != len(self.vocab_sizes):
+            raise ValueError(f"prior_logits: bad length {len(prior)}; allowed: one list per decision "
+                             f"({len(self.vocab_sizes)})")
+        done: set[int] = set()
+        for d, (row, size, start) in enumerate(zip(prior, self.vocab_sizes, offsets)):
+            if len(row) != size:
+                raise ValueError(f"prior_logits[{d}]: bad length {len(row)}; allowed: {size} (the choices)")
+            if start in done:
+                continue
+            done.add(start)
+            target = torch.as_tensor([float(v) for v in row], dtype=self.head_bias.dtype)
+            if self.tanh_constant is not None:
+                limit = 0.95 * self.tanh_constant
+                target = torch.atanh(target.clamp(-limit, limit) / self.tanh_constant)
+            self.head_bias[start:start + size] += target * self.temperature
 
     @property
     def num_decisions(self) -> int:

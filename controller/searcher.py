@@ -560,16 +560,21 @@ class ControllerSearcher(PlanSearcher):
     """Plans sampled from an LSTM controller trained with REINFORCE on the trials' rewards.
 
     controller_kwargs / reinforce_kwargs go to `LSTMController` / `Reinforce`; ``seed``
-    seeds both the controller's initialisation and its sampling.
+    seeds both the controller's initialisation and its sampling. ``prior_strength`` sets the
+    starting preference for mild plans (``controller.prior.mild_prior``; 0 = uniform).
     """
 
     name = "controller"
 
     def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0,
                  controller_kwargs: Mapping[str, Any] | None = None,
-                 reinforce_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+                 reinforce_kwargs: Mapping[str, Any] | None = None, prior_strength: float = 1.5,
+                 **kwargs: Any) -> None:
         super().__init__(space, num_samples=num_samples, **kwargs)
-        policy = LSTMController(space.vocab_sizes, seed=seed, **dict(controller_kwargs or {}))
+        from controller.prior import mild_prior
+
+        policy = LSTMController(space.vocab_sizes, seed=seed, prior_logits=mild_prior(space, prior_strength),
+                                **dict(controller_kwargs or {}))
         self.reinforce = Reinforce(policy, seed=seed, active_fn=space.active_mask,
                                    **dict(reinforce_kwargs or {}))
 
@@ -686,6 +691,6 @@ def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearche
         raise ValueError(f"search: bad value {search!r}; allowed: {', '.join(SEARCHERS)}")
     cls = SEARCHERS[search]
     if cls is not ControllerSearcher:
-        kwargs.pop("controller_kwargs", None)
-        kwargs.pop("reinforce_kwargs", None)
+        for key in ("controller_kwargs", "reinforce_kwargs", "prior_strength"):
+            kwargs.pop(key, None)
     return cls(space, **kwargs)

@@ -264,3 +264,29 @@ def test_active_fn_removes_masked_decisions_from_the_gradient() -> None:
     unmasked.update(tokens, rewards)
     assert not torch.allclose(unmasked.policy.head_weight.grad[rows[2] : rows[3]],
                               grad_w[rows[2] : rows[3]])
+
+
+def test_mild_prior_starts_the_policy_on_mild_plans_and_zero_is_uniform():
+    """The untrained controller samples from the prior's softmax (within sampling noise)."""
+    import numpy as np
+
+    from controller.prior import mild_prior
+    from search_space import SearchSpace
+
+    space = SearchSpace([("a", ["a"]), ("b", ["b"])], model="m")
+    prior = mild_prior(space, 2.0)
+    policy = LSTMController(space.vocab_sizes, seed=0, prior_logits=prior, init_range=1e-4)
+    tokens, _, _ = policy.sample(20000, generator=torch.Generator().manual_seed(0))
+    for d, dec in enumerate(space.decisions):
+        want = np.exp(prior[d]) / np.exp(prior[d]).sum()
+        got = np.bincount(tokens[:, d].numpy(), minlength=len(dec.choices)) / len(tokens)
+        # 20k draws: a share's standard deviation is at most 0.0036; 0.015 is > 4 of them
+        assert np.abs(got - want).max() < 0.015, (dec, got, want)
+    probs = space.decisions[[d.param for d in space.decisions].index("drop_prob")].choices
+    p_row = prior[[d.param for d in space.decisions].index("drop_prob")]
+    assert p_row[0] == 0.0 and p_row[-1] == pytest.approx(-2.0) and list(p_row) == sorted(p_row, reverse=True)
+    assert probs[0] == 0.0
+    flat = LSTMController(space.vocab_sizes, seed=0, prior_logits=mild_prior(space, 0.0), init_range=1e-4)
+    t, _, _ = flat.sample(20000, generator=torch.Generator().manual_seed(1))
+    shares = np.bincount(t[:, 0].numpy(), minlength=space.vocab_sizes[0]) / len(t)
+    assert np.abs(shares - 1 / space.vocab_sizes[0]).max() < 0.015
