@@ -154,6 +154,9 @@ def check_args(args: argparse.Namespace) -> None:
             from child_trainer.trial import load_function
 
             load_function(args.child, "child")
+            target, _, fn = args.child.rpartition(":")
+            if target.endswith(".py"):  # workers start elsewhere: pass the file's absolute path
+                args.child = f"{Path(target).resolve()}:{fn}"
     except FieldError as exc:
         raise _usage(exc) from None
 

@@ -379,6 +379,35 @@ def _check_resumable(run_dir: Path) -> None:
         raise FieldError("resume", str(run_dir), "an intact Ray experiment state",
                          detail=f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
                                 f"({type(exc).__name__}); nothing was changed") from None
+    _check_searcher_state(run_dir, rf.Objective.from_config(config))
+
+
+def _check_searcher_state(run_dir: Path, objective: rf.Objective) -> None:
+    """The searcher snapshot Ray will restore must know every trial trials.csv holds: a
+    snapshot older than the table (its save failed, e.g. on a full disk) would rewrite the table
+    with fewer rows. Refuse such a resume before anything is touched."""
+    import pickle
+
+    snaps = sorted(run_dir.glob("searcher-state-*.pkl"))
+    if not snaps:
+        raise FieldError("resume", str(run_dir), "a run folder holding the searcher's saved state",
+                         detail=f"no searcher state in {run_dir}; nothing was changed")
+    try:
+        with snaps[-1].open("rb") as f:
+            state = pickle.load(f)
+        known = {r["trial_id"] for r in state["records"]} | set(state.get("pending") or {})
+    except Exception as exc:  # noqa: BLE001 - any damage means: do not touch the run
+        raise FieldError("resume", str(run_dir), "an intact searcher state",
+                         detail=f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); "
+                                "nothing was changed") from None
+    table = rf.read_trials(run_dir / rf.TRIALS, objective)
+    lost = [t for t in table["trial_id"] if t not in known]
+    if lost:
+        raise FieldError("resume", str(run_dir), "a run whose saved state knows every finished trial",
+                         detail=f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
+                                f"finished trial(s), e.g. {lost[0]}, would be lost: its last save failed, "
+                                "e.g. on a full disk); nothing was changed. Keep the folder as it is: "
+                                "results summarize/export read it")
 
 
 def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str,

@@ -143,6 +143,16 @@ def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: floa
     return TrialOutcome(status, val, best, reward, error)
 
 
+def _stop_tune() -> None:
+    """Ask a running Tune to stop as on Ctrl+C (SIGUSR1: it saves its state, and trials still
+    running are re-run on resume). Outside Tune (no handler installed) nothing is sent."""
+    import signal
+
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is not None and signal.getsignal(usr1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        os.kill(os.getpid(), usr1)
+
+
 # ------------------------------------------------------------------------- searchers
 class PlanSearcher(Searcher):
     """Shared machinery: the three stages, bookkeeping, batches, files, save/restore.
@@ -247,7 +257,7 @@ class PlanSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.fatal_error is not None:
-            return Searcher.FINISHED
+            return None  # not FINISHED: Tune would save that, and a resumed run could never go on
         self._start_session()
         if self._suggested < self.search_trials:
             return self._suggest_search(trial_id)
@@ -326,6 +336,8 @@ class PlanSearcher(Searcher):
         except Exception as exc:  # noqa: BLE001 - Tune would log and carry on: stop instead
             self.fatal_error = f"{type(exc).__name__}: {exc}"
             log.error("recording trial %s failed, stopping the search: %s", trial_id, self.fatal_error)
+            _stop_tune()
+
 
     def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None,
                 errored: bool) -> None:
