@@ -14,6 +14,7 @@ work between exact paths: results keep the same distribution.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -68,6 +69,7 @@ class Route(NamedTuple):
     want_cells: bool = False
 
 
+@lru_cache(maxsize=1024)  # called per forward with few distinct arguments
 def block_path(
     algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...],
     valid_only: bool, want_cells: bool,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._blocks import kept_count
-from ._layout import channels_last_format, is_dense, pixels_are_rows, storage_view
+from ._layout import channels_last_format, flat_storage, is_dense, pixels_are_rows
 from ._validate import bad_value
 
 # Values are scattered as their bit patterns: CPU ``scatter_`` on a reduced-precision float
@@ -41,8 +41,12 @@ def write_units(y: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> N
     _require_dense("y", y)
     if y.dtype not in _BITS:
         raise bad_value("y dtype", y.dtype, f"one of {list(_BITS)}")
+    _write_bits(y, index, values)
+
+
+def _write_bits(y: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
     bits = _BITS[y.dtype]
-    storage_view(y).view(bits).scatter_(0, index, values.to(y.dtype).view(bits))
+    flat_storage(y).view(bits).scatter_(0, index, values.to(y.dtype).view(bits))
 
 
 class _ScaleAndZero(torch.autograd.Function):
@@ -56,9 +60,9 @@ class _ScaleAndZero(torch.autograd.Function):
         y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         torch.mul(x, scale, out=y)
         if values is None:
-            storage_view(y).view(-1, width).index_fill_(0, index, 0)
+            flat_storage(y).view(-1, width).index_fill_(0, index, 0)
         else:
-            write_units(y, index, values)
+            _write_bits(y, index, values)
         ctx.save_for_backward(index)
         ctx.scale, ctx.width, ctx.layout = scale, width, (x.shape, x.stride())
         return y
@@ -69,7 +73,7 @@ class _ScaleAndZero(torch.autograd.Function):
         shape, strides = ctx.layout
         out = torch.empty_strided(shape, strides, dtype=grad.dtype, device=grad.device)
         torch.mul(grad, ctx.scale, out=out)
-        storage_view(out).view(-1, ctx.width).index_fill_(0, index, 0)
+        flat_storage(out).view(-1, ctx.width).index_fill_(0, index, 0)
         return out, None, None, None, None
 
 
@@ -78,6 +82,8 @@ def scale_and_zero(x: torch.Tensor, scale: float, index: torch.Tensor,
     """``x * scale`` with storage units ``index`` (int64, repeats allowed) zeroed, or set to
     ``values`` (one per index, no gradient). ``x`` must be dense; the result has its strides."""
     _require_dense("x", x)
+    if values is not None and x.dtype not in _BITS:
+        raise bad_value("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
     return _ScaleAndZero.apply(x, float(scale), index.reshape(-1), 1, values)
 
 
@@ -105,7 +111,7 @@ class _MaskAndScale(torch.autograd.Function):
         ctx.scale, ctx.layout = scale, (x.shape, x.stride())
         y = _addcmul(x, mask, scale, x.shape, x.stride())
         if index is not None:
-            write_units(y, index, values)
+            _write_bits(y, index, values)
         return y
 
     @staticmethod
@@ -131,6 +137,8 @@ def mask_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float, index: tor
     _require_dense("x", x)
     if (index is None) != (values is None):
         raise bad_value("index, values", (type(index).__name__, type(values).__name__), "both tensors or both None")
+    if values is not None and x.dtype not in _BITS:
+        raise bad_value("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
     return _MaskAndScale.apply(x, mask_like(keep, x), float(scale), None if index is None else index.reshape(-1), values)
 
 

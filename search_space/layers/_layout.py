@@ -14,6 +14,8 @@ from ._validate import bad_value
 def is_dense(x: torch.Tensor) -> bool:
     """Whether ``x``'s elements tile one block of memory without gaps or overlaps (contiguous
     in some order of its dimensions, e.g. channels_last)."""
+    if x.is_contiguous() or _is_channels_last(x):  # the usual layouts, checked in C++
+        return True
     expected = 1
     for d in sorted(range(x.dim()), key=x.stride):
         if x.shape[d] == 1:
@@ -34,6 +36,11 @@ def storage_view(t: torch.Tensor) -> torch.Tensor:
     """1-D view of ``t`` in memory order; ``t`` must be dense (`is_dense`)."""
     if not is_dense(t):
         raise bad_value("layout", tuple(t.stride()), f"the strides of a dense layout of shape {tuple(t.shape)}")
+    return flat_storage(t)
+
+
+def flat_storage(t: torch.Tensor) -> torch.Tensor:
+    """`storage_view` without the check, for tensors allocated here with a dense input's strides."""
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
 
 
@@ -56,10 +63,17 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    fmt = _CHANNELS_LAST.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
 def channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
     """channels_last (4-D) or channels_last_3d (5-D) when ``x`` is stored that way, else None."""
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    return fmt if fmt is not None and x.is_contiguous(memory_format=fmt) else None
+    return _CHANNELS_LAST[x.dim()] if _is_channels_last(x) else None
 
 
 def pixels_are_rows(x: torch.Tensor) -> bool:
