@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -131,20 +132,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_all(layers: dict[str, nn.Module], shape: tuple[int, ...], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median fwd+bwd milliseconds per layer, interleaving the layers round-robin."""
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_all(layers: dict[str, nn.Module], shape: tuple[int, ...], device: torch.device, repeats: int,
+             clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median fwd+bwd milliseconds per layer, interleaving the layers round-robin in a fresh
+    random order each round (a layer's place in the round, e.g. after a large allocation,
+    biases its time by a few per cent)."""
     x = torch.randn(shape, device=device, requires_grad=True)
     grad = torch.randn(shape, device=device)
     times: dict[str, list[float]] = {name: [] for name in layers}
+    order = list(layers.items())
     for it in range(repeats + 3):
-        for name, layer in layers.items():
+        random.Random(it).shuffle(order)
+        for name, layer in order:
             x.grad = None
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             layer(x).backward(grad)
             _sync(device)
             if it >= 3:  # warm-up
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     return {name: 1e3 * statistics.median(v) for name, v in times.items()}
 
 
@@ -161,6 +170,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=["x".join(map(str, s)) for s in SHAPES],
                     help="NxCxHxW input shapes")
     ap.add_argument("--ab", metavar="REV", help="also time search_space/layers as of git REV, interleaved")
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
+                    help="wall time, or this process's CPU time (less noisy on a shared machine; CPU only)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -171,7 +182,8 @@ def main() -> None:
     lines = [
         f"CPU: {cpu_model()}",
         f"drop_prob={P}, block_size={BLOCK}, fp32, forward+backward, median of {args.repeats} round-robin repeats, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads" + (f", [before] = {args.ab}" if args.ab else ""),
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock"
+        + (f", [before] = {args.ab}" if args.ab else ""),
         "",
         ("| device | shape | layer | fwd+bwd ms (median) | above floor ms | ratio to ours (same semantics) "
          "| realized drop fraction |"),
@@ -181,7 +193,8 @@ def main() -> None:
         for shape in [tuple(int(v) for v in s.split("x")) for s in args.shapes]:
             rows = candidates(device, before)
             layers = {name: make().to(device).train() for name, _, make in rows}
-            ms = time_all(layers, shape, device, args.repeats)
+            clock = CLOCK[args.clock] if device.type == "cpu" else time.perf_counter
+            ms = time_all(layers, shape, device, args.repeats, clock)
             for name, ref, _ in rows:
                 rate = realized(layers[name], shape, device)
                 above = ms[name] - ms[floor_of(ref)]
