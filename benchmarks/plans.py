@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import resource
 import statistics
 import time
@@ -105,10 +106,13 @@ FAULTS: dict[str, list[int]] = {}  # minor page faults per call (fresh memory fr
 
 
 def time_round_robin(runs: dict[str, Callable[[], None]], rounds: int, per_round: int) -> dict[str, float]:
-    """Median ms per call of each callable; the callables take turns ``per_round`` calls at a time."""
+    """Median ms per call of each callable; the callables take turns ``per_round`` calls at a
+    time, in a fresh random order each round (a fixed order biases the later ones)."""
     times: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs.items())
     for r in range(rounds + 1):
-        for name, fn in runs.items():
+        random.Random(r).shuffle(order)
+        for name, fn in order:
             for _ in range(per_round):
                 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t0 = clock()

@@ -176,3 +176,41 @@ def test_reference_algorithm_is_selectable_on_every_layer() -> None:
         zeros = float((y == 0).double().mean())
         assert 0.1 < zeros < 0.3, (type(layer).__name__, zeros)
         assert float(y.double().mean()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_dispatch_picks_the_documented_route() -> None:
+    """One decision per layer, thresholds as documented in `_dispatch` (CUDA is only a device
+    name here: nothing runs on it)."""
+    from search_space.layers._dispatch import (
+        block_path,
+        block_route,
+        dropout_path,
+        pattern_route,
+    )
+
+    cuda = torch.device("cuda")
+    few = seed_rate(0.05, (3, 3), (16, 16), False)  # ~0.05 dropped cells per unit
+    many = seed_rate(0.5, (3, 3), (16, 16), False)  # ~0.7 per unit
+    assert block_path("auto", CPU, few, (3, 3), (16, 16), False, False) == "sparse"
+    assert block_path("auto", CPU, many, (3, 3), (16, 16), False, False) == "dense"
+    assert block_path("auto", CPU, many, (3, 3), (16, 16), False, True) == "sparse"  # cells wanted
+    assert block_path("auto", CPU, many, (1, 1), (16, 16), False, False) == "hits"
+    assert block_path("auto", cuda, few, (3, 3), (16, 16), False, False) == "pool"
+    assert block_path("dense", cuda, few, (3, 3), (16, 16), False, False) == "pool"
+    assert block_path("sparse", cuda, few, (3, 3), (16, 16), False, False) == "sparse"
+    x = torch.zeros(2, 4, 16, 16)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert block_route("auto", cl, few, (3, 3), False, shared=True) == Route("sparse", "rows", True)
+    assert block_route("auto", x, few, (3, 3), False, shared=True) == Route("sparse", "masked", False)
+    assert block_route("auto", cl, few, (3, 3), False, shared=False) == Route("sparse", "masked", False)
+    assert block_route("dense", cl, few, (3, 3), False, shared=True).apply == "masked"  # no cells listed
+    assert block_route("auto", x, many, (3, 3), True, distort=True) == Route("sparse", "cells", True)
+    assert block_route("dense", x, many, (3, 3), True, distort=True) == Route("dense", "noise", True)
+    assert block_route("reference", x, few, (3, 3), False) == REFERENCE
+    assert dropout_path("auto", CPU, 0.1) == "hits" and dropout_path("auto", CPU, 0.2) == "bytes"
+    assert dropout_path("auto", cuda, 0.1) == "fused" and dropout_path("sparse", cuda, 0.1) == "hits"
+    assert pattern_route("auto", cl, True) == Route("table", "rows")
+    assert pattern_route("auto", torch.zeros(1, 1, 65, 64), False) == Route("gather", "masked")
+    assert pattern_route("reference", cl, True) == Route("gather", "reference")
+    with pytest.raises(ValueError, match=r"algorithm: bad value 'fast'; allowed: one of \['auto', 'reference'"):
+        block_path("fast", CPU, few, (3, 3), (16, 16), False, False)
