@@ -10,23 +10,37 @@ Measures, in one process and interleaved round-robin (robust to other load on th
    same plan with every regularizer reduced to one multiply (the extra pass alone);
 3. with ``--layers``: fwd+bwd ms of each method's layer alone on ResNet-20's three site
    shapes, channels_last (where the time of (1) goes).
+
+``--ab REV`` times, interleaved with each configuration above, the same configuration with
+the regularizer layers of ``search_space/layers`` as of git ``REV`` (same plans, same
+parameters; run from the repository root: ``PYTHONPATH=. python benchmarks/plans.py``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import random
 import resource
 import statistics
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import nn
 
+import search_space.layers as _layers
 from child_trainer import build_model
 from child_trainer.allocator import keep_freed_memory
 from child_trainer.train import cpu_has_native_bf16
-import search_space.layers as _layers
-from search_space import Plan, SearchSpace, SiteSpec, apply_plan, find_sites, step_schedulers
+from search_space import (
+    Plan,
+    SearchSpace,
+    SiteSpec,
+    apply_plan,
+    find_sites,
+    step_schedulers,
+)
 from search_space.apply import build_layer
 
 #: one representative setting per method (the papers' defaults where they exist)
@@ -42,6 +56,16 @@ METHOD_PARAMS: dict[str, dict] = {
 SITE_SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 
 
+def as_layer_of(layer: nn.Module, layers: ModuleType) -> nn.Module:
+    """``layer`` turned, in place, into the same-named regularizer of ``layers`` (an older
+    version of the package, `benchmarks.layers.load_layers_at`): same attributes, its code.
+    Schedulers stay (apply.py recognizes them by class; they only set an attribute)."""
+    name = type(layer).__name__
+    if type(layer).__module__.startswith(_layers.__name__) and name != "LinearScheduler":
+        layer.__class__ = getattr(layers, name)
+    return layer
+
+
 def method_of(name: str) -> str:
     return "dropblock" if name.startswith("dropblock") else name
 
@@ -49,12 +73,16 @@ def method_of(name: str) -> str:
 class Step:
     """One training configuration: a model (optionally under a plan), its optimizer and data."""
 
-    def __init__(self, plan: Plan | None, batch: int, seed: int, amp: bool = False) -> None:
+    def __init__(self, plan: Plan | None, batch: int, seed: int, amp: bool = False,
+                 layers: ModuleType | None = None) -> None:
         self.amp = amp
         torch.manual_seed(seed)
         self.model = build_model("resnet20", 10)
         if plan is not None:
             apply_plan(self.model, plan, total_steps=None)
+            if layers is not None:
+                for m in self.model.modules():
+                    as_layer_of(m, layers)
         self.model.to(memory_format=torch.channels_last).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                                    weight_decay=5e-4)
@@ -78,10 +106,13 @@ FAULTS: dict[str, list[int]] = {}  # minor page faults per call (fresh memory fr
 
 
 def time_round_robin(runs: dict[str, Callable[[], None]], rounds: int, per_round: int) -> dict[str, float]:
-    """Median ms per call of each callable; the callables take turns ``per_round`` calls at a time."""
+    """Median ms per call of each callable; the callables take turns ``per_round`` calls at a
+    time, in a fresh random order each round (a fixed order biases the later ones)."""
     times: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs.items())
     for r in range(rounds + 1):
-        for name, fn in runs.items():
+        random.Random(r).shuffle(order)
+        for name, fn in order:
             for _ in range(per_round):
                 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 t0 = clock()
@@ -100,6 +131,9 @@ def uniform_plan(sites: list[str], name: str) -> Plan:
 
 def bench_methods(sites: list[str], methods: list[str], args: argparse.Namespace) -> dict[str, float]:
     runs = {m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0, args.bf16) for m in ["none", *methods]}
+    if args.before is not None:
+        for m in methods:
+            runs[f"{m} [before]"] = Step(uniform_plan(sites, m), args.batch, 0, args.bf16, args.before)
     return time_round_robin(runs, args.rounds, args.steps)
 
 
@@ -130,12 +164,15 @@ def bench_random(sites: list[str], args: argparse.Namespace) -> list[tuple[int, 
     for seed in range(args.random):
         plan = space.random_plan(seed)
         with_plan = Step(plan, args.batch, seed, args.bf16)
-        ms = time_round_robin({"none": Step(None, args.batch, seed, args.bf16), "plan": with_plan,
-                               "floor": as_floor(with_plan)}, args.rounds, args.steps)
+        runs = {"none": Step(None, args.batch, seed, args.bf16), "plan": with_plan, "floor": as_floor(with_plan)}
+        if args.before is not None:
+            runs["before"] = Step(plan, args.batch, seed, args.bf16, args.before)
+        ms = time_round_robin(runs, args.rounds, args.steps)
         rows.append((seed, ms["none"], ms["plan"], ms["floor"], plan.summary()))
+        before = f", [before] {ms['before']:.1f} ms" if "before" in ms else ""
         print(f"random plan seed={seed}: none {ms['none']:.1f} ms, plan {ms['plan']:.1f} ms "
               f"({100 * (ms['plan'] / ms['none'] - 1):+.1f}%), floor {ms['floor']:.1f} ms "
-              f"({100 * (ms['floor'] / ms['none'] - 1):+.1f}%)", flush=True)
+              f"({100 * (ms['floor'] / ms['none'] - 1):+.1f}%){before}", flush=True)
     return rows
 
 
@@ -158,9 +195,14 @@ def bench_layers(methods: list[str], args: argparse.Namespace) -> list[str]:
                 x.grad = None
                 layer(x).backward(g)
 
-            ident = lambda x=x, g=g: (x * 1.0).backward(g)  # noqa: E731
-            ms = time_round_robin({"layer": run, "identity": ident}, args.rounds, args.steps)
-            cells.append(f"{ms['layer']:.2f} (id {ms['identity']:.2f})")
+            ident = lambda x=x, g=g: (x * 1.0).backward(g)
+            runs = {"layer": run, "identity": ident}
+            if args.before is not None:
+                old = as_layer_of(copy.copy(layer), args.before)
+                runs["before"] = lambda old=old, x=x, g=g: (setattr(x, "grad", None), old(x).backward(g))
+            ms = time_round_robin(runs, args.rounds, args.steps)
+            before = f" [before {ms['before']:.2f}]" if "before" in ms else ""
+            cells.append(f"{ms['layer']:.2f}{before} (id {ms['identity']:.2f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -179,12 +221,22 @@ def main() -> None:
     ap.add_argument("--skip-methods", action="store_true")
     ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
                     help="bf16 autocast; auto = as the trainer (bf16 where the CPU has native bf16)")
+    ap.add_argument("--ab", metavar="REV", help="also time the layers of search_space/layers as of git REV")
     args = ap.parse_args()
+    if args.ab:
+        from benchmarks.layers import cpu_model, load_layers_at
+
+        args.before = load_layers_at(args.ab)
+    else:
+        from benchmarks.layers import cpu_model
+
+        args.before = None
     args.bf16 = args.amp == "bf16" or (args.amp == "auto" and cpu_has_native_bf16())
     keep_freed_memory()  # as every training process does
     torch.set_num_threads(args.threads)
     global clock
     clock = CLOCK[args.clock]
+    print(f"CPU: {cpu_model()}" + (f"; [before] = layers at {args.ab}" if args.ab else ""))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{'bf16' if args.bf16 else 'fp32'}, median of {args.rounds}x{args.steps} steps, {args.clock} clock", flush=True)
     sites = find_sites(build_model("resnet20", 10))

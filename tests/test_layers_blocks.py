@@ -10,12 +10,35 @@ import pytest
 import torch
 
 from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, seed_rate
-from search_space.layers._blocks import _dilate, bernoulli_keep, block_drop_mask, coverage, sample_blocks
+from search_space.layers._blocks import (
+    _dilate,
+    bernoulli_keep,
+    coverage,
+    grow_blocks,
+    reference_seeds,
+    sample_blocks,
+    seed_grid,
+)
+from search_space.layers._layout import contiguous_strides
 
 PROBS = [0.05, 0.1, 0.2, 0.3]
 BLOCKS = [1, 3, 5, 7]
 MAPS = [(8, 8), (16, 16), (32, 32), (12, 20), (20, 9)]
 ELEMENTS = 1 << 17  # elements per pass for the few fixed-size checks
+CPU = torch.device("cpu")
+SAMPLERS = ["reference", "sparse", "dense", "pool"]  # pool: the CUDA sampler, run on CPU
+
+
+def dropped_maps(m: int, size: tuple[int, ...], kernel: tuple[int, ...], rate: float, valid_only: bool,
+                 sampler: str, seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """``m`` boolean drop masks (m, *size) from ``sampler`` (random seeds, or ``seeds``)."""
+    shape = (m, 1, *size)
+    if sampler == "reference":
+        if seeds is None:
+            seeds = reference_seeds(shape, kernel, rate, valid_only, CPU)
+        return grow_blocks(seeds.float(), size, kernel, valid_only).view(m, *size) > 0
+    keep = sample_blocks(shape, contiguous_strides(shape), kernel, rate, valid_only, CPU, sampler, seeds).keep
+    return keep.view(m, *size) == 0
 
 
 def zero_fraction(layer: torch.nn.Module, shape: tuple[int, ...], passes: int = 20) -> float:
@@ -48,8 +71,8 @@ def test_dropblock_realizes_drop_prob(p: float, share: bool) -> None:
             assert abs(rate - p) <= 0.01, (p, bs, hw, share, rate)
 
 
-@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
-def test_both_algorithms_realize_drop_prob(algorithm: str) -> None:
+@pytest.mark.parametrize("algorithm", ["reference", "sparse", "dense"])
+def test_every_algorithm_realizes_drop_prob(algorithm: str) -> None:
     torch.manual_seed(2)
     for p, bs, hw in [(0.1, 5, (16, 16)), (0.3, 4, (9, 14)), (0.05, 7, (8, 8)), (0.2, 1, (32, 32)), (0.2, 6, (11, 11))]:
         layer = DropBlock2d(p, bs, algorithm=algorithm).train()
@@ -57,41 +80,48 @@ def test_both_algorithms_realize_drop_prob(algorithm: str) -> None:
         assert abs(rate - p) <= 0.01, (algorithm, p, bs, hw, rate)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "reference"])
 @pytest.mark.parametrize("share", [True, False])
-def test_dropblock3d_realizes_drop_prob(share: bool) -> None:
+def test_dropblock3d_realizes_drop_prob(share: bool, algorithm: str) -> None:
     torch.manual_seed(3)
     for p, bs, dhw in [(0.1, 3, (6, 8, 8)), (0.2, 2, (4, 7, 9)), (0.3, 5, (8, 8, 8))]:
-        layer = DropBlock3d(p, bs, share_channels=share).train()
+        layer = DropBlock3d(p, bs, share_channels=share, algorithm=algorithm).train()
         rate = zero_fraction(layer, (max(1, ELEMENTS // (4 * int(np.prod(dhw)))), 4, *dhw))
         assert abs(rate - p) <= 0.01, (p, bs, dhw, share, rate)
 
 
 @pytest.mark.parametrize("valid_only", [False, True])
-@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
-def test_per_unit_drop_probability_matches_geometry(valid_only: bool, algorithm: str) -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_per_unit_drop_probability_matches_geometry(valid_only: bool, sampler: str) -> None:
     """Every unit u is dropped with probability 1 - (1 - g)^c(u): exact seed region and block
-    placement (odd and even block, non-square map), for both samplers."""
+    placement (odd and even block, non-square map), for every sampler and the reference."""
     torch.manual_seed(4)
     size, kernel, p, m = (9, 12), (4, 3), 0.2, 20000
     g = seed_rate(p, kernel, size, valid_only)
     cov = np.multiply.outer(coverage(9, 4, valid_only), coverage(12, 3, valid_only))
     expected = 1.0 - (1.0 - g) ** cov
-    freq = block_drop_mask(m, size, kernel, g, valid_only, torch.device("cpu"), algorithm).float().mean(0).numpy()
+    freq = dropped_maps(m, size, kernel, g, valid_only, sampler).float().mean(0).numpy()
     sigma = np.sqrt(expected * (1 - expected) / m) + 1e-9
     assert np.all(np.abs(freq - expected) <= 4.5 * sigma), np.abs(freq - expected) / sigma
     assert abs(float(np.mean(expected)) - p) < 1e-9  # the solved seed rate is exact in expectation
 
 
-def test_single_seed_makes_one_centred_block() -> None:
-    """A lone seed on a 7x7 map with block 3 zeroes exactly the 3x3 square centred on it."""
-    torch.manual_seed(5)
-    dropped = block_drop_mask(20000, (7, 7), (3, 3), 0.003, False, torch.device("cpu"), "sparse")
-    counts = dropped.flatten(1).sum(1)
-    interior = dropped[counts == 9]
-    assert len(interior) > 100
-    for mask in interior[:200]:
-        rows, cols = torch.nonzero(mask, as_tuple=True)
-        assert rows.max() - rows.min() == 2 and cols.max() - cols.min() == 2
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("valid_only", [False, True])
+@pytest.mark.parametrize("k", [3, 4])
+def test_a_single_seed_drops_exactly_its_block(k: int, valid_only: bool, sampler: str) -> None:
+    """Seed t drops [t - off, t - off + k) per dim (off = k // 2 for DropBlock, 0 for Disout),
+    clipped at the border: checked for every seed position of a 7x6 map."""
+    size = (7, 6)
+    grid = seed_grid(size, (k, k), valid_only)
+    positions = [(a, b) for a in range(grid[0]) for b in range(grid[1])]
+    seeds = torch.zeros(len(positions), 1, *grid, dtype=torch.bool)
+    expected = torch.zeros(len(positions), *size, dtype=torch.bool)
+    off = 0 if valid_only else k // 2
+    for i, (a, b) in enumerate(positions):
+        seeds[i, 0, a, b] = True
+        expected[i, max(a - off, 0):a - off + k, max(b - off, 0):b - off + k] = True
+    assert torch.equal(dropped_maps(len(positions), size, (k, k), 0.0, valid_only, sampler, seeds), expected)
 
 
 def test_seed_rate_beats_naive_formulas() -> None:
@@ -141,26 +171,25 @@ def test_block_larger_than_map_is_clamped() -> None:
 
 # ---- Disout ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("algorithm", ["auto", "reference", "dense"])
 @pytest.mark.parametrize("p", PROBS)
-def test_disout_realizes_dist_prob(p: float) -> None:
+def test_disout_realizes_dist_prob(p: float, algorithm: str) -> None:
     """On a constant input var(x) = 0, so the distorted units are exactly the zeros."""
     torch.manual_seed(10)
     for bs in [1, 3, 6, 7]:
         for hw in [(8, 8), (16, 16), (12, 20)]:
-            rate = zero_fraction(Disout(p, bs).train(), (batch_for(hw, 16, bs), 16, *hw))
+            rate = zero_fraction(Disout(p, bs, algorithm=algorithm).train(), (batch_for(hw, 16, bs), 16, *hw))
             assert abs(rate - p) <= 0.01, (p, bs, hw, rate)
 
 
 def disout_with_selection(layer: Disout, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``layer`` and re-draw, from the same seed, the block selection it used."""
-    n, c, h, w = x.shape
+    """Run ``layer`` (its own route) on seeds drawn here, and return the units they select."""
+    h, w = x.shape[2:]
     k = (min(layer.block_size, h), min(layer.block_size, w))
     torch.manual_seed(seed)
-    y = layer.train()(x)
-    torch.manual_seed(seed)
-    rate = seed_rate(layer.dist_prob, k, (h, w), True)
-    selected = block_drop_mask(n * c, (h, w), k, rate, True, torch.device("cpu"), layer.algorithm)
-    return y, selected.view_as(x)
+    seeds = reference_seeds(tuple(x.shape), k, seed_rate(layer.dist_prob, k, (h, w), True), True, CPU)
+    y = layer.train().distort(x, layer.dist_prob, layer.block_size, seeds=seeds)
+    return y, grow_blocks(seeds.float(), (h, w), k, True) > 0
 
 
 def test_disout_distortion_statistics_without_weight() -> None:
@@ -198,7 +227,7 @@ def test_disout_weight_behind_scales_distortion_per_channel() -> None:
 
 # ---- memory layout, samplers' internals -----------------------------------------------------
 
-@pytest.mark.parametrize("algorithm", ["sparse", "dense"])
+@pytest.mark.parametrize("algorithm", ["sparse", "dense", "pool"])
 @pytest.mark.parametrize("valid_only", [False, True])
 def test_channels_last_masks_have_the_input_strides_and_geometry(valid_only: bool, algorithm: str) -> None:
     """Masks for a channels_last input are laid out channels_last, and every unit is still

@@ -9,8 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from search_space.layers import (Disout, DropBlock2d, DropBlock3d, Dropout, LinearScheduler,
-                                 PatternDropout, SpatialDropout)
+from search_space.layers import (
+    Disout,
+    DropBlock2d,
+    DropBlock3d,
+    Dropout,
+    LinearScheduler,
+    PatternDropout,
+    SpatialDropout,
+)
 
 FACTORIES: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...], float]] = {
     # name: (factory taking the probability, input shape, a nonzero probability)
@@ -153,18 +160,82 @@ def test_spatial_dropout_drops_whole_channels() -> None:
     assert float(y.mean()) == pytest.approx(1.0, abs=0.05)
 
 
+def auto_and_reference(name: str, x: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The layer's "auto" output for ``x`` on ``device`` and its CPU reference output, both from
+    the same draws (seeds, noise, offsets drawn here on CPU); None for layers that draw on the
+    device itself (Dropout's fused kernel on CUDA, SpatialDropout)."""
+    from search_space.layers._blocks import reference_seeds, seed_rate
+    from search_space.layers._dispatch import Route
+    from search_space.layers.dropblock import drop_block
+
+    layer, _, p = make(name)
+    layer.train()
+    cpu, ref = torch.device("cpu"), Route("reference", "reference")
+    xd = x.to(device)
+    n, c, *size = x.shape
+    if isinstance(layer, (DropBlock2d, DropBlock3d, Disout)):
+        valid_only = isinstance(layer, Disout)
+        kernel = tuple(min(layer.block_size, s) for s in size)
+        m = 1 if getattr(layer, "share_channels", False) else c
+        seeds = reference_seeds((n, m, *size), kernel, seed_rate(p, kernel, tuple(size), valid_only), valid_only, cpu)
+        if valid_only:
+            noise = torch.randn(x.shape)
+            return (layer.distort(xd, p, layer.block_size, seeds=seeds.to(device), noise=noise.to(device)),
+                    layer.distort(x, p, layer.block_size, route=ref, seeds=seeds, noise=noise))
+        return (drop_block(xd, p, layer.block_size, layer.share_channels, seeds=seeds.to(device)),
+                drop_block(x, p, layer.block_size, layer.share_channels, route=ref, seeds=seeds))
+    if isinstance(layer, PatternDropout):
+        offsets = layer.offsets(n * (1 if layer.share_channels else c), (size[0], size[1]), cpu)
+        return layer.drop(xd, offsets=offsets.to(device)), layer.drop(x, route=Route("gather", "reference"), offsets=offsets)
+    if isinstance(layer, Dropout) and device == "cpu":
+        from search_space.layers._dispatch import dropout_path
+        from search_space.layers.simple import drop_units
+
+        dropped = torch.rand(x.shape) < p
+        return drop_units(xd, p, dropout_path("auto", cpu, p), dropped), drop_units(x, p, "reference", dropped)
+    return None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_auto_route_equals_the_reference_from_the_same_draws(name: str) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(FACTORIES[name][1])
+    pair = auto_and_reference(name, x, "cpu")
+    if pair is None:
+        pytest.skip("draws on its own (SpatialDropout: one bernoulli_ per channel, nothing to inject)")
+    assert 0.05 < float((pair[1] == 0).double().mean()) < 0.6 or isinstance(make(name)[0], Disout)
+    torch.testing.assert_close(pair[0], pair[1], rtol=1e-6, atol=1e-7)
+
+
 # ---- CUDA -----------------------------------------------------------------------------------
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_matches_cpu_semantics(name: str, dtype: torch.dtype) -> None:
+    """CUDA output equals the CPU reference from the same draws (fp32 to rounding, halves to
+    a few ulps); layers that draw on the device keep the CPU's semantics: identity in eval,
+    kept units exactly ``x / (1 - p)`` (or 0 for whole channels), the CPU's drop rate."""
     torch.manual_seed(0)
-    layer, x, _ = make(name)
-    x = torch.ones_like(x, device="cuda", dtype=dtype)
-    y = layer.cuda().train()(x)
-    assert y.device.type == "cuda" and y.dtype == dtype and torch.isfinite(y).all()
-    assert torch.equal(layer.eval()(x), x)
+    layer, x, p = make(name)
+    x = x.to(dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    pair = auto_and_reference(name, x, "cuda")
+    if pair is not None:
+        cuda_y, cpu_y = pair
+        assert cuda_y.device.type == "cuda" and cuda_y.dtype == dtype
+        torch.testing.assert_close(cuda_y.cpu(), cpu_y, **tol)
+    else:
+        big = torch.randn((256, *x.shape[1:]), dtype=dtype)
+        layer = layer.cuda().train()
+        y = layer(big.cuda()).cpu()
+        y_cpu = layer.cpu()(big)
+        kept = y != 0
+        torch.testing.assert_close(y[kept], (big[kept].float() / (1 - p)).to(dtype), **tol)
+        rate, rate_cpu = float((~kept).double().mean()), float((y_cpu == 0).double().mean())
+        assert abs(rate - rate_cpu) < 0.03, (rate, rate_cpu)  # >= 4096 channels each: 3.4 sigma
+    xc = x.cuda()
+    assert torch.equal(layer.cuda().eval()(xc), xc)
 
 
 @pytest.mark.gpu

@@ -5,9 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_space.layers import Disout, DropBlock2d, DropBlock3d, Dropout, PatternDropout
-from search_space.layers._blocks import storage_view
-from search_space.layers._drop_ops import mask_and_scale, scale_and_zero
+from search_space.layers import (
+    Disout,
+    DropBlock2d,
+    DropBlock3d,
+    Dropout,
+    PatternDropout,
+)
+from search_space.layers._blocks import kept_count
+from search_space.layers._drop_ops import (
+    mask_and_scale,
+    scale_and_zero,
+    scale_and_zero_pixels,
+    write_units,
+)
+from search_space.layers._layout import storage_view
 
 CL = torch.channels_last
 
@@ -20,9 +32,9 @@ def _masked_reference(x: torch.Tensor, scale: float, index: torch.Tensor, width:
     return mask * scale
 
 
-@pytest.mark.parametrize("width", [1, 6])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("width, layout", [(1, "contiguous"), (1, "channels_last"), (6, "channels_last")])
 def test_scale_and_zero_matches_masked_multiply_forward_and_backward(width: int, layout: str) -> None:
+    """Width 1: storage units (any dense layout); width C: pixel rows of a channels_last map."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 6, 5, 7, generator=g, dtype=torch.float64)
     if layout == "channels_last":
@@ -30,7 +42,7 @@ def test_scale_and_zero_matches_masked_multiply_forward_and_backward(width: int,
     x.requires_grad_()
     index = torch.randint(0, x.numel() // width, (30,), generator=g)  # with repeats
     grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    y = scale_and_zero(x, 1.25, index, width)
+    y = scale_and_zero(x, 1.25, index) if width == 1 else scale_and_zero_pixels(x, 1.25, index)
     assert y.stride() == x.stride()
     mask = _masked_reference(x.detach(), 1.25, index, width)
     torch.testing.assert_close(y, x.detach() * mask, rtol=0, atol=0)
@@ -55,12 +67,23 @@ def test_scale_and_zero_values_overwrite_and_get_no_gradient() -> None:
     torch.testing.assert_close(x.grad.view(-1), expected)
 
 
-def test_scale_and_zero_rejects_bad_width() -> None:
-    x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="width 5 does not divide"):
-        scale_and_zero(x, 1.0, torch.tensor([0]), 5)
-    with pytest.raises(ValueError, match="values need width 1"):
-        scale_and_zero(x, 1.0, torch.tensor([0]), 3, values=torch.zeros(1))
+def test_storage_level_helpers_reject_layouts_that_would_scramble_masks() -> None:
+    """Pixel rows need channels_last (an (N, W, H, C)-stored input numbers its pixels in
+    another order); storage offsets need a dense layout; counting needs a uint8 mask."""
+    x = torch.randn(2, 4, 5, 9)
+    odd = x.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1)  # channels innermost, not channels_last
+    for bad in (x, odd):
+        with pytest.raises(ValueError, match=r"x layout: bad value .*; allowed: channels_last strides"):
+            scale_and_zero_pixels(bad, 1.0, torch.tensor([0]))
+    gappy = torch.randn(2, 4, 5, 18)[..., ::2]
+    with pytest.raises(ValueError, match=r"x layout: bad value .*; allowed: a dense layout"):
+        scale_and_zero(gappy, 1.0, torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"layout: bad value"):
+        storage_view(gappy)
+    with pytest.raises(ValueError, match=r"y dtype: bad value torch.int32"):
+        write_units(torch.zeros(4, dtype=torch.int32), torch.tensor([0]), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"keep dtype: bad value torch.bool"):
+        kept_count(torch.ones(8, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("layer, shape, cl", [
@@ -184,15 +207,13 @@ def test_mask_and_scale_with_written_values_equals_scale_and_zero() -> None:
         outs.append((y.detach(), xi.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=1e-15)
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=1e-15)
-    with pytest.raises(ValueError, match="index and values go together"):
+    with pytest.raises(ValueError, match="index, values: bad value .*; allowed: both tensors or both None"):
         mask_and_scale(x, keep, 1.0, index)
 
 
 @pytest.mark.parametrize("numel", [0, 7, 1000, 2**18 - 1, 2**18 + 5, 2**20])
 @pytest.mark.parametrize("offset", [0, 3])
 def test_kept_count_counts_ones_of_a_uint8_mask(numel: int, offset: int) -> None:
-    from search_space.layers._blocks import kept_count
-
     g = torch.Generator().manual_seed(numel)
     base = (torch.rand(numel + offset, generator=g) > 0.3).to(torch.uint8)
     keep = base[offset:]  # an unaligned start reads bytes, not words

@@ -101,21 +101,23 @@ def test_bad_arguments_name_the_parameter(kwargs: dict, name: str) -> None:
 
 @pytest.mark.parametrize("apply_prob", [1.0, 0.6])
 def test_offset_table_matches_per_unit_indexing(monkeypatch: pytest.MonkeyPatch, apply_prob: float) -> None:
-    """Small maps use a cached table of every offset's mask, large maps index per unit: the
-    same random draws give the same masks and kept counts either way (incl. channels_last)."""
-    from search_space.layers import pattern as mod
+    """Small maps use a cached table of every offset's mask, large maps index per unit (as the
+    reference): the same offsets give the same masks and kept counts either way, and the layer
+    gives the same output whichever the dispatch picks (incl. channels_last)."""
+    from search_space.layers import _dispatch
 
     layer = PatternDropout(size=(2, 3), stride=(4, 5), repeat=(2, 2), rotate=30.0, shear_x=0.2,
                            apply_prob=apply_prob).train()
-    x = torch.randn(6, 5, 9, 11).contiguous(memory_format=torch.channels_last)
     torch.manual_seed(5)
-    keep_t, kept_t = layer.keep_masks(30, (9, 11), torch.device("cpu"))
-    y_table = (torch.manual_seed(6), layer(x))[1]
-    monkeypatch.setattr(mod, "_TABLE_MAX_UNITS", 0)
-    torch.manual_seed(5)
-    keep_u, kept_u = layer.keep_masks(30, (9, 11), torch.device("cpu"))
-    y_units = (torch.manual_seed(6), layer(x))[1]
+    offsets = layer.offsets(30, (9, 11), torch.device("cpu"))
+    assert (int((offsets == 99).sum()) > 0) == (apply_prob < 1.0)  # some masks without the pattern
+    keep_t, kept_t = layer.keep_masks(offsets, (9, 11), "table")
+    keep_u, kept_u = layer.keep_masks(offsets, (9, 11), "gather")
     assert torch.equal(keep_t, keep_u) and int(kept_t) == int(kept_u) == int(keep_t.sum())
+    x = torch.randn(6, 5, 9, 11).contiguous(memory_format=torch.channels_last)
+    y_table = (torch.manual_seed(6), layer(x))[1]
+    monkeypatch.setattr(_dispatch, "TABLE_MAX_UNITS", 0)
+    y_units = (torch.manual_seed(6), layer(x))[1]
     assert torch.equal(y_table, y_units) and y_table.is_contiguous(memory_format=torch.channels_last)
     kept = (y_table != 0).float()
     assert torch.allclose(y_table, x * kept * kept.numel() / kept.sum(), atol=1e-5)  # realized rescale

@@ -1,4 +1,4 @@
-"""Exact block-mask sampling shared by DropBlock, Disout and (block size 1) Dropout.
+"""Exact block-mask sampling shared by DropBlock and Disout.
 
 Geometry: a seed at index ``t`` (per spatial dim) drops the block ``[t - off, t - off + k)``
 of the map, clipped to the map. Two seed regions are used:
@@ -13,18 +13,23 @@ seed rate ``p / k**2`` misses the target. :func:`seed_rate` instead solves
 ``1 - mean_u (1 - g) ** c(u) = p`` where ``c(u)`` counts the seed positions covering unit ``u``;
 the *expected* dropped fraction is then exactly ``p``.
 
-Two exact samplers of the same distribution, both returning a uint8 *keep* mask (1 = kept)
-laid out like the input (channels_last stays channels_last, so the final multiply streams):
+The reference (:func:`reference_seeds`, :func:`grow_blocks`) is the paper's algorithm: a
+Bernoulli(g) seed per position, blocks grown by a stride-1 max-pool. :func:`sample_blocks`
+builds the same mask by faster routes (`_dispatch.block_path` picks one), each returning a
+uint8 *keep* mask (1 = kept) laid out like the input:
 
-* ``sparse`` (CPU default for few dropped cells, and for block 1): draws a Poisson number of
-  seeds with rate ``-log(1 - g)`` per position at uniform positions (`sparse_hits`), so
-  every position is occupied independently with probability exactly ``g``; then clears each
-  seed's block cells (a cached per-position table of storage offsets) in the mask. Work is
-  proportional to the number of dropped cells, and their offsets come for free (Disout
-  writes its noise there without a pass over the map).
-* ``dense`` (CUDA default, and CPU for many dropped cells): Bernoulli seeds + stride-1
-  max-pool. On CPU the seeds are placed sparsely too, and the pool is separable shifted
-  maxima on uint8 (log2(k) passes per dimension), so its cost does not grow with ``p``.
+* "pool": the reference dilation on fp16 seeds (one launch each on CUDA).
+* "sparse": seeds as a Poisson number of uniform positions (`sparse_hits`: every position
+  occupied independently with probability exactly ``g``); each seed's block cells are
+  cleared from a cached per-position table of storage offsets. Work grows with the dropped
+  cells, and their offsets come for free (Disout writes its noise there).
+* "dense": the same seeds placed in a zero-padded uint8 grid in the mask's memory order,
+  dilated by separable shifted maxima (log2(k) passes per dim; max_pool has no fast uint8
+  CPU kernel), so its cost does not grow with the rate.
+* "hits" (block 1): independent units, drawn directly in storage order.
+
+``seeds`` (bool, shape (N, M, *seed grid)) can be injected instead of drawn, so tests drive
+every route and the reference from the same seeds.
 """
 from __future__ import annotations
 
@@ -36,18 +41,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ALGORITHMS = ("auto", "sparse", "dense")
-# CPU, bf16 channels_last, fwd+bwd of DropBlock2d on ResNet-20's maps: sparse wins below
-# ~0.15 dropped cells (repeats included) per map unit (p <= 0.1 for blocks >= 3), dense above
-# (up to 6x at p 0.3-0.5: scattered writes cost more than a few streaming uint8 passes).
-_SPARSE_MAX_DENSITY = 0.15
-# Disout needs the cells for its noise (the dense path draws noise for every unit instead).
-_SPARSE_MAX_DENSITY_WITH_CELLS = 8.0
+from ._dispatch import WORDS_MIN_UNITS, hits_are_sparse
+from ._layout import storage_offsets, storage_view
+from ._validate import bad_value
 
 
 def _geometry(size: int, k: int, valid_only: bool) -> tuple[int, int]:
     """Return (number of seed positions, offset of the block start from the seed index)."""
     return (size - k + 1, 0) if valid_only else (size, k // 2)
+
+
+def seed_grid(size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool) -> tuple[int, ...]:
+    """Number of seed positions per spatial dim of a map of ``size``."""
+    return tuple(_geometry(s, k, valid_only)[0] for s, k in zip(size, kernel))
 
 
 def coverage(size: int, k: int, valid_only: bool) -> np.ndarray:
@@ -89,51 +95,48 @@ def seed_rate(drop_prob: float, kernel: tuple[int, ...], size: tuple[int, ...], 
     return 0.5 * (lo + hi)
 
 
-def dense_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself when its elements tile a block of memory without gaps (contiguous in some
-    dimension order, e.g. channels_last), else a contiguous copy. Masks are then allocated
-    with ``x``'s strides, so mask and input stream through memory in the same order."""
-    expected = 1
-    for d in sorted(range(x.dim()), key=x.stride):
-        if x.shape[d] == 1:
-            continue
-        if x.stride(d) != expected:
-            return x.contiguous()
-        expected *= x.shape[d]
-    return x
+# ---- the reference: Bernoulli seeds, max-pool dilation --------------------------------------
+
+def reference_seeds(shape: tuple[int, ...], kernel: tuple[int, ...], rate: float, valid_only: bool,
+                    device: torch.device) -> torch.Tensor:
+    """Bernoulli(``rate``) seeds, bool (N, M, *seed grid), for masks of ``shape = (N, M, *size)``."""
+    n, m, *size = shape
+    return torch.rand((n, m, *seed_grid(tuple(size), kernel, valid_only)), device=device) < rate
 
 
-def storage_view(t: torch.Tensor) -> torch.Tensor:
-    """1-D view, in memory order, of a tensor laid out as `dense_layout` returns it."""
-    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+def grow_blocks(seeds: torch.Tensor, size: tuple[int, ...], kernel: tuple[int, ...], valid_only: bool) -> torch.Tensor:
+    """The block of every seed: (N, M, *size), nonzero where dropped, in ``seeds``' float dtype.
 
+    The seed grid is zero-padded so that a stride-1 max-pool of ``kernel`` puts each seed's
+    block at its place (clipped at the border): a unit is dropped iff a seed covers it.
+    """
+    n, m = seeds.shape[:2]
+    if all(k == 1 for k in kernel):
+        return seeds
+    pads = []
+    for s, k in zip(size, kernel):
+        g, off = _geometry(s, k, valid_only)
+        left = k - 1 - off
+        pads.append((left, s + k - 1 - left - g))
+    padded = F.pad(seeds.reshape(n * m, 1, *seeds.shape[2:]), [v for pad in reversed(pads) for v in pad])
+    pool = F.max_pool2d if len(size) == 2 else F.max_pool3d
+    return pool(padded, kernel, stride=1).view(n, m, *size)
+
+
+# ---- the fast routes ------------------------------------------------------------------------
 
 @dataclass
 class BlockSample:
-    """A sampled keep mask and, from the sparse sampler, where its blocks were dropped.
+    """A sampled keep mask and, from the sparse routes, where its blocks were dropped.
 
     keep: uint8, 1 = kept, with the requested shape and strides.
     cells: (seeds, block cells) storage offsets of every dropped cell (with repeats where
         blocks overlap or are clipped; one row per seed, so a row lies in one channel), or
-        None (dense sampler).
+        None (dense routes).
     """
 
     keep: torch.Tensor
     cells: torch.Tensor | None = None
-
-
-def _choose(
-    algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...], valid_only: bool,
-    want_cells: bool,
-) -> str:
-    if algorithm != "auto":
-        return algorithm
-    if device.type != "cpu":
-        return "dense"
-    positions = math.prod(_geometry(s, k, valid_only)[0] for s, k in zip(size, kernel))
-    cells_per_unit = -math.log1p(-rate) * math.prod(kernel) * positions / math.prod(size)
-    limit = _SPARSE_MAX_DENSITY_WITH_CELLS if want_cells else _SPARSE_MAX_DENSITY
-    return "sparse" if cells_per_unit < limit else "dense"
 
 
 def sample_blocks(
@@ -143,75 +146,57 @@ def sample_blocks(
     rate: float,
     valid_only: bool,
     device: torch.device,
-    algorithm: str = "auto",
+    path: str,
+    seeds: torch.Tensor | None = None,
     want_cells: bool = False,
 ) -> BlockSample:
     """Sample independent block masks, one per ``(example, channel)`` of ``shape = (N, M, *size)``.
 
     ``strides`` are the mask's (dense) strides, e.g. the input's, so that a channels_last
-    input gets a channels_last mask. ``kernel`` must already be clamped to ``size``.
-    ``want_cells``: the caller uses the dropped cells when it gets them (Disout, shared masks
-    on channels_last), so "auto" keeps the sparse sampler up to a higher density.
+    input gets a channels_last mask. ``kernel`` must already be clamped to ``size``. ``path``
+    is one of `_dispatch.block_path`'s fast routes; ``seeds`` (bool, (N, M, *seed grid))
+    replace the random draw. ``want_cells``: the caller uses the dropped cells' offsets.
     """
-    if all(k == 1 for k in kernel) and (algorithm == "sparse" or (algorithm == "auto" and device.type == "cpu")):
-        return _hits(shape, strides, rate, device, want_cells)  # every unit is its own seed position
-    if _choose(algorithm, device, rate, kernel, tuple(shape[2:]), valid_only, want_cells) == "sparse":
-        return _sparse(shape, strides, kernel, rate, valid_only, device)
-    return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device))
+    size = tuple(shape[2:])
+    if seeds is not None and tuple(seeds.shape) != (*shape[:2], *seed_grid(size, kernel, valid_only)):
+        raise bad_value("seeds", tuple(seeds.shape), f"shape {(*shape[:2], *seed_grid(size, kernel, valid_only))}")
+    if path == "pool":
+        grid = (*shape[:2], *seed_grid(size, kernel, valid_only))
+        # fp16 seeds: half the traffic of fp32, and max-pool has half-precision kernels
+        fp16 = (torch.empty(grid, dtype=torch.float16, device=device).bernoulli_(rate) if seeds is None
+                else seeds.to(torch.float16))
+        keep = torch.empty_strided(shape, strides, dtype=torch.bool, device=device)
+        torch.eq(grow_blocks(fp16, size, kernel, valid_only), 0, out=keep)
+        return BlockSample(keep.view(torch.uint8))
+    if path == "hits":
+        if any(k != 1 for k in kernel):
+            raise bad_value("kernel", kernel, "all ones for the hits route")
+        return _hits(shape, strides, rate, device, want_cells, seeds)
+    if path == "sparse":
+        return _sparse(shape, strides, kernel, rate, valid_only, device, seeds)
+    if path == "dense":
+        return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device, seeds))
+    raise bad_value("path", path, "'pool', 'hits', 'sparse' or 'dense'")
 
 
-def block_drop_mask(
-    m: int,
-    size: tuple[int, ...],
-    kernel: tuple[int, ...],
-    rate: float,
-    valid_only: bool,
-    device: torch.device,
-    algorithm: str = "auto",
-) -> torch.Tensor:
-    """Sample ``m`` independent boolean drop masks of spatial ``size`` (True = dropped).
-
-    ``kernel`` must already be clamped to ``size``. Returns shape ``(m, *size)``, contiguous;
-    the same draws as a layer on a contiguous ``(N, C, *size)`` input with ``m = N * C``.
-    """
-    shape = (m, 1, *size)
-    keep = sample_blocks(shape, contiguous_strides(shape), kernel, rate, valid_only, device, algorithm).keep
-    return keep.view(m, *size) == 0
-
-
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The strides of a contiguous tensor of ``shape``."""
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
-
-
-def _dense(shape, strides, kernel, rate, valid_only, device) -> torch.Tensor:
+def _dense(shape, strides, kernel, rate, valid_only, device, seeds) -> torch.Tensor:
+    """Seeds in the mask's memory order (so the result has its strides), zero-padded, then
+    dilated per spatial dim by shifted maxima on uint8."""
     n, mc, *size = shape
     geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
-    pads = [(k - 1 - off, s + k - 1 - (k - 1 - off) - g) for s, k, (g, off) in zip(size, kernel, geo)]
-    if device.type != "cpu":  # one Bernoulli + max-pool launch; fp16 seeds halve the traffic
-        seeds = torch.empty((n * mc, 1, *(g for g, _ in geo)), dtype=torch.float16, device=device).bernoulli_(rate)
-        if any(k > 1 for k in kernel):
-            seeds = F.pad(seeds, [v for pad in reversed(pads) for v in pad])  # F.pad lists the last dim first
-            pool = F.max_pool2d if len(size) == 2 else F.max_pool3d
-            seeds = pool(seeds, kernel, stride=1)
-        keep = torch.empty_strided(shape, strides, dtype=torch.bool, device=device)
-        torch.eq(seeds.view(shape), 0, out=keep)
-        return keep.view(torch.uint8)
-    # CPU: seeds in the mask's memory order (so the result has its strides), zero-padded, then
-    # dilated per spatial dim by log2(k) shifted maxima on uint8 (max_pool is slow on CPU).
+    lefts = [k - 1 - off for k, (_, off) in zip(kernel, geo)]
     order = sorted(range(len(shape)), key=lambda d: -strides[d])  # stable: outermost dim first
-    padded = [n, mc, *(g + left + right for (g, _), (left, right) in zip(geo, pads))]
+    padded = [n, mc, *(s + k - 1 for s, k in zip(size, kernel))]
     dropped = torch.zeros([padded[d] for d in order], dtype=torch.uint8, device=device)
     interior = dropped
     for d in range(2, len(shape)):
-        interior = interior.narrow(order.index(d), pads[d - 2][0], geo[d - 2][0])
-    seeds = torch.zeros(interior.shape, dtype=torch.uint8, device=device)  # Bernoulli(rate) seeds, drawn sparsely
-    seeds.view(-1).index_fill_(0, sparse_hits(seeds.numel(), rate, device), 1)
-    interior.copy_(seeds)
+        interior = interior.narrow(order.index(d), lefts[d - 2], geo[d - 2][0])
+    if seeds is None:  # Bernoulli(rate) seeds, drawn sparsely in memory order
+        grid = torch.zeros(interior.shape, dtype=torch.uint8, device=device)
+        grid.view(-1).index_fill_(0, sparse_hits(grid.numel(), rate, device), 1)
+        interior.copy_(grid)
+    else:
+        interior.copy_(seeds.permute(order))
     for d, k in zip(range(2, len(shape)), kernel):
         dropped = _dilate(dropped, order.index(d), k)
     return torch.rsub(dropped, 1).permute([order.index(d) for d in range(len(shape))])
@@ -250,14 +235,12 @@ def _cell_table(
     return torch.as_tensor(flat, dtype=torch.int64, device=device)
 
 
-def _sparse(shape, strides, kernel, rate, valid_only, device) -> BlockSample:
+def _sparse(shape, strides, kernel, rate, valid_only, device, seeds) -> BlockSample:
     n, mc, *size = shape
-    numel = math.prod(shape)
-    keep = torch.ones(numel, dtype=torch.uint8, device=device)
-    geo = [_geometry(s, k, valid_only) for s, k in zip(size, kernel)]
-    per_mask = math.prod(g for g, _ in geo)
-    total = n * mc * per_mask
-    seed = sparse_hits(total, rate, device)  # occupied seed positions
+    keep = torch.ones(math.prod(shape), dtype=torch.uint8, device=device)
+    per_mask = math.prod(seed_grid(tuple(size), kernel, valid_only))
+    seed = (sparse_hits(n * mc * per_mask, rate, device) if seeds is None
+            else seeds.reshape(-1).nonzero().view(-1))  # occupied seed positions
     mask_id = torch.div(seed, per_mask, rounding_mode="floor")
     pos = seed - mask_id * per_mask
     if mc == 1:
@@ -273,11 +256,6 @@ def _sparse(shape, strides, kernel, rate, valid_only, device) -> BlockSample:
     return BlockSample(keep.as_strided(shape, strides), cells)
 
 
-# Above this per-unit hit rate, independent drops come from one random byte per unit instead
-# of sparse hits (a hit costs a 32-bit draw plus a scattered write; 8 bytes cost one 64-bit draw).
-_BYTES_MIN_RATE = 0.15
-
-
 def sparse_hits(numel: int, rate: float, device: torch.device) -> torch.Tensor:
     """Indices (int64, with repeats) of units hit independently with probability exactly ``rate``.
 
@@ -290,13 +268,9 @@ def sparse_hits(numel: int, rate: float, device: torch.device) -> torch.Tensor:
     return torch.randint(0, numel, (int(torch.poisson(lam).item()),), device=device)
 
 
-def hits_are_sparse(drop_prob: float) -> bool:
-    """Whether `sparse_hits` is the cheaper way to draw independent drops of ``drop_prob``."""
-    return -math.log1p(-drop_prob) < _BYTES_MIN_RATE
-
-
-def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
-    """Independent Bernoulli drops (block size 1), exact.
+def _hits(shape, strides, drop_prob, device, want_cells: bool, seeds: torch.Tensor | None = None) -> BlockSample:
+    """Independent Bernoulli drops (block size 1), exact, drawn in storage order (units are
+    independent, so any order of the same units has the same distribution).
 
     Sparse (`sparse_hits`): hits mark the dropped units (q = p) when p <= 1/2 or the dropped
     cells are wanted, else the kept ones (q = 1 - p), so the work is
@@ -304,12 +278,12 @@ def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
     set is ``{u < a} | H`` with ``u`` a uniform random byte per unit, ``a = floor(256 q)``, and
     ``H`` independent sparse hits of rate ``r = (q - a/256) / (1 - a/256) < 1/128``: so each
     unit is marked independently with probability exactly ``a/256 + (1 - a/256) r = q``.
-    Units are independent, so marks index storage order directly, whatever the layout.
+    Injected ``seeds`` (bool, logical order) are the dropped units.
     """
     numel = math.prod(shape)
-    mark_kept = drop_prob > 0.5 and not want_cells
+    mark_kept = drop_prob > 0.5 and not want_cells and seeds is None
     q = 1.0 - drop_prob if mark_kept else drop_prob
-    if want_cells or hits_are_sparse(q):
+    if seeds is not None or want_cells or hits_are_sparse(q):
         keep = torch.full((numel,), 0 if mark_kept else 1, dtype=torch.uint8, device=device)
         rate = q
     else:
@@ -318,7 +292,10 @@ def _hits(shape, strides, drop_prob, device, want_cells: bool) -> BlockSample:
         byte = words.view(torch.uint8)[:numel]
         keep = (byte < a if mark_kept else byte >= a).view(torch.uint8)
         rate = (q - a / 256) / (1 - a / 256)
-    hits = sparse_hits(numel, rate, device)
+    if seeds is None:
+        hits = sparse_hits(numel, rate, device)
+    else:
+        hits = storage_offsets(seeds, strides)
     if hits.numel():
         keep.index_fill_(0, hits, 1 if mark_kept else 0)
     return BlockSample(keep.as_strided(shape, strides), hits[:, None] if want_cells else None)
@@ -329,29 +306,20 @@ def bernoulli_keep(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return _hits(tuple(x.shape), x.stride(), drop_prob, x.device, want_cells=False).keep
 
 
-def keep_scale(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Multiplicative mask: 0 where dropped, ``numel / kept`` elsewhere (mean-preserving).
-
-    The scale stays on the device (no host sync: the CUDA path; CPU layers fuse the rescale
-    into the multiply, `_drop_ops.mask_and_scale`). Keeps ``keep``'s strides.
-    """
-    scale = (keep.numel() / kept_count(keep).clamp_min(1).double()).to(dtype)
-    return keep.to(dtype).mul_(scale)
-
-
 _BYTE_LANES = 0x0101010101010101
-_WORDS_MIN_UNITS = 1 << 18
 
 
 def kept_count(keep: torch.Tensor) -> torch.Tensor:
-    """Number of ones of a 0/1 uint8 mask laid out densely (as `dense_layout` returns it).
+    """Number of ones of a dense 0/1 uint8 mask (a 0-dim int64 tensor on its device).
 
-    Reads the mask as 64-bit words: with 0/1 bytes, the top byte of ``word * 0x0101..01`` is
-    the word's byte sum. On CPU this avoids ``sum``'s full int32 copy of the mask and is ~2x
-    faster than ``count_nonzero``.
+    Reads large masks as 64-bit words: with 0/1 bytes, the top byte of ``word * 0x0101..01``
+    is the word's byte sum. That reads the mask once in wide words, where ``sum`` first
+    widens every byte to int32 and ``count_nonzero`` tests byte by byte.
     """
-    flat = storage_view(keep)
-    if flat.numel() < _WORDS_MIN_UNITS:  # a few small ops would cost more than one pass
+    if keep.dtype != torch.uint8:
+        raise bad_value("keep dtype", keep.dtype, "torch.uint8 (a 0/1 mask)")
+    flat = storage_view(keep)  # checks that the layout is dense
+    if flat.numel() < WORDS_MIN_UNITS:
         return torch.count_nonzero(flat)
     whole = flat.numel() // 8 * 8 if flat.storage_offset() % 8 == 0 else 0
     total = flat[whole:].sum(dtype=torch.int64)

@@ -7,22 +7,79 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._blocks import ALGORITHMS, dense_layout, kept_count, sample_blocks, seed_rate
-from ._checks import check_int, check_prob, check_rank
+from ._blocks import (
+    BlockSample,
+    grow_blocks,
+    kept_count,
+    reference_seeds,
+    sample_blocks,
+    seed_rate,
+)
+from ._dispatch import Route, block_route, check_algorithm, zero_cells_again
 from ._drop_ops import mask_and_scale, scale_and_zero
+from ._layout import dense_layout, laid_out, storage_view
+from ._validate import bad_value, check_int, check_prob, check_rank
 
-# Above this many noise cells (repeats included) per unit the backward multiplies by the mask
-# instead of zeroing the cells again (scattered writes cost more than one streaming pass).
-_ZERO_MAX_CELLS_PER_UNIT = 0.15
+Scale = torch.Tensor | float  # per input channel, (1, C, 1, 1), or one number
+
+
+def disout_reference(x: torch.Tensor, kernel: tuple[int, int], rate: float, weight: Scale, alpha: float,
+                     seeds: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's Disout with our exact seed ``rate``: Bernoulli seeds where a whole block
+    fits, blocks grown by max-pool, selected units replaced by ``alpha * weight * std(x) *
+    N(0, 1)``, everything divided by the kept fraction. ``seeds`` (bool, (N, C, *seed grid))
+    and ``noise`` (standard normal, x's shape) replace the random draws."""
+    if seeds is None:
+        seeds = reference_seeds(tuple(x.shape), kernel, rate, True, x.device)
+    keep = (grow_blocks(seeds.float(), tuple(x.shape[2:]), kernel, True) == 0).to(x.dtype)
+    if noise is None:
+        noise = torch.randn(x.shape, device=x.device)
+    std = x.detach().double().var().sqrt()
+    dist = (alpha * weight * std * noise).to(x.dtype)
+    return (x * keep + dist * (1 - keep)) * (keep.numel() / max(float(keep.sum()), 1.0))
+
+
+def _distort_cells(x: torch.Tensor, sample: BlockSample, scale: Scale, noise: torch.Tensor | None) -> torch.Tensor:
+    """Noise drawn for the listed dropped cells only (``noise``: standard normal per cell, or
+    drawn), written over ``x / kept fraction``; the backward zeroes the cells again while they
+    are few (no mask saved), else multiplies by the mask."""
+    keep, cells = sample.keep, sample.cells
+    c = x.shape[1]
+    inv_kept_frac = keep.numel() / max(int(kept_count(keep)), 1)
+    if isinstance(scale, torch.Tensor):
+        # a block lies in one channel: its first cell's storage offset names it (x is dense)
+        first = cells[:, 0]
+        unit = first if x.stride(1) == 1 else first.div(x.stride(1), rounding_mode="floor")  # channels_last: no div
+        seed_scale = scale.reshape(c).index_select(0, unit.remainder(c)).mul_(inv_kept_frac)[:, None]
+    else:
+        seed_scale = scale * inv_kept_frac
+    noise = (torch.randn(cells.shape, device=x.device, dtype=torch.float32) if noise is None
+             else noise.to(torch.float32, copy=True))
+    values = noise.mul_(seed_scale).view(-1)
+    if zero_cells_again(cells.numel(), x.numel()):
+        return scale_and_zero(x, inv_kept_frac, cells, values=values)
+    return mask_and_scale(x, keep, inv_kept_frac, cells, values)
+
+
+def _distort_dense(x: torch.Tensor, keep: torch.Tensor, scale: Scale, noise: torch.Tensor | None) -> torch.Tensor:
+    """Noise drawn for every unit, then masked: the dense samplers list no cells. No host sync
+    (the CUDA path)."""
+    keep_f = keep.to(x.dtype)
+    kept_frac = keep_f.mean(dtype=torch.float32).clamp_min(1.0 / keep.numel())
+    if noise is None:
+        noise = torch.randn(x.shape, device=x.device, dtype=torch.float32)
+    dist = (noise * scale * (1 - keep) / kept_frac).to(x.dtype)
+    return x * (keep_f / kept_frac.to(x.dtype)) + dist
 
 
 def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
     """std of all of ``x`` (unbiased, as ``torch.var``), without gradient.
 
-    On CPU from one sum and one norm, ~8x cheaper than ``torch.var``'s Welford pass;
-    ``torch.var`` is kept where the mean dominates the spread (cancellation). bf16 inputs are
-    reduced in bf16 (fp32 accumulation inside, one rounding of each result, ~0.4%): asking
-    for an fp32 result first copies all of ``x`` to fp32, which took 4x longer. Below float64
+    On CPU from one sum and one norm: two vectorised reductions, where ``torch.var``'s
+    Welford pass updates a running mean per element (serial, not vectorised); ``torch.var``
+    is kept where the mean dominates the spread (cancellation). bf16 inputs are reduced in
+    bf16 (fp32 accumulation inside, one rounding of each result, ~0.4%): asking for an fp32
+    result first copies all of ``x`` to fp32 (a full-size write and read). Below float64
     the cancellation guard is strict (mean^2 <= var): the std's error is then ~1% in bf16
     (the precision of the bf16 noise) and far below in fp32.
     """
@@ -64,29 +121,27 @@ class Disout(nn.Module):
         self.block_size = check_int("block_size", block_size)
         self.alpha = float(alpha)
         if not self.alpha >= 0.0:
-            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        self.algorithm = algorithm
+            raise bad_value("alpha", alpha, "a number >= 0")
+        self.algorithm = check_algorithm(algorithm)
         self.weight_behind: torch.Tensor | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "weight_behind":
             if value is not None and not isinstance(value, torch.Tensor):
-                raise ValueError(f"weight_behind must be a Tensor or None, got {type(value).__name__}")
+                raise bad_value("weight_behind", type(value).__name__, "a Tensor or None")
             object.__setattr__(self, name, None if value is None else value.detach())
             return
         super().__setattr__(name, value)
 
-    def _channel_weight(self, x: torch.Tensor) -> torch.Tensor | float:
+    def channel_weight(self, x: torch.Tensor) -> Scale:
+        """``w``: per input channel from ``weight_behind`` ((1, C, 1, 1) float32, random signs
+        drawn here), or 0.01 without it."""
         w = self.weight_behind
         if w is None or w.numel() == 0:
             return 0.01
         if w.dim() != 4 or w.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"weight_behind must be a conv weight (out, {x.shape[1]}, kh, kw) matching the input "
-                f"channels, got shape {tuple(w.shape)}"
-            )
+            raise bad_value("weight_behind shape", tuple(w.shape),
+                            f"a conv weight (out, {x.shape[1]}, kh, kw) matching the input channels")
         w_max = w.to(device=x.device, dtype=torch.float32).amax(dim=0, keepdim=True)
         sign = torch.where(torch.rand_like(w_max) < 0.5, -1.0, 1.0)
         w_mean = (w_max * sign).mean(dim=(2, 3), keepdim=True)
@@ -100,34 +155,31 @@ class Disout(nn.Module):
         bs = check_int("block_size", self.block_size)
         if not self.training or p == 0.0:
             return x
+        return self.distort(x, p, bs)
+
+    def distort(self, x: torch.Tensor, dist_prob: float, block_size: int, *, route: Route | None = None,
+                seeds: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Train-mode output: the layer's one decision and its paths.
+
+        ``route`` (default: `_dispatch.block_route`), ``seeds`` (bool, (N, C, *seed grid)) and
+        ``noise`` (standard normal, x's shape) replace the dispatch's choice and the random
+        draws, so tests drive every path, the reference included, from the same ones.
+        """
         x = dense_layout(x)
-        n, c, h, w = x.shape
-        kernel = (min(bs, h), min(bs, w))
-        rate = seed_rate(p, kernel, (h, w), True)
-        sample = sample_blocks(tuple(x.shape), x.stride(), kernel, rate, True, x.device, self.algorithm, want_cells=True)
-        keep = sample.keep
-        if sample.cells is None:  # dense sampler (CUDA): noise drawn for every unit, then masked
-            keep_f = keep.to(x.dtype)
-            kept_frac = keep_f.mean(dtype=torch.float32).clamp_min(1.0 / keep.numel())
-            scale = (self.alpha * _detached_std(x)) * self._channel_weight(x)
-            dist = torch.randn(x.shape, device=x.device, dtype=torch.float32) * scale
-            dist = (dist * (1 - keep) / kept_frac).to(x.dtype)
-            return x * (keep_f / kept_frac.to(x.dtype)) + dist
-        # sparse sampler (CPU): noise drawn only for the dropped cells, written over x * scale
-        inv_kept_frac = keep.numel() / max(int(kept_count(keep)), 1)
-        weight = self._channel_weight(x)
-        scale = self.alpha * _detached_std(x) * inv_kept_frac
-        if isinstance(weight, torch.Tensor):
-            first = sample.cells[:, 0]  # a block lies in one channel: its first cell names it
-            unit = first if x.stride(1) == 1 else first.div(x.stride(1), rounding_mode="floor")  # channels_last: no div
-            channel = unit.remainder(c)
-            seed_scale = weight.view(c).index_select(0, channel).mul_(scale)[:, None]
-        else:
-            seed_scale = weight * scale
-        noise = torch.randn(sample.cells.shape, device=x.device, dtype=torch.float32).mul_(seed_scale).view(-1)
-        if sample.cells.numel() <= _ZERO_MAX_CELLS_PER_UNIT * x.numel():  # backward: zero the cells again
-            return scale_and_zero(x, inv_kept_frac, sample.cells, values=noise)
-        return mask_and_scale(x, keep, inv_kept_frac, sample.cells, noise)  # backward: one masked multiply
+        kernel = (min(block_size, x.shape[2]), min(block_size, x.shape[3]))
+        rate = seed_rate(dist_prob, kernel, tuple(x.shape[2:]), True)
+        route = route or block_route(self.algorithm, x, rate, kernel, True, distort=True)
+        weight = self.channel_weight(x)
+        if route.sampler == "reference":
+            return disout_reference(x, kernel, rate, weight, self.alpha, seeds, noise)
+        sample = sample_blocks(tuple(x.shape), x.stride(), kernel, rate, True, x.device, route.sampler, seeds, True)
+        scale = self.alpha * _detached_std(x) * weight
+        if route.apply == "noise":
+            return _distort_dense(x, sample.keep, scale, noise)
+        if noise is not None:  # injected: each listed cell takes the noise of its unit
+            noise = storage_view(laid_out(noise, x.stride())).index_select(0, sample.cells.view(-1))
+            noise = noise.view(sample.cells.shape)
+        return _distort_cells(x, sample, scale, noise)
 
     def extra_repr(self) -> str:
         return f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"

@@ -6,9 +6,45 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._blocks import ALGORITHMS, contiguous_strides, dense_layout, keep_scale, kept_count, sample_blocks, seed_rate
-from ._checks import check_int, check_prob, check_rank
-from ._drop_ops import mask_and_scale, pixels_are_rows, scale_and_zero
+from ._blocks import grow_blocks, reference_seeds, sample_blocks, seed_rate
+from ._dispatch import Route, block_route, check_algorithm
+from ._drop_ops import apply_keep, reference_apply
+from ._layout import contiguous_strides, dense_layout
+from ._validate import check_int, check_prob, check_rank
+
+
+def dropblock_reference(x: torch.Tensor, kernel: tuple[int, ...], rate: float, share_channels: bool,
+                        seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's DropBlock with our exact seed ``rate``: a Bernoulli seed per unit and mask
+    (one mask per example when ``share_channels``), blocks grown by max-pool, one masked
+    multiply rescaled by the realized kept fraction. ``seeds`` replace the random draw."""
+    n, c, *size = x.shape
+    if seeds is None:
+        seeds = reference_seeds((n, 1 if share_channels else c, *size), kernel, rate, False, x.device)
+    return reference_apply(x, grow_blocks(seeds.float(), tuple(size), kernel, False) == 0)
+
+
+def drop_block(x: torch.Tensor, drop_prob: float, block_size: int, share_channels: bool = False,
+               algorithm: str = "auto", *, route: Route | None = None,
+               seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Train-mode DropBlock of ``x`` (N, C, *spatial): the layer's one decision and its paths.
+
+    ``route`` (default: `_dispatch.block_route`) and ``seeds`` (bool, (N, C or 1, *spatial))
+    replace the dispatch's choice and the random draw, so tests can drive every path, the
+    reference included, from the same seeds.
+    """
+    x = dense_layout(x)
+    n, _, *size = x.shape
+    kernel = tuple(min(block_size, s) for s in size)
+    rate = seed_rate(drop_prob, kernel, tuple(size), False)
+    route = route or block_route(algorithm, x, rate, kernel, False, shared=share_channels)
+    if route.sampler == "reference":
+        return dropblock_reference(x, kernel, rate, share_channels, seeds)
+    # per-channel masks take the input's strides (channels_last stays channels_last)
+    shape = (n, 1, *size) if share_channels else tuple(x.shape)
+    strides = contiguous_strides(shape) if share_channels else x.stride()
+    sample = sample_blocks(shape, strides, kernel, rate, False, x.device, route.sampler, seeds, route.want_cells)
+    return apply_keep(x, sample.keep, route.apply, dropped_pixels=sample.cells)
 
 
 class _DropBlockNd(nn.Module):
@@ -20,10 +56,9 @@ class _DropBlockNd(nn.Module):
     map size per dimension. Kept units are rescaled by ``numel / kept`` of the realized mask.
     ``share_channels=True`` draws one mask per example shared by all channels (timm's
     ``couple_channels=True``, the ``dropblock`` package); otherwise one mask per channel.
-    ``algorithm`` picks the sampler ("auto": sparse scatter on CPU, dense max-pool on CUDA);
-    all choices sample the same distribution. The backward pass is one multiply by the mask
-    (on CPU fused with the rescale; shared masks on channels_last: a scalar multiply and the
-    same rows zeroed, see `_drop_ops`).
+    ``algorithm``: "reference" (the paper's algorithm, `dropblock_reference`), or a fast
+    sampler ("sparse", "dense"; "auto" picks by device and density, `_dispatch.block_route`);
+    all sample the same distribution and apply it the same way.
     """
 
     prob_attr: ClassVar[str] = "drop_prob"
@@ -41,9 +76,7 @@ class _DropBlockNd(nn.Module):
         self.drop_prob = check_prob("drop_prob", drop_prob)
         self.block_size = check_int("block_size", block_size)
         self.share_channels = bool(share_channels)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        self.algorithm = algorithm
+        self.algorithm = check_algorithm(algorithm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layout = "(N, C, H, W)" if self._spatial == 2 else "(N, C, D, H, W)"
@@ -52,23 +85,7 @@ class _DropBlockNd(nn.Module):
         bs = check_int("block_size", self.block_size)
         if not self.training or p == 0.0:
             return x
-        x = dense_layout(x)
-        n, c, *size = x.shape
-        kernel = tuple(min(bs, s) for s in size)
-        rate = seed_rate(p, kernel, tuple(size), False)
-        # per-channel masks take the input's strides (channels_last stays channels_last)
-        shape = (n, 1, *size) if self.share_channels else tuple(x.shape)
-        strides = contiguous_strides(shape) if self.share_channels else x.stride()
-        rows = self.share_channels and pixels_are_rows(x)  # channels_last: a shared cell is a row of C units
-        sample = sample_blocks(shape, strides, kernel, rate, False, x.device, self.algorithm, want_cells=rows)
-        if x.device.type != "cpu":
-            return x * keep_scale(sample.keep, x.dtype)
-        scale = sample.keep.numel() / max(int(kept_count(sample.keep)), 1)
-        if rows and sample.cells is not None:
-            # zeroing rows after a scalar multiply is 2-5x faster than the broadcast multiply
-            # (its inner loop is as short as the channel count)
-            return scale_and_zero(x, scale, sample.cells, c)
-        return mask_and_scale(x, sample.keep, scale)
+        return drop_block(x, p, bs, self.share_channels, self.algorithm)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"

@@ -10,9 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._blocks import dense_layout
-from ._checks import check_pair, check_prob, check_rank
-from ._drop_ops import mask_and_scale, mask_like, pixels_are_rows, scale_and_zero
+from ._dispatch import Route, pattern_route
+from ._drop_ops import apply_keep, reference_apply
+from ._layout import dense_layout
+from ._validate import (
+    bad_value,
+    check_choice,
+    check_finite,
+    check_pair,
+    check_prob,
+    check_rank,
+)
 
 Pair = int | Sequence[int]
 
@@ -50,16 +58,13 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
     shear = np.array([[1.0, shear_y], [shear_x, 1.0]])
     fwd = rot @ shear
     if abs(np.linalg.det(fwd)) < 1e-6:
-        raise ValueError(f"shear_x={shear_x} and shear_y={shear_y} make the transform singular (shear_x*shear_y == 1)")
+        raise bad_value("shear_x, shear_y", (shear_x, shear_y), "shear_x * shear_y != 1 (else the transform is singular)")
     inv = np.linalg.inv(fwd)
     centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     pts = np.stack([yy.ravel(), xx.ravel()], axis=0) - centre[:, None]
     src = np.floor(inv @ pts + centre[:, None] + 0.5).astype(np.int64)
     return src.reshape(2, h, w)
-
-
-_TABLE_MAX_UNITS = 4096  # maps up to 64x64: a table of at most 16 MiB per pattern and map size
 
 
 @lru_cache(maxsize=32)
@@ -92,6 +97,8 @@ class PatternDropout(nn.Module):
     channel (one offset per example when ``share_channels``). Each example/channel gets the
     pattern with probability ``apply_prob`` (the value a scheduler ramps). Kept units are
     rescaled by ``numel / kept`` of the realized mask. Input (N, C, H, W).
+    ``algorithm``: "reference" (per-unit pattern lookup, one masked multiply) or "auto" (a
+    cached table of masks on small maps, pixel rows zeroed for shared masks on channels_last).
     """
 
     prob_attr: ClassVar[str] = "apply_prob"
@@ -106,68 +113,78 @@ class PatternDropout(nn.Module):
         shear_y: float = 0.0,
         share_channels: bool = False,
         apply_prob: float = 1.0,
+        *,
+        algorithm: str = "auto",
     ) -> None:
         super().__init__()
         self.size = check_pair("size", size)
         self.stride = check_pair("stride", stride)
         self.repeat = check_pair("repeat", repeat)
-        for name, v in (("rotate", rotate), ("shear_x", shear_x), ("shear_y", shear_y)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        self.rotate, self.shear_x, self.shear_y = float(rotate), float(shear_x), float(shear_y)
+        self.rotate = check_finite("rotate", rotate)
+        self.shear_x = check_finite("shear_x", shear_x)
+        self.shear_y = check_finite("shear_y", shear_y)
         _source_grid((3, 3), self.rotate, self.shear_x, self.shear_y)  # fail early if singular
         self.share_channels = bool(share_channels)
         self.apply_prob = check_prob("apply_prob", apply_prob, allow_one=True)
+        self.algorithm = check_choice("algorithm", algorithm, ("auto", "reference"))
 
     def pattern(self, shape: tuple[int, int]) -> np.ndarray:
         """The untransformed pattern at offset (0, 0) on an (H, W) map (True = dropped)."""
         return tiled_pattern(shape, self.size, self.stride, self.repeat)
 
-    def keep_masks(self, m: int, shape: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample ``m`` uint8 keep masks (1 = kept): shape (m, H, W), and the total kept count.
-
-        Small maps look the masks up in a cached table of all H*W offsets (one row copy per
-        mask); larger maps index the pattern per unit.
-        """
-        h, w = shape
-        cells = h * w
+    def offsets(self, m: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """``m`` uniform random offsets ``oy * W + ox``; ``H * W`` (no pattern) for the masks
+        that do not get the pattern (probability ``1 - apply_prob``)."""
+        cells = shape[0] * shape[1]
         offset = torch.randint(0, cells, (m,), device=device)
         if self.apply_prob < 1.0:
-            off = torch.rand((m,), device=device) >= self.apply_prob
-            offset = offset.masked_fill_(off, cells)  # the table's all-kept row
-        if cells <= _TABLE_MAX_UNITS:
+            offset = offset.masked_fill_(torch.rand((m,), device=device) >= self.apply_prob, cells)
+        return offset
+
+    def keep_masks(self, offsets: torch.Tensor, shape: tuple[int, int], sampler: str = "gather",
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 keep masks (1 = kept) for ``offsets``: shape (m, H, W), and the total kept count.
+
+        "gather" (the reference) reads each unit's pattern cell: the unit's source under the
+        inverse transform, shifted back by the offset, on the torus. "table" copies one row per
+        mask from a cached table of every offset's mask (`_offset_table`).
+        """
+        h, w = shape
+        cells, m, device = h * w, offsets.numel(), offsets.device
+        if sampler == "table":
             table, kept = _offset_table(shape, self.size, self.stride, self.repeat, self.rotate, self.shear_x,
                                         self.shear_y, device)
-            return table.index_select(0, offset).view(m, h, w), kept.index_select(0, offset).sum()
+            return table.index_select(0, offsets).view(m, h, w), kept.index_select(0, offsets).sum()
+        check_choice("sampler", sampler, ("gather", "table"))
         base = torch.as_tensor(np.append(~self.pattern(shape).reshape(-1), True).astype(np.uint8), device=device)
         src = torch.as_tensor(_source_grid(shape, self.rotate, self.shear_x, self.shear_y), device=device)
-        oy, ox = offset.div(w, rounding_mode="floor").view(m, 1, 1), (offset % w).view(m, 1, 1)
+        oy, ox = offsets.div(w, rounding_mode="floor").view(m, 1, 1), (offsets % w).view(m, 1, 1)
         idx = ((src[0] - oy) % h) * w + (src[1] - ox) % w
-        keep = base[torch.where(offset.view(m, 1, 1) == cells, cells, idx)]
+        keep = base[torch.where(offsets.view(m, 1, 1) == cells, cells, idx)]
         return keep, keep.sum(dtype=torch.int64)
-
-    def masks(self, m: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """Sample ``m`` boolean drop masks (True = dropped) of ``shape``: shape (m, H, W)."""
-        return self.keep_masks(m, shape, device)[0] == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("PatternDropout", x, (4,), "(N, C, H, W)")
         p = check_prob("apply_prob", self.apply_prob, allow_one=True)
         if not self.training or p == 0.0:
             return x
+        return self.drop(x)
+
+    def drop(self, x: torch.Tensor, *, route: Route | None = None, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Train-mode output: the layer's one decision and its paths. ``route`` (default:
+        `_dispatch.pattern_route`) and ``offsets`` replace the dispatch's choice and the draw."""
         x = dense_layout(x)
         n, c, h, w = x.shape
         m_c = 1 if self.share_channels else c
-        keep, kept = self.keep_masks(n * m_c, (h, w), x.device)
+        route = route or pattern_route(self.algorithm, x, self.share_channels)
+        if offsets is None:
+            offsets = self.offsets(n * m_c, (h, w), x.device)
+        keep, kept = self.keep_masks(offsets, (h, w), route.sampler)
         keep = keep.view(n, m_c, h, w)
-        numel = keep.numel()
-        if x.device.type == "cpu":  # host scalar: cheap here, saves small ops
-            scale = numel / max(int(kept), 1)
-            if self.share_channels and pixels_are_rows(x):  # channels_last: a dropped unit is a row of C
-                return scale_and_zero(x, scale, torch.nonzero(keep.view(-1) == 0).view(-1), c)
-            return mask_and_scale(x, keep, scale)
-        scale_t = (numel / kept.clamp_min(1).double()).to(x.dtype)  # no host sync on CUDA
-        return x * mask_like(keep, x).mul_(scale_t)
+        if route.apply == "reference":
+            return reference_apply(x, keep == 1)
+        pixels = torch.nonzero(keep.view(-1) == 0).view(-1) if route.apply == "rows" else None
+        return apply_keep(x, keep, route.apply, kept, pixels)
 
     def extra_repr(self) -> str:
         return (

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_int
+from ._validate import bad_value, check_int
 
 
 class LinearScheduler(nn.Module):
@@ -21,7 +21,7 @@ class LinearScheduler(nn.Module):
         super().__init__()
         attr = getattr(layer, "prob_attr", None)
         if attr is None:
-            raise ValueError(f"layer must define prob_attr, got {type(layer).__name__}")
+            raise bad_value("layer", type(layer).__name__, "a regularizer layer (one that defines prob_attr)")
         self.layer = layer
         self.nr_steps = check_int("nr_steps", nr_steps, minimum=0)
         # The ramp is derived per step (as np.linspace computes it: start + i * delta, the last

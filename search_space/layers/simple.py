@@ -7,9 +7,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import bernoulli_keep, dense_layout, hits_are_sparse, sparse_hits
-from ._checks import check_prob, check_rank
+from ._blocks import bernoulli_keep, sparse_hits
+from ._dispatch import check_algorithm, dropout_path
 from ._drop_ops import mask_and_scale, scale_and_zero
+from ._layout import dense_layout, laid_out, storage_offsets
+from ._validate import check_prob, check_rank
+
+
+def dropout_reference(x: torch.Tensor, drop_prob: float, dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """Element-wise dropout as the textbook has it: drop each unit independently with
+    probability p (``dropped``, bool, replaces the draw), scale the rest by ``1 / (1 - p)``."""
+    if dropped is None:
+        dropped = torch.rand(x.shape, device=x.device) < drop_prob
+    return x * (~dropped).to(x.dtype) * (1.0 / (1.0 - drop_prob))
+
+
+def drop_units(x: torch.Tensor, drop_prob: float, path: str, dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """Train-mode dropout by ``path`` (`_dispatch.dropout_path`). ``dropped`` (bool, x's shape)
+    replaces the random draw, so tests drive every path but "fused" from the same drops."""
+    if path == "reference":
+        return dropout_reference(x, drop_prob, dropped)
+    if path == "fused":
+        return F.dropout(x, drop_prob, training=True)
+    x = dense_layout(x)
+    scale = 1.0 / (1.0 - drop_prob)
+    if path == "hits":  # the few dropped units zeroed after a scalar multiply: no mask
+        hits = sparse_hits(x.numel(), drop_prob, x.device) if dropped is None else storage_offsets(dropped, x.stride())
+        return scale_and_zero(x, scale, hits)
+    keep = bernoulli_keep(x, drop_prob) if dropped is None else laid_out((~dropped).to(torch.uint8), x.stride())
+    return mask_and_scale(x, keep, scale)  # path "bytes"
 
 
 class _ProbLayer(nn.Module):
@@ -28,23 +54,22 @@ class _ProbLayer(nn.Module):
 class Dropout(_ProbLayer):
     """Element-wise dropout, scale ``1 / (1 - p)`` (``F.dropout``); any input of rank 2..5.
 
-    On CPU the drops come from the exact sparse Bernoulli sampler (`_blocks.sparse_hits`,
-    several times faster than ``F.dropout``'s dense ``bernoulli_``): for small ``p`` the hit
-    units are zeroed after a scalar multiply (`_drop_ops.scale_and_zero`, no mask), else a mask
-    in the input's layout is built from random bytes. On CUDA ``F.dropout``'s fused kernel.
+    ``algorithm``: "reference" (`dropout_reference`) or the fast paths (`drop_units`): on CPU
+    exact sparse Bernoulli hits (`_blocks.sparse_hits`; a dense draw makes a random number per
+    unit) zeroed after a scalar multiply for small ``p`` ("sparse"), else a mask from one
+    random byte per unit ("dense"); on CUDA ``F.dropout``'s fused kernel. "auto" picks.
     """
+
+    def __init__(self, drop_prob: float = 0.1, *, algorithm: str = "auto") -> None:
+        super().__init__(drop_prob)
+        self.algorithm = check_algorithm(algorithm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("Dropout", x, (2, 3, 4, 5), "(N, F) or (N, C, ...)")
         p = check_prob("drop_prob", self.drop_prob)
         if not self.training or p == 0.0:
             return x
-        if x.device.type != "cpu":
-            return F.dropout(x, p, training=True)
-        x = dense_layout(x)
-        if hits_are_sparse(p):
-            return scale_and_zero(x, 1.0 / (1.0 - p), sparse_hits(x.numel(), p, x.device))
-        return mask_and_scale(x, bernoulli_keep(x, p), 1.0 / (1.0 - p))
+        return drop_units(x, p, dropout_path(self.algorithm, x.device, p))
 
 
 class SpatialDropout(_ProbLayer):
