@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 log = logging.getLogger("launch_search")
 
@@ -41,45 +41,41 @@ class UsageError(ValueError):
     """A bad argument: reported as one line, exit code 2, before any long work."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from child_trainer.flags import add_train_flags
+    from search_space.errors import OneLineParser, typed
 
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_train_flags(p, TRAIN_FLAGS, defaults={k: None for k in TRAIN_FLAGS if k != "dataset"},
                     help_defaults={"model": "digits_cnn for digits, resnet20 otherwise",
                                    "train_size": "200 for digits, the whole training split otherwise",
                                    "epochs": f"150 for digits, {DEFAULT_EPOCHS} otherwise",
                                    "batch_size": "32 for digits, the trainer's otherwise",
                                    "lr": "the trainer's, 0.1", "data_dir": "./data", "amp": "auto"})
-    p.add_argument("--num-samples", type=int, default=16,
+    p.add_argument("--num-samples", type=typed(int), default=16,
                    help="plans the searcher samples (default 16); baselines and the final stage come on top")
     p.add_argument("--search", default="controller",
                    help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)")
-    p.add_argument("--reward-seeds", type=int, default=1,
+    p.add_argument("--reward-seeds", type=typed(int), default=1,
                    help="trainings per plan with different seeds; the reward is their mean (default 1)")
     p.add_argument("--baselines", default=",".join(BASELINE_NAMES),
                    help="hand-set plans trained in every search, never learned from "
                         f"(default {','.join(BASELINE_NAMES)}; '' for none)")
-    p.add_argument("--final-top-k", type=int, default=2,
+    p.add_argument("--final-top-k", type=typed(int), default=2,
                    help="best sampled plans re-trained at the end with fresh seeds (default 2; 0: no final stage)")
-    p.add_argument("--final-seeds", type=int, default=2,
+    p.add_argument("--final-seeds", type=typed(int), default=2,
                    help="fresh seeds per plan in the final stage (default 2)")
-    p.add_argument("--max-concurrent", type=int, default=None,
+    p.add_argument("--max-concurrent", type=typed(int), default=None,
                    help="trials at once (default: as many as the cluster's resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+    p.add_argument("--cpus-per-trial", type=typed(float), default=1.0,
                    help="CPUs per trial, also its torch threads (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
+    p.add_argument("--gpus-per-trial", type=typed(float), default=None,
                    help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)")
     p.add_argument("--scheduler", default="fifo",
                    help="fifo (default) or asha: stops weak trials early, their last value is the reward")
-    p.add_argument("--controller-batch", type=int, default=4,
+    p.add_argument("--controller-batch", type=typed(int), default=4,
                    help="finished trials per REINFORCE update (default 4)")
-    p.add_argument("--controller-lr", type=float, default=None,
+    p.add_argument("--controller-lr", type=typed(float), default=None,
                    help="controller Adam learning rate in (0, 1] (default 0.01; 0.05 for small budgets)")
     p.add_argument("--sites", default="all",
                    help="'all' (default: every site found in the model), 'stage' (one decision set "
@@ -92,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--name", default=None, help="run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="finish the run --name; its saved settings are used")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the children (default 0)")
+    p.add_argument("--seed", type=typed(int), default=0, help="seed of the searcher and the children (default 0)")
     return p
 
 

@@ -9,6 +9,8 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from search_space.errors import typed
+
 from .train import TrainConfig
 
 __all__ = ["add_train_flags", "train_fields", "flag_of"]
@@ -55,5 +57,5 @@ def add_train_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | Non
             parser.add_argument(flag_of(name), action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
         else:
-            parser.add_argument(flag_of(name), type=_arg_type(hints[name]), default=default,
+            parser.add_argument(flag_of(name), type=typed(_arg_type(hints[name])), default=default,
                                 help=help_text, metavar=name.upper())

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from search_space.errors import FieldError, OneLineParser, choice_of, typed
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (FORMATS, compute_cost, failed_trials, final_table, method_share_table, method_stats,
@@ -114,7 +118,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     _need_trials([run])
     plan = plan_at_rank(run, args.rank)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     plan.save(out)
     metric = run.objective.metric
     print(f"wrote {out}: rank {args.rank}, {metric} {plan.metadata[metric]:.4f}, trial {plan.metadata['trial_id']}"
@@ -149,10 +152,51 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+PROG = "python -m results"
+
+
+def _writable_dir(flag: str, text: str | None) -> Path | None:
+    """--out of plot/retrain: a folder that exists or can be created, and is writable."""
+    if text is None:
+        return None
+    if text == "":
+        raise FieldError(flag, text, "a folder path")
+    path = Path(text)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FieldError(flag, text, "a folder (created if missing)", detail=f"bad value {text!r} ({probe} is a file)")
+    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise FieldError(flag, text, "a writable folder",
+                         detail=f"bad value {text!r} ({probe} is not writable: {exc.strerror})") from None
+    return path
+
+
+def _writable_file(flag: str, text: str) -> Path:
+    """--out of export: a file path whose folder exists or can be created."""
+    if text == "" or text.endswith(("/", os.sep)):
+        raise FieldError(flag, text, "a file path such as plan.json")
+    path = Path(text)
+    if path.is_dir():
+        raise FieldError(flag, text, "a file path such as plan.json", detail=f"bad value {text!r} (a folder)")
+    _writable_dir(flag, str(path.parent) if str(path.parent) else ".")
+    return path
+
+
+def _int_in(flag: str, value: int, low: int, high: int | None = None) -> int:
+    if value < low or (high is not None and value > high):
+        raise FieldError(flag, value, f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from search_space.baselines import BASELINES
 
-    p = argparse.ArgumentParser(prog="python -m results",
+    p = OneLineParser(prog=PROG,
                                 description="Tables, figures, plan export and retraining against baselines "
                                             "for a search run written by launch_search.py.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,40 +210,73 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     s = add("summarize", "tables: top plans, methods per site, searcher comparison, failures, compute", many=True)
-    s.add_argument("--top", type=int, default=5, help="number of best plans to list (default 5)")
-    s.add_argument("--format", choices=FORMATS, default="text")
+    s.add_argument("--top", type=typed(int), default=5, help="number of best plans to list (default 5)")
+    s.add_argument("--format", type=choice_of(FORMATS), default="text", help=f"{', '.join(FORMATS)} (default text)")
     s.set_defaults(func=cmd_summarize)
     pl = add("plot", "PNG figures: rewards, controller entropy, method heatmap, masks of the best plan", many=True)
     pl.add_argument("--out", help="output folder (default RUN_DIR/results)")
-    pl.add_argument("--seed", type=int, default=0, help="seed of the example masks")
+    pl.add_argument("--seed", type=typed(int), default=0, help="seed of the example masks")
     pl.set_defaults(func=cmd_plot)
     e = add("export", "write the plan of a ranked trial as a loadable Plan JSON")
     e.add_argument("--out", required=True, help="plan file to write, e.g. plan.json")
-    e.add_argument("--rank", type=int, default=1, help="1 = best validation accuracy (default)")
+    e.add_argument("--rank", type=typed(int), default=1, help="1 = best validation accuracy (default)")
     e.set_defaults(func=cmd_export)
     r = add("retrain", "retrain top plans and baselines with several seeds; test once")
-    r.add_argument("--top", type=int, default=1, help="number of best searched plans (default 1)")
-    r.add_argument("--seeds", type=int, default=3, help="seeds per plan (default 3)")
-    r.add_argument("--epochs", type=int, default=None, help="epochs (default: the search's)")
+    r.add_argument("--top", type=typed(int), default=1, help="number of best searched plans (default 1)")
+    r.add_argument("--seeds", type=typed(int), default=3, help="seeds per plan (default 3)")
+    r.add_argument("--epochs", type=typed(int), default=None, help="epochs (default: the search's)")
     r.add_argument("--train-size", type=_train_size, default="full",
                    help="full (whole training split, default), search (the search's subset) or N images")
-    r.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+    r.add_argument("--baselines", nargs="*", default=list(BASELINES), type=choice_of(BASELINES),
                    help=f"baselines to include (default all: {' '.join(BASELINES)})")
-    r.add_argument("--seed-offset", type=int, default=0, help="first seed (seeds are offset..offset+S-1)")
+    r.add_argument("--seed-offset", type=typed(int), default=0, help="first seed (seeds are offset..offset+S-1)")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
-    r.add_argument("--num-threads", type=int, default=None, help="torch CPU threads per training")
+    r.add_argument("--num-threads", type=typed(int), default=None, help="torch CPU threads per training")
     r.add_argument("--out", help="output folder (default RUN_DIR/results)")
     r.set_defaults(func=cmd_retrain)
     return p
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Every flag, before any file is read or written."""
+    if args.command == "summarize":
+        _int_in("--top", args.top, 1)
+    elif args.command == "plot":
+        _int_in("--seed", args.seed, 0, 2**31 - 1)
+        _writable_dir("--out", args.out)
+    elif args.command == "export":
+        _int_in("--rank", args.rank, 1)
+        _writable_file("--out", args.out)
+    elif args.command == "retrain":
+        _int_in("--top", args.top, 0)
+        _int_in("--seeds", args.seeds, 1, 1000)
+        _int_in("--seed-offset", args.seed_offset, 0, 2**31 - 1001)
+        if args.epochs is not None:
+            _int_in("--epochs", args.epochs, 1)
+        if args.num_threads is not None:
+            _int_in("--num-threads", args.num_threads, 1, 1024)
+        if args.device is not None and not (args.device in ("auto", "cpu", "cuda") or
+                                            (args.device.startswith("cuda:") and args.device[5:].isdigit())):
+            raise FieldError("--device", args.device, "auto, cpu, cuda, cuda:N")
+        _writable_dir("--out", args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 on success, 2 (one line on stderr) on unusable input."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        _check(args)
         return int(args.func(args))
+    except FieldError as exc:  # a setting named by its flag where the command has one
+        flag = "--" + exc.field.replace("_", "-")
+        known = {o for a in parser._subparsers._group_actions[0].choices[args.command]._actions
+                 for o in a.option_strings}
+        msg = str(exc.renamed(flag) if flag in known else exc)
+        print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
     except (RunError, ValueError) as exc:
         msg = " ".join(str(exc).split())
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import pandas as pd
 
 from controller.run_folder import Objective
 from search_space.baselines import BASELINES, baseline_plans
+from search_space.errors import FieldError
 
 from .plots import plot_retrain
 from .run import Run
@@ -42,16 +43,16 @@ class RetrainConfig:
 
     def __post_init__(self) -> None:
         if self.top < 0:
-            raise ValueError(f"top: must be >= 0 (got {self.top})")
+            raise FieldError("top", self.top, "an integer >= 0")
         if self.seeds < 1:
-            raise ValueError(f"seeds: must be >= 1 (got {self.seeds})")
+            raise FieldError("seeds", self.seeds, "an integer >= 1")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs: must be >= 1 (got {self.epochs})")
+            raise FieldError("epochs", self.epochs, "an integer >= 1")
         if not (self.train_size in ("full", "search") or (isinstance(self.train_size, int) and self.train_size > 0)):
-            raise ValueError(f"train_size: bad value {self.train_size!r}; allowed: full, search, or a positive integer")
+            raise FieldError("train_size", self.train_size, "full, search, or a positive integer")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
-            raise ValueError(f"baselines: unknown {', '.join(unknown)}; allowed: {', '.join(BASELINES)}")
+            raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
 
 
 def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
@@ -168,12 +169,15 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
     """
     from child_trainer import train_child
 
+    from child_trainer.train import TrainConfig, resolve_device
+
+    seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+    resolve_device(TrainConfig.from_dict(_train_config(run, cfg, seeds[0])).device)  # bad flags fail here
     plans = retrain_plans(run, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     for label, plan in plans.items():
         plan.save(out_dir / "plans" / f"{label.replace('#', '_')}.json")
     rows = []
-    seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
     for label, plan in plans.items():
         for seed in seeds:
             train = _train_config(run, cfg, seed)

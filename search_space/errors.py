@@ -6,9 +6,11 @@ name its own flag (``--epochs``) without parsing the message.
 """
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-__all__ = ["FieldError", "short_repr"]
+__all__ = ["FieldError", "OneLineParser", "choice_of", "short_repr", "typed"]
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
@@ -32,3 +34,39 @@ class FieldError(ValueError):
         err = FieldError(field, self.value, self.allowed)
         err.args = (field + text,)
         return err
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's voice: a bad flag is one line, ``PROG: error: --flag: bad
+    value X; allowed: Y``, exit status 2 (not the whole usage text)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message[len("argument "):] if message.startswith("argument ") else message
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def typed(kind: type, allowed: str | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` that says what was wrong in the project's voice."""
+    words = {int: "an integer", float: "a number", str: "text"}
+    allowed = allowed or words.get(kind, kind.__name__)
+
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"bad value {text!r}; allowed: {allowed}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def choice_of(values: Sequence[str]) -> Callable[[str], str]:
+    """An argparse ``type`` accepting one of ``values`` (instead of ``choices=``, whose error
+    text is argparse's own)."""
+
+    def convert(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"bad value {text!r}; allowed: {', '.join(values)}")
+        return text
+
+    return convert

@@ -222,7 +222,7 @@ def test_bad_run_dirs_give_one_line_and_exit_2(run_dir: Path, tmp_path: Path, ca
                     ["retrain", str(path)]):
             rc, out, err = _cli(cmd, capsys)
             assert rc == 2, (cmd, err)
-            assert err.startswith("error: ") and err.count("\n") == 1 and phrase in err, (cmd, err)
+            assert err.startswith("python -m results: error: ") and err.count("\n") == 1 and phrase in err, (cmd, err)
     rc, out, _ = _cli(["summarize", str(running), "--allow-running"], capsys)
     assert rc == 0 and "running" in out
 
@@ -231,7 +231,7 @@ def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "results", "summarize", str(tmp_path / "nope")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [f"error: run directory not found: {tmp_path / 'nope'}"]
+    assert proc.stderr.strip().splitlines() == [f"python -m results: error: run directory not found: {tmp_path / 'nope'}"]
 
 
 def test_interrupted_run_is_summarized_with_what_exists(run_dir: Path, tmp_path: Path, capsys) -> None:
