@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import socket
 import sys
 import time
 from pathlib import Path
@@ -26,14 +24,13 @@ log = logging.getLogger("launch_search")
 REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "launch_search.py"
-SEARCHES = ("controller", "random", "tpe")
-SCHEDULERS = ("fifo", "asha")
 BASELINE_NAMES = ("none", "dropout", "dropblock", "disout")
 # Digits defaults: a small training subset trained long enough to overfit (about 1,000 SGD
 # steps), the regime where a regularizer can pay off.
 DIGITS_DEFAULTS = {"train_size": 200, "epochs": 150, "batch_size": 32}
 DEFAULT_EPOCHS = 30
 TRAIN_FLAGS = ("dataset", "data_dir", "model", "train_size", "epochs", "batch_size", "lr", "amp")
+FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # API/TrainConfig names that differ
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
@@ -93,52 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- checks
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-def _usage(exc: ValueError, field_to_flag: dict[str, str] | None = None) -> UsageError:
-    """A FieldError under its flag's name; other errors as they are."""
+def _usage(exc: ValueError) -> UsageError:
+    """A FieldError under its flag's name; others as they are."""
     from search_space.errors import FieldError
 
     if isinstance(exc, FieldError):
-        flag = (field_to_flag or {}).get(exc.field, _flag(exc.field))
+        flag = FLAG_OF.get(exc.field) or "--" + exc.field.replace("_", "-")
         return UsageError(str(exc.renamed(flag)))
     return UsageError(" ".join(str(exc).split()))
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Everything about the flags themselves; raises UsageError (nothing is written)."""
-    from controller.api import check_name, check_seed
+    """What only the command knows (the API checks the rest before Ray starts)."""
     from search_space.errors import FieldError
 
     try:
-        for name, low, high in (("num_samples", 1, None), ("controller_batch", 1, None),
-                                ("max_concurrent", 1, None), ("reward_seeds", 1, 1000),
-                                ("final_top_k", 0, None), ("final_seeds", 0, 1000)):
-            value = getattr(args, name)
-            if value is not None and (value < low or (high is not None and value > high)):
-                raise FieldError(name, value, f"an integer >= {low}" if high is None
-                                 else f"an integer in [{low}, {high}]")
-        check_seed("seed", args.seed)
-        if args.search not in SEARCHES:
-            raise FieldError("search", args.search, ", ".join(SEARCHES))
-        if args.scheduler not in SCHEDULERS:
-            raise FieldError("scheduler", args.scheduler, ", ".join(SCHEDULERS))
-        if not (math.isfinite(args.cpus_per_trial) and 0 < args.cpus_per_trial <= 1024):
-            raise FieldError("cpus_per_trial", args.cpus_per_trial, "a number in (0, 1024]")
-        if args.controller_lr is not None and not (math.isfinite(args.controller_lr)
-                                                   and 0 < args.controller_lr <= 1):
-            raise FieldError("controller_lr", args.controller_lr, "a number in (0, 1]")
-        if args.gpus_per_trial is not None:
-            g = args.gpus_per_trial
-            if not (math.isfinite(g) and g >= 0) or (g > 1 and g % 1):
-                raise FieldError("gpus_per_trial", g, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
-        if args.name is not None:
-            check_name(args.name)
         if args.resume and not args.name:
-            raise FieldError("resume", True, "--resume together with --name of the run",
-                             detail="needs --name")
+            raise FieldError("resume", True, "--resume together with --name of the run", detail="needs --name")
         baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
         for b in baselines:
             if b not in BASELINE_NAMES:
@@ -155,20 +123,6 @@ def check_args(args: argparse.Namespace) -> None:
                 args.child = f"{Path(target).resolve()}:{fn}"
     except FieldError as exc:
         raise _usage(exc) from None
-
-
-def check_address(address: str) -> None:
-    """Fail fast on an unreachable cluster instead of waiting for Ray's long timeout."""
-    if address == "auto":
-        return
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--address: bad value {address!r}; allowed: host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise UsageError(f"--address: bad value {address!r}; cannot reach Ray ({e.strerror or e})") from None
 
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +190,7 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
                and v != defaults.get(k) and v != saved.get(k)]
     if ignored:
         log.warning("--resume uses the run's saved settings; ignoring %s",
-                    ", ".join(_flag(k) for k in ignored))
+                    ", ".join("--" + k.replace("_", "-") for k in ignored))
     return argparse.Namespace(**{**defaults, **saved, "address": args.address, "resume": True,
                                  "storage_path": args.storage_path, "name": args.name})
 
@@ -253,54 +207,31 @@ def _setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    from controller.api import check_resumable, check_storage, run_search
+    from search_space.errors import FieldError
+
     try:
-        check_args(args)
-        from controller.api import _check_storage, run_search
-        from search_space.errors import FieldError
-
         try:
-            storage = _check_storage(args.storage_path)
-        except FieldError as e:
-            raise _usage(e) from None
-        if args.resume:
-            run_dir = storage / args.name
-            from controller.api import _check_resumable
+            check_args(args)
+            storage = check_storage(args.storage_path)
+            if args.resume:
+                check_resumable(storage / args.name)
+                args = _saved_args(args, storage / args.name)
+            train = resolve(args)
+            model_fn, example, penalty = model_and_example(train)
+            from child_trainer.trial import ChildTrain
 
-            try:
-                _check_resumable(run_dir)
-            except FieldError as e:
-                raise _usage(e) from None
-            args = _saved_args(args, run_dir)
-        elif args.name and (storage / args.name).exists():
-            raise UsageError(f"--name: bad value {args.name!r}; run folder {storage / args.name} already "
-                             "exists; add --resume to finish it or choose another --name")
-        train = resolve(args)
-        model_fn, example, penalty = model_and_example(train)
-        if args.address:
-            check_address(args.address)
-        from child_trainer.trial import ChildTrain
-
-        name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
-        runtime_env = None
-        if args.address:
-            excludes = list(SHIPPING_EXCLUDES)
-            try:
-                excludes.append(storage.relative_to(REPO_ROOT).as_posix() + "/")
-            except ValueError:
-                pass
-            runtime_env = {"working_dir": str(REPO_ROOT), "excludes": excludes}
-        args.name = name
-        try:
+            args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
             result = run_search(
                 model_fn, ChildTrain(train, args.child), metric="val_acc", mode="max",
-                num_samples=args.num_samples, search=args.search, storage_path=storage, name=name,
+                num_samples=args.num_samples, search=args.search, storage_path=storage, name=args.name,
                 resume=args.resume, resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
                 max_concurrent=args.max_concurrent, scheduler=args.scheduler, max_epochs=args.epochs,
                 sites=args.sites, model_name=args.model, seed=args.seed, reward_seeds=args.reward_seeds,
                 baselines=[b for b in args.baselines.split(",") if b], example_input=example,
                 final_top_k=args.final_top_k, final_seeds=args.final_seeds,
                 controller_batch=args.controller_batch, controller_lr=args.controller_lr,
-                penalty_reward=penalty, address=args.address, runtime_env=runtime_env,
+                penalty_reward=penalty, address=args.address, runtime_env=_runtime_env(args, storage),
                 extra_config={"args": vars(args), "train": train})
         except FieldError as e:
             raise _usage(e) from None
@@ -319,6 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("search stopped: %s; resume with --resume --name %s once fixed", result.error, args.name)
         return EXIT_CRASH
     return EXIT_OK
+
+
+def _runtime_env(args: argparse.Namespace, storage: Path) -> dict[str, Any] | None:
+    """On a cluster the code travels as the job's working_dir (data and runs stay behind)."""
+    if not args.address:
+        return None
+    excludes = list(SHIPPING_EXCLUDES)
+    try:
+        excludes.append(storage.relative_to(REPO_ROOT).as_posix() + "/")
+    except ValueError:
+        pass
+    return {"working_dir": str(REPO_ROOT), "excludes": excludes}
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from search_space.errors import FieldError
 from controller.trainable import TrainFn, make_trainable
 
 __all__ = ["run_search", "SearchResult", "resolve_sites", "summary_text", "check_seed", "check_name",
+           "check_storage", "check_resumable", "check_resources", "check_address",
            "CONFIG_VERSION", "SCHEDULERS"]
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _check_storage(storage_path: str | os.PathLike[str]) -> Path:
+def check_storage(storage_path: str | os.PathLike[str]) -> Path:
     path = Path(storage_path).expanduser()
     if str(storage_path) == "":
         raise FieldError("storage_path", "", "a folder path")
@@ -104,6 +105,36 @@ def _check_storage(storage_path: str | os.PathLike[str]) -> Path:
         raise FieldError("storage_path", str(storage_path), "a writable folder",
                          detail=f"bad value {str(storage_path)!r} ({probe} is not writable)")
     return path
+
+
+def check_resources(resources: Mapping[str, Any] | None) -> None:
+    """Per-trial resources that can never fit, refused before Ray starts."""
+    req = dict(resources or {})
+    unknown = sorted(set(req) - {"cpu", "gpu"})
+    if unknown:
+        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
+    cpu, gpu = req.get("cpu", 1.0), req.get("gpu")
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not (math.isfinite(cpu) and 0 < cpu <= 1024):
+        raise FieldError("cpus_per_trial", cpu, "a number in (0, 1024]")
+    if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, (int, float))
+                            or not (math.isfinite(gpu) and gpu >= 0) or (gpu > 1 and gpu % 1)):
+        raise FieldError("gpus_per_trial", gpu, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast on an unreachable cluster instead of waiting for Ray's long timeout."""
+    import socket
+
+    if address is None or address == "auto":
+        return
+    host, _, port = str(address).split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FieldError("address", address, "host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise FieldError("address", address, "the address of a running Ray cluster",
+                         detail=f"bad value {address!r}; cannot reach Ray ({e.strerror or e})") from None
 
 
 def resolve_sites(found: Sequence[str], sites: str | Sequence[str] = "all") -> tuple[list[str] | None, str | None]:
@@ -298,7 +329,9 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
         raise FieldError("search", search, ", ".join(SEARCHERS))
     if not callable(train_fn):
         raise FieldError("train_fn", train_fn, "a function (plan, seed, report)")
-    storage = _check_storage(storage_path)
+    check_resources(resources_per_trial)
+    check_address(address)
+    storage = check_storage(storage_path)
     if resume and not name:
         raise FieldError("name", None, "the name of the run to resume", detail="missing")
     name = check_name(name or f"{model_name or 'model'}-{search}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -311,7 +344,7 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
                          detail=f"bad value {name!r} ({exc})") from None
     try:
         if resume:
-            _check_resumable(run_dir)
+            check_resumable(run_dir)
             config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
             return _execute(run_dir, config, None, train_fn, resume=True,
                             resources=resources_per_trial, address=address, runtime_env=runtime_env)
@@ -354,7 +387,7 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
         lock.release()
 
 
-def _check_resumable(run_dir: Path) -> None:
+def check_resumable(run_dir: Path) -> None:
     """Refuse (ValueError) a resume whose state cannot be read, before anything is touched."""
     missing = [f for f in (rf.SEARCH_CONFIG, "tuner.pkl") if not (run_dir / f).is_file()]
     if missing:
