@@ -91,21 +91,29 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-def transformer_sites(model: nn.Module) -> list[str]:
-    """The Transformer sites of `model` in module order (see the module docstring)."""
+def transformer_site_blocks(model: nn.Module) -> dict[str, str]:
+    """Transformer site -> the module that declares it (its Transformer layer, or the model
+    for an embedding), in module order (see the module docstring)."""
     named = list(_named_modules(model))
     has_torch_layers = any(isinstance(m, _TORCH_LAYERS) for _, m in named)
-    declared: set[str] = set()
+    declared: dict[str, str] = {}
     for name, m in named:
         for rel in getattr(m, "regularization_sites", ()):
-            declared.add(_join(name, rel))
-    sites: list[str] = []
+            declared[_join(name, rel)] = name
+    sites: dict[str, str] = {}
     for name, m in named:
         if isinstance(m, _TORCH_LAYERS):
-            sites += [_join(name, rel) for rel in _TORCH_LAYER_SITES]
-        elif name in declared or (has_torch_layers and isinstance(m, nn.Embedding)):
-            sites.append(name)
+            sites.update((_join(name, rel), name) for rel in _TORCH_LAYER_SITES)
+        elif name in declared:
+            sites[name] = declared[name]
+        elif has_torch_layers and isinstance(m, nn.Embedding):
+            sites[name] = ""
     return sites
+
+
+def transformer_sites(model: nn.Module) -> list[str]:
+    """The Transformer sites of `model` in module order (see the module docstring)."""
+    return list(transformer_site_blocks(model))
 
 
 def find_sites(model: nn.Module) -> list[str]:

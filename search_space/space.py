@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from search_space.apply import check_sites, default_methods, find_sites, transformer_sites
+from search_space.apply import (check_sites, default_methods, find_sites, transformer_site_blocks,
+                                transformer_sites)
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
@@ -44,16 +45,14 @@ def stage_of(site: str) -> str:
     return site
 
 
-def block_of(site: str) -> str:
-    """Block key of a Transformer site for ``share="stage"``: the path up to and including
-    its first numeric component plus ".*" (``blocks.1.attn.q_proj`` -> ``blocks.1.*``,
-    ``encoder.layers.0.self_attn:q`` -> ``encoder.layers.0.*``), so each Transformer block
-    gets one decision set; a site outside numbered blocks (``embed``) is its own group."""
-    parts = site.split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[:i + 1]) + ".*"
-    return site
+def block_of(model: nn.Module) -> Callable[[str], str]:
+    """Group key function for a Transformer under ``share="stage"``: a site inside a
+    Transformer layer maps to ``<layer path>.*`` (``blocks.1.attn.q_proj`` -> ``blocks.1.*``,
+    ``1.layers.0.self_attn:q`` -> ``1.layers.0.*``), so each block gets one decision set; an
+    embedding site (or any other) is its own group."""
+    owners = {site: owner for site, owner in transformer_site_blocks(model).items()
+              if owner and owner != site and site.startswith(owner)}
+    return lambda site: owners[site] + ".*" if site in owners else site
 
 
 class SearchSpace:
@@ -115,7 +114,7 @@ class SearchSpace:
         if share is None:
             key_fn: Callable[[str], str] = lambda s: s
         elif share == "stage":
-            key_fn = block_of if sequence else stage_of
+            key_fn = block_of(model) if sequence else stage_of
         elif callable(share):
             key_fn = share
         else:
