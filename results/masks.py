@@ -4,7 +4,10 @@ Each regularizer is run (train mode, fixed seed) on a tensor of ones with the ex
 of its real input inside the model: kept units come out rescaled (>= 1), dropped or
 distorted ones ~0 (Disout's distortion scales with the input's variance, zero here).
 The mask of channel 0 is stretched over the image and overlaid, so block size and
-pattern geometry are seen at the scale the network sees.
+pattern geometry are seen at the scale the network sees. Sequence sites of Transformers
+((N, T, C) states) are drawn as tokens x channels grids instead, where AutoDropout's
+sequence patterns show as vertical bands (blocks of tokens) that are full height when
+channels share the mask.
 """
 from __future__ import annotations
 
@@ -27,20 +30,35 @@ log = logging.getLogger(__name__)
 
 def model_and_example(train_config: dict[str, Any], index: int = 0,
                       seed: int = 0) -> tuple[nn.Module, torch.Tensor, int, str]:
-    """A fresh (seeded) model of the run and one real validation image (1, C, H, W) with its label.
+    """A fresh (seeded) model of the run and one real validation example with its label.
 
-    Uses the run's own split so the image is one the search validated on, never a test image.
+    Images: (1, C, H, W) and the class. Language models: (1, seq_len) token ids of the
+    ``index``-th validation window and label -1. Uses the run's own split so the example is
+    one the search validated on, never a test one.
     """
     from child_trainer import build_model, load_data
+    from child_trainer.models import is_lm
 
     cfg = train_config
+    name = cfg.get("model", "digits_cnn")
+    if is_lm(name):
+        from child_trainer.data import load_text
+
+        text = load_text(cfg.get("dataset", "builtin_text"), cfg.get("data_dir"), with_test=False)
+        seq_len = int(cfg.get("seq_len", 64))
+        windows = (len(text.val) - 1) // seq_len
+        if not 0 <= index < windows:
+            raise ValueError(f"example index: must be in [0, {windows}) (got {index})")
+        torch.manual_seed(seed)
+        model = build_model(name, text.vocab_size, max_len=seq_len)
+        return model, text.val[index * seq_len:(index + 1) * seq_len].view(1, -1).cpu(), -1, text.name
     data = load_data(cfg.get("dataset", "digits"), data_dir=cfg.get("data_dir"), seed=int(cfg.get("split_seed", 0)),
                      with_test=False, image_shape=tuple(cfg.get("synthetic_shape") or (3, 32, 32)),
                      num_classes=int(cfg.get("synthetic_classes", 10)))
     if not 0 <= index < len(data.val_y):
         raise ValueError(f"image index: must be in [0, {len(data.val_y)}) (got {index})")
     torch.manual_seed(seed)
-    model = build_model(cfg.get("model", "digits_cnn"), data.num_classes, in_channels=data.in_channels)
+    model = build_model(name, data.num_classes, in_channels=data.in_channels, image_size=data.image_shape[-1])
     x = data.val_x[index:index + 1].float().cpu()
     return model, x, int(data.val_y[index]), data.name
 
@@ -50,6 +68,16 @@ def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for site in sites:
+        if ":" in site:  # virtual q/k/v site of a MultiheadAttention: its query's shape
+            module = model.get_submodule(site.rsplit(":", 1)[0])
+
+            def hook(m: nn.Module, args: tuple, kwargs: dict, _out: Any, site: str = site) -> None:
+                q = args[0] if args else kwargs["query"]
+                shape = tuple(q.shape) if m.batch_first else (q.shape[1], q.shape[0], *q.shape[2:])
+                shapes[site] = shape
+
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            continue
         module = model.get_submodule(site)
         handles.append(module.register_forward_hook(
             lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))
@@ -66,27 +94,34 @@ def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str
 
 
 def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
-    """Boolean (C, H, W) mask of the dropped/distorted units of one example, per site.
+    """Boolean mask of the dropped/distorted units of one example, per site: (C, H, W) for
+    image sites, (T, C) for sequence sites (3-D (N, T, C) states). ``x`` is one example (a
+    batch of 1 in the model's own layout: (1, C, H, W) images, (1, T) token ids).
 
     ``model`` must already carry a plan (``apply_plan`` without ``total_steps`` so the layers sit
-    at their target probability). Sites whose regularizer input is not 4-D are skipped.
+    at their target probability). Sites of other ranks are skipped.
     """
     from search_space.apply import regularizers, unwrap_regularizer
 
     # The regularizers see the site's output; apply_plan's hook only runs them in training,
     # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
-    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items() if ":" not in site}
-    inputs = site_shapes(model, list(regs), x[:1])
+    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items()
+            if not site.endswith(":residual")}
+    inputs = site_shapes(model, list(regs), x)  # one example (a batch of 1, in the model's layout)
     masks: dict[str, np.ndarray] = {}
     for i, (site, layer) in enumerate(regs.items()):
         shape = inputs.get(site)
-        if shape is None or len(shape) != 4:
-            log.info("site %s: input shape %s is not (N, C, H, W); not drawn", site, shape)
+        if shape is None or len(shape) not in (3, 4):
+            log.info("site %s: input shape %s is not (N, C, H, W) or (N, T, C); not drawn", site, shape)
             continue
+        seq_first = len(shape) == 3 and getattr(layer, "batch_first", True) is False  # (T, N, C)
+        if seq_first:
+            shape = (shape[0], 1, shape[2])  # one example of a (T, N, C) state
         torch.manual_seed(seed + i)
         layer.train()
         with torch.no_grad():
-            out = layer(torch.ones(shape))[0]
+            out = layer(torch.ones(shape))
+            out = out[:, 0] if seq_first else out[0]
         layer.eval()
         # kept units come out >= 1 (ones rescaled by 1/kept fraction, whatever granularity the
         # layer rescales at); dropped ones ~0 (Disout's distortion is ~0 on a zero-variance input)
@@ -109,10 +144,12 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
     model, x, label, dataset = model_and_example(train_config, image_index, seed)
     apply_plan(model, plan)
     masks = regularizer_masks(model, x, seed=seed)
+    if masks and all(m.ndim == 2 for m in masks.values()):
+        return _plot_sequence_masks(plan, active, masks, dataset, path, max_sites)
     img = x[0].permute(1, 2, 0).numpy()
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
     gray = img.mean(axis=2) if img.shape[2] != 3 else None
-    sites = [s for s in plan.sites if s in masks][:max_sites]
+    sites = [s for s in plan.sites if s in masks and masks[s].ndim == 3][:max_sites]
     n = len(sites) + 1
     ncols = min(4, n)
     nrows = -(-n // ncols)
@@ -129,8 +166,8 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         overlay[mask] = (1.0, 0.1, 0.1, 0.6)
         # same extent as the image: a feature map of another resolution is stretched onto it
         ax.imshow(overlay, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="nearest")
-        compact = type(plan)({site: active[site]}).summary().split("=", 1)[1]  # e.g. dropout(p=.1)
-        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(compact, 44)) + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
+        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 44))
+                     + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
                      f"{masks[site].mean():.0%} of units dropped (all channels)", fontsize=7)
     for ax in axes:
         ax.set_xticks([])
@@ -139,4 +176,40 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         ax.set_visible(False)
     fig.suptitle("Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted",
                  fontsize=10)
+    return save_figure(fig, path)
+
+
+def _compact(plan: Any, site: str, active: dict[str, Any]) -> str:
+    return type(plan)({site: active[site]}).summary().split("=", 1)[1]  # e.g. dropout(p=.1)
+
+
+_SEQ_COLORS = np.array([(0.93, 0.93, 0.93), (0.85, 0.1, 0.1)])  # kept, dropped
+
+
+def _plot_sequence_masks(plan: Any, active: dict[str, Any], masks: dict[str, np.ndarray], dataset: str, path: Path,
+                         max_sites: int) -> Path | None:
+    """One panel per site: channels (rows) x tokens (columns) of one example, red = dropped.
+
+    A sequence pattern shows as vertical bands every ``stride`` tokens, ``size`` wide, full
+    height when channels share the mask (share_c); element-wise dropout as salt noise.
+    """
+    sites = [s for s in plan.sites if s in masks][:max_sites]
+    ncols = min(3, len(sites))
+    nrows = -(-len(sites) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.7))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, site in zip(axes, sites):
+        mask = masks[site]  # (T, C)
+        t, c = mask.shape
+        ax.imshow(_SEQ_COLORS[mask.T.astype(int)], aspect="auto", interpolation="nearest",
+                  extent=(-0.5, t - 0.5, c - 0.5, -0.5))
+        ax.set_xlabel("token", fontsize=7)
+        ax.set_ylabel("channel", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 52))
+                     + f"\n{t} tokens x {c} channels, {mask.mean():.0%} dropped", fontsize=7)
+    for ax in axes[len(sites):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Best plan's sequence masks on one {dataset} validation example; red = dropped", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save_figure(fig, path)

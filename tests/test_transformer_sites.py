@@ -168,3 +168,23 @@ def test_baseline_plans() -> None:
     assert all(s.method == "none" for s in plans["none"].sites.values())
     assert all(s == SiteSpec("dropout", {"drop_prob": 0.1}) for s in plans["dropout"].sites.values())
     assert space.decode(space.encode(plans["dropout"])) == plans["dropout"]
+
+
+def test_sequence_masks_for_the_figure(tmp_path) -> None:
+    import numpy as np
+
+    from results.masks import plot_masks, regularizer_masks
+
+    model = _lm()
+    apply_plan(model, Plan({"embed": SEQ, "blocks.1.mlp.act": SiteSpec("dropout", {"drop_prob": 0.3})}))
+    ids = torch.randint(0, 50, (1, 16))
+    masks = [regularizer_masks(model, ids, seed=s) for s in range(20)]
+    assert masks[0]["embed"].shape == (16, 64) and masks[0]["blocks.1.mlp.act"].shape == (16, 256)
+    assert abs(np.mean([m["embed"].mean() for m in masks]) - 0.3) < 0.05
+    enc = _encoder(batch_first=False)
+    apply_plan(enc, Plan({"1.layers.0.self_attn:k": SEQ, "1.layers.1.dropout": SEQ}))
+    got = regularizer_masks(enc, torch.randint(0, 30, (9, 1)))  # (T, N) ids: seq-first model
+    assert got["1.layers.0.self_attn:k"].shape == (9, 32) and got["1.layers.1.dropout"].shape == (9, 64)
+    plan = Plan({s: SEQ for s in find_sites(_vit())[:4]}, model="vit_tiny")
+    out = plot_masks(plan, {"model": "vit_tiny", "dataset": "digits"}, tmp_path / "masks.png")
+    assert out is not None and out.stat().st_size > 10_000
