@@ -35,6 +35,7 @@ REPORTED = ("val_acc", "best_val_acc", "train_loss", "seconds", "images_per_seco
 REPORTED_LM = ("val_loss", "val_ppl", "best_val_ppl", "train_loss", "seconds", "tokens_per_second")
 OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "adamw": 3e-3}
+EVAL_LOGITS = 2 ** 24  # language-model evaluation: logits per batch (vocabularies reach 33k words)
 GRAD_CLIP = 1.0  # gradient-norm clip for Transformer children (none for ConvNets)
 
 
@@ -436,8 +437,10 @@ class _LMRun(_Run):
         return loss_sum.item() / self.steps_per_epoch
 
     def _split_metrics(self, split: str) -> dict[str, float]:
+        # eval_batch_size counts images; here windows, capped at ~2**24 logits (64 MB) per batch
+        windows = min(self.cfg.eval_batch_size // 8, EVAL_LOGITS // (self.cfg.seq_len * self.text.vocab_size))
         loss = evaluate_lm(self.forward, getattr(self.text, split), self.cfg.seq_len,  # type: ignore[arg-type]
-                           max(1, self.cfg.eval_batch_size // 8), self.amp_dtype)
+                           max(1, windows), self.amp_dtype)
         return {f"{split}_loss": loss, f"{split}_ppl": math.exp(min(loss, 700.0))}
 
     def validate(self) -> dict[str, float]:
