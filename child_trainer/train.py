@@ -232,23 +232,10 @@ class _Run:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.amp_dtype = _amp_dtype(cfg, self.device)
-        self.channels_last = cfg.channels_last != "off"
         torch.manual_seed(cfg.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.data: DataSplits = load_data(cfg.dataset, cfg.data_dir, cfg.train_size, cfg.split_seed, self.device,
-                                          with_test=cfg.eval_test, image_shape=cfg.synthetic_shape,
-                                          num_classes=cfg.synthetic_classes)
-        self.augment = self.data.augment if cfg.augment == "auto" else cfg.augment
-        if cfg.augment == "auto" and cfg.model == "vit_tiny" and self.augment == "shift":
-            # 1-pixel shifts of 8x8 digits under 2x2 patches with absolute positions: val acc
-            # 0.35 vs 0.82 without, after 10 epochs (measured); CIFAR keeps crop + flip.
-            self.augment = "none"
-        model = build_model(cfg.model, self.data.num_classes, in_channels=self.data.in_channels,
-                            image_size=self.data.image_shape[-1])
-        n_train = len(self.data.train_y)
-        self.batch_size = min(cfg.batch_size, n_train)
-        self.steps_per_epoch = n_train // self.batch_size
+        model = self._data_and_model()  # sets batch_size and steps_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.plan = _load_plan(plan)
         self.step_schedulers: Callable[[nn.Module], None] | None = None
@@ -273,6 +260,23 @@ class _Run:
         self.generator.manual_seed(cfg.seed)
         self.train_seconds = 0.0
         self.images_seen = 0
+
+    def _data_and_model(self) -> nn.Module:
+        cfg = self.cfg
+        self.channels_last = cfg.channels_last != "off"
+        self.data: DataSplits = load_data(cfg.dataset, cfg.data_dir, cfg.train_size, cfg.split_seed, self.device,
+                                          with_test=cfg.eval_test, image_shape=cfg.synthetic_shape,
+                                          num_classes=cfg.synthetic_classes)
+        self.augment = self.data.augment if cfg.augment == "auto" else cfg.augment
+        if cfg.augment == "auto" and cfg.model == "vit_tiny" and self.augment == "shift":
+            # 1-pixel shifts of 8x8 digits under 2x2 patches with absolute positions: val acc
+            # 0.35 vs 0.82 without, after 10 epochs (measured); CIFAR keeps crop + flip.
+            self.augment = "none"
+        n_train = len(self.data.train_y)
+        self.batch_size = min(cfg.batch_size, n_train)
+        self.steps_per_epoch = n_train // self.batch_size
+        return build_model(cfg.model, self.data.num_classes, in_channels=self.data.in_channels,
+                           image_size=self.data.image_shape[-1])
 
     def train_epoch(self) -> float:
         """One pass over a fresh permutation; returns the mean training loss."""
@@ -367,45 +371,19 @@ class _LMRun(_Run):
     epochs) and the windows are shuffled; validation is `evaluate_lm` on the valid split.
     """
 
-    def __init__(self, cfg: TrainConfig, plan: Any) -> None:  # noqa: D107 - shares _Run's steps, not its data
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.amp_dtype = _amp_dtype(cfg, self.device)
-        torch.manual_seed(cfg.seed)
+    def _data_and_model(self) -> nn.Module:
+        cfg = self.cfg
+        self.channels_last = False
         self.text: TextSplits = load_text(cfg.dataset, cfg.data_dir, cfg.train_size, self.device,
                                           with_test=cfg.eval_test)
-        model = build_model(cfg.model, self.text.vocab_size, max_len=cfg.seq_len)
         windows = (len(self.text.train) - cfg.seq_len) // cfg.seq_len  # whatever the epoch's offset
         if windows < 1:
             raise ValueError(f"train_size: bad value {cfg.train_size}; allowed: at least 2 * seq_len "
                              f"= {2 * cfg.seq_len} training tokens")
-        self.batch_size = min(cfg.batch_size, windows)
         self.windows = windows
+        self.batch_size = min(cfg.batch_size, windows)
         self.steps_per_epoch = windows // self.batch_size
-        self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.plan = _load_plan(plan)
-        self.step_schedulers = None
-        if self.plan is not None:
-            from search_space.apply import apply_plan, step_schedulers
-
-            apply_plan(model, self.plan, self.total_steps)
-            self.step_schedulers = step_schedulers
-        self.model = model.to(self.device)
-        self.forward = torch.compile(model) if cfg.compile else model
-        self.num_params = sum(p.numel() for p in model.parameters())
-        self.optimizer = _make_optimizer(cfg, model)
-        self.clip = GRAD_CLIP
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(self.total_steps, cfg.warmup_fraction, cfg.schedule))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed)
-        self.train_seconds = 0.0
-        self.images_seen = 0  # tokens here
+        return build_model(cfg.model, self.text.vocab_size, max_len=cfg.seq_len)
 
     def train_epoch(self) -> float:
         cfg, model, length = self.cfg, self.model, self.cfg.seq_len
