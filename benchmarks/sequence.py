@@ -58,7 +58,7 @@ def rate_table(draws: int, device: torch.device) -> list[str]:
 
 
 def speed_table(repeats: int, device: torch.device, dtype: torch.dtype) -> list[str]:
-    rows = [f"| shape (N,T,C) | layer | median fwd+bwd ms | ratio to nn.Dropout |", "|---|---|---|---|"]
+    rows = ["| shape (N,T,C) | layer | median fwd+bwd ms | ratio to nn.Dropout |", "|---|---|---|---|"]
     for shape in SPEED_SHAPES:
         layers = {"nn.Dropout": nn.Dropout(P)}
         for share_t, share_c in itertools.product((False, True), repeat=2):

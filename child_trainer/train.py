@@ -97,7 +97,8 @@ class TrainConfig:
             raise ValueError(f"dataset: bad value {self.dataset!r} for model {self.model}; "
                              f"allowed: {', '.join(TEXT_DATASETS)}")
         if not lm and self.dataset in TEXT_DATASETS:
-            raise ValueError(f"model: bad value {self.model!r} for text dataset {self.dataset}; allowed: transformer_lm")
+            raise ValueError(f"model: bad value {self.model!r} for text dataset {self.dataset}; "
+                             "allowed: transformer_lm")
         if lm and self.augment not in ("auto", "none"):
             raise ValueError(f"augment: bad value {self.augment!r} for a language model; allowed: auto, none")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or not 2 <= self.seq_len <= 4096:

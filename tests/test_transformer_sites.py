@@ -107,11 +107,11 @@ def test_unfused_attention_equals_stock_module_in_training(batch_first: bool, no
     pad[0, 5:] = True
     causal = nn.Transformer.generate_square_subsequent_mask(7)
     plain.train(), model.train()
+    def run(m: nn.Module, kwargs: dict) -> torch.Tensor:
+        return m[1](m[0](ids if batch_first else ids.T), **kwargs)
+
     for kwargs in ({}, {"src_key_padding_mask": pad}, {"mask": causal, "is_causal": True}):
-        def run(m: nn.Module) -> torch.Tensor:
-            h = m[0](ids if batch_first else ids.T)
-            return m[1](h, **kwargs)
-        assert torch.allclose(run(plain), run(model), atol=1e-5), kwargs
+        assert torch.allclose(run(plain, kwargs), run(model, kwargs), atol=1e-5), kwargs
     # need_weights=True path of a direct call
     mha, ref = model[1].layers[0].self_attn, plain[1].layers[0].self_attn
     q = torch.randn(3, 7, 32) if batch_first else torch.randn(7, 3, 32)
