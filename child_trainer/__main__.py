@@ -51,10 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        test = f" test_acc={result['test_acc']:.4f}" if "test_acc" in result else ""
-        print(f"{config.model} on {config.dataset}: status={result['status']} val_acc={result['val_acc']:.4f} "
-              f"best_val_acc={result['best_val_acc']:.4f}{test} epochs={result['epochs']} "
-              f"seconds={result['seconds']:.1f} images/s={result['images_per_second']:.0f} {result['message']}".rstrip())
+        if "val_ppl" in result:  # language model
+            test = f" test_ppl={result['test_ppl']:.2f}" if "test_ppl" in result else ""
+            metrics = (f"val_ppl={result['val_ppl']:.2f} best_val_ppl={result['best_val_ppl']:.2f}{test} "
+                       f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
+                       f"tokens/s={result['tokens_per_second']:.0f}")
+        else:
+            test = f" test_acc={result['test_acc']:.4f}" if "test_acc" in result else ""
+            metrics = (f"val_acc={result['val_acc']:.4f} best_val_acc={result['best_val_acc']:.4f}{test} "
+                       f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
+                       f"images/s={result['images_per_second']:.0f}")
+        print(f"{config.model} on {config.dataset}: status={result['status']} {metrics} {result['message']}".rstrip())
     return 0 if result["status"] == "ok" else 1
 
 

@@ -17,7 +17,8 @@ __all__ = ["add_train_flags", "train_fields", "flag_of"]
 
 SKIP = frozenset({"synthetic_shape"})  # tuples: settable from Python / JSON configs only
 HELP = {"num_threads": "torch CPU threads (1 is best on a busy machine)",
-        "train_size": "stratified training subset (the small-data regime)",
+        "train_size": "stratified training subset (the small-data regime); text: training tokens",
+        "seq_len": "transformer_lm: tokens per window",
         "eval_test": "also evaluate the held-out test split (never during a search)",
         "dataset": "digits (bundled), cifar10, cifar100 (from --data-dir), synthetic",
         "data_dir": "folder holding CIFAR (torchvision layout, never downloaded)",

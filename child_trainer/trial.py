@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import DataSplits, load_data
-from .models import build_model
+from search_space.errors import FieldError
+
+from .data import DataSplits, load_data, load_text
+from .models import build_model, is_lm
 from .train import TrainConfig, train_child
 
 __all__ = ["ChildModel", "ChildTrain", "load_function", "load_split", "model_and_example"]
@@ -67,9 +69,7 @@ class ChildModel:
     train: dict[str, Any]
 
     def __call__(self) -> nn.Module:
-        cfg = TrainConfig.from_dict(self.train)
-        data = load_split(cfg)
-        return build_model(cfg.model, data.num_classes, in_channels=data.in_channels)
+        return model_and_example(self.train)[0]
 
 
 @dataclass
@@ -89,15 +89,26 @@ class ChildTrain:
 
 def model_and_example(train_config: Mapping[str, Any], index: int = 0,
                       seed: int = 0) -> tuple[nn.Module, torch.Tensor, int, str]:
-    """A fresh (seeded) model of the run and one real validation image (1, C, H, W) with its label.
+    """A fresh (seeded) model of the run and one real validation example with its label.
 
-    Uses the run's own split so the image is one the search validated on, never a test image.
+    Images: (1, C, H, W) and the class. Language models: (1, seq_len) token ids of the
+    ``index``-th validation window and label -1. Uses the run's own split so the example is
+    one the search validated on, never a test one.
     """
     cfg = TrainConfig.from_dict(dict(train_config))
+    if is_lm(cfg.model):
+        text = load_text(cfg.dataset, cfg.data_dir, with_test=False)
+        windows = (len(text.val) - 1) // cfg.seq_len
+        if not 0 <= index < windows:
+            raise FieldError("index", index, f"0..{windows - 1} (validation windows)")
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, text.vocab_size, max_len=cfg.seq_len)
+        return model, text.val[index * cfg.seq_len:(index + 1) * cfg.seq_len].view(1, -1).cpu(), -1, text.name
     data = load_split(cfg)
     if not 0 <= index < len(data.val_y):
-        raise ValueError(f"image index: bad value {index}; allowed: 0..{len(data.val_y) - 1}")
+        raise FieldError("index", index, f"0..{len(data.val_y) - 1} (validation images)")
     torch.manual_seed(seed)
-    model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels)
+    model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_shape[-1])
     x = data.val_x[index:index + 1].float().cpu()
     return model, x, int(data.val_y[index]), data.name

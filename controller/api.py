@@ -462,10 +462,16 @@ def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, 
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
-        if any(n != "none" for n in names) and example_input is None:
+        if "seq_pattern" in space.methods:  # a Transformer: the practitioners' recipe
+            allowed = space.baseline_plans()
+            bad = [n for n in names if n not in allowed]
+            if bad:
+                raise FieldError("baselines", bad[0], f"{', '.join(allowed)} (for a Transformer)")
+            plans = {n: allowed[n] for n in names}
+        elif any(n != "none" for n in names) and example_input is None:
             raise FieldError("example_input", None, "one input batch of the model (baselines other "
                              "than 'none' place their layers by feature-map size)")
-        if names == ("none",) or not names:
+        elif names == ("none",) or not names:
             plans = {"none": Plan.none(space.sites, model=model_name)} if names else {}
         else:
             plans = baseline_plans(model, space.sites, example_input, model_name, names)

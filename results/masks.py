@@ -4,7 +4,10 @@ Each regularizer is run (train mode, fixed seed) on a tensor of ones with the ex
 of its real input inside the model: kept units come out rescaled (>= 1), dropped or
 distorted ones ~0 (Disout's distortion scales with the input's variance, zero here).
 The mask of channel 0 is stretched over the image and overlaid, so block size and
-pattern geometry are seen at the scale the network sees.
+pattern geometry are seen at the scale the network sees. Sequence sites of Transformers
+((N, T, C) states) are drawn as tokens x channels grids instead, where AutoDropout's
+sequence patterns show as vertical bands (blocks of tokens) that are full height when
+channels share the mask.
 """
 from __future__ import annotations
 
@@ -28,27 +31,34 @@ log = logging.getLogger(__name__)
 
 
 def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
-    """Boolean (C, H, W) mask of the dropped/distorted units of one example, per site.
+    """Boolean mask of the dropped/distorted units of one example, per site: (C, H, W) for
+    image sites, (T, C) for sequence sites (3-D (N, T, C) states). ``x`` is one example (a
+    batch of 1 in the model's own layout: (1, C, H, W) images, (1, T) token ids).
 
     ``model`` must already carry a plan (``apply_plan`` without ``total_steps`` so the layers sit
-    at their target probability). Sites whose regularizer input is not 4-D are skipped.
+    at their target probability). Sites of other ranks are skipped.
     """
     from search_space.apply import regularizers, unwrap_regularizer
 
     # The regularizers see the site's output; apply_plan's hook only runs them in training,
     # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
-    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items() if ":" not in site}
-    inputs = site_shapes(model, list(regs), x[:1])
+    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items()
+            if not site.endswith(":residual")}
+    inputs = site_shapes(model, list(regs), x)  # one example (a batch of 1, in the model's layout)
     masks: dict[str, np.ndarray] = {}
     for i, (site, layer) in enumerate(regs.items()):
         shape = inputs.get(site)
-        if shape is None or len(shape) != 4:
-            log.info("site %s: input shape %s is not (N, C, H, W); not drawn", site, shape)
+        if shape is None or len(shape) not in (3, 4):
+            log.info("site %s: input shape %s is not (N, C, H, W) or (N, T, C); not drawn", site, shape)
             continue
+        seq_first = len(shape) == 3 and getattr(layer, "batch_first", True) is False  # (T, N, C)
+        if seq_first:
+            shape = (shape[0], 1, shape[2])  # one example of a (T, N, C) state
         torch.manual_seed(seed + i)
         layer.train()
         with torch.no_grad():
-            out = layer(torch.ones(shape))[0]
+            out = layer(torch.ones(shape))
+            out = out[:, 0] if seq_first else out[0]
         layer.eval()
         # kept units come out >= 1 (ones rescaled by 1/kept fraction, whatever granularity the
         # layer rescales at); dropped ones ~0 (Disout's distortion is ~0 on a zero-variance input)
@@ -73,10 +83,12 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
     model, x, label, dataset = model_and_example(train_config, image_index, seed)
     apply_plan(model, plan)
     masks = regularizer_masks(model, x, seed=seed)
+    if masks and all(m.ndim == 2 for m in masks.values()):
+        return _plot_sequence_masks(plan, active, masks, dataset, path, max_sites)
     img = x[0].permute(1, 2, 0).numpy()
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
     gray = img.mean(axis=2) if img.shape[2] != 3 else None
-    sites = [s for s in plan.sites if s in masks][:max_sites]
+    sites = [s for s in plan.sites if s in masks and masks[s].ndim == 3][:max_sites]
     n = len(sites) + 1
     ncols = min(4, n)
     nrows = -(-n // ncols)
@@ -93,8 +105,8 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         overlay[mask] = (1.0, 0.1, 0.1, 0.6)
         # same extent as the image: a feature map of another resolution is stretched onto it
         ax.imshow(overlay, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="nearest")
-        compact = type(plan)({site: active[site]}).summary().split("=", 1)[1]  # e.g. dropout(p=.1)
-        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(compact, 44)) + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
+        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 44))
+                     + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
                      f"{masks[site].mean():.0%} of units dropped (all channels)", fontsize=7)
     for ax in axes:
         ax.set_xticks([])
@@ -103,4 +115,40 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         ax.set_visible(False)
     fig.suptitle("Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted",
                  fontsize=10)
+    return save_figure(fig, path)
+
+
+def _compact(plan: Any, site: str, active: dict[str, Any]) -> str:
+    return type(plan)({site: active[site]}).summary().split("=", 1)[1]  # e.g. dropout(p=.1)
+
+
+_SEQ_COLORS = np.array([(0.93, 0.93, 0.93), (0.85, 0.1, 0.1)])  # kept, dropped
+
+
+def _plot_sequence_masks(plan: Any, active: dict[str, Any], masks: dict[str, np.ndarray], dataset: str, path: Path,
+                         max_sites: int) -> Path | None:
+    """One panel per site: channels (rows) x tokens (columns) of one example, red = dropped.
+
+    A sequence pattern shows as vertical bands every ``stride`` tokens, ``size`` wide, full
+    height when channels share the mask (share_c); element-wise dropout as salt noise.
+    """
+    sites = [s for s in plan.sites if s in masks][:max_sites]
+    ncols = min(3, len(sites))
+    nrows = -(-len(sites) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.7))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, site in zip(axes, sites):
+        mask = masks[site]  # (T, C)
+        t, c = mask.shape
+        ax.imshow(_SEQ_COLORS[mask.T.astype(int)], aspect="auto", interpolation="nearest",
+                  extent=(-0.5, t - 0.5, c - 0.5, -0.5))
+        ax.set_xlabel("token", fontsize=7)
+        ax.set_ylabel("channel", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 52))
+                     + f"\n{t} tokens x {c} channels, {mask.mean():.0%} dropped", fontsize=7)
+    for ax in axes[len(sites):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Best plan's sequence masks on one {dataset} validation example; red = dropped", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save_figure(fig, path)

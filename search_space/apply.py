@@ -18,6 +18,22 @@ module-definition order, which is the forward order of ResNets) whose ``in_chann
 equals the site's channel count; it is re-read before every training forward, so it follows
 training, ``.to(device)`` and ``deepcopy``. With no such convolution Disout uses its constant.
 
+Transformer sites (`transformer_sites`): in every Transformer layer, the query, key and
+value projections, the attention output, the feed-forward hidden activation and the
+feed-forward output (AutoDropout applies its patterns to these sub-layers), plus the
+token/patch embedding. A module declares its own with a ``regularization_sites`` tuple of
+relative module names (our ``vit_tiny``/``transformer_lm`` do). For
+``nn.TransformerEncoderLayer`` they are ``self_attn:q``, ``self_attn:k``, ``self_attn:v``
+(virtual sites: its fused ``MultiheadAttention`` computes them inside one op),
+``dropout1`` (attention output), ``dropout`` (hidden activation) and ``dropout2``
+(feed-forward output), after the layer's own dropouts; every ``nn.Embedding`` of a model
+holding such layers is an embedding site. Any ``nn.MultiheadAttention`` accepts the virtual
+``<path>:q|k|v`` sites: apply_plan switches its class to `RegularizedMultiheadAttention`
+(same parameters, so the same state_dict), which computes attention unfused with the
+projections regularized, only in training and only while one of its regularizers is
+active; otherwise (and always in eval, fast path included) it is the stock module.
+Sequence regularizers at sites of a ``batch_first=False`` layer are told so.
+
 Pattern ``residual=True``: the same pattern (a second, independent instance) is also
 applied to the output of the nearest enclosing residual block of the site, i.e. to the
 residual stream after the skip connection is added. It has no effect for a site that is not
@@ -26,20 +42,26 @@ inside a residual block.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
 from search_space.plan import Plan, PlanError, SiteSpec
-from search_space.vocab import APPLY_ONLY_PARAMS, METHOD_LAYERS
+from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, SEQUENCE_METHODS
 
 log = logging.getLogger(__name__)
 
 REG_ATTR = "plan_regularizers"
+QKV_ATTR = "plan_qkv_regularizers"
+_QKV = ("q", "k", "v")
+_TORCH_LAYER_SITES = ("self_attn:q", "self_attn:k", "self_attn:v", "dropout1", "dropout", "dropout2")
+_TORCH_LAYERS = (nn.TransformerEncoderLayer,)
 _BEHIND = "_plan_behind_conv"
 _RESIDUAL_SUFFIX = ":residual"
 _SCHEDULERS = "_plan_schedulers"
@@ -60,20 +82,69 @@ def is_residual_block(module: nn.Module) -> bool:
 def _named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """named_modules() without the regularizers this module inserted."""
     for name, m in model.named_modules():
-        if REG_ATTR not in name.split("."):
+        parts = name.split(".")
+        if REG_ATTR not in parts and QKV_ATTR not in parts:
             yield name, m
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def transformer_site_blocks(model: nn.Module) -> dict[str, str]:
+    """Transformer site -> the module that declares it (its Transformer layer, or the model
+    for an embedding), in module order (see the module docstring)."""
+    named = list(_named_modules(model))
+    has_torch_layers = any(isinstance(m, _TORCH_LAYERS) for _, m in named)
+    declared: dict[str, str] = {}
+    for name, m in named:
+        for rel in getattr(m, "regularization_sites", ()):
+            declared[_join(name, rel)] = name
+    sites: dict[str, str] = {}
+    for name, m in named:
+        if isinstance(m, _TORCH_LAYERS):
+            sites.update((_join(name, rel), name) for rel in _TORCH_LAYER_SITES)
+        elif name in declared:
+            sites[name] = declared[name]
+        elif has_torch_layers and isinstance(m, nn.Embedding):
+            sites[name] = ""
+    return sites
+
+
+def transformer_sites(model: nn.Module) -> list[str]:
+    """The Transformer sites of `model` in module order (see the module docstring)."""
+    return list(transformer_site_blocks(model))
+
+
 def find_sites(model: nn.Module) -> list[str]:
-    """BatchNorm2d (and SyncBatchNorm) outputs and residual-block outputs, in module order.
-    BatchNorm1d is left out: its (N, F) output only suits plain dropout."""
-    return [name for name, m in _named_modules(model)
+    """BatchNorm2d (and SyncBatchNorm) outputs and residual-block outputs, in module order,
+    then the Transformer sites (`transformer_sites`). BatchNorm1d is left out: its (N, F)
+    output only suits plain dropout."""
+    conv = [name for name, m in _named_modules(model)
             if name and (isinstance(m, _SITE_NORMS) or is_residual_block(m))]
+    return conv + [s for s in transformer_sites(model) if s not in conv]
+
+
+def default_methods(model: nn.Module, sites: Iterable[str]) -> tuple[str, ...]:
+    """SEQUENCE_METHODS when every site is a Transformer site, else CONV_METHODS."""
+    seq = set(transformer_sites(model))
+    sites = list(sites)
+    return SEQUENCE_METHODS if sites and all(s in seq or _is_virtual(s) for s in sites) else CONV_METHODS
+
+
+def _is_virtual(site: str) -> bool:
+    return ":" in site and site.rsplit(":", 1)[1] in _QKV
+
+
+def _virtual_sites(named: Iterable[tuple[str, nn.Module]]) -> set[str]:
+    return {f"{name}:{x}" for name, m in named if isinstance(m, nn.MultiheadAttention) for x in _QKV}
 
 
 def check_sites(model: nn.Module, sites: Iterable[str]) -> None:
-    """PlanError naming the first site that is not a module of `model`."""
-    names = {name for name, _ in _named_modules(model) if name}
+    """PlanError naming the first site that is not a module of `model` (nor a virtual
+    ``<attention>:q|k|v`` site of one of its ``nn.MultiheadAttention``s)."""
+    named = list(_named_modules(model))
+    names = {name for name, _ in named if name} | _virtual_sites(named)
     for site in sites:
         if site not in names:
             hint = find_sites(model)
@@ -117,11 +188,115 @@ def _attach(module: nn.Module, reg: nn.Module) -> None:
     holder.append(reg)
 
 
-def _holders(model: nn.Module) -> Iterator[nn.ModuleList]:
+def _holders(model: nn.Module) -> Iterator[nn.Module]:
     for _, m in _named_modules(model):
         holder = _holder(m)
         if holder is not None:
             yield holder
+        qkv = m._modules.get(QKV_ATTR)
+        if qkv is not None:
+            yield qkv.values()  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------- attention q/k/v
+class RegularizedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose q/k/v projections pass through regularizers.
+
+    Never constructed: `apply_plan` switches an existing module's class to this one (the
+    parameters, and so the state_dict, stay as they are) and `remove_plan` switches it back.
+    In eval, or while no q/k/v regularizer is active, it is exactly the stock module (fused
+    fast path included); otherwise it computes attention unfused with the same semantics
+    (masks, dropout on the weights, need_weights) and the projections regularized.
+    """
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        regs = self._modules.get(QKV_ATTR)
+        if not self.training or regs is None or not any(_active(r) for r in regs.values()):
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+        unbatched = query.dim() == 2
+        if unbatched:
+            bdim = 0 if self.batch_first else 1
+            query, key, value = (t.unsqueeze(bdim) for t in (query, key, value))
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out, weights = _regularized_attention(self, regs, query, key, value, key_padding_mask, need_weights,
+                                              attn_mask, average_attn_weights, is_causal)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+
+def _active(reg: nn.Module) -> bool:
+    layer = unwrap_regularizer(reg)
+    return float(getattr(layer, type(layer).prob_attr, 1.0)) > 0.0
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Bool masks (True = not allowed) as -inf additive masks; float masks unchanged."""
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+
+
+def _regularized_attention(m: nn.MultiheadAttention, regs: nn.ModuleDict, query: torch.Tensor, key: torch.Tensor,
+                           value: torch.Tensor, key_padding_mask: torch.Tensor | None, need_weights: bool,
+                           attn_mask: torch.Tensor | None, average_attn_weights: bool,
+                           is_causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batch-first attention with regularized projections; inputs (B, T, E), (B, S, kdim/vdim)."""
+    b, t, e = query.shape
+    s, h = key.shape[1], m.num_heads
+    d = e // h
+    if m._qkv_same_embed_dim:
+        weights = m.in_proj_weight.chunk(3)
+    else:
+        weights = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
+    proj = {}
+    for name, x, w, bias in zip(_QKV, (query, key, value), weights, biases):
+        y = F.linear(x, w, bias)
+        proj[name] = regs[name](y) if name in regs else y
+    q, k, v = (proj[n].view(b, -1, h, d).transpose(1, 2) for n in _QKV)
+    dtype = q.dtype
+    mask = _additive_mask(attn_mask, dtype)
+    if mask is not None and mask.dim() == 3:
+        mask = mask.view(b, h, t, s)
+    if mask is None and is_causal:
+        mask = _additive_mask(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), dtype)
+    pad = _additive_mask(key_padding_mask, dtype)
+    if pad is not None:
+        pad = pad.view(b, 1, 1, s)
+        mask = pad if mask is None else mask + pad
+    dropout = m.dropout if m.training else 0.0
+    if need_weights:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if mask is not None:
+            scores = scores + mask
+        attn = scores.softmax(-1)
+        out = F.dropout(attn, dropout, training=dropout > 0) @ v
+        attn_weights: torch.Tensor | None = attn.mean(1) if average_attn_weights else attn
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        attn_weights = None
+    out = F.linear(out.transpose(1, 2).reshape(b, t, e), m.out_proj.weight, m.out_proj.bias)
+    return out, attn_weights
+
+
+def _attach_qkv(mha: nn.MultiheadAttention, part: str, reg: nn.Module) -> None:
+    holder = mha._modules.get(QKV_ATTR)
+    if holder is None:
+        holder = nn.ModuleDict()
+        mha.add_module(QKV_ATTR, holder)
+        mha.__class__ = RegularizedMultiheadAttention
+    holder[part] = reg
 
 
 def unwrap_regularizer(reg: nn.Module) -> nn.Module:
@@ -161,6 +336,8 @@ def remove_plan(model: nn.Module) -> nn.Module:
                 del m._forward_hooks[key]
         m._modules.pop(REG_ATTR, None)
         m.__dict__.pop(REG_ATTR, None)
+        if m._modules.pop(QKV_ATTR, None) is not None and type(m) is RegularizedMultiheadAttention:
+            m.__class__ = nn.MultiheadAttention
     model.__dict__.pop(_SCHEDULERS, None)
     return model
 
@@ -205,10 +382,14 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     # Build everything first, so a failure leaves the model (and any earlier plan) untouched.
     own: list[tuple[str, nn.Module]] = []
     residual: list[tuple[str, nn.Module]] = []
+    sequence_sites = set(transformer_sites(model))
     for site, spec in plan.sites.items():
         if spec.method == "none":
             continue
+        _check_method_fits(site, spec.method, site in sequence_sites or _is_virtual(site), modules)
         layer = _build(site, spec)
+        if hasattr(layer, "batch_first") and not _is_virtual(site):
+            layer.batch_first = _batch_first(modules, site)
         if spec.method == "disout":
             conv = _next_conv(named, site)
             if conv is None:
@@ -226,12 +407,41 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
                                                 site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones
-        _attach(modules[path], reg)
+        if _is_virtual(path):
+            attention, part = path.rsplit(":", 1)
+            _attach_qkv(modules[attention], part, reg)  # type: ignore[arg-type]
+        else:
+            _attach(modules[path], reg)
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
     log.info("applied plan to %d sites: %s", len(plan.sites), plan.summary())
     return model
+
+
+def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
+    """Fail early (not in the first forward) when a method cannot run on the site's shape."""
+    if sequence and method not in SEQUENCE_METHODS:
+        raise PlanError(f"sites[{site!r}].method: bad value {method!r} at a Transformer (N, T, C) site; "
+                        f"allowed: {list(SEQUENCE_METHODS)}")
+    if not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
+        raise PlanError(f"sites[{site!r}].method: bad value {method!r} at an (N, C, H, W) site; "
+                        f"allowed: {list(CONV_METHODS)}")
+    if _is_virtual(site):
+        mha = modules[site.rsplit(":", 1)[0]]
+        if mha.bias_k is not None or mha.add_zero_attn:  # type: ignore[union-attr]
+            raise PlanError(f"sites[{site!r}]: q/k/v sites need a MultiheadAttention without add_bias_kv "
+                            "and add_zero_attn; allowed: the attention output and feed-forward sites")
+
+
+def _batch_first(modules: dict[str, nn.Module], site: str) -> bool:
+    """False for sites inside a ``batch_first=False`` nn.TransformerEncoderLayer ((T, N, C) states)."""
+    parts = site.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        m = modules.get(".".join(parts[:i]))
+        if isinstance(m, _TORCH_LAYERS):
+            return bool(m.self_attn.batch_first)
+    return True
 
 
 def _ramped(layer: nn.Module, nr_steps: int | None, key: str) -> nn.Module:

@@ -113,12 +113,24 @@ def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_na
 
 
 def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of each site module for input ``x`` (eval mode, one forward pass)."""
+    """Output shape of each site module for input ``x`` (eval mode, one forward pass).
+
+    A virtual q/k/v site of a MultiheadAttention (``<module>:q``) has its query's shape,
+    batch first."""
     import torch
 
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for site in sites:
+        if ":" in site:
+            module = model.get_submodule(site.rsplit(":", 1)[0])
+
+            def hook(m: nn.Module, args: tuple, kwargs: dict, _out: Any, site: str = site) -> None:
+                q = args[0] if args else kwargs["query"]
+                shapes[site] = tuple(q.shape) if m.batch_first else (q.shape[1], q.shape[0], *q.shape[2:])
+
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            continue
         module = model.get_submodule(site)
         handles.append(module.register_forward_hook(
             lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))

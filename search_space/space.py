@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from search_space.apply import check_sites, find_sites
+from search_space.apply import (check_sites, default_methods, find_sites, transformer_site_blocks,
+                                transformer_sites)
 from search_space.plan import Plan, PlanError, SiteSpec
-from search_space.vocab import METHODS, SPACE_VERSION, VOCAB, ParamValue
+from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
-__all__ = ["SPACE_VERSION", "VOCAB", "METHODS", "Decision", "SearchSpace", "stage_of"]
+__all__ = ["SPACE_VERSION", "VOCAB", "METHODS", "Decision", "SearchSpace", "stage_of", "block_of"]
 
 METHOD_PARAM = "method"
 
@@ -44,13 +45,23 @@ def stage_of(site: str) -> str:
     return site
 
 
+def block_of(model: nn.Module) -> Callable[[str], str]:
+    """Group key function for a Transformer under ``share="stage"``: a site inside a
+    Transformer layer maps to ``<layer path>.*`` (``blocks.1.attn.q_proj`` -> ``blocks.1.*``,
+    ``1.layers.0.self_attn:q`` -> ``1.layers.0.*``), so each block gets one decision set; an
+    embedding site (or any other) is its own group."""
+    owners = {site: owner for site, owner in transformer_site_blocks(model).items()
+              if owner and owner != site and site.startswith(owner)}
+    return lambda site: owners[site] + ".*" if site in owners else site
+
+
 class SearchSpace:
     """Decisions for a fixed list of site groups; see the module docstring."""
 
     def __init__(self, groups: Sequence[tuple[str, Sequence[str]]],
                  methods: Sequence[str] | None = None, model: str = "",
                  share: str | None = None, ramp_fraction: float = 0.0) -> None:
-        methods = tuple(METHODS if methods is None else methods)
+        methods = tuple(CONV_METHODS if methods is None else methods)
         for m in methods:
             if m not in VOCAB:
                 raise PlanError(f"methods: bad value {m!r}; allowed: {list(METHODS)}")
@@ -84,17 +95,26 @@ class SearchSpace:
                   share: str | Callable[[str], str] | None = None,
                   methods: Sequence[str] | None = None, model_name: str = "",
                   ramp_fraction: float = 0.0) -> "SearchSpace":
-        """Space over `sites` (default `find_sites(model)`).
+        """Space over `sites` (default `find_sites(model)`; for a model with Transformer
+        layers, its Transformer sites only).
 
-        share: None (one decision set per site), "stage" (one per `stage_of(site)`), or a
-        function site -> group key. model_name and ramp_fraction are copied into decoded plans.
+        share: None (one decision set per site), "stage" (one per `stage_of(site)`; for
+        Transformer sites one per block, `block_of`), or a function site -> group key.
+        methods: default CONV_METHODS, or SEQUENCE_METHODS (none, dropout, seq_pattern) when
+        every site is a Transformer site. model_name and ramp_fraction are copied into
+        decoded plans.
         """
-        sites = list(find_sites(model) if sites is None else sites)
+        if sites is None:
+            sites = transformer_sites(model) or find_sites(model)
+        sites = list(sites)
         check_sites(model, sites)
+        sequence = default_methods(model, sites) != CONV_METHODS  # every site a Transformer site
+        if methods is None:
+            methods = default_methods(model, sites)
         if share is None:
             key_fn: Callable[[str], str] = lambda s: s
         elif share == "stage":
-            key_fn = stage_of
+            key_fn = block_of(model) if sequence else stage_of
         elif callable(share):
             key_fn = share
         else:
@@ -104,6 +124,17 @@ class SearchSpace:
             groups.setdefault(key_fn(s), []).append(s)
         share_name = share if share in (None, "stage") else "custom"
         return cls(list(groups.items()), methods, model_name, share_name, ramp_fraction)
+
+    def uniform_plan(self, method: str, **params: ParamValue) -> Plan:
+        """The same SiteSpec at every site of the space (e.g. the baselines ``none`` and
+        ``dropout`` 0.1 everywhere: ``space.uniform_plan("dropout", drop_prob=0.1)``)."""
+        return Plan({s: SiteSpec(method, dict(params)) for s in self.sites}, model=self.model,
+                    ramp_fraction=self.ramp_fraction)
+
+    def baseline_plans(self) -> dict[str, Plan]:
+        """Hand-set plans a search is compared with: "none" everywhere and "dropout" 0.1
+        everywhere (the Transformer baselines; for ConvNets, see results.baselines)."""
+        return {"none": self.uniform_plan("none"), "dropout": self.uniform_plan("dropout", drop_prob=0.1)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"space_version": SPACE_VERSION, "model": self.model, "share": self.share,

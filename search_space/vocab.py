@@ -3,6 +3,8 @@
 Kept as data so that adding a method or a value is one entry here; plans, the search space
 and `apply_plan` all read this table. Change `SPACE_VERSION` whenever the table changes
 (a plan records the version it was made for, and loading rejects a different one).
+Appending a method leaves every existing plan and default ConvNet space unchanged (its
+tokens decode the same), so "seq_pattern" was added without a version change.
 """
 from __future__ import annotations
 
@@ -50,6 +52,16 @@ _TABLE: tuple[MethodSpec, ...] = (
         "shear_y": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
         "share_channels": BOOLS,
         "residual": BOOLS}),
+    # AutoDropout's Transformer pattern: blocks of `size` tokens every `stride` tokens, noise
+    # shared over a block's tokens (share_t) and/or channels (share_c); drop_prob is the
+    # expected dropped fraction (search_space.layers.sequence). size/stride share the ConvNet
+    # pattern's decisions (never in one space together: they need different site shapes).
+    MethodSpec("seq_pattern", "SequenceDropout", {
+        "drop_prob": DROP_PROBS,
+        "size": (1, 2, 3, 4),
+        "stride": (2, 3, 4, 6, 8),
+        "share_t": BOOLS,
+        "share_c": BOOLS}),
 )
 
 #: method -> param -> choices (read-only view of the table).
@@ -58,6 +70,10 @@ VOCAB: Mapping[str, Mapping[str, tuple[ParamValue, ...]]] = MappingProxyType(
 #: method -> layer class name in `search_space.layers` (None for "none").
 METHOD_LAYERS: Mapping[str, str | None] = MappingProxyType({m.name: m.layer for m in _TABLE})
 METHODS: tuple[str, ...] = tuple(VOCAB)
+#: Methods for (N, C, H, W) sites (BN and residual-block outputs): the default ConvNet space.
+CONV_METHODS: tuple[str, ...] = ("none", "dropout", "spatial_dropout", "dropblock", "disout", "pattern")
+#: Methods for (N, T, C) sequence sites of Transformers: the default Transformer space.
+SEQUENCE_METHODS: tuple[str, ...] = ("none", "dropout", "seq_pattern")
 
 #: Legal range of a hand-written value (plans may hold values between the searched ones,
 #: e.g. the papers' dist_prob=0.09 or alpha=5.0). Params not listed: min..max of choices.
@@ -73,7 +89,7 @@ APPLY_ONLY_PARAMS: frozenset[str] = frozenset({"residual"})
 PARAM_SHORT: Mapping[str, str] = MappingProxyType({
     "drop_prob": "p", "dist_prob": "p", "block_size": "b", "alpha": "a", "size": "s",
     "stride": "st", "repeat": "r", "rotate": "rot", "shear_x": "sx", "shear_y": "sy",
-    "share_channels": "sc", "residual": "res"})
+    "share_channels": "sc", "residual": "res", "share_t": "sht", "share_c": "shc"})
 
 
 def param_kind(choices: tuple[ParamValue, ...]) -> type:

@@ -62,3 +62,35 @@ def test_unknown_models_name_the_allowed_ones(name: str) -> None:
 def test_torchvision_grey_input_and_no_download() -> None:
     model = build_model("tv:resnet18", 10, in_channels=1)
     assert model.conv1.in_channels == 1 and model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("in_ch,side,tokens", [(1, 8, 16), (3, 32, 64)])
+def test_vit_tiny_patch_tokens_and_random_sequence_plan(in_ch: int, side: int, tokens: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=10, in_channels=in_ch, image_size=side)
+    x = torch.randn(3, in_ch, side, side)
+    assert model.embed(x).shape == (3, tokens, 64)
+    model.eval()
+    with torch.no_grad():
+        reference = model(x)
+    apply_plan(model, SearchSpace.for_model(model, share="stage").random_plan(seed=2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)
+    model.train()
+    model(x).sum().backward()
+
+
+def test_transformer_lm_is_causal_and_tied() -> None:
+    torch.manual_seed(0)
+    model = build_model("transformer_lm", num_classes=40, max_len=12).eval()
+    ids = torch.randint(0, 40, (2, 12))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 40
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert a.shape == (2, 12, 40)
+    torch.testing.assert_close(a[:, :7], b[:, :7])  # a token never sees later tokens
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+    assert model.head.weight is model.embed.tok.weight
+    with pytest.raises(ValueError, match="longer than max_len"):
+        model(torch.zeros(1, 13, dtype=torch.long))

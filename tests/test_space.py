@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torchvision
 
-from search_space import (METHODS, VOCAB, Plan, PlanError, SearchSpace, SiteSpec, find_sites,
+from search_space import (CONV_METHODS, VOCAB, Plan, PlanError, SearchSpace, SiteSpec, find_sites,
                           stage_of)
 
 
@@ -23,12 +23,12 @@ def space(request, resnet18) -> SearchSpace:
 
 
 def test_layout_one_method_then_union_of_params(space: SearchSpace) -> None:
-    params = list(dict.fromkeys(p for m in METHODS for p in VOCAB[m]))
+    params = list(dict.fromkeys(p for m in CONV_METHODS for p in VOCAB[m]))
     per_group = 1 + len(params)
     assert len(space.decisions) == per_group * len(space.groups)
     assert space.vocab_sizes == [len(d.choices) for d in space.decisions]
     first = space.decisions[:per_group]
-    assert first[0].param == "method" and first[0].choices == tuple(METHODS)
+    assert first[0].param == "method" and first[0].choices == tuple(CONV_METHODS)
     assert [d.param for d in first[1:]] == params
     assert {d.site for d in first} == {space.groups[0][0]}
     # Shared parameter names share a decision (drop_prob of dropout/spatial/dropblock).
@@ -62,7 +62,7 @@ def test_encode_decode_keeps_active_tokens_and_zeroes_inactive(space: SearchSpac
         bumped[k] = (bumped[k] + 1) % space.vocab_sizes[k]
         assert space.decode(bumped) != space.decode(tokens)
         seen_methods.add(space.methods[tokens[0]])
-    assert seen_methods == set(METHODS)
+    assert seen_methods == set(CONV_METHODS)
 
 
 def test_active_mask_matches_method_params(space: SearchSpace) -> None:
@@ -133,7 +133,7 @@ def test_bad_tokens(space: SearchSpace) -> None:
     with pytest.raises(ValueError, match=f"bad length 3; allowed: {len(space.decisions)}"):
         space.decode([0, 0, 0])
     tokens = [0] * len(space.decisions)
-    tokens[0] = len(METHODS)
+    tokens[0] = len(CONV_METHODS)
     with pytest.raises(ValueError, match=r"tokens\[0\] \(.* method\): bad value 6; allowed: 0..5"):
         space.active_mask(tokens)
 
@@ -144,7 +144,7 @@ def test_random_tokens_seeded_and_uniform(space: SearchSpace) -> None:
     assert space.random_plan(5) == space.random_plan(5) != space.random_plan(6)
     rng = np.random.default_rng(1)
     counts = Counter(space.random_tokens(rng)[0] for _ in range(3000))
-    for m in range(len(METHODS)):  # 500 expected; 5 sigma ~ 100
+    for m in range(len(CONV_METHODS)):  # 500 expected; 5 sigma ~ 100
         assert abs(counts[m] - 500) < 100
 
 

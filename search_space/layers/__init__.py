@@ -14,3 +14,5 @@ __all__ = [
     "Disout", "DropBlock2d", "DropBlock3d", "Dropout", "LinearScheduler", "PatternDropout",
     "SpatialDropout", "seed_rate", "tiled_pattern",
 ]
+from search_space.layers.sequence import SequenceDropout  # noqa: E402 (Transformer pattern)
+__all__.append("SequenceDropout")

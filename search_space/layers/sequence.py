@@ -1,0 +1,161 @@
+"""AutoDropout's Transformer dropout pattern (Pham & Le 2021) for (batch, tokens, channels) states.
+
+Pattern, in REFERENCES.md terms: along the token axis the sequence is tiled with period
+``stride``; in every period the first ``size`` consecutive tokens form a *block* (tokens outside
+blocks are never dropped). The tiling starts at a random offset drawn uniformly from
+``[0, stride)`` per example and per forward pass (one offset per example, shared by all
+channels). Inside blocks, noise units are dropped with probability ``block_rate``:
+
+* ``share_t``: all tokens of one block share one noise draw (else one draw per token);
+* ``share_c``: one draw serves all channels (else one draw per channel).
+
+So ``share_t and share_c`` drops whole spans of ``size`` tokens (word-dropout-like),
+``share_t`` alone drops one channel over a whole span (variational-style along time),
+``share_c`` alone drops whole tokens, neither is element-wise dropout restricted to blocks.
+
+Choices where the paper's text is not specific (documented, see REFERENCES.md):
+
+* ``drop_prob`` is the **expected fraction of dropped units**, as for every other layer, so a
+  search compares patterns at equal amounts of noise. With the uniform offset every token lies
+  in a block with probability exactly ``coverage = min(size, stride) / stride``, so the noise
+  inside blocks uses ``block_rate = drop_prob / coverage``. When ``drop_prob > coverage`` the
+  pattern cannot drop that much: ``block_rate`` saturates at 1 and the realized rate is
+  ``coverage`` (``expected_rate``), instead of failing a sampled plan.
+* ``size > stride`` saturates to ``size == stride`` (every token is in a block; blocks are
+  the periods, so ``share_t`` shares noise across one period).
+* Kept units are rescaled by the realized kept fraction of the whole batch tensor (one
+  scalar, as `PatternDropout` does), so the expected sum of activations is unchanged.
+* Inputs: (N, T, C) hidden states (``batch_first=False``: (T, N, C), as
+  ``nn.TransformerEncoderLayer(batch_first=False)`` produces), or (N, H, T, S) attention
+  probabilities, where tokens are the query axis T and "channels" are (head, key) pairs.
+
+The random draws (offsets, then uniform noise) are made by `draws`; the fast path turns them
+into a mask with broadcast index arithmetic, ``algorithm="reference"`` with plain Python loops
+over examples and tokens, so the two are compared exactly on the same draws.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ._checks import check_int, check_prob, check_rank
+
+ALGORITHMS = ("fast", "reference")
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class SequenceDropout(nn.Module):
+    """Zero blocks of consecutive tokens tiled along a sequence, rescale the rest (see module doc).
+
+    ``generator`` (optional) makes the masks of this layer reproducible independently of the
+    global RNG; without it the global (``torch.manual_seed``) generator is used.
+    """
+
+    prob_attr: ClassVar[str] = "drop_prob"
+
+    def __init__(self, drop_prob: float = 0.1, size: int = 2, stride: int = 4, share_t: bool = False,
+                 share_c: bool = False, batch_first: bool = True, algorithm: str = "fast",
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.drop_prob = check_prob("drop_prob", drop_prob)
+        self.size = check_int("size", size)
+        self.stride = check_int("stride", stride)
+        self.share_t = _check_bool("share_t", share_t)
+        self.share_c = _check_bool("share_c", share_c)
+        self.batch_first = _check_bool("batch_first", batch_first)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
+        self.generator = generator
+
+    # ------------------------------------------------------------------ rates
+    @property
+    def coverage(self) -> float:
+        """Probability that a token lies in a block (exact, over the random offset)."""
+        return min(self.size, self.stride) / self.stride
+
+    @property
+    def block_rate(self) -> float:
+        """Drop probability of a noise unit inside a block."""
+        return min(1.0, check_prob("drop_prob", self.drop_prob) / self.coverage)
+
+    @property
+    def expected_rate(self) -> float:
+        """Expected fraction of dropped units: ``drop_prob``, or ``coverage`` when saturated."""
+        return self.block_rate * self.coverage
+
+    # ------------------------------------------------------------------ layout
+    def _axes(self, x: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+        """(batch axis, token axis, channel axes) of the input."""
+        check_rank("SequenceDropout", x, (3, 4), "(N, T, C), (T, N, C) or (N, H, T, S)")
+        if x.dim() == 4:
+            if not self.batch_first:
+                raise ValueError("SequenceDropout: 4-D attention probabilities must be batch first (N, H, T, S)")
+            return 0, 2, (1, 3)
+        return (0, 1, (2,)) if self.batch_first else (1, 0, (2,))
+
+    def n_units(self, tokens: int) -> int:
+        """Noise units along the token axis: blocks that can touch ``tokens`` tokens, or tokens."""
+        return (tokens - 1) // self.stride + 2 if self.share_t else tokens
+
+    def draws(self, n: int, tokens: int, channels: tuple[int, ...],
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random numbers of one forward: offsets (n,) in [0, stride) and uniform noise
+        (n, units, *channels) with channels of size 1 when ``share_c``."""
+        chans = tuple(1 for _ in channels) if self.share_c else tuple(channels)
+        offsets = torch.randint(0, self.stride, (n,), device=device, generator=self.generator)
+        noise = torch.rand((n, self.n_units(tokens), *chans), device=device, generator=self.generator)
+        return offsets, noise
+
+    def _drop_fast(self, offsets: torch.Tensor, noise: torch.Tensor, tokens: int) -> torch.Tensor:
+        n = offsets.shape[0]
+        # rel = t - offset + stride >= 1: the token's position in the tiling (one period ahead).
+        rel = torch.arange(tokens, device=offsets.device).view(1, tokens) - offsets.view(n, 1) + self.stride
+        covered = (rel % self.stride) < min(self.size, self.stride)
+        extra = (1,) * (noise.dim() - 2)
+        if self.share_t:
+            index = (rel // self.stride).view(n, tokens, *extra).expand(n, tokens, *noise.shape[2:])
+            noise = torch.gather(noise, 1, index)
+        return covered.view(n, tokens, *extra) & (noise < self.block_rate)
+
+    def _drop_reference(self, offsets: torch.Tensor, noise: torch.Tensor, tokens: int) -> torch.Tensor:
+        size, stride, q = min(self.size, self.stride), self.stride, self.block_rate
+        drop = torch.zeros((offsets.shape[0], tokens, *noise.shape[2:]), dtype=torch.bool)
+        for i, o in enumerate(offsets.tolist()):
+            for t in range(tokens):
+                if (t - o) % stride < size:  # Python's % is the torus position
+                    unit = (t - o) // stride + 1 if self.share_t else t
+                    drop[i, t] = noise[i, unit].cpu() < q
+        return drop.to(offsets.device)
+
+    def drop_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean mask (True = dropped) broadcastable to ``x``, in x's axis order."""
+        b, t, chan_axes = self._axes(x)
+        offsets, noise = self.draws(x.shape[b], x.shape[t], tuple(x.shape[a] for a in chan_axes), x.device)
+        build = self._drop_fast if self.algorithm == "fast" else self._drop_reference
+        drop = build(offsets, noise, x.shape[t])  # axes (b, t, *chan_axes)
+        order = (b, t, *chan_axes)
+        return drop.permute(*[order.index(a) for a in range(x.dim())])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._axes(x)
+        p = check_prob("drop_prob", self.drop_prob)
+        if not self.training or p == 0.0 or x.numel() == 0:
+            return x
+        keep = ~self.drop_mask(x)
+        if x.device.type == "cpu":  # host scalar: cheap here
+            scale = keep.numel() / max(int(keep.sum()), 1)
+            return x * keep.to(x.dtype).mul_(scale)
+        kept = keep.sum(dtype=torch.int64).clamp_min(1).double()
+        return x * keep.to(x.dtype).mul_((keep.numel() / kept).to(x.dtype))  # no host sync on CUDA
+
+    def extra_repr(self) -> str:
+        return (f"drop_prob={self.drop_prob}, size={self.size}, stride={self.stride}, share_t={self.share_t}, "
+                f"share_c={self.share_c}, batch_first={self.batch_first}, algorithm={self.algorithm!r}")
