@@ -29,7 +29,11 @@ BASELINE_NAMES = ("none", "dropout", "dropblock", "disout")
 # steps), the regime where a regularizer can pay off.
 DIGITS_DEFAULTS = {"train_size": 200, "epochs": 150, "batch_size": 32}
 DEFAULT_EPOCHS = 30
-TRAIN_FLAGS = ("dataset", "data_dir", "model", "train_size", "epochs", "batch_size", "lr", "amp")
+# transformer_lm on the built-in corpus: 20k training tokens overfit within ~270 steps, where
+# dropout-like regularizers pay off (at 10k tokens the model underfits and they only hurt).
+LM_DEFAULTS = {"train_size": 20000, "epochs": 30, "batch_size": 32}
+TRANSFORMERS = ("vit_tiny", "transformer_lm")
+TRAIN_FLAGS = ("dataset", "data_dir", "model", "train_size", "epochs", "batch_size", "lr", "amp", "seq_len")
 FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # API/TrainConfig names that differ
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
@@ -43,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     from search_space.errors import OneLineParser, typed
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    add_train_flags(p, TRAIN_FLAGS, defaults={k: None for k in TRAIN_FLAGS if k != "dataset"},
-                    help_defaults={"model": "digits_cnn for digits, resnet20 otherwise",
-                                   "train_size": "200 for digits, the whole training split otherwise",
-                                   "epochs": f"150 for digits, {DEFAULT_EPOCHS} otherwise",
-                                   "batch_size": "32 for digits, the trainer's otherwise",
+    add_train_flags(p, TRAIN_FLAGS, defaults={k: None for k in TRAIN_FLAGS},
+                    help_defaults={"dataset": "digits; builtin_text for transformer_lm",
+                                   "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
+                                   "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole "
+                                                 "training split otherwise",
+                                   "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
+                                   "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
+                                   "seq_len": "64",
                                    "lr": "the trainer's, 0.1", "data_dir": "./data", "amp": "auto"})
     p.add_argument("--num-samples", type=typed(int), default=16,
                    help="plans the searcher samples (default 16); baselines and the final stage come on top")
@@ -55,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)")
     p.add_argument("--reward-seeds", type=typed(int), default=1,
                    help="trainings per plan with different seeds; the reward is their mean (default 1)")
-    p.add_argument("--baselines", default=",".join(BASELINE_NAMES),
-                   help="hand-set plans trained in every search, never learned from "
-                        f"(default {','.join(BASELINE_NAMES)}; '' for none)")
+    p.add_argument("--baselines", default=None,
+                   help="hand-set plans trained in every search, never learned from (default "
+                        f"{','.join(BASELINE_NAMES)}; none,dropout for Transformers; '' for none)")
     p.add_argument("--final-top-k", type=typed(int), default=2,
                    help="best sampled plans re-trained at the end with fresh seeds (default 2; 0: no final stage)")
     p.add_argument("--final-seeds", type=typed(int), default=2,
@@ -107,13 +114,14 @@ def check_args(args: argparse.Namespace) -> None:
     try:
         if args.resume and not args.name:
             raise FieldError("resume", True, "--resume together with --name of the run", detail="needs --name")
-        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-        for b in baselines:
-            if b not in BASELINE_NAMES:
-                raise FieldError("baselines", b, ", ".join(BASELINE_NAMES))
-        if len(set(baselines)) != len(baselines):
-            raise FieldError("baselines", args.baselines, "distinct names")
-        args.baselines = ",".join(baselines)
+        if args.baselines is not None:
+            baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+            for b in baselines:
+                if b not in BASELINE_NAMES:
+                    raise FieldError("baselines", b, ", ".join(BASELINE_NAMES))
+            if len(set(baselines)) != len(baselines):
+                raise FieldError("baselines", args.baselines, "distinct names")
+            args.baselines = ",".join(baselines)
         if args.child is not None:
             from child_trainer.trial import load_function
 
@@ -126,22 +134,28 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """Dataset-dependent defaults, then the TrainConfig every trial shares (checked here)."""
+    """Model/dataset-dependent defaults, then the TrainConfig every trial shares (checked here)."""
+    from child_trainer.data import TEXT_DATASETS
+    from child_trainer.models import is_lm
     from child_trainer.train import TrainConfig
 
+    if args.dataset is None:
+        args.dataset = "builtin_text" if args.model and is_lm(args.model) else "digits"
     if args.model is None:
-        args.model = "digits_cnn" if args.dataset == "digits" else "resnet20"
-    if args.dataset == "digits":
-        for key, value in DIGITS_DEFAULTS.items():
-            if getattr(args, key) is None:
-                setattr(args, key, value)
-    if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS
-    recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "amp") if getattr(args, k) is not None}
+        args.model = {"digits": "digits_cnn"}.get(args.dataset, "transformer_lm" if args.dataset in TEXT_DATASETS
+                                                  else "resnet20")
+    defaults = (LM_DEFAULTS if is_lm(args.model) else DIGITS_DEFAULTS if args.dataset == "digits" else
+                {"epochs": DEFAULT_EPOCHS})
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.baselines is None:
+        args.baselines = "none,dropout" if args.model in TRANSFORMERS else ",".join(BASELINE_NAMES)
+    recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "amp", "seq_len") if getattr(args, k) is not None}
     try:
         cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                           train_size=args.train_size, data_dir=args.data_dir, seed=args.seed,
-                          num_threads=max(1, int(args.cpus_per_trial)), **recipe)
+                          num_threads=max(1, int(min(args.cpus_per_trial, 1024))), **recipe)
     except ValueError as e:
         raise _usage(e) from None
     if cfg.amp == "fp16" and not args.address:
@@ -159,19 +173,23 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def model_and_example(train: dict[str, Any]) -> tuple[Any, Any, float]:
+def model_and_example(train: dict[str, Any]) -> tuple[Any, Any, Any, float]:
     """The model factory, one real input batch (the baselines place their layers by feature-map
-    size) and the penalty reward (chance accuracy). Loads the data once on the driver, so a
-    missing --data-dir fails here, not in every trial."""
-    from child_trainer.trial import ChildModel, load_split
+    size), the objective and the penalty reward (the reward of chance level). Loads the data
+    once on the driver, so a missing --data-dir fails here, not in every trial."""
+    from child_trainer.train import task_metric
+    from child_trainer.trial import ChildModel, chance_level
+    from child_trainer.trial import model_and_example as example_of
+    from controller.run_folder import Objective
 
+    metric, mode = task_metric(train["model"])
+    objective = Objective(metric, mode, "neg_log" if metric == "val_ppl" else "")
     try:
-        data = load_split(train)
-        model_fn = ChildModel(train)
-        model_fn()
+        _, example, _, _ = example_of(train)
+        penalty = objective.reward(chance_level(train))
     except ValueError as e:
         raise _usage(e) from None
-    return model_fn, data.val_x[:2].float().cpu(), 1.0 / data.num_classes
+    return ChildModel(train), example, objective, penalty
 
 
 def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
@@ -218,12 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_resumable(storage / args.name)
                 args = _saved_args(args, storage / args.name)
             train = resolve(args)
-            model_fn, example, penalty = model_and_example(train)
+            model_fn, example, objective, penalty = model_and_example(train)
             from child_trainer.trial import ChildTrain
 
             args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
             result = run_search(
-                model_fn, ChildTrain(train, args.child), metric="val_acc", mode="max",
+                model_fn, ChildTrain(train, args.child), metric=objective.metric, mode=objective.mode,
+                reward_transform=objective.transform,
                 num_samples=args.num_samples, search=args.search, storage_path=storage, name=args.name,
                 resume=args.resume, resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
                 max_concurrent=args.max_concurrent, scheduler=args.scheduler, max_epochs=args.epochs,

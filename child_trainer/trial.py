@@ -23,7 +23,7 @@ from .data import DataSplits, load_data, load_text
 from .models import build_model, is_lm
 from .train import TrainConfig, train_child
 
-__all__ = ["ChildModel", "ChildTrain", "load_function", "load_split", "model_and_example"]
+__all__ = ["ChildModel", "ChildTrain", "chance_level", "load_function", "load_split", "model_and_example"]
 
 
 def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
@@ -112,3 +112,13 @@ def model_and_example(train_config: Mapping[str, Any], index: int = 0,
                         image_size=data.image_shape[-1])
     x = data.val_x[index:index + 1].float().cpu()
     return model, x, int(data.val_y[index]), data.name
+
+
+def chance_level(train_config: Mapping[str, Any]) -> float:
+    """The search metric of a model that learned nothing: accuracy 1/classes, or perplexity
+    equal to the vocabulary size (a uniform next-word guess). Its reward is what a diverged
+    or failed plan gets."""
+    cfg = TrainConfig.from_dict(dict(train_config))
+    if is_lm(cfg.model):
+        return float(load_text(cfg.dataset, cfg.data_dir, with_test=False).vocab_size)
+    return 1.0 / load_split(cfg).num_classes

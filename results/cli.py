@@ -136,7 +136,7 @@ def _train_size(text: str) -> str | int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from .retrain import RetrainConfig, retrain
+    from .retrain import RetrainConfig, retrain, test_metric
 
     run = open_run(args.run_dir, args.allow_running)
     _need_trials([run])
@@ -146,8 +146,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.path / "results"
     log.setLevel(logging.INFO)
     _, summary = retrain(run, cfg, out)
-    cols = ["plan", "test_acc", "seeds", "ok", "val_acc_mean", "summary"]
-    print(render([(f"retrained plans: test accuracy mean +- std over {cfg.seeds} seeds", summary[cols])], "text"))
+    test = test_metric(run.objective)
+    cols = ["plan", test, "seeds", "ok", f"{run.objective.metric}_mean", "summary"]
+    print(render([(f"retrained plans: {test} mean +- standard error over {cfg.seeds} seeds", summary[cols])],
+                 "text"))
     print(f"wrote {out / 'retrain.csv'}, {out / 'retrain_summary.csv'}, {out / 'retrain.png'}")
     return 0
 

@@ -136,23 +136,23 @@ def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: in
     return save_figure(fig, path)
 
 
-def plot_retrain(summary: pd.DataFrame, path: Path) -> Path:
-    """Bar per plan: mean test accuracy with one-standard-deviation error bars over seeds."""
+def plot_retrain(summary: pd.DataFrame, path: Path, test: str = "test_acc") -> Path:
+    """Bar per plan: the mean test metric with one-standard-error bars over seeds."""
     fig = Figure(figsize=(max(6.0, 1.1 * len(summary) + 2), 4.5))
     ax = fig.subplots()
     x = np.arange(len(summary))
     colors = ["C0" if str(p).startswith("searched") else "C7" for p in summary["plan"]]
-    ax.bar(x, summary["test_acc_mean"], yerr=summary["test_acc_std"].fillna(0.0), capsize=5, color=colors,
-           edgecolor="black", label="mean test accuracy +- 1 std over seeds")
-    for xi, mean in zip(x, summary["test_acc_mean"]):
-        ax.annotate(f"{mean:.3f}", (xi, mean), xytext=(0, 3), textcoords="offset points", ha="left",
-                    fontsize=8)
-    lo = float((summary["test_acc_mean"] - summary["test_acc_std"].fillna(0.0)).min())
-    hi = float((summary["test_acc_mean"] + summary["test_acc_std"].fillna(0.0)).max())
-    pad = max(0.01, (hi - lo) * 0.3)
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    mean, err = summary[f"{test}_mean"], summary[f"{test}_se"].fillna(0.0)
+    words = {"test_acc": "test accuracy", "test_ppl": "test perplexity"}.get(test, test)
+    ax.bar(x, mean, yerr=err, capsize=5, color=colors, edgecolor="black",
+           label=f"mean {words} +- 1 standard error over seeds")
+    for xi, m in zip(x, mean):
+        ax.annotate(f"{m:.4g}", (xi, m), xytext=(0, 3), textcoords="offset points", ha="left", fontsize=8)
+    lo, hi = float((mean - err).min()), float((mean + err).max())
+    pad = max(0.01 * max(abs(hi), 1e-9), (hi - lo) * 0.3)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if test == "test_acc" else hi + pad)
     ax.set_xticks(x, summary["plan"], rotation=20, ha="right")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(words)
     ax.set_xlabel("plan")
     seeds = int(summary["seeds"].max()) if len(summary) else 0
     ax.set_title(f"Retrained plans vs baselines ({seeds} seeds each, held-out test set)")

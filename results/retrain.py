@@ -138,7 +138,17 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         raise ValueError(f"top: bad value {cfg.top}; the run has no finished searched trial to retrain ({run.path})")
     if len(plans) < cfg.top:
         log.warning("only %d searched plans finished; retraining those", len(plans))
-    if cfg.baselines:
+    space = run.config.get("space") or {}
+    if cfg.baselines and "seq_pattern" in (space.get("methods") or []):  # a Transformer run
+        from search_space import SearchSpace
+
+        available = SearchSpace.from_dict(space).baseline_plans()
+        skipped = [b for b in cfg.baselines if b not in available]
+        if skipped:
+            log.warning("baselines %s do not apply to a Transformer; retraining %s", ", ".join(skipped),
+                        ", ".join(b for b in cfg.baselines if b in available))
+        plans.update({b: available[b] for b in cfg.baselines if b in available})
+    elif cfg.baselines:
         from child_trainer.trial import model_and_example
 
         model, x, _, _ = model_and_example(run.train_config)
@@ -148,17 +158,26 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
     return plans
 
 
-def summarize_retrain(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std (sample std over seeds) of test accuracy per plan, in the order plans were given."""
+def test_metric(objective: Objective) -> str:
+    """The test split's name for the search metric: val_acc -> test_acc, val_ppl -> test_ppl."""
+    return "test_" + objective.metric.removeprefix("val_")
+
+
+def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) -> pd.DataFrame:
+    """Per plan, in the order plans were given: the test metric's mean, standard deviation and
+    standard error over seeds (``<test>`` shows "mean +- se"), and the validation mean."""
+    o = objective or Objective()
+    test, val = test_metric(o), o.metric
     order = list(dict.fromkeys(rows["plan"]))
     g = rows.groupby("plan", sort=False)
     out = pd.DataFrame({
         "seeds": g.size(), "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
-        "test_acc_mean": g["test_acc"].mean(), "test_acc_std": g["test_acc"].std(ddof=1),
-        "val_acc_mean": g["val_acc"].mean(), "summary": g["summary"].first()}).reindex(order)
+        f"{test}_mean": g[test].mean(), f"{test}_std": g[test].std(ddof=1),
+        f"{test}_se": g[test].std(ddof=1) / np.sqrt(g[test].count()),
+        f"{val}_mean": g[val].mean(), "summary": g["summary"].first()}).reindex(order)
     out = out.reset_index().rename(columns={"index": "plan"})
-    out.insert(1, "test_acc", [f"{m:.4f} +- {s:.4f}" if not np.isnan(s) else f"{m:.4f}"
-                               for m, s in zip(out["test_acc_mean"], out["test_acc_std"])])
+    out.insert(1, test, [f"{m:.4f} +- {s:.4f}" if not np.isnan(s) else f"{m:.4f}"
+                         for m, s in zip(out[f"{test}_mean"], out[f"{test}_se"])])
     return out
 
 
@@ -168,9 +187,10 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
     Returns (one row per plan and seed, the per-plan summary).
     """
     from child_trainer import train_child
-
     from child_trainer.train import TrainConfig, resolve_device
 
+    o = run.objective
+    test, val = test_metric(o), o.metric
     seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
     resolve_device(TrainConfig.from_dict(_train_config(run, cfg, seeds[0])).device)  # bad flags fail here
     plans = retrain_plans(run, cfg)
@@ -183,14 +203,14 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
             train = _train_config(run, cfg, seed)
             result = train_child(train, plan)
             rows.append({"plan": label, "seed": seed, "train_size": train.get("train_size"), "status": result["status"],
-                         "test_acc": result.get("test_acc", float("nan")), "val_acc": result["val_acc"],
+                         test: result.get(test, float("nan")), val: result.get(val, float("nan")),
                          "epochs": result["epochs"], "seconds": result["seconds"], "message": result["message"],
                          "summary": plan.summary()})
-            log.info("retrain %s seed %d: %s test_acc=%.4f (%.1fs)", label, seed, result["status"],
-                     rows[-1]["test_acc"], result["seconds"])
+            log.info("retrain %s seed %d: %s %s=%.4f (%.1fs)", label, seed, result["status"], test,
+                     rows[-1][test], result["seconds"])
     per_seed = pd.DataFrame(rows)
-    summary = summarize_retrain(per_seed)
+    summary = summarize_retrain(per_seed, o)
     per_seed.to_csv(out_dir / "retrain.csv", index=False)
     summary.to_csv(out_dir / "retrain_summary.csv", index=False)
-    plot_retrain(summary, out_dir / "retrain.png")
+    plot_retrain(summary, out_dir / "retrain.png", test)
     return per_seed, summary

@@ -361,8 +361,10 @@ def build_layer(spec: SiteSpec) -> nn.Module:
 def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> nn.Module:
     """Insert `plan`'s regularizers into `model` in place (replacing any earlier plan).
 
-    With plan.ramp_fraction > 0 and total_steps given, every probability ramps linearly
-    from 0 to its target over int(ramp_fraction * total_steps) calls of `step_schedulers`.
+    With total_steps given, a site's probability ramps linearly from 0 to its target over
+    int(ramp * total_steps) calls of `step_schedulers`, where ``ramp`` is the site's own
+    searched "ramp" parameter or, when the plan leaves it out, ``plan.ramp_fraction``
+    (0: constant).
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"plan: bad value of type {type(plan).__name__}; allowed: a Plan")
@@ -372,13 +374,16 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     check_sites(model, plan.sites)
     named = list(_named_modules(model))
     modules = dict(named)
-    nr_steps = None
-    if plan.ramp_fraction > 0:
-        if total_steps is None:
-            log.warning("plan.ramp_fraction=%s ignored: apply_plan got no total_steps",
-                        plan.ramp_fraction)
-        else:
-            nr_steps = max(1, int(plan.ramp_fraction * total_steps))
+    ramps = {site: float(spec.params.get("ramp", plan.ramp_fraction)) for site, spec in plan.sites.items()
+             if spec.method != "none"}
+    if total_steps is None and any(r > 0 for r in ramps.values()):
+        log.warning("ramps of %s ignored: apply_plan got no total_steps",
+                    ", ".join(s for s, r in ramps.items() if r > 0))
+
+    def steps(site: str) -> int | None:
+        ramp = ramps[site]
+        return max(1, int(ramp * total_steps)) if ramp > 0 and total_steps is not None else None
+
     # Build everything first, so a failure leaves the model (and any earlier plan) untouched.
     own: list[tuple[str, nn.Module]] = []
     residual: list[tuple[str, nn.Module]] = []
@@ -397,13 +402,13 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
                          site)
             else:
                 object.__setattr__(layer, _BEHIND, conv)
-        own.append((site, _ramped(layer, nr_steps, site)))
+        own.append((site, _ramped(layer, steps(site), site)))
         if spec.params.get("residual"):
             block = _enclosing_block(modules, site)
             if block is None:
                 log.info("site %s: residual=True but no enclosing residual block", site)
             else:
-                residual.append((block, _ramped(_build(site, spec), nr_steps,
+                residual.append((block, _ramped(_build(site, spec), steps(site),
                                                 site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from search_space.files import atomic_write_text
-from search_space.vocab import (METHODS, PARAM_SHORT, SPACE_VERSION, VOCAB, ParamValue,
-                                check_value)
+from search_space.vocab import (COMPATIBLE_SPACE_VERSIONS, METHODS, OPTIONAL_PARAMS, PARAM_SHORT,
+                                SPACE_VERSION, VOCAB, ParamValue, check_value)
 
 PLAN_FORMAT_VERSION = 1
 
@@ -137,16 +137,18 @@ class Plan:
         for site, spec in self.sites.items():
             if spec.method == "none":
                 continue
-            args = ",".join(f"{PARAM_SHORT.get(k, k)}={_fmt(v)}" for k, v in spec.params.items())
+            args = ",".join(f"{PARAM_SHORT.get(k, k)}={_fmt(v)}" for k, v in spec.params.items()
+                            if not (k == "ramp" and v == 0))  # constant: the usual case, unsaid
             parts.append(f"{site}={spec.method}({args})")
         return " ".join(parts) if parts else "none"
 
 
 # --------------------------------------------------------------------- validation
 def _validate(plan: Plan) -> None:
-    if plan.space_version != SPACE_VERSION:
+    if plan.space_version not in COMPATIBLE_SPACE_VERSIONS:
         raise PlanError(f"plan.space_version: bad value {plan.space_version!r}; allowed: "
-                        f"{SPACE_VERSION!r} (this code's search-space version)")
+                        f"{', '.join(map(repr, COMPATIBLE_SPACE_VERSIONS))} (this code's search-space versions)")
+    plan.space_version = SPACE_VERSION  # older plans mean the same today
     if not isinstance(plan.model, str):
         raise PlanError(f"plan.model: bad value {_short(plan.model)}; allowed: a string")
     rf = plan.ramp_fraction
@@ -163,16 +165,19 @@ def _validate(plan: Plan) -> None:
     if not isinstance(plan.sites, dict):
         raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of "
                         "site path -> SiteSpec")
+    sites = {}
     for site, spec in plan.sites.items():
         if not isinstance(site, str) or not site or any(not p for p in site.split(".")):
             raise PlanError(f"plan.sites: bad site path {site!r}; allowed: a dotted module "
                             "path such as 'layer1.0.bn1'")
         if not isinstance(spec, SiteSpec):
             raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: a SiteSpec")
-        spec.params = _validate_params(site, spec)
+        # a new SiteSpec: the caller's (maybe shared by several plans) stays as it was
+        sites[site] = SiteSpec(spec.method, _validate_params(site, spec, plan.ramp_fraction))
+    plan.sites = sites
 
 
-def _validate_params(site: str, spec: SiteSpec) -> dict[str, ParamValue]:
+def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[str, ParamValue]:
     if spec.method not in VOCAB:
         raise PlanError(f"sites[{site!r}].method: bad value {spec.method!r}; allowed: "
                         f"{list(METHODS)}")
@@ -184,13 +189,18 @@ def _validate_params(site: str, spec: SiteSpec) -> dict[str, ParamValue]:
     if unknown:
         raise PlanError(f"sites[{site!r}].params.{unknown[0]}: unknown parameter of method "
                         f"{spec.method!r}; allowed: {list(table)}")
-    missing = [p for p in table if p not in spec.params]
+    missing = [p for p in table if p not in spec.params and p not in OPTIONAL_PARAMS]
     if missing:
         raise PlanError(f"sites[{site!r}].params.{missing[0]}: missing for method "
                         f"{spec.method!r}; allowed: {list(table[missing[0]])} (required: "
                         f"{list(table)})")
-    # Canonical order = table order, so equal plans print identically.
-    return {p: check_value(f"sites[{site!r}].params.{p}", p, choices, spec.params[p], PlanError)
+    # A site without its own ramp follows the plan-wide ramp_fraction (plans from before the
+    # schedule was searched): canonical form = every parameter present, in table order, so
+    # equal plans compare and print identically.
+    params = dict(spec.params)
+    if "ramp" in table and "ramp" not in params:
+        params["ramp"] = ramp_fraction
+    return {p: check_value(f"sites[{site!r}].params.{p}", p, choices, params[p], PlanError)
             for p, choices in table.items()}
 
 

@@ -207,7 +207,10 @@ class SearchSpace:
                 raise PlanError(f"sites[{members[0]!r}].method: bad value {spec.method!r}; "
                                 f"allowed in this space: {list(self.methods)}")
             group = [self.methods.index(spec.method)] + [0] * len(self.param_names)
-            for p, v in spec.params.items():
+            params = dict(spec.params)
+            if "ramp" in VOCAB[spec.method] and "ramp" not in params:  # a plan-wide ramp
+                params["ramp"] = plan.ramp_fraction
+            for p, v in params.items():
                 group[1 + self.param_names.index(p)] = _index(
                     self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
             tokens += group

@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-SPACE_VERSION = "1"
+SPACE_VERSION = "2"
+#: Versions whose plans still load (version 1 had no per-site "ramp"; its plans mean the same).
+COMPATIBLE_SPACE_VERSIONS = ("1", "2")
 
 ParamValue = float | int | bool
 
 DROP_PROBS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 BLOCK_SIZES = (1, 2, 3, 4, 5, 6, 7)
 BOOLS = (False, True)
+#: The probability schedule, searched per site (or per stage): the fraction of training over
+#: which the probability ramps linearly from 0 to its value (0 = constant from the first
+#: step). The DropBlock and Disout papers ramp over the whole training (1.0).
+RAMPS = (0.0, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -34,14 +40,15 @@ class MethodSpec:
 
 _TABLE: tuple[MethodSpec, ...] = (
     MethodSpec("none", None, {}),
-    MethodSpec("dropout", "Dropout", {"drop_prob": DROP_PROBS}),
-    MethodSpec("spatial_dropout", "SpatialDropout", {"drop_prob": DROP_PROBS}),
+    MethodSpec("dropout", "Dropout", {"drop_prob": DROP_PROBS, "ramp": RAMPS}),
+    MethodSpec("spatial_dropout", "SpatialDropout", {"drop_prob": DROP_PROBS, "ramp": RAMPS}),
     MethodSpec("dropblock", "DropBlock2d", {
-        "drop_prob": DROP_PROBS, "block_size": BLOCK_SIZES, "share_channels": BOOLS}),
+        "drop_prob": DROP_PROBS, "block_size": BLOCK_SIZES, "share_channels": BOOLS, "ramp": RAMPS}),
     MethodSpec("disout", "Disout", {
         "dist_prob": (0.0, 0.03, 0.05, 0.07, 0.09, 0.12, 0.15, 0.2, 0.3, 0.4, 0.5),
         "block_size": BLOCK_SIZES,
-        "alpha": (0.5, 1.0, 2.0, 5.0, 10.0)}),
+        "alpha": (0.5, 1.0, 2.0, 5.0, 10.0),
+        "ramp": RAMPS}),
     # AutoDropout's 8 ConvNet tokens, in the paper's order.
     MethodSpec("pattern", "PatternDropout", {
         "size": (1, 2, 3, 4),
@@ -51,7 +58,8 @@ _TABLE: tuple[MethodSpec, ...] = (
         "shear_x": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
         "shear_y": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
         "share_channels": BOOLS,
-        "residual": BOOLS}),
+        "residual": BOOLS,
+        "ramp": RAMPS}),
     # AutoDropout's Transformer pattern: blocks of `size` tokens every `stride` tokens, noise
     # shared over a block's tokens (share_t) and/or channels (share_c); drop_prob is the
     # expected dropped fraction (search_space.layers.sequence). size/stride share the ConvNet
@@ -61,7 +69,8 @@ _TABLE: tuple[MethodSpec, ...] = (
         "size": (1, 2, 3, 4),
         "stride": (2, 3, 4, 6, 8),
         "share_t": BOOLS,
-        "share_c": BOOLS}),
+        "share_c": BOOLS,
+        "ramp": RAMPS}),
 )
 
 #: method -> param -> choices (read-only view of the table).
@@ -80,16 +89,19 @@ SEQUENCE_METHODS: tuple[str, ...] = ("none", "dropout", "seq_pattern")
 PARAM_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
     "drop_prob": (0.0, 0.9), "dist_prob": (0.0, 0.9), "block_size": (1, 64),
     "alpha": (0.0, 100.0), "size": (1, 64), "stride": (1, 64), "repeat": (1, 64),
-    "rotate": (-180.0, 180.0), "shear_x": (-0.9, 0.9), "shear_y": (-0.9, 0.9)})  # |shear_x*shear_y| < 1: invertible
+    "rotate": (-180.0, 180.0), "shear_x": (-0.9, 0.9), "shear_y": (-0.9, 0.9),
+    "ramp": (0.0, 1.0)})  # |shear_x*shear_y| < 1: invertible
 
 #: Parameters that configure `apply_plan`, not the layer's constructor.
-APPLY_ONLY_PARAMS: frozenset[str] = frozenset({"residual"})
+APPLY_ONLY_PARAMS: frozenset[str] = frozenset({"residual", "ramp"})
+#: Parameters a hand-written plan may leave out: "ramp" then comes from plan.ramp_fraction.
+OPTIONAL_PARAMS: frozenset[str] = frozenset({"ramp"})
 
 #: Short names for `Plan.summary()`.
 PARAM_SHORT: Mapping[str, str] = MappingProxyType({
     "drop_prob": "p", "dist_prob": "p", "block_size": "b", "alpha": "a", "size": "s",
     "stride": "st", "repeat": "r", "rotate": "rot", "shear_x": "sx", "shear_y": "sy",
-    "share_channels": "sc", "residual": "res", "share_t": "sht", "share_c": "shc"})
+    "share_channels": "sc", "residual": "res", "share_t": "sht", "share_c": "shc", "ramp": "ramp"})
 
 
 def param_kind(choices: tuple[ParamValue, ...]) -> type:

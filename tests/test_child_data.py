@@ -39,7 +39,7 @@ def test_digits_normalised_with_train_statistics() -> None:
 
 def test_train_size_subset_keeps_validation_and_is_stratified() -> None:
     full, small = load_data("digits"), load_data("digits", train_size=100)
-    assert len(small.train_y) == 100 and torch.equal(full.val_x, small.val_x)
+    assert len(small.train_y) == 100 and torch.equal(full.val_x, small.val_x[:len(full.val_y)])
     assert torch.bincount(small.train_y, minlength=10).min() >= 9
     assert _rows(small.train_x) <= _rows(full.train_x)
     with pytest.raises(DataError, match="train_size"):
@@ -98,3 +98,24 @@ def test_augment_statistics_fixed_seed() -> None:
     assert abs(same - 1 / 9) < 0.02  # one of the nine (dy, dx) offsets is the identity
     with pytest.raises(ValueError, match="allowed"):
         augment_batch(x, "mixup")
+
+
+def test_unused_training_images_join_validation_never_test():
+    """--train-size subsets the training split; what it leaves joins the validation split."""
+    from collections import Counter
+
+    full = load_data("digits", train_size=None, seed=0, with_test=True)
+    sub = load_data("digits", train_size=200, seed=0, with_test=True)
+    assert len(sub.train_y) == 200 and len(sub.val_y) == len(full.val_y) + len(full.train_y) - 200
+    assert torch.equal(sub.test_x, full.test_x) and torch.equal(sub.test_y, full.test_y)
+    assert torch.equal(sub.val_x[:len(full.val_y)], full.val_x)  # the fixed validation images come first
+
+    def bag(*xs):
+        return Counter(bytes(row.numpy().tobytes()) for x in xs for row in x)
+
+    assert bag(sub.train_x, sub.val_x) == bag(full.train_x, full.val_x)  # a partition of train + val
+    assert not (bag(sub.train_x) & bag(sub.val_x)) - (bag(full.train_x) & bag(full.val_x))
+    again = load_data("digits", train_size=200, seed=0, with_test=False)
+    assert torch.equal(again.val_x, sub.val_x) and torch.equal(again.train_x, sub.train_x)
+    other = load_data("digits", train_size=200, seed=1, with_test=False)
+    assert not torch.equal(other.val_x, sub.val_x)

@@ -46,8 +46,9 @@ def test_json_is_sorted_indented_and_human_readable() -> None:
     d = json.loads(text)
     assert text == json.dumps(d, sort_keys=True, indent=2) + "\n"
     assert '\n  "format_version": 1,' in text
-    assert d["sites"]["layer2.0.bn2"] == {"method": "disout",
-                                          "params": {"alpha": 5.0, "block_size": 6, "dist_prob": 0.09}}
+    assert d["sites"]["layer2.0.bn2"] == {"method": "disout",  # the plan-wide ramp_fraction made explicit
+                                          "params": {"alpha": 5.0, "block_size": 6, "dist_prob": 0.09,
+                                                     "ramp": 0.25}}
 
 
 def test_int_for_float_param_is_canonicalised() -> None:
@@ -79,8 +80,8 @@ def test_save_load_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_summary_methods_and_none() -> None:
     plan = Plan.from_dict(_good())
-    assert plan.summary() == ("layer1.0.bn1=dropblock(p=.1,b=5,sc=0) "
-                              "layer2.0.bn2=disout(p=.09,b=6,a=5)")
+    assert plan.summary() == ("layer1.0.bn1=dropblock(p=.1,b=5,sc=0,ramp=.25) "
+                              "layer2.0.bn2=disout(p=.09,b=6,a=5,ramp=.25)")
     assert plan.methods() == {"layer1.0.bn1": "dropblock", "layer2.0.bn2": "disout",
                               "layer3.1.bn1": "none"}
     none = Plan.none(SITES, model="m")
@@ -155,7 +156,8 @@ def test_direct_construction_validates() -> None:
     with pytest.raises(PlanError, match=r"params.dist_prob: missing"):
         Plan({"a": SiteSpec("disout", {"block_size": 3, "alpha": 1.0})})
     spec = SiteSpec("dropout", {"drop_prob": 0})
-    assert Plan({"a": spec}).sites["a"].params == {"drop_prob": 0.0}
+    assert Plan({"a": spec}).sites["a"].params == {"drop_prob": 0.0, "ramp": 0.0}  # canonical: ramp filled in
+    assert spec.params == {"drop_prob": 0}  # the caller's SiteSpec is left as it was
 
 
 def test_every_method_in_table_round_trips() -> None:

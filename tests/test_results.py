@@ -324,7 +324,9 @@ def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, caps
         accs = [float(r["test_acc"]) for r in rows if r["plan"] == plan]
         assert float(summary[plan]["test_acc_mean"]) == pytest.approx(statistics.mean(accs))
         assert float(summary[plan]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)
-        assert f"{statistics.mean(accs):.4f} +- {statistics.stdev(accs):.4f}" in out
+        se = statistics.stdev(accs) / math.sqrt(len(accs))
+        assert float(summary[plan]["test_acc_se"]) == pytest.approx(se, abs=1e-12)
+        assert f"{statistics.mean(accs):.4f} +- {se:.4f}" in out
     assert all(r["epochs"] == "1" and r["train_size"] == "200" for r in rows)  # --epochs, --train-size search
     import matplotlib.image as mpimg
 

@@ -101,9 +101,9 @@ def test_restricted_methods_and_explicit_sites(resnet18) -> None:
     space = SearchSpace.for_model(resnet18, sites=["layer3.0.bn1", "layer4.1"],
                                   methods=["none", "dropblock"])
     assert space.sites == ["layer3.0.bn1", "layer4.1"]
-    assert [d.param for d in space.decisions[:4]] == ["method", "drop_prob", "block_size",
-                                                     "share_channels"]
-    assert space.vocab_sizes == [2, 11, 7, 2] * 2
+    assert [d.param for d in space.decisions[:5]] == ["method", "drop_prob", "block_size",
+                                                     "share_channels", "ramp"]
+    assert space.vocab_sizes == [2, 11, 7, 2, 4] * 2
     plan = Plan({"layer3.0.bn1": SiteSpec("dropout", {"drop_prob": 0.1}),
                  "layer4.1": SiteSpec("none", {})})
     with pytest.raises(PlanError, match=r"method: bad value 'dropout'; allowed in this space: \['none', 'dropblock'\]"):
@@ -164,3 +164,45 @@ def test_ramp_fraction_and_model_name_flow_into_plans(resnet18) -> None:
     plan = space.random_plan(0)
     assert plan.ramp_fraction == 0.3 and plan.model == "x"
     assert SearchSpace.from_dict(space.to_dict()).random_plan(0) == plan
+
+
+def test_the_schedule_is_a_searched_decision_per_stage() -> None:
+    """'DropBlock 0.1, block 5, ramped over the whole training, on the last two stages' is a
+    plan the controller can sample; constant and half-way ramps are others."""
+    from child_trainer import build_model
+    from search_space import apply_plan, regularizers
+    from search_space.layers import LinearScheduler
+
+    model = build_model("resnet20", 10, 3)
+    space = SearchSpace.for_model(model, share="stage", model_name="resnet20")
+    ramp = [i for i, d in enumerate(space.decisions) if d.param == "ramp"]
+    assert len(ramp) == len(space.groups) and space.decisions[ramp[0]].choices == (0.0, 0.25, 0.5, 1.0)
+    late = {"layer2.*", "layer3.*"}
+    db = SiteSpec("dropblock", {"drop_prob": 0.1, "block_size": 5, "share_channels": False, "ramp": 1.0})
+    plan = Plan({s: db if stage_of(s) in late else SiteSpec("none", {}) for s in space.sites}, model="resnet20")
+    tokens = space.encode(plan)
+    assert space.decode(tokens).sites == plan.sites
+    apply_plan(model, space.decode(tokens), total_steps=200)
+    regs = regularizers(model)
+    assert regs and all(isinstance(r, LinearScheduler) and r.nr_steps == 200 for r in regs.values())
+    # half-way ramp on one stage, constant on the other: only the first gets a scheduler
+    half = dict(db.params, ramp=0.5)
+    const = dict(db.params, ramp=0.0)
+    plan2 = Plan({s: SiteSpec("dropblock", half if stage_of(s) == "layer2.*" else const)
+                  if stage_of(s) in late else SiteSpec("none", {}) for s in space.sites})
+    model2 = apply_plan(build_model("resnet20", 10, 3), plan2, total_steps=200)
+    for site, reg in regularizers(model2).items():
+        if stage_of(site) == "layer2.*":
+            assert isinstance(reg, LinearScheduler) and reg.nr_steps == 100
+        else:
+            assert not isinstance(reg, LinearScheduler)
+
+
+def test_plans_without_a_ramp_and_version_1_plans_still_load() -> None:
+    old = {"format_version": 1, "space_version": "1", "model": "m", "ramp_fraction": 1.0, "metadata": {},
+           "sites": {"a": {"method": "dropout", "params": {"drop_prob": 0.1}}}}
+    plan = Plan.from_dict(old)
+    assert plan.sites["a"].params == {"drop_prob": 0.1, "ramp": 1.0} and plan.space_version == "2"
+    space = SearchSpace([("a", ["a"])], model="m")
+    tokens = space.encode(plan)  # the plan-wide ramp becomes the site's ramp token
+    assert space.decode(tokens).sites["a"].params == {"drop_prob": 0.1, "ramp": 1.0}

@@ -52,8 +52,8 @@ def test_space_is_none_dropout_seq_pattern_per_site_or_block(make, share) -> Non
     model = make()
     space = SearchSpace.for_model(model, share=share, model_name="m")
     assert space.methods == SEQUENCE_METHODS
-    params = [d.param for d in space.decisions[:6]]
-    assert params == ["method", "drop_prob", "size", "stride", "share_t", "share_c"]
+    params = [d.param for d in space.decisions[:7]]
+    assert params == ["method", "drop_prob", "ramp", "size", "stride", "share_t", "share_c"]
     sites = find_sites(model)
     if share is None:
         assert len(space.groups) == len(sites)
@@ -166,7 +166,7 @@ def test_baseline_plans() -> None:
     plans = space.baseline_plans()
     assert set(plans) == {"none", "dropout"}
     assert all(s.method == "none" for s in plans["none"].sites.values())
-    assert all(s == SiteSpec("dropout", {"drop_prob": 0.1}) for s in plans["dropout"].sites.values())
+    assert all(s == SiteSpec("dropout", {"drop_prob": 0.1, "ramp": 0.0}) for s in plans["dropout"].sites.values())
     assert space.decode(space.encode(plans["dropout"])) == plans["dropout"]
 
 

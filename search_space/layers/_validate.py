@@ -12,10 +12,12 @@ from collections.abc import Sequence
 
 import torch
 
+from search_space.errors import FieldError
 
-def bad_value(field: str, value: object, allowed: str) -> ValueError:
+
+def bad_value(field: str, value: object, allowed: str) -> FieldError:
     """The error for ``field`` holding ``value``; ``allowed`` says what it may hold."""
-    return ValueError(f"{field}: bad value {value!r}; allowed: {allowed}")
+    return FieldError(field, value, allowed)
 
 
 def check_prob(name: str, value: float, *, allow_one: bool = False) -> float:

@@ -40,14 +40,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._checks import check_int, check_prob, check_rank
+from ._validate import bad_value, check_choice, check_int, check_prob, check_rank
 
-ALGORITHMS = ("fast", "reference")
+#: "auto": the vectorised mask (index arithmetic on the offsets); "reference": plain loops.
+ALGORITHMS = ("auto", "reference")
 
 
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise bad_value(name, value, "true or false")
     return value
 
 
@@ -61,7 +62,7 @@ class SequenceDropout(nn.Module):
     prob_attr: ClassVar[str] = "drop_prob"
 
     def __init__(self, drop_prob: float = 0.1, size: int = 2, stride: int = 4, share_t: bool = False,
-                 share_c: bool = False, batch_first: bool = True, algorithm: str = "fast",
+                 share_c: bool = False, batch_first: bool = True, algorithm: str = "auto",
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.drop_prob = check_prob("drop_prob", drop_prob)
@@ -70,9 +71,7 @@ class SequenceDropout(nn.Module):
         self.share_t = _check_bool("share_t", share_t)
         self.share_c = _check_bool("share_c", share_c)
         self.batch_first = _check_bool("batch_first", batch_first)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        self.algorithm = algorithm
+        self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
         self.generator = generator
 
     # ------------------------------------------------------------------ rates
@@ -97,7 +96,7 @@ class SequenceDropout(nn.Module):
         check_rank("SequenceDropout", x, (3, 4), "(N, T, C), (T, N, C) or (N, H, T, S)")
         if x.dim() == 4:
             if not self.batch_first:
-                raise ValueError("SequenceDropout: 4-D attention probabilities must be batch first (N, H, T, S)")
+                raise bad_value("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
             return 0, 2, (1, 3)
         return (0, 1, (2,)) if self.batch_first else (1, 0, (2,))
 
@@ -139,7 +138,7 @@ class SequenceDropout(nn.Module):
         """Boolean mask (True = dropped) broadcastable to ``x``, in x's axis order."""
         b, t, chan_axes = self._axes(x)
         offsets, noise = self.draws(x.shape[b], x.shape[t], tuple(x.shape[a] for a in chan_axes), x.device)
-        build = self._drop_fast if self.algorithm == "fast" else self._drop_reference
+        build = self._drop_fast if self.algorithm == "auto" else self._drop_reference
         drop = build(offsets, noise, x.shape[t])  # axes (b, t, *chan_axes)
         order = (b, t, *chan_axes)
         return drop.permute(*[order.index(a) for a in range(x.dim())])

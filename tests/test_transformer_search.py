@@ -1,0 +1,74 @@
+"""A Transformer language-model search end to end on the offline corpus: launch_search.py with
+transformer_lm, perplexity as the metric, the Transformer baselines, then results on it."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from results.cli import main as results_main
+from search_space import Plan
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ray = pytest.importorskip("ray")
+    import launch_search
+
+    storage = tmp_path_factory.mktemp("lm")
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        rc = launch_search.main(["--model", "transformer_lm", "--train-size", "3000", "--seq-len", "16",
+                                 "--epochs", "2", "--num-samples", "3", "--sites", "stage", "--final-top-k", "1",
+                                 "--final-seeds", "2", "--storage-path", str(storage), "--name", "lm"])
+    finally:
+        if ours:
+            ray.shutdown()
+    assert rc == 0
+    return storage / "lm"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_lm_search_ranks_by_perplexity_with_the_transformer_baselines(lm_run: Path) -> None:
+    config = json.loads((lm_run / "search_config.json").read_text())
+    assert config["objective"] == {"metric": "val_ppl", "mode": "min", "transform": "neg_log"}
+    assert config["train"]["dataset"] == "builtin_text" and config["train"]["model"] == "transformer_lm"
+    rows = _rows(lm_run / "trials.csv")
+    assert len(rows) == 5 and {"val_ppl", "val_ppl_se", "best_val_ppl"} <= set(rows[0]) and "val_acc" not in rows[0]
+    assert sorted(r["baseline"] for r in rows if r["baseline"]) == ["dropout", "none"]
+    dropout = Plan.from_json(next(r for r in rows if r["baseline"] == "dropout")["plan_json"])
+    assert {(s.method, s.params.get("drop_prob")) for s in dropout.sites.values()} == {("dropout", 0.1)}
+    for r in rows:
+        assert r["status"] == "ok" and float(r["val_ppl"]) > 1
+        assert float(r["reward"]) == pytest.approx(-math.log(float(r["val_ppl"])))  # -ln(ppl) = -val_loss
+    methods = {s.method for r in rows if not r["baseline"] for s in Plan.from_json(r["plan_json"]).sites.values()}
+    assert methods <= {"none", "dropout", "seq_pattern"}
+    final = _rows(lm_run / "final.csv")
+    chosen = next(f for f in final if f["chosen"] == "1")
+    assert float(chosen["mean"]) == min(float(f["mean"]) for f in final)  # lowest perplexity wins
+    assert Plan.load(lm_run / "best_plan.json").sites == Plan.from_json(chosen["plan_json"]).sites
+
+
+def test_results_on_an_lm_run_show_perplexity(lm_run: Path, tmp_path: Path, capsys) -> None:
+    assert results_main(["summarize", str(lm_run), "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert "top 5 plans (by val_ppl, lowest first" in out
+    top = list(csv.DictReader(io.StringIO(out.split("# top 5 plans")[1].split("\n\n")[0].split("\n", 1)[1])))
+    values = [float(r["val_ppl"]) for r in top]
+    assert values == sorted(values)
+    assert results_main(["retrain", str(lm_run), "--top", "1", "--seeds", "2", "--epochs", "1",
+                         "--baselines", "none", "--train-size", "search", "--out", str(tmp_path)]) == 0
+    summary = {r["plan"]: r for r in _rows(tmp_path / "retrain_summary.csv")}
+    assert set(summary) == {"searched#1", "none"}
+    assert all(float(r["test_ppl_mean"]) > 1 for r in summary.values())
+    assert "test_ppl" in capsys.readouterr().out
