@@ -79,11 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fifo (default) or asha: stops weak trials early, their last value is the reward")
     p.add_argument("--controller-batch", type=typed(int), default=4,
                    help="finished trials per REINFORCE update (default 4)")
-    p.add_argument("--controller-lr", type=typed(float), default=None,
-                   help="controller Adam learning rate in (0, 1] (default 0.01; 0.05 for small budgets)")
-    p.add_argument("--sites", default="all",
-                   help="'all' (default: every site found in the model), 'stage' (one decision set "
-                        "per stage), or comma-separated module paths / glob patterns")
+    p.add_argument("--controller-lr", type=typed(float), default=0.05,
+                   help="controller Adam learning rate in (0, 1] (default 0.05: budgets of tens of trials; "
+                        "0.01 suits hundreds)")
+    p.add_argument("--sites", default="stage",
+                   help="'stage' (default: one decision set per stage or Transformer block, what a budget "
+                        "of tens of trials can learn), 'all' (every site found in the model), or "
+                        "comma-separated module paths / glob patterns")
     p.add_argument("--child", default=None,
                    help="module:function or path/file.py:function with child_trainer.train_child's "
                         "signature (config, plan, report), trained instead of our child")

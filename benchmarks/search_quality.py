@@ -7,7 +7,7 @@
    after the other on one local Ray): ``--search controller``, ``random`` and ``tpe``, each
    with the four baselines inside and the final re-training (so each picks its best plan
    from re-trained means, not from one lucky draw).
-2. The best plan of each search and the four baselines at their papers' settings are
+2. The best searched plan of each search (its best finalist) and the four baselines at their papers' settings are
    re-trained with ``--seeds`` fresh seeds on the search's training subset and tested once
    (what ``python -m results retrain`` does, run two at a time here).
 3. Printed: the test table (mean +- standard error), each plan's paired difference with
@@ -70,6 +70,20 @@ def run_search(search: str, args: argparse.Namespace, out: Path) -> Path:
     return run
 
 
+def best_searched_plan(run: Path):
+    """The search's own best proposal: the searched finalist with the best re-trained mean
+    (best_plan.json may be a baseline when one wins the final stage)."""
+    import csv
+
+    from search_space import Plan
+
+    with (run / "final.csv").open(newline="") as f:
+        searched = [r for r in csv.DictReader(f) if r["kind"] == "searched"]
+    if not searched:
+        return Plan.load(run / "best_plan.json")
+    return Plan.from_json(max(searched, key=lambda r: float(r["mean"]))["plan_json"])
+
+
 def _train(job: tuple[str, dict, dict]) -> tuple[str, int, float, str]:
     import torch
 
@@ -94,7 +108,7 @@ def retrain_all(runs: dict[str, Path], args: argparse.Namespace) -> dict[str, di
                         seed_offset=args.test_seed_offset, num_threads=1)
     plans = {name: plan for name, plan in retrain_plans(base_run, cfg).items()}
     for search, run in runs.items():
-        plans[f"{search} best"] = Plan.load(run / "best_plan.json")
+        plans[f"{search} best"] = best_searched_plan(run)
     jobs = [(label, _train_config(base_run, cfg, cfg.seed_offset + i), plan.to_dict())
             for label, plan in plans.items() for i in range(cfg.seeds)]
     print(f"retraining {len(plans)} plans x {cfg.seeds} seeds = {len(jobs)} trainings", flush=True)

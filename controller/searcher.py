@@ -195,7 +195,8 @@ class PlanSearcher(Searcher):
         self.penalty_reward = None if penalty_reward is None else float(penalty_reward)
         self.baselines: dict[str, Plan] = dict(baselines or {})
         for label, plan in self.baselines.items():
-            space.encode(plan)  # a baseline must be a plan of this space (PlanError otherwise)
+            if not isinstance(plan, Plan):
+                raise ValueError(f"baselines[{label!r}]: bad value {type(plan).__name__}; allowed: a Plan")
         self.reward_seeds = [int(s) for s in reward_seeds]
         self.final_top_k = final_top_k
         self.final_seeds = [int(s) for s in final_seeds] if final_top_k else []  # top-k 0: no final stage
@@ -268,7 +269,7 @@ class PlanSearcher(Searcher):
         baseline = names[self._suggested] if self._suggested < len(names) else ""
         if baseline:
             plan = self.baselines[baseline]
-            tokens = self.space.encode(plan)
+            tokens = self._tokens_of(plan)
         else:
             tokens = [int(t) for t in self._sample_tokens(trial_id)]
             plan = self.space.decode(tokens)
@@ -277,6 +278,14 @@ class PlanSearcher(Searcher):
         self._suggested += 1
         return {"plan": plan, "seeds": list(self.reward_seeds), "searcher": self.name,
                 "stage": SEARCH, "label": baseline or "searched", "tokens": list(tokens)}
+
+    def _tokens_of(self, plan: Plan) -> list[int]:
+        """A baseline's tokens, for the record; [] when the space cannot say it (a hand-set plan
+        need not follow the space's groups: DropBlock on some sites of a stage only)."""
+        try:
+            return self.space.encode(plan)
+        except ValueError:
+            return []
 
     def _suggest_final(self, trial_id: str) -> dict | str | None:
         if not self.final_trials:

@@ -79,15 +79,16 @@ def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
         def search(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(
                 [sys.executable, str(REPO / "launch_search.py"), "--address", address,
-                 "--storage-path", str(tmp_path), "--data-dir", str(scratch), *args],
-                cwd=REPO, env={**env, "AUTODROPOUT_CHILD": f"{CHILDREN}:quick"},
+                 "--storage-path", str(tmp_path), "--data-dir", str(scratch), "--child", f"{CHILDREN}:quick",
+                 "--baselines", "none", "--final-top-k", "0", *args],
+                cwd=REPO, env=env,
                 capture_output=True, text=True, timeout=240)
 
         bad = search("--name", "gpu", "--gpus-per-trial", "1")
         assert bad.returncode == 2 and "has no GPUs" in bad.stderr, bad.stderr[-2000:]
         assert not (tmp_path / "gpu").exists()
 
-        done = search("--name", "run", "--num-samples", "6", "--epochs", "2")
+        done = search("--name", "run", "--num-samples", "5", "--epochs", "2")
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         with (tmp_path / "run" / "trials.csv").open(newline="") as f:
             rows = list(csv.DictReader(f))
