@@ -6,30 +6,49 @@ Bad arguments give a one-line error and exit code 2; a diverged or failed run ex
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from .flags import add_train_flags, train_fields
+from search_space.errors import FieldError, OneLineParser, typed
+
+from .flags import add_train_flags, flag_of, train_fields
 from .train import TrainConfig, train_child
 
+PROG = "python -m child_trainer"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m child_trainer", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add_train_flags(parser)
-    parser.add_argument("--threads", dest="num_threads", type=int, help="alias of --num-threads")
-    parser.add_argument("--plan", type=Path, help="regularization plan JSON (search_space.Plan)")
+    parser.add_argument("--threads", dest="num_threads", type=typed(int), help="alias of --num-threads")
+    parser.add_argument("--plan", help="regularization plan JSON (search_space.Plan)")
     parser.add_argument("--json", action="store_true", help="print the result dict as the last stdout line")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     return parser
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def load_plan_file(text: str) -> Any:
+    """--plan: a readable plan JSON file (FieldError naming --plan otherwise)."""
+    from search_space.plan import Plan
+
+    path = Path(text)
+    if text == "" or not path.exists():
+        raise FieldError("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not found)")
+    if not path.is_file():
+        raise FieldError("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not a file)")
+    try:
+        return Plan.load(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FieldError("--plan", text, "a plan JSON file",
+                         detail=f"bad value {text!r} (unreadable: {type(exc).__name__})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,16 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = set(train_fields())
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-        plan = None
-        if args.plan is not None:
-            from search_space.plan import Plan
-
-            if not args.plan.is_file():
-                return _fail(f"plan: file not found: {args.plan}")
-            plan = Plan.load(args.plan)
+        plan = load_plan_file(args.plan) if args.plan is not None else None
         result = train_child(config, plan, progress=sys.stderr.isatty() and not args.json)
+    except FieldError as exc:  # a TrainConfig field is the flag of the same name
+        return _fail(str(exc if exc.field.startswith("-") else exc.renamed(flag_of(exc.field))))
     except ValueError as exc:
-        return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return _fail(str(exc) or type(exc).__name__)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

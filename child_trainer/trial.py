@@ -31,27 +31,28 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
     ``field_name`` when the module does not import or has no such function)."""
     target, _, fn = str(spec).rpartition(":")
     if not target or not fn:
-        raise ValueError(f"{field_name}: bad value {spec!r}; allowed: module:function or "
-                         "path/file.py:function")
+        raise FieldError(field_name, spec, "module:function or path/file.py:function")
     try:
         if target.endswith(".py"):
             if not Path(target).is_file():
-                raise ValueError(f"{field_name}: bad value {spec!r}; file {target} not found")
+                raise FieldError(field_name, spec, "module:function or path/file.py:function",
+                                 detail=f"bad value {spec!r} (file {target} not found)")
             module_spec = importlib.util.spec_from_file_location(Path(target).stem + "_child_hook", target)
             if module_spec is None or module_spec.loader is None:
-                raise ValueError(f"{field_name}: bad value {spec!r}; cannot load {target}")
+                raise FieldError(field_name, spec, "a Python file", detail=f"bad value {spec!r} (cannot load {target})")
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
-    except ValueError:
+    except FieldError:
         raise
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
-        raise ValueError(f"{field_name}: bad value {spec!r}; importing {target} failed "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise FieldError(field_name, spec, "an importable module",
+                         detail=f"bad value {spec!r} (importing {target} failed: {type(exc).__name__}: {exc})") from None
     func = getattr(module, fn, None)
     if not callable(func):
-        raise ValueError(f"{field_name}: bad value {spec!r}; {target} has no function {fn!r}")
+        raise FieldError(field_name, spec, f"a function of {target}",
+                         detail=f"bad value {spec!r} ({target} has no function {fn!r})")
     return func
 
 

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,9 +102,12 @@ def check_storage(storage_path: str | os.PathLike[str]) -> Path:
     if not probe.is_dir():
         raise FieldError("storage_path", str(storage_path), "a folder (created if missing)",
                          detail=f"bad value {str(storage_path)!r} ({probe} is a file)")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
         raise FieldError("storage_path", str(storage_path), "a writable folder",
-                         detail=f"bad value {str(storage_path)!r} ({probe} is not writable)")
+                         detail=f"bad value {str(storage_path)!r} ({probe} is not writable: {exc.strerror})") from None
     return path
 
 

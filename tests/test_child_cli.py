@@ -39,5 +39,6 @@ def test_bad_arguments_one_line_error_exit_2(tmp_path, args: list[str], needle: 
     proc = _run(*[str(bad_plan) if a == "PLAN" else a for a in args], "--epochs", "1")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m child_trainer: error: ") and needle in lines[0], \
+        proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
