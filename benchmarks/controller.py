@@ -25,7 +25,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
 
-from controller import LSTMController, Reinforce
+from controller import LSTMController, Reinforce  # noqa: E402
 from search_space import SearchSpace  # noqa: E402
 
 log = logging.getLogger("benchmarks.controller")

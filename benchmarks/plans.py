@@ -195,7 +195,9 @@ def bench_layers(methods: list[str], args: argparse.Namespace) -> list[str]:
                 x.grad = None
                 layer(x).backward(g)
 
-            ident = lambda x=x, g=g: (x * 1.0).backward(g)
+            def ident(x=x, g=g):
+                (x * 1.0).backward(g)
+
             runs = {"layer": run, "identity": ident}
             if args.before is not None:
                 old = as_layer_of(copy.copy(layer), args.before)

@@ -101,7 +101,6 @@ def retrain_all(runs: dict[str, Path], args: argparse.Namespace) -> dict[str, di
     tested once; two trainings at a time."""
     from results import open_run
     from results.retrain import RetrainConfig, _train_config, retrain_plans
-    from search_space import Plan
 
     base_run = open_run(runs["controller"])
     cfg = RetrainConfig(top=0, seeds=args.seeds, train_size="search", baselines=BASELINES,
@@ -186,7 +185,9 @@ def main() -> int:
         m, se = _mean_se([v for k, v in vals.items() if isinstance(k, int)])
         d0, s0 = _paired(vals, none)
         d1, s1 = _paired(vals, scores[best_base])
-        z = lambda d, s: f"{d:+.4f} ({d / s:+.1f} se)" if s and math.isfinite(s) and s > 0 else f"{d:+.4f}"
+        def z(d, s):
+            return f"{d:+.4f} ({d / s:+.1f} se)" if s and math.isfinite(s) and s > 0 else f"{d:+.4f}"
+
         print(f"{label:<18} {m:.4f} +- {se:.4f} {z(d0, s0):>19} {z(d1, s1):>19}  {vals['summary'][:90]}")
     print("\nSampled plans' mean reward (validation accuracy), first vs last quarter:")
     for search, run in runs.items():

@@ -38,7 +38,7 @@ def plain_loop_ips(device: str, images: int, batch_size: int, seed: int) -> floa
                         drop_last=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
-    for epoch in range(2):
+    for _epoch in range(2):
         start, seen = time.perf_counter(), 0
         for x, y in loader:
             x, y = x.to(device), y.to(device)

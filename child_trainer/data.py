@@ -140,7 +140,7 @@ def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_te
     try:
         train = cls(str(data_dir), train=True, download=False)
         test = cls(str(data_dir), train=False, download=False) if with_test else None
-    except RuntimeError as exc:
+    except RuntimeError:
         raise DataError(
             "data_dir", str(data_dir), f"a folder holding {folder} (get it with python -c \"import torchvision; "
             f"torchvision.datasets.{cls_name}('{data_dir}', download=True)\" on a machine with internet "
@@ -278,7 +278,6 @@ def builtin_corpus_lines() -> list[str]:
     (``pydoc_data.topics``, ~65k words), topics in sorted order, lower-cased, with words and
     punctuation split apart so the vocabulary stays small."""
     import re
-
     from pydoc_data.topics import topics
 
     word = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")

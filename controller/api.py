@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
-from search_space.errors import FieldError
 from controller.trainable import TrainFn, make_trainable
+from search_space.errors import FieldError
 
 __all__ = ["run_search", "SearchResult", "resolve_sites", "summary_text", "check_seed", "check_name",
            "check_storage", "check_resumable", "check_resources", "check_address",

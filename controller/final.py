@@ -91,7 +91,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
     if base is None:
         return (f"Verdict: the best searched plan ({top['label']}) has {metric} {top['mean']:.4f}; "
                 "no baseline finished, so there is nothing to compare with.")
-    diff, se, z = float(top["diff_vs_best_baseline"]), float(top["diff_se"]), float(top["z"])
+    diff, z = float(top["diff_vs_best_baseline"]), float(top["z"])
     word = "beat" if diff > 0 else ("tied with" if diff == 0 else "did not beat")
     ses = f"{abs(z):.1f} standard errors" if math.isfinite(z) else "an unknown number of standard errors"
     strength = ("" if not math.isfinite(z) else

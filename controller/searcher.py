@@ -99,8 +99,11 @@ def _num(value: Any) -> float:
         return float("nan")
 
 
+_DEFAULT_OBJECTIVE = rf.Objective()
+
+
 def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: float | None,
-                  objective: rf.Objective = rf.Objective()) -> TrialOutcome:
+                  objective: rf.Objective = _DEFAULT_OBJECTIVE) -> TrialOutcome:
     """Status and reward of a trial from its last result and whether Ray saw it error.
 
     The trainable marks its last report with ``final=True`` and a child status (ok,

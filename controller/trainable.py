@@ -49,6 +49,31 @@ def make_trainable(train_fn: TrainFn, objective: rf.Objective) -> Callable[[dict
     return autodropout_trial
 
 
+class _SeedReporter:
+    """``report(**metrics)`` for one seed of a trial: forwards each epoch to Tune (``epoch``
+    counted over all seeds) and keeps what the seed reported and its best value."""
+
+    def __init__(self, index: int, metric: str, sign: float, node: str, state: dict[str, Any]) -> None:
+        self.index, self.metric, self.sign, self.node, self.state = index, metric, sign, node, state
+        self.seen: dict[str, Any] = {}
+        self.best = [float("nan")]
+
+    def __call__(self, **metrics: Any) -> None:
+        from ray import tune
+
+        self.state["epoch"] += 1
+        values_now = _scalars(metrics)
+        self.seen.update(values_now)
+        value = values_now.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and \
+                not self.sign * self.best[0] >= self.sign * value:
+            self.best[0] = float(value)
+        self.state["in_report"] = True
+        tune.report({**values_now, "epoch": self.state["epoch"], "seed_index": self.index,
+                     "status": "running", "final": False, "node": self.node})
+        self.state["in_report"] = False
+
+
 def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Objective) -> None:
     from ray import tune
 
@@ -65,22 +90,8 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
                      "epoch": state["epoch"], "node": node})
 
     for index, seed in enumerate(seeds):
-        seen: dict[str, Any] = {}
-        best = [float("nan")]
-
-        def report(**metrics: Any) -> None:
-            state["epoch"] += 1
-            values_now = _scalars(metrics)
-            seen.update(values_now)
-            value = values_now.get(metric)
-            if isinstance(value, (int, float)) and math.isfinite(value) and \
-                    not sign * best[0] >= sign * value:
-                best[0] = float(value)
-            state["in_report"] = True
-            tune.report({**values_now, "epoch": state["epoch"], "seed_index": index,
-                         "status": "running", "final": False, "node": node})
-            state["in_report"] = False
-
+        report = _SeedReporter(index, metric, sign, node, state)
+        seen, best = report.seen, report.best
         try:
             returned = train_fn(plan, seed, report)
         except Exception as exc:

@@ -16,8 +16,18 @@ from typing import TYPE_CHECKING, Any
 from search_space.errors import FieldError, OneLineParser, choice_of, typed
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
-from .tables import (FORMATS, compute_cost, failed_trials, final_table, method_share_table, method_stats,
-                     ranked, render, searcher_comparison, top_plans)
+from .tables import (
+    FORMATS,
+    compute_cost,
+    failed_trials,
+    final_table,
+    method_share_table,
+    method_stats,
+    ranked,
+    render,
+    searcher_comparison,
+    top_plans,
+)
 
 if TYPE_CHECKING:
     import pandas as pd

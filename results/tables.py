@@ -73,7 +73,7 @@ def final_table(run: Run) -> pd.DataFrame:
         "rank": np.arange(1, len(f) + 1), "plan": f["label"], "kind": f["kind"], "seeds": f["seeds"],
         f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
         "vs best baseline": _with_se(f["diff_vs_best_baseline"], f["diff_se"]),
-        "z": f["z"], "chosen": f["chosen"].map({1: "best_plan.json", True: "best_plan.json"}).fillna(""),
+        "z": f["z"], "chosen": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
         "methods": f["methods"]})
 
 

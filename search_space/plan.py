@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from search_space.files import atomic_write_text
-from search_space.vocab import (COMPATIBLE_SPACE_VERSIONS, METHODS, OPTIONAL_PARAMS, PARAM_SHORT,
-                                SPACE_VERSION, VOCAB, ParamValue, check_value)
+from search_space.vocab import (
+    COMPATIBLE_SPACE_VERSIONS,
+    METHODS,
+    OPTIONAL_PARAMS,
+    PARAM_SHORT,
+    SPACE_VERSION,
+    VOCAB,
+    ParamValue,
+    check_value,
+)
 
 PLAN_FORMAT_VERSION = 1
 

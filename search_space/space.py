@@ -15,8 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from search_space.apply import (check_sites, default_methods, find_sites, transformer_site_blocks,
-                                transformer_sites)
+from search_space.apply import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
@@ -112,7 +111,7 @@ class SearchSpace:
         if methods is None:
             methods = default_methods(model, sites)
         if share is None:
-            key_fn: Callable[[str], str] = lambda s: s
+            key_fn: Callable[[str], str] = str
         elif share == "stage":
             key_fn = block_of(model) if sequence else stage_of
         elif callable(share):

@@ -18,7 +18,7 @@ from torch import nn
 from controller import run_search
 from controller.run_folder import Objective
 from results.cli import main as results_main
-from search_space import Plan, apply_plan, find_sites, step_schedulers
+from search_space import Plan, apply_plan, step_schedulers
 
 EPOCHS = 3
 

@@ -11,9 +11,22 @@ import torch.nn as nn
 import torchvision
 
 from child_trainer.models import build_model
-from search_space import (VOCAB, Disout, LinearScheduler, PatternDropout, Plan, PlanError,
-                          SearchSpace, SiteSpec, apply_plan, build_layer, find_sites,
-                          regularizers, remove_plan, step_schedulers)
+from search_space import (
+    VOCAB,
+    Disout,
+    LinearScheduler,
+    PatternDropout,
+    Plan,
+    PlanError,
+    SearchSpace,
+    SiteSpec,
+    apply_plan,
+    build_layer,
+    find_sites,
+    regularizers,
+    remove_plan,
+    step_schedulers,
+)
 from search_space.apply import REG_ATTR
 
 torch.set_num_threads(1)

@@ -1,7 +1,6 @@
 """Split discipline and on-device augmentation of child_trainer.data / augment."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

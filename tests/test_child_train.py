@@ -8,8 +8,8 @@ import torch
 
 import child_trainer.train as train_mod
 from child_trainer import TrainConfig, train_child
-from search_space import Plan, SearchSpace, SiteSpec
 from child_trainer.models import build_model
+from search_space import Plan, SearchSpace, SiteSpec
 
 SMALL = dict(train_size=200, epochs=2, batch_size=50, num_threads=1)
 

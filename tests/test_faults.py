@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
-import json
 import os
 import shutil
 import subprocess

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search_space import (PLAN_FORMAT_VERSION, SPACE_VERSION, VOCAB, Plan, PlanError,
-                          SearchSpace, SiteSpec)
+from search_space import PLAN_FORMAT_VERSION, SPACE_VERSION, VOCAB, Plan, PlanError, SearchSpace, SiteSpec
 
 SITES = [f"layer{i}.{j}.bn{k}" for i in (1, 2, 3) for j in (0, 1) for k in (1, 2)]
 

@@ -268,9 +268,8 @@ def test_plot_writes_readable_pngs(run_dir: Path, tmp_path: Path, capsys) -> Non
 def test_masks_drop_the_requested_fraction() -> None:
     """The drawn mask is what the layer really drops: elementwise dropout p=0.3 drops ~30% of a (C, 16, 16) map."""
     from child_trainer import build_model
-    from search_space import Plan, SiteSpec, apply_plan
-
     from results.masks import regularizer_masks
+    from search_space import Plan, SiteSpec, apply_plan
 
     model = build_model("digits_cnn", 10, 1)
     plan = Plan({"bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
@@ -288,7 +287,6 @@ def test_masks_drop_the_requested_fraction() -> None:
 def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
     from child_trainer import build_model
     from search_space import find_sites
-
     from search_space.baselines import baseline_plans
 
     model = build_model("digits_cnn", 10, 1)

@@ -3,8 +3,8 @@ end to end on one shared local Ray session (controller, random, failures, bad ar
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -72,7 +72,7 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
     assert s.suggest("t7") == s.FINISHED
     ref = configs["t0"]["plan"]
     assert set(ref.methods().values()) == {"none"}  # the baseline comes first
-    for tid, cfg in configs.items():
+    for cfg in configs.values():
         assert cfg["searcher"] == "controller" and cfg["seeds"] == [0]
         assert s.space.decode(cfg["tokens"]).sites == cfg["plan"].sites
     vals = {f"t{i}": 0.5 + 0.05 * i for i in range(7)}
@@ -228,7 +228,7 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
     out = capsys.readouterr().out
     assert "Best in search" in out and "No regularization: val_acc" in out
-    assert f"python -m results summarize" in out
+    assert "python -m results summarize" in out
 
 
 def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch, tmp_path):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torchvision
 
-from search_space import (CONV_METHODS, VOCAB, Plan, PlanError, SearchSpace, SiteSpec, find_sites,
-                          stage_of)
+from search_space import CONV_METHODS, VOCAB, Plan, PlanError, SearchSpace, SiteSpec, find_sites, stage_of
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,7 @@ def test_stage_sharing(resnet18) -> None:
                                                    if s.startswith("layer2."))
     for seed in range(20):
         plan = space.random_plan(seed)
-        for key, members in space.groups:
+        for _key, members in space.groups:
             assert all(plan.sites[s] == plan.sites[members[0]] for s in members)
     plan = space.random_plan(0)
     plan.sites["layer2.1.bn1"] = SiteSpec("dropout", {"drop_prob": 0.3})

@@ -9,8 +9,19 @@ import torch
 from torch import nn
 
 from child_trainer.models import build_model
-from search_space import (SEQUENCE_METHODS, Plan, PlanError, SearchSpace, SiteSpec, apply_plan, find_sites,
-                          regularizers, remove_plan, step_schedulers, transformer_sites)
+from search_space import (
+    SEQUENCE_METHODS,
+    Plan,
+    PlanError,
+    SearchSpace,
+    SiteSpec,
+    apply_plan,
+    find_sites,
+    regularizers,
+    remove_plan,
+    step_schedulers,
+    transformer_sites,
+)
 from search_space.apply import RegularizedMultiheadAttention, unwrap_regularizer
 
 BLOCK_SITES = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.act", "mlp.fc2"]

@@ -14,5 +14,6 @@ __all__ = [
     "Disout", "DropBlock2d", "DropBlock3d", "Dropout", "LinearScheduler", "PatternDropout",
     "SpatialDropout", "seed_rate", "tiled_pattern",
 ]
-from search_space.layers.sequence import SequenceDropout  # noqa: E402 (Transformer pattern)
+from search_space.layers.sequence import SequenceDropout  # noqa: E402, F401 (Transformer pattern)
+
 __all__.append("SequenceDropout")
