@@ -10,6 +10,7 @@ A thin command over the search API (``controller.run_search``) with our built-in
 is checked before Ray starts. Everything lands in STORAGE/NAME/ (see README).
 Exit codes: 0 finished, 2 bad arguments, 130 interrupted (resume with --resume), 1 crash.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,50 +48,97 @@ def build_parser() -> argparse.ArgumentParser:
     from search_space.errors import OneLineParser, typed
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    add_train_flags(p, TRAIN_FLAGS, defaults={k: None for k in TRAIN_FLAGS},
-                    help_defaults={"dataset": "digits; builtin_text for transformer_lm",
-                                   "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
-                                   "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole "
-                                                 "training split otherwise",
-                                   "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
-                                   "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
-                                   "seq_len": "64",
-                                   "lr": "the trainer's, 0.1", "data_dir": "./data", "amp": "auto"})
-    p.add_argument("--num-samples", type=typed(int), default=16,
-                   help="plans the searcher samples (default 16); baselines and the final stage come on top")
-    p.add_argument("--search", default="controller",
-                   help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)")
-    p.add_argument("--reward-seeds", type=typed(int), default=1,
-                   help="trainings per plan with different seeds; the reward is their mean (default 1)")
-    p.add_argument("--baselines", default=None,
-                   help="hand-set plans trained in every search, never learned from (default "
-                        f"{','.join(BASELINE_NAMES)}; none,dropout for Transformers; '' for none)")
-    p.add_argument("--final-top-k", type=typed(int), default=2,
-                   help="best sampled plans re-trained at the end with fresh seeds (default 2; 0: no final stage)")
-    p.add_argument("--final-seeds", type=typed(int), default=2,
-                   help="fresh seeds per plan in the final stage (default 2)")
-    p.add_argument("--max-concurrent", type=typed(int), default=None,
-                   help="trials at once (default: as many as the cluster's resources allow)")
-    p.add_argument("--cpus-per-trial", type=typed(float), default=1.0,
-                   help="CPUs per trial, also its torch threads (default 1)")
-    p.add_argument("--gpus-per-trial", type=typed(float), default=None,
-                   help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)")
-    p.add_argument("--scheduler", default="fifo",
-                   help="fifo (default) or asha: stops weak trials early, their last value is the reward")
-    p.add_argument("--controller-batch", type=typed(int), default=4,
-                   help="finished trials per REINFORCE update (default 4)")
-    p.add_argument("--controller-lr", type=typed(float), default=0.05,
-                   help="controller Adam learning rate in (0, 1] (default 0.05: budgets of tens of trials; "
-                        "0.01 suits hundreds)")
-    p.add_argument("--sites", default="stage",
-                   help="'stage' (default: one decision set per stage or Transformer block, what a budget "
-                        "of tens of trials can learn), 'all' (every site found in the model), or "
-                        "comma-separated module paths / glob patterns")
-    p.add_argument("--child", default=None,
-                   help="module:function or path/file.py:function with child_trainer.train_child's "
-                        "signature (config, plan, report), trained instead of our child")
-    p.add_argument("--address", default=None,
-                   help="join a running Ray cluster (host:port or 'auto'); default: local Ray")
+    add_train_flags(
+        p,
+        TRAIN_FLAGS,
+        defaults={k: None for k in TRAIN_FLAGS},
+        help_defaults={
+            "dataset": "digits; builtin_text for transformer_lm",
+            "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
+            "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole training split otherwise",
+            "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
+            "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
+            "seq_len": "64",
+            "lr": "the trainer's, 0.1",
+            "data_dir": "./data",
+            "amp": "auto",
+        },
+    )
+    p.add_argument(
+        "--num-samples",
+        type=typed(int),
+        default=16,
+        help="plans the searcher samples (default 16); baselines and the final stage come on top",
+    )
+    p.add_argument(
+        "--search", default="controller", help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)"
+    )
+    p.add_argument(
+        "--reward-seeds",
+        type=typed(int),
+        default=1,
+        help="trainings per plan with different seeds; the reward is their mean (default 1)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=None,
+        help="hand-set plans trained in every search, never learned from (default "
+        f"{','.join(BASELINE_NAMES)}; none,dropout for Transformers; '' for none)",
+    )
+    p.add_argument(
+        "--final-top-k",
+        type=typed(int),
+        default=2,
+        help="best sampled plans re-trained at the end with fresh seeds (default 2; 0: no final stage)",
+    )
+    p.add_argument(
+        "--final-seeds", type=typed(int), default=2, help="fresh seeds per plan in the final stage (default 2)"
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=typed(int),
+        default=None,
+        help="trials at once (default: as many as the cluster's resources allow)",
+    )
+    p.add_argument(
+        "--cpus-per-trial", type=typed(float), default=1.0, help="CPUs per trial, also its torch threads (default 1)"
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=typed(float),
+        default=None,
+        help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default="fifo",
+        help="fifo (default) or asha: stops weak trials early, their last value is the reward",
+    )
+    p.add_argument(
+        "--controller-batch", type=typed(int), default=4, help="finished trials per REINFORCE update (default 4)"
+    )
+    p.add_argument(
+        "--controller-lr",
+        type=typed(float),
+        default=0.05,
+        help="controller Adam learning rate in (0, 1] (default 0.05: budgets of tens of trials; 0.01 suits hundreds)",
+    )
+    p.add_argument(
+        "--sites",
+        default="stage",
+        help="'stage' (default: one decision set per stage or Transformer block, what a budget "
+        "of tens of trials can learn), 'all' (every site found in the model), or "
+        "comma-separated module paths / glob patterns",
+    )
+    p.add_argument(
+        "--child",
+        default=None,
+        help="module:function or path/file.py:function with child_trainer.train_child's "
+        "signature (config, plan, report), trained instead of our child",
+    )
+    p.add_argument(
+        "--address", default=None, help="join a running Ray cluster (host:port or 'auto'); default: local Ray"
+    )
     p.add_argument("--storage-path", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--name", default=None, help="run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="finish the run --name; its saved settings are used")
@@ -144,10 +192,16 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     if args.dataset is None:
         args.dataset = "builtin_text" if args.model and is_lm(args.model) else "digits"
     if args.model is None:
-        args.model = {"digits": "digits_cnn"}.get(args.dataset, "transformer_lm" if args.dataset in TEXT_DATASETS
-                                                  else "resnet20")
-    defaults = (LM_DEFAULTS if is_lm(args.model) else DIGITS_DEFAULTS if args.dataset == "digits" else
-                {"epochs": DEFAULT_EPOCHS})
+        args.model = {"digits": "digits_cnn"}.get(
+            args.dataset, "transformer_lm" if args.dataset in TEXT_DATASETS else "resnet20"
+        )
+    defaults = (
+        LM_DEFAULTS
+        if is_lm(args.model)
+        else DIGITS_DEFAULTS
+        if args.dataset == "digits"
+        else {"epochs": DEFAULT_EPOCHS}
+    )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -155,23 +209,33 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         args.baselines = "none,dropout" if args.model in TRANSFORMERS else ",".join(BASELINE_NAMES)
     recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "amp", "seq_len") if getattr(args, k) is not None}
     try:
-        cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
-                          train_size=args.train_size, data_dir=args.data_dir, seed=args.seed,
-                          num_threads=max(1, int(min(args.cpus_per_trial, 1024))), **recipe)
+        cfg = TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            epochs=args.epochs,
+            train_size=args.train_size,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            num_threads=max(1, int(min(args.cpus_per_trial, 1024))),
+            **recipe,
+        )
     except ValueError as e:
         raise _usage(e) from None
     if cfg.amp == "fp16" and not args.address:
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError("--amp: bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA, "
-                             "and this machine has none)")
+            raise UsageError(
+                "--amp: bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA, and this machine has none)"
+            )
     if (args.gpus_per_trial or 0) > 0 and not args.address:
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError(f"--gpus-per-trial: bad value {args.gpus_per_trial:g}; allowed here: 0 "
-                             "(this machine has no GPU; use --address to join a GPU cluster)")
+            raise UsageError(
+                f"--gpus-per-trial: bad value {args.gpus_per_trial:g}; allowed here: 0 "
+                "(this machine has no GPU; use --address to join a GPU cluster)"
+            )
     return cfg.to_dict()
 
 
@@ -203,22 +267,36 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
         if not isinstance(saved, dict):
             raise TypeError("args is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"--resume: bad value {str(run_dir)!r}; its {SEARCH_CONFIG} is unreadable "
-                         f"({type(e).__name__}); nothing was changed") from None
+        raise UsageError(
+            f"--resume: bad value {str(run_dir)!r}; its {SEARCH_CONFIG} is unreadable "
+            f"({type(e).__name__}); nothing was changed"
+        ) from None
     defaults = vars(build_parser().parse_args([]))
-    ignored = [k for k, v in vars(args).items() if k not in ("address", "resume", "storage_path", "name")
-               and v != defaults.get(k) and v != saved.get(k)]
+    ignored = [
+        k
+        for k, v in vars(args).items()
+        if k not in ("address", "resume", "storage_path", "name") and v != defaults.get(k) and v != saved.get(k)
+    ]
     if ignored:
-        log.warning("--resume uses the run's saved settings; ignoring %s",
-                    ", ".join("--" + k.replace("_", "-") for k in ignored))
-    return argparse.Namespace(**{**defaults, **saved, "address": args.address, "resume": True,
-                                 "storage_path": args.storage_path, "name": args.name})
+        log.warning(
+            "--resume uses the run's saved settings; ignoring %s",
+            ", ".join("--" + k.replace("_", "-") for k in ignored),
+        )
+    return argparse.Namespace(
+        **{
+            **defaults,
+            **saved,
+            "address": args.address,
+            "resume": True,
+            "storage_path": args.storage_path,
+            "name": args.name,
+        }
+    )
 
 
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                            stream=sys.stderr)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for name in ("launch_search", "controller.searcher", "controller.api"):
         logging.getLogger(name).setLevel(logging.INFO)
 
@@ -243,17 +321,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
             result = run_search(
-                model_fn, ChildTrain(train, args.child), metric=objective.metric, mode=objective.mode,
+                model_fn,
+                ChildTrain(train, args.child),
+                metric=objective.metric,
+                mode=objective.mode,
                 reward_transform=objective.transform,
-                num_samples=args.num_samples, search=args.search, storage_path=storage, name=args.name,
-                resume=args.resume, resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
-                max_concurrent=args.max_concurrent, scheduler=args.scheduler, max_epochs=args.epochs,
-                sites=args.sites, model_name=args.model, seed=args.seed, reward_seeds=args.reward_seeds,
-                baselines=[b for b in args.baselines.split(",") if b], example_input=example,
-                final_top_k=args.final_top_k, final_seeds=args.final_seeds,
-                controller_batch=args.controller_batch, controller_lr=args.controller_lr,
-                penalty_reward=penalty, address=args.address, runtime_env=_runtime_env(args, storage),
-                extra_config={"args": vars(args), "train": train})
+                num_samples=args.num_samples,
+                search=args.search,
+                storage_path=storage,
+                name=args.name,
+                resume=args.resume,
+                resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
+                max_concurrent=args.max_concurrent,
+                scheduler=args.scheduler,
+                max_epochs=args.epochs,
+                sites=args.sites,
+                model_name=args.model,
+                seed=args.seed,
+                reward_seeds=args.reward_seeds,
+                baselines=[b for b in args.baselines.split(",") if b],
+                example_input=example,
+                final_top_k=args.final_top_k,
+                final_seeds=args.final_seeds,
+                controller_batch=args.controller_batch,
+                controller_lr=args.controller_lr,
+                penalty_reward=penalty,
+                address=args.address,
+                runtime_env=_runtime_env(args, storage),
+                extra_config={"args": vars(args), "train": train},
+            )
         except FieldError as e:
             raise _usage(e) from None
     except UsageError as e:
@@ -263,8 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("interrupted before the search started")
         return EXIT_INTERRUPTED
     if result.status == "interrupted":
-        log.warning("interrupted after %d trials; finish with: python launch_search.py --resume --name %s "
-                    "--storage-path %s", len(result.trials), args.name, args.storage_path)
+        log.warning(
+            "interrupted after %d trials; finish with: python launch_search.py --resume --name %s --storage-path %s",
+            len(result.trials),
+            args.name,
+            args.storage_path,
+        )
         return EXIT_INTERRUPTED
     print(result.summary)
     if result.status == "failed":

@@ -6,6 +6,7 @@ decision of search_space.vocab), with its active_mask as the REINFORCE mask.
 
     python benchmarks/controller.py [--sites 20 50 100] [--batch 16] [--repeats 5] [--hidden 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,11 @@ def bench(num_sites: int, batch: int, repeats: int, hidden: int) -> dict[str, fl
     tokens = trainer.sample(batch)
     rewards = [0.5 + 0.01 * i for i in range(batch)]
     result: dict[str, float] = {"sites": num_sites, "decisions": len(space.vocab_sizes)}
-    for name, fn, per in [("sample_1", lambda: trainer.sample(1), 1),
-                          ("sample", lambda: trainer.sample(batch), batch),
-                          ("update", lambda: trainer.update(tokens, rewards), batch)]:
+    for name, fn, per in [
+        ("sample_1", lambda: trainer.sample(1), 1),
+        ("sample", lambda: trainer.sample(batch), batch),
+        ("update", lambda: trainer.update(tokens, rewards), batch),
+    ]:
         wall, cpu = _median_ms(fn, repeats)
         result[f"{name}_wall"], result[f"{name}_cpu"] = wall / per, cpu / per
     for kind in ("wall", "cpu"):
@@ -70,20 +73,28 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="LSTM hidden size")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log.info("torch %s, hidden size %d, load average %s", torch.__version__, args.hidden,
-             " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    log.info(
+        "torch %s, hidden size %d, load average %s",
+        torch.__version__,
+        args.hidden,
+        " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    )
     cols = ["sample_1", "sample", "update", "total"]
-    log.info("%5s %9s  " + "  ".join(["%17s"] * len(cols)), "sites", "decisions",
-             "sample 1 alone", f"sample (batch {args.batch})", "update", "sample+update")
-    log.info("%5s %9s  " + "  ".join(["%17s"] * len(cols)), "", "",
-             *(["cpu ms / wall ms"] * len(cols)))
+    log.info(
+        "%5s %9s  " + "  ".join(["%17s"] * len(cols)),
+        "sites",
+        "decisions",
+        "sample 1 alone",
+        f"sample (batch {args.batch})",
+        "update",
+        "sample+update",
+    )
+    log.info("%5s %9s  " + "  ".join(["%17s"] * len(cols)), "", "", *(["cpu ms / wall ms"] * len(cols)))
     for num_sites in args.sites:
         r = bench(num_sites, args.batch, args.repeats, args.hidden)
         cells = [f"{r[c + '_cpu']:7.2f} / {r[c + '_wall']:7.2f}" for c in cols]
-        log.info("%5d %9d  " + "  ".join(["%17s"] * len(cols)), r["sites"], r["decisions"],
-                 *cells)
-    log.info("per plan; medians of %d runs; the controller runs on 1 intra-op thread",
-             args.repeats)
+        log.info("%5d %9d  " + "  ".join(["%17s"] * len(cols)), r["sites"], r["decisions"], *cells)
+    log.info("per plan; medians of %d runs; the controller runs on 1 intra-op thread", args.repeats)
 
 
 if __name__ == "__main__":

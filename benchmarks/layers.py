@@ -10,6 +10,7 @@ per-channel mask), and the realized zeroed fraction on a ones tensor. ``--ab REV
 ``search_space/layers`` as of git ``REV`` (imported under another name), timed interleaved
 with today's. Reference implementations are imported here only, never at runtime.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def load_layers_at(rev: str, name: str = "layers_before") -> ModuleType:
     package ``name`` (its absolute self-imports renamed), for same-process A/B timings."""
     root = Path(__file__).resolve().parents[1]
     git = ["git", "-C", str(root)]
-    files = subprocess.run([*git, "ls-tree", "--name-only", rev, "search_space/layers/"], check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        [*git, "ls-tree", "--name-only", rev, "search_space/layers/"], check=True, capture_output=True, text=True
+    ).stdout.split()
     pkg = Path(tempfile.mkdtemp(prefix="ab_layers_")) / name
     pkg.mkdir()
     for path in files:
@@ -80,8 +82,10 @@ def load_layers_at(rev: str, name: str = "layers_before") -> ModuleType:
     return importlib.import_module(name)
 
 
-def candidates(device: torch.device, before: ModuleType | None = None,
-               ) -> list[tuple[str, str, Callable[[], nn.Module]]]:
+def candidates(
+    device: torch.device,
+    before: ModuleType | None = None,
+) -> list[tuple[str, str, Callable[[], nn.Module]]]:
     """(row name, name of our row it is compared with, factory); the rows marked [.. algo]
     force the sampler that ``algorithm="auto"`` does not pick on this device; rows marked
     [before] are the layers of ``before`` (`load_layers_at`)."""
@@ -93,16 +97,32 @@ def candidates(device: torch.device, before: ModuleType | None = None,
         ("ours shared", "ours shared", lambda: ours.DropBlock2d(P, BLOCK, share_channels=True)),
         ("ours per-channel", "ours per-channel", lambda: ours.DropBlock2d(P, BLOCK, share_channels=False)),
         (f"ours shared [{other} algo]", "ours shared", lambda: ours.DropBlock2d(P, BLOCK, True, algorithm=other)),
-        (f"ours per-channel [{other} algo]", "ours per-channel",
-         lambda: ours.DropBlock2d(P, BLOCK, False, algorithm=other)),
-        ("ours shared [reference algo]", "ours shared", lambda: ours.DropBlock2d(P, BLOCK, True, algorithm="reference")),
-        ("ours per-channel [reference algo]", "ours per-channel",
-         lambda: ours.DropBlock2d(P, BLOCK, False, algorithm="reference")),
+        (
+            f"ours per-channel [{other} algo]",
+            "ours per-channel",
+            lambda: ours.DropBlock2d(P, BLOCK, False, algorithm=other),
+        ),
+        (
+            "ours shared [reference algo]",
+            "ours shared",
+            lambda: ours.DropBlock2d(P, BLOCK, True, algorithm="reference"),
+        ),
+        (
+            "ours per-channel [reference algo]",
+            "ours per-channel",
+            lambda: ours.DropBlock2d(P, BLOCK, False, algorithm="reference"),
+        ),
         ("dropblock.DropBlock2D (shared)", "ours shared", lambda: dropblock.DropBlock2D(P, BLOCK)),
-        ("timm DropBlock2d couple_channels=True (shared)", "ours shared",
-         lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=True)),
-        ("timm DropBlock2d couple_channels=False (per-channel)", "ours per-channel",
-         lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=False)),
+        (
+            "timm DropBlock2d couple_channels=True (shared)",
+            "ours shared",
+            lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=True),
+        ),
+        (
+            "timm DropBlock2d couple_channels=False (per-channel)",
+            "ours per-channel",
+            lambda: timm.layers.DropBlock2d(P, BLOCK, couple_channels=False),
+        ),
         ("floor: x * precomputed shared mask", "ours shared", lambda: FixedMask(True)),
         ("floor: x * precomputed per-channel mask", "ours per-channel", lambda: FixedMask(False)),
         ("nn.Dropout", "ours Dropout", lambda: nn.Dropout(P)),
@@ -114,10 +134,18 @@ def candidates(device: torch.device, before: ModuleType | None = None,
     if before is not None:
         rows += [
             ("[before] ours shared", "ours shared", lambda: before.DropBlock2d(P, BLOCK, share_channels=True)),
-            ("[before] ours per-channel", "ours per-channel", lambda: before.DropBlock2d(P, BLOCK, share_channels=False)),
+            (
+                "[before] ours per-channel",
+                "ours per-channel",
+                lambda: before.DropBlock2d(P, BLOCK, share_channels=False),
+            ),
             ("[before] ours Dropout", "ours Dropout", lambda: before.Dropout(P)),
             ("[before] ours Disout (block 5)", "ours Disout (block 5)", lambda: before.Disout(P, BLOCK)),
-            ("[before] ours PatternDropout", "ours PatternDropout", lambda: before.PatternDropout(2, 4, 2, rotate=15.0)),
+            (
+                "[before] ours PatternDropout",
+                "ours PatternDropout",
+                lambda: before.PatternDropout(2, 4, 2, rotate=15.0),
+            ),
         ]
     return rows
 
@@ -135,8 +163,13 @@ def _sync(device: torch.device) -> None:
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def time_all(layers: dict[str, nn.Module], shape: tuple[int, ...], device: torch.device, repeats: int,
-             clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def time_all(
+    layers: dict[str, nn.Module],
+    shape: tuple[int, ...],
+    device: torch.device,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median fwd+bwd milliseconds per layer, interleaving the layers round-robin in a fresh
     random order each round (a layer's place in the round, e.g. after a large allocation,
     biases its time by a few per cent)."""
@@ -167,11 +200,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=60)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    ap.add_argument("--shapes", nargs="*", default=["x".join(map(str, s)) for s in SHAPES],
-                    help="NxCxHxW input shapes")
+    ap.add_argument("--shapes", nargs="*", default=["x".join(map(str, s)) for s in SHAPES], help="NxCxHxW input shapes")
     ap.add_argument("--ab", metavar="REV", help="also time search_space/layers as of git REV, interleaved")
-    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
-                    help="wall time, or this process's CPU time (less noisy on a shared machine; CPU only)")
+    ap.add_argument(
+        "--clock",
+        choices=list(CLOCK),
+        default="wall",
+        help="wall time, or this process's CPU time (less noisy on a shared machine; CPU only)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -185,8 +221,10 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.clock} clock"
         + (f", [before] = {args.ab}" if args.ab else ""),
         "",
-        ("| device | shape | layer | fwd+bwd ms (median) | above floor ms | ratio to ours (same semantics) "
-         "| realized drop fraction |"),
+        (
+            "| device | shape | layer | fwd+bwd ms (median) | above floor ms | ratio to ours (same semantics) "
+            "| realized drop fraction |"
+        ),
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for device in devices:

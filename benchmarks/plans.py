@@ -15,6 +15,7 @@ Measures, in one process and interleaved round-robin (robust to other load on th
 the regularizer layers of ``search_space/layers`` as of git ``REV`` (same plans, same
 parameters; run from the repository root: ``PYTHONPATH=. python benchmarks/plans.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ METHOD_PARAMS: dict[str, dict] = {
     "dropblock": {"drop_prob": 0.1, "block_size": 5, "share_channels": False},
     "dropblock_shared": {"drop_prob": 0.1, "block_size": 5, "share_channels": True},
     "disout": {"dist_prob": 0.09, "block_size": 6, "alpha": 1.0},
-    "pattern": {"size": 2, "stride": 4, "repeat": 2, "rotate": 15.0, "shear_x": 0.1, "shear_y": 0.0,
-                "share_channels": False, "residual": False},
+    "pattern": {
+        "size": 2,
+        "stride": 4,
+        "repeat": 2,
+        "rotate": 15.0,
+        "shear_x": 0.1,
+        "shear_y": 0.0,
+        "share_channels": False,
+        "residual": False,
+    },
 }
 SITE_SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 
@@ -73,8 +82,9 @@ def method_of(name: str) -> str:
 class Step:
     """One training configuration: a model (optionally under a plan), its optimizer and data."""
 
-    def __init__(self, plan: Plan | None, batch: int, seed: int, amp: bool = False,
-                 layers: ModuleType | None = None) -> None:
+    def __init__(
+        self, plan: Plan | None, batch: int, seed: int, amp: bool = False, layers: ModuleType | None = None
+    ) -> None:
         self.amp = amp
         torch.manual_seed(seed)
         self.model = build_model("resnet20", 10)
@@ -84,8 +94,7 @@ class Step:
                 for m in self.model.modules():
                     as_layer_of(m, layers)
         self.model.to(memory_format=torch.channels_last).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
-                                   weight_decay=5e-4)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (batch,), generator=g)
@@ -130,7 +139,9 @@ def uniform_plan(sites: list[str], name: str) -> Plan:
 
 
 def bench_methods(sites: list[str], methods: list[str], args: argparse.Namespace) -> dict[str, float]:
-    runs = {m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0, args.bf16) for m in ["none", *methods]}
+    runs = {
+        m: Step(None if m == "none" else uniform_plan(sites, m), args.batch, 0, args.bf16) for m in ["none", *methods]
+    }
     if args.before is not None:
         for m in methods:
             runs[f"{m} [before]"] = Step(uniform_plan(sites, m), args.batch, 0, args.bf16, args.before)
@@ -155,6 +166,7 @@ def as_floor(step: Step) -> Callable[[], None]:
         finally:
             for cls, forward in saved.items():
                 cls.forward = forward
+
     return run
 
 
@@ -170,15 +182,20 @@ def bench_random(sites: list[str], args: argparse.Namespace) -> list[tuple[int, 
         ms = time_round_robin(runs, args.rounds, args.steps)
         rows.append((seed, ms["none"], ms["plan"], ms["floor"], plan.summary()))
         before = f", [before] {ms['before']:.1f} ms" if "before" in ms else ""
-        print(f"random plan seed={seed}: none {ms['none']:.1f} ms, plan {ms['plan']:.1f} ms "
-              f"({100 * (ms['plan'] / ms['none'] - 1):+.1f}%), floor {ms['floor']:.1f} ms "
-              f"({100 * (ms['floor'] / ms['none'] - 1):+.1f}%){before}", flush=True)
+        print(
+            f"random plan seed={seed}: none {ms['none']:.1f} ms, plan {ms['plan']:.1f} ms "
+            f"({100 * (ms['plan'] / ms['none'] - 1):+.1f}%), floor {ms['floor']:.1f} ms "
+            f"({100 * (ms['floor'] / ms['none'] - 1):+.1f}%){before}",
+            flush=True,
+        )
     return rows
 
 
 def bench_layers(methods: list[str], args: argparse.Namespace) -> list[str]:
-    lines = ["| layer | " + " | ".join("x".join(map(str, s)) for s in SITE_SHAPES) + " |",
-             "|---|" + "---:|" * len(SITE_SHAPES)]
+    lines = [
+        "| layer | " + " | ".join("x".join(map(str, s)) for s in SITE_SHAPES) + " |",
+        "|---|" + "---:|" * len(SITE_SHAPES),
+    ]
     for name in methods:
         layer = build_layer(SiteSpec(method_of(name), {k: v for k, v in METHOD_PARAMS[name].items()})).train()
         if hasattr(layer, "weight_behind"):
@@ -215,14 +232,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds (after one warm-up round)")
     ap.add_argument("--steps", type=int, default=1, help="steps per configuration per round")
-    ap.add_argument("--clock", choices=list(CLOCK), default="wall",
-                    help="wall time, or this process's CPU time (less noisy on a shared machine)")
+    ap.add_argument(
+        "--clock",
+        choices=list(CLOCK),
+        default="wall",
+        help="wall time, or this process's CPU time (less noisy on a shared machine)",
+    )
     ap.add_argument("--methods", nargs="*", default=list(METHOD_PARAMS), choices=list(METHOD_PARAMS))
     ap.add_argument("--random", type=int, default=5, help="number of random plans (0: skip)")
     ap.add_argument("--layers", action="store_true", help="also time each layer alone per site shape")
     ap.add_argument("--skip-methods", action="store_true")
-    ap.add_argument("--amp", choices=["auto", "bf16", "none"], default="auto",
-                    help="bf16 autocast; auto = as the trainer (bf16 where the CPU has native bf16)")
+    ap.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "none"],
+        default="auto",
+        help="bf16 autocast; auto = as the trainer (bf16 where the CPU has native bf16)",
+    )
     ap.add_argument("--ab", metavar="REV", help="also time the layers of search_space/layers as of git REV")
     args = ap.parse_args()
     if args.ab:
@@ -239,8 +264,11 @@ def main() -> None:
     global clock
     clock = CLOCK[args.clock]
     print(f"CPU: {cpu_model()}" + (f"; [before] = layers at {args.ab}" if args.ab else ""))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{'bf16' if args.bf16 else 'fp32'}, median of {args.rounds}x{args.steps} steps, {args.clock} clock", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"{'bf16' if args.bf16 else 'fp32'}, median of {args.rounds}x{args.steps} steps, {args.clock} clock",
+        flush=True,
+    )
     sites = find_sites(build_model("resnet20", 10))
     if args.layers:
         print(f"\nfwd+bwd ms of one layer, channels_last, {'bf16' if args.bf16 else 'fp32'} (id = x * 1.0 fwd+bwd):")
@@ -250,15 +278,19 @@ def main() -> None:
         print(f"\nms per training step, all {len(sites)} sites one method:")
         print("| method | ms/step | vs none | page faults/step |\n|---|---:|---:|---:|")
         for m, v in ms.items():
-            print(f"| {m} | {v:.1f} | {100 * (v / ms['none'] - 1):+.1f}% | {statistics.median(FAULTS[m]):.0f} |",
-                  flush=True)
+            print(
+                f"| {m} | {v:.1f} | {100 * (v / ms['none'] - 1):+.1f}% | {statistics.median(FAULTS[m]):.0f} |",
+                flush=True,
+            )
     if args.random:
         rows = bench_random(sites, args)
         slow = [100 * (p / n - 1) for _, n, p, _, _ in rows]
         floor = [100 * (f / n - 1) for _, n, _, f, _ in rows]
-        print(f"\nrandom plans: median slowdown {statistics.median(slow):+.1f}% "
-              f"(min {min(slow):+.1f}%, max {max(slow):+.1f}%) over seeds 0..{args.random - 1}; "
-              f"floor (one multiply per regularizer, no sampling) {statistics.median(floor):+.1f}%")
+        print(
+            f"\nrandom plans: median slowdown {statistics.median(slow):+.1f}% "
+            f"(min {min(slow):+.1f}%, max {max(slow):+.1f}%) over seeds 0..{args.random - 1}; "
+            f"floor (one multiply per regularizer, no sampling) {statistics.median(floor):+.1f}%"
+        )
 
 
 if __name__ == "__main__":

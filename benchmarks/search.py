@@ -10,6 +10,7 @@ Measured in one run, trials one at a time (--max-concurrent 1, so nothing hides 
 2. a search of real tiny children (digits_cnn, 1 epoch, 100 images) versus calling
    `train_child` on the same plans in a plain loop in this process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ def search(storage: Path, name: str, trials: int, child: str | None, *extra: str
         os.environ.pop("AUTODROPOUT_CHILD", None)
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the end-of-search summary
-        rc = launch_search.main(["--storage-path", str(storage), "--name", name, "--max-concurrent",
-                                 "1", "--num-samples", str(trials), *extra])
+        rc = launch_search.main(
+            [
+                "--storage-path",
+                str(storage),
+                "--name",
+                name,
+                "--max-concurrent",
+                "1",
+                "--num-samples",
+                str(trials),
+                *extra,
+            ]
+        )
     seconds = time.perf_counter() - start
     if rc != 0:
         raise SystemExit(f"search {name} failed with exit code {rc}")
@@ -69,21 +81,28 @@ def plain_loop(plans: list[str], train: dict) -> float:
 def default_search(storage: Path) -> None:
     """`python launch_search.py` exactly as the README runs it (fresh process, own Ray)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "launch_search.py"), "--storage-path",
-                           str(storage), "--name", "default"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "launch_search.py"), "--storage-path", str(storage), "--name", "default"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"default search failed:\n{proc.stderr[-3000:]}")
     run = storage / "default"
     trials = len(plans_of(run))
     cfg = json.loads((run / "search_config.json").read_text())
-    print(f"default digits search: {trials} trials ({cfg['train']['epochs']} epochs, "
-          f"{cfg['train']['train_size']} images) in {wall:.1f} s wall incl. Ray start-up "
-          f"-> {3600 * trials / wall:.0f} trials/hour")
+    print(
+        f"default digits search: {trials} trials ({cfg['train']['epochs']} epochs, "
+        f"{cfg['train']['train_size']} images) in {wall:.1f} s wall incl. Ray start-up "
+        f"-> {3600 * trials / wall:.0f} trials/hour"
+    )
 
 
-def marginal(storage: Path, name: str, short: int, long: int, child: str | None,
-             *extra: str) -> tuple[float, float, float]:
+def marginal(
+    storage: Path, name: str, short: int, long: int, child: str | None, *extra: str
+) -> tuple[float, float, float]:
     """(short seconds, long seconds, extra seconds per extra trial): fixed costs cancel."""
     t_short = search(storage, f"{name}-short", short, child, *extra)
     t_long = search(storage, f"{name}-long", long, child, *extra)
@@ -109,15 +128,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         t0 = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         print(f"Ray start-up (once per search): {time.perf_counter() - t0:.1f} s")
         warm = search(storage, "warm-up", 3, TRIVIAL, "--epochs", "1")
         print(f"warm-up search (3 trials, first worker's imports): {warm:.2f} s")
         short, long, per = marginal(storage, "trivial", args.short, args.long, TRIVIAL, "--epochs", "1")
-        print(f"trivial children: {args.short} trials {short:.2f} s, {args.long} trials {long:.2f} s "
-              f"-> overhead {per:.3f} s per extra trial (target < 0.3); "
-              f"{long / args.long:.3f} s/trial incl. each search's fixed costs")
+        print(
+            f"trivial children: {args.short} trials {short:.2f} s, {args.long} trials {long:.2f} s "
+            f"-> overhead {per:.3f} s per extra trial (target < 0.3); "
+            f"{long / args.long:.3f} s/trial incl. each search's fixed costs"
+        )
         tiny = ["--epochs", "1", "--train-size", "100"]
         short, long, per = marginal(storage, "real", args.short, args.real, None, *tiny)
         ray.shutdown()
@@ -125,9 +145,11 @@ def main() -> None:
         train = json.loads((run / "search_config.json").read_text())["train"]
         plans = plans_of(run)
         loop = plain_loop(plans, train) / len(plans)
-        print(f"tiny real children (digits_cnn, 1 epoch, 100 images): search {per:.3f} s per extra "
-              f"trial vs plain train_child loop {loop:.3f} s/trial on the same plans "
-              f"-> overhead {per - loop:+.3f} s/trial")
+        print(
+            f"tiny real children (digits_cnn, 1 epoch, 100 images): search {per:.3f} s per extra "
+            f"trial vs plain train_child loop {loop:.3f} s/trial on the same plans "
+            f"-> overhead {per - loop:+.3f} s/trial"
+        )
         if args.default_search:
             default_search(storage)
 

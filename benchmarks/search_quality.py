@@ -16,6 +16,7 @@
    plan beats the best baseline's mean and beats ``none`` by >= 2 standard errors; the
    controller's last-quarter reward beats random search's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,30 @@ def run_search(search: str, args: argparse.Namespace, out: Path) -> Path:
     if (run / "run_state.json").is_file() and json.loads((run / "run_state.json").read_text())["status"] == "finished":
         print(f"[{search}] already finished: {run}", flush=True)
         return run
-    flags = ["--search", search, "--num-samples", str(args.num_samples), "--train-size", str(args.train_size),
-             "--epochs", str(args.epochs), "--seed", str(args.seed), "--storage-path", str(out), "--name", name,
-             "--final-top-k", str(args.final_top_k), "--final-seeds", str(args.final_seeds),
-             "--controller-batch", str(args.controller_batch), "--sites", args.sites]
+    flags = [
+        "--search",
+        search,
+        "--num-samples",
+        str(args.num_samples),
+        "--train-size",
+        str(args.train_size),
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--storage-path",
+        str(out),
+        "--name",
+        name,
+        "--final-top-k",
+        str(args.final_top_k),
+        "--final-seeds",
+        str(args.final_seeds),
+        "--controller-batch",
+        str(args.controller_batch),
+        "--sites",
+        args.sites,
+    ]
     if args.controller_lr is not None:
         flags += ["--controller-lr", str(args.controller_lr)]
     if run.exists():
@@ -103,13 +124,22 @@ def retrain_all(runs: dict[str, Path], args: argparse.Namespace) -> dict[str, di
     from results.retrain import RetrainConfig, _train_config, retrain_plans
 
     base_run = open_run(runs["controller"])
-    cfg = RetrainConfig(top=0, seeds=args.seeds, train_size="search", baselines=BASELINES,
-                        seed_offset=args.test_seed_offset, num_threads=1)
+    cfg = RetrainConfig(
+        top=0,
+        seeds=args.seeds,
+        train_size="search",
+        baselines=BASELINES,
+        seed_offset=args.test_seed_offset,
+        num_threads=1,
+    )
     plans = {name: plan for name, plan in retrain_plans(base_run, cfg).items()}
     for search, run in runs.items():
         plans[f"{search} best"] = best_searched_plan(run)
-    jobs = [(label, _train_config(base_run, cfg, cfg.seed_offset + i), plan.to_dict())
-            for label, plan in plans.items() for i in range(cfg.seeds)]
+    jobs = [
+        (label, _train_config(base_run, cfg, cfg.seed_offset + i), plan.to_dict())
+        for label, plan in plans.items()
+        for i in range(cfg.seeds)
+    ]
     print(f"retraining {len(plans)} plans x {cfg.seeds} seeds = {len(jobs)} trainings", flush=True)
     scores: dict[str, dict[int, float]] = {label: {} for label in plans}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -165,8 +195,7 @@ def main() -> int:
 
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    ray.init(num_cpus=args.workers, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(num_cpus=args.workers, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     start = time.time()
     try:
         runs = {s: run_search(s, args, args.out) for s in SEARCHES}
@@ -178,13 +207,16 @@ def main() -> int:
     none = scores["none"]
     base_means = {b: _mean_se([v for k, v in scores[b].items() if isinstance(k, int)])[0] for b in BASELINES}
     best_base = max(base_means, key=base_means.get)
-    print(f"\nTest accuracy, {args.seeds} seeds each (digits test split, 360 images; train subset "
-          f"{args.train_size}, {args.epochs} epochs); searches took {search_minutes:.1f} min")
+    print(
+        f"\nTest accuracy, {args.seeds} seeds each (digits test split, 360 images; train subset "
+        f"{args.train_size}, {args.epochs} epochs); searches took {search_minutes:.1f} min"
+    )
     print(f"{'plan':<18} {'test acc':>17} {'vs none':>19} {'vs ' + best_base:>19}  plan")
     for label, vals in scores.items():
         m, se = _mean_se([v for k, v in vals.items() if isinstance(k, int)])
         d0, s0 = _paired(vals, none)
         d1, s1 = _paired(vals, scores[best_base])
+
         def z(d, s):
             return f"{d:+.4f} ({d / s:+.1f} se)" if s and math.isfinite(s) and s > 0 else f"{d:+.4f}"
 
@@ -197,13 +229,19 @@ def main() -> int:
     m_ctl = _mean_se([v for k, v in ctl.items() if isinstance(k, int)])[0]
     d0, s0 = _paired(ctl, none)
     print("\nTargets:")
-    print(f"  controller plan beats the best baseline ({best_base}) on mean test accuracy: "
-          f"{'MET' if m_ctl > base_means[best_base] else 'MISSED'} ({m_ctl:.4f} vs {base_means[best_base]:.4f})")
-    print(f"  controller plan beats none by >= 2 se: {'MET' if s0 > 0 and d0 / s0 >= 2 else 'MISSED'} "
-          f"({d0:+.4f}, {d0 / s0 if s0 else float('nan'):+.1f} se)")
+    print(
+        f"  controller plan beats the best baseline ({best_base}) on mean test accuracy: "
+        f"{'MET' if m_ctl > base_means[best_base] else 'MISSED'} ({m_ctl:.4f} vs {base_means[best_base]:.4f})"
+    )
+    print(
+        f"  controller plan beats none by >= 2 se: {'MET' if s0 > 0 and d0 / s0 >= 2 else 'MISSED'} "
+        f"({d0:+.4f}, {d0 / s0 if s0 else float('nan'):+.1f} se)"
+    )
     c_last, r_last = quarter_rewards(runs["controller"])[1], quarter_rewards(runs["random"])[1]
-    print(f"  controller's last-quarter reward beats random's: {'MET' if c_last > r_last else 'MISSED'} "
-          f"({c_last:.4f} vs {r_last:.4f})")
+    print(
+        f"  controller's last-quarter reward beats random's: {'MET' if c_last > r_last else 'MISSED'} "
+        f"({c_last:.4f} vs {r_last:.4f})"
+    )
     return 0
 
 

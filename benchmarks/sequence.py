@@ -8,6 +8,7 @@ Prints the CPU model, then two markdown tables measured in the same run:
 2. median forward+backward time of each sharing mode against ``nn.Dropout`` at the same
    shape and rate, round-robin over repeats so other processes on the cores hit all rows alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,13 @@ def rate_table(draws: int, device: torch.device) -> list[str]:
         for share_t, share_c in itertools.product((False, True), repeat=2):
             layer = SequenceDropout(P, size, stride, share_t, share_c)
             rates = [(layer(x) == 0).float().mean().item() for _ in range(draws)]
-            mean, se = statistics.fmean(rates), statistics.stdev(rates) / draws ** 0.5
+            mean, se = statistics.fmean(rates), statistics.stdev(rates) / draws**0.5
             err = mean - layer.expected_rate
             worst = max(worst, abs(err))
-            rows.append(f"| {size} | {stride} | {share_t} | {share_c} | {layer.expected_rate:.4f} | {mean:.4f} "
-                        f"| {err:+.4f} | {se:.4f} |")
+            rows.append(
+                f"| {size} | {stride} | {share_t} | {share_c} | {layer.expected_rate:.4f} | {mean:.4f} "
+                f"| {err:+.4f} | {se:.4f} |"
+            )
     rows.append(f"\nlargest |error| {worst:.4f} (p={P}, shape {RATE_SHAPE}, {draws} draws per row)")
     return rows
 
@@ -62,8 +65,9 @@ def speed_table(repeats: int, device: torch.device, dtype: torch.dtype) -> list[
     for shape in SPEED_SHAPES:
         layers = {"nn.Dropout": nn.Dropout(P)}
         for share_t, share_c in itertools.product((False, True), repeat=2):
-            layers[f"seq_pattern size 2 stride 4 share_t={share_t} share_c={share_c}"] = \
-                SequenceDropout(P, 2, 4, share_t, share_c)
+            layers[f"seq_pattern size 2 stride 4 share_t={share_t} share_c={share_c}"] = SequenceDropout(
+                P, 2, 4, share_t, share_c
+            )
         x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
         grad = torch.randn_like(x)
         times: dict[str, list[float]] = {k: [] for k in layers}
@@ -98,8 +102,14 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    log.info("# SequenceDropout on %s (%s, %d thread(s), torch %s, %s)\n", device, where, args.threads,
-             torch.__version__, args.dtype)
+    log.info(
+        "# SequenceDropout on %s (%s, %d thread(s), torch %s, %s)\n",
+        device,
+        where,
+        args.threads,
+        torch.__version__,
+        args.dtype,
+    )
     log.info("\n".join(rate_table(args.draws, device)))
     log.info("")
     log.info("\n".join(speed_table(args.repeats, device, dtype)))

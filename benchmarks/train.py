@@ -13,6 +13,7 @@ the long trainings of a search; ``--images`` sets the images per epoch.
 
     python benchmarks/train.py --threads 1 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,7 @@ def plain_loop_ips(device: str, images: int, batch_size: int, seed: int) -> floa
     data = load_data("synthetic", train_size=images, seed=seed, device="cpu", with_test=False)
     model = build_model("resnet20", 10).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loader = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=batch_size, shuffle=True,
-                        drop_last=True)
+    loader = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=batch_size, shuffle=True, drop_last=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
     for _epoch in range(2):
@@ -54,8 +54,16 @@ def plain_loop_ips(device: str, images: int, batch_size: int, seed: int) -> floa
 
 def ours(device: str, images: int, batch_size: int, seed: int, plan=None, **kw) -> float:
     """train_child's images per second in its second epoch (from the cumulative figures it reports)."""
-    cfg = TrainConfig(model="resnet20", dataset="synthetic", train_size=images, epochs=2, batch_size=batch_size,
-                      device=device, seed=seed, **kw)
+    cfg = TrainConfig(
+        model="resnet20",
+        dataset="synthetic",
+        train_size=images,
+        epochs=2,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        **kw,
+    )
     cumulative: list[float] = []
     result = train_child(cfg, plan, report=lambda epoch, m: cumulative.append(m["images_per_second"]))
     assert result["status"] == "ok", result
@@ -69,13 +77,19 @@ def bench_digits(repeats: int, threads: int | None) -> dict:
     for seed in range(repeats):
         cpu0 = time.process_time()
         r = train_child(TrainConfig(seed=seed, num_threads=threads))
-        rows.append({"seed": seed, "val_acc": r["val_acc"], "wall_s": r["seconds"],
-                     "cpu_s": time.process_time() - cpu0})
-        print(f"digits seed={seed}: val_acc={r['val_acc']:.4f} wall={r['seconds']:.1f}s "
-              f"cpu={rows[-1]['cpu_s']:.1f}s", flush=True)
-    return {"runs": rows, "min_val_acc": min(r["val_acc"] for r in rows),
-            "median_wall_s": statistics.median(r["wall_s"] for r in rows),
-            "median_cpu_s": statistics.median(r["cpu_s"] for r in rows)}
+        rows.append(
+            {"seed": seed, "val_acc": r["val_acc"], "wall_s": r["seconds"], "cpu_s": time.process_time() - cpu0}
+        )
+        print(
+            f"digits seed={seed}: val_acc={r['val_acc']:.4f} wall={r['seconds']:.1f}s cpu={rows[-1]['cpu_s']:.1f}s",
+            flush=True,
+        )
+    return {
+        "runs": rows,
+        "min_val_acc": min(r["val_acc"] for r in rows),
+        "median_wall_s": statistics.median(r["wall_s"] for r in rows),
+        "median_cpu_s": statistics.median(r["cpu_s"] for r in rows),
+    }
 
 
 def bench_throughput(device: str, repeats: int, images: int, batch_size: int, compile_: bool) -> dict:
@@ -85,8 +99,12 @@ def bench_throughput(device: str, repeats: int, images: int, batch_size: int, co
         o = ours(device, images, batch_size, rep, compile=compile_)
         plain.append(p), our.append(o), ratios.append(o / p)
         print(f"resnet20 {device} round {rep}: plain={p:.0f} img/s ours={o:.0f} img/s ratio={o / p:.2f}", flush=True)
-    return {"plain_ips": plain, "ours_ips": our, "median_ratio": statistics.median(ratios),
-            "median_ours_ips": statistics.median(our)}
+    return {
+        "plain_ips": plain,
+        "ours_ips": our,
+        "median_ratio": statistics.median(ratios),
+        "median_ours_ips": statistics.median(our),
+    }
 
 
 def bench_plan_overhead(device: str, repeats: int, images: int, batch_size: int) -> dict:
@@ -99,10 +117,15 @@ def bench_plan_overhead(device: str, repeats: int, images: int, batch_size: int)
         base = ours(device, images, batch_size, rep)
         with_plan = ours(device, images, batch_size, rep, plan=plan)
         ratios.append(base / with_plan)
-        print(f"plan overhead round {rep}: no plan={base:.0f} img/s, plan={with_plan:.0f} img/s, "
-              f"epoch slowdown={100 * (base / with_plan - 1):+.1f}%  [{plan.summary()[:90]}...]", flush=True)
-    return {"slowdowns_percent": [100 * (r - 1) for r in ratios],
-            "median_slowdown_percent": 100 * (statistics.median(ratios) - 1)}
+        print(
+            f"plan overhead round {rep}: no plan={base:.0f} img/s, plan={with_plan:.0f} img/s, "
+            f"epoch slowdown={100 * (base / with_plan - 1):+.1f}%  [{plan.summary()[:90]}...]",
+            flush=True,
+        )
+    return {
+        "slowdowns_percent": [100 * (r - 1) for r in ratios],
+        "median_slowdown_percent": 100 * (statistics.median(ratios) - 1),
+    }
 
 
 def main() -> None:
@@ -126,13 +149,21 @@ def main() -> None:
         out["throughput"] = bench_throughput(args.device, args.repeats, args.images, args.batch_size, args.compile)
     if "plan" not in args.skip:
         out["plan"] = bench_plan_overhead(args.device, args.repeats, args.images, args.batch_size)
-    print("summary:", {k: v for k, v in {
-        "digits_min_val_acc": out.get("digits", {}).get("min_val_acc"),
-        "digits_median_wall_s": out.get("digits", {}).get("median_wall_s"),
-        "digits_median_cpu_s": out.get("digits", {}).get("median_cpu_s"),
-        "resnet20_speedup_vs_plain": out.get("throughput", {}).get("median_ratio"),
-        "resnet20_ours_ips": out.get("throughput", {}).get("median_ours_ips"),
-        "plan_median_slowdown_percent": out.get("plan", {}).get("median_slowdown_percent")}.items() if v is not None})
+    print(
+        "summary:",
+        {
+            k: v
+            for k, v in {
+                "digits_min_val_acc": out.get("digits", {}).get("min_val_acc"),
+                "digits_median_wall_s": out.get("digits", {}).get("median_wall_s"),
+                "digits_median_cpu_s": out.get("digits", {}).get("median_cpu_s"),
+                "resnet20_speedup_vs_plain": out.get("throughput", {}).get("median_ratio"),
+                "resnet20_ours_ips": out.get("throughput", {}).get("median_ours_ips"),
+                "plan_median_slowdown_percent": out.get("plan", {}).get("median_slowdown_percent"),
+            }.items()
+            if v is not None
+        },
+    )
     if args.json:
         print(json.dumps(out))
 

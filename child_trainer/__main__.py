@@ -3,6 +3,7 @@
 Every TrainConfig field is a flag (``--batch-size``, ``--eval-test``/``--no-eval-test``, ...).
 Bad arguments give a one-line error and exit code 2; a diverged or failed run exits 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def load_plan_file(text: str) -> Any:
     try:
         return Plan.load(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise FieldError("--plan", text, "a plan JSON file",
-                         detail=f"bad value {text!r} (unreadable: {type(exc).__name__})") from None
+        raise FieldError(
+            "--plan", text, "a plan JSON file", detail=f"bad value {text!r} (unreadable: {type(exc).__name__})"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,14 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if "val_ppl" in result:  # language model
             test = f" test_ppl={result['test_ppl']:.2f}" if "test_ppl" in result else ""
-            metrics = (f"val_ppl={result['val_ppl']:.2f} best_val_ppl={result['best_val_ppl']:.2f}{test} "
-                       f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
-                       f"tokens/s={result['tokens_per_second']:.0f}")
+            metrics = (
+                f"val_ppl={result['val_ppl']:.2f} best_val_ppl={result['best_val_ppl']:.2f}{test} "
+                f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
+                f"tokens/s={result['tokens_per_second']:.0f}"
+            )
         else:
             test = f" test_acc={result['test_acc']:.4f}" if "test_acc" in result else ""
-            metrics = (f"val_acc={result['val_acc']:.4f} best_val_acc={result['best_val_acc']:.4f}{test} "
-                       f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
-                       f"images/s={result['images_per_second']:.0f}")
+            metrics = (
+                f"val_acc={result['val_acc']:.4f} best_val_acc={result['best_val_acc']:.4f}{test} "
+                f"epochs={result['epochs']} seconds={result['seconds']:.1f} "
+                f"images/s={result['images_per_second']:.0f}"
+            )
         print(f"{config.model} on {config.dataset}: status={result['status']} {metrics} {result['message']}".rstrip())
     return 0 if result["status"] == "ok" else 1
 

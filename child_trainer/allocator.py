@@ -6,6 +6,7 @@ page (~3 us a page here). Regularizers allocate a few masks per site, which made
 dominate their overhead: a resnet20 step with plain dropout at all 30 sites took ~21k page
 faults. Raising glibc's mmap and trim thresholds once per process keeps those pages mapped.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,5 @@
 """Batched on-device augmentation: one gather per batch, no per-sample Python."""
+
 from __future__ import annotations
 
 import torch

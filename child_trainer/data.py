@@ -4,6 +4,7 @@ The validation split is the search's reward, so it is carved out of the *trainin
 fixed seed (the same for every trial) and stratified by class; the test set is only loaded
 for the final evaluation. Everything lives on the device so batches need no per-sample Python.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,18 @@ import torch
 
 from search_space.errors import FieldError
 
-__all__ = ["DataError", "DataSplits", "load_data", "DATASETS", "stratified_split", "TEXT_DATASETS",
-           "TextSplits", "load_text", "tokenize_lines", "Vocabulary"]
+__all__ = [
+    "DataError",
+    "DataSplits",
+    "load_data",
+    "DATASETS",
+    "stratified_split",
+    "TEXT_DATASETS",
+    "TextSplits",
+    "load_text",
+    "tokenize_lines",
+    "Vocabulary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +37,7 @@ CIFAR_VAL_SIZE = 5000
 VAL_EXTRA_MAX = 10000  # unused training images that join validation (an epoch's evaluation cost)
 DIGITS_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test of the 1,797 images
 SYNTHETIC_SIZES = (10000, 2000, 2000)
-_CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py", 10),
-          "cifar100": ("CIFAR100", "cifar-100-python", 100)}
+_CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py", 10), "cifar100": ("CIFAR100", "cifar-100-python", 100)}
 
 
 class DataError(FieldError):
@@ -63,22 +73,27 @@ def stratified_split(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarr
     return np.sort(rest), np.sort(held)
 
 
-def _subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int
-            ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+def _subset(
+    x: np.ndarray, y: np.ndarray, size: int | None, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
     """Stratified training subset of ``size`` images (the small-data regime), and the indices
     of the training images it leaves unused."""
     if size is None or size == len(y):
         return (x, y), np.zeros(0, dtype=np.int64)
     n_classes = len(np.unique(y))
     if not n_classes <= size < len(y):
-        raise DataError("train_size", size, f"an integer from {n_classes} (one per class) to "
-                        f"{len(y) - 1} (below the training split's {len(y)} images)")
+        raise DataError(
+            "train_size",
+            size,
+            f"an integer from {n_classes} (one per class) to {len(y) - 1} (below the training split's {len(y)} images)",
+        )
     unused, keep = stratified_split(y, size, seed + 1)
     return (x[keep], y[keep]), unused
 
 
-def _train_and_val(train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray],
-                   train_size: int | None, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _train_and_val(
+    train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarray, np.ndarray], train_size: int | None, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The training subset, and a validation split as large as the data allows: the fixed
     validation images plus the training images the subset leaves unused (at most
     ``VAL_EXTRA_MAX``, a seeded choice), all fixed by ``split_seed``. The reward then moves in
@@ -92,25 +107,38 @@ def _train_and_val(train_x: np.ndarray, train_y: np.ndarray, val: tuple[np.ndarr
     return {"train": train, "val": val}
 
 
-def _to_device(x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray,
-               device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
     m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return (xt - m) / s, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
 
-def _finish(name: str, parts: dict[str, tuple[np.ndarray, np.ndarray] | None], num_classes: int,
-            device: torch.device | str, augment: str, stats_x: np.ndarray) -> DataSplits:
+def _finish(
+    name: str,
+    parts: dict[str, tuple[np.ndarray, np.ndarray] | None],
+    num_classes: int,
+    device: torch.device | str,
+    augment: str,
+    stats_x: np.ndarray,
+) -> DataSplits:
     """Normalise every split with the per-channel statistics of the full training split
     (before any ``train_size`` subset, so validation tensors are identical across subsets)."""
     tx = stats_x.astype(np.float32, copy=False)
     mean = tx.mean(axis=(0, 2, 3))
     std = tx.std(axis=(0, 2, 3)) + 1e-6
-    out = {k: _to_device(v[0], v[1], mean, std, device) if v is not None else (None, None)
-           for k, v in parts.items()}
-    return DataSplits(*out["train"], *out["val"], *out["test"], num_classes=num_classes,
-                      in_channels=tx.shape[1], name=name, augment=augment)
+    out = {k: _to_device(v[0], v[1], mean, std, device) if v is not None else (None, None) for k, v in parts.items()}
+    return DataSplits(
+        *out["train"],
+        *out["val"],
+        *out["test"],
+        num_classes=num_classes,
+        in_channels=tx.shape[1],
+        name=name,
+        augment=augment,
+    )
 
 
 def _digits(train_size: int | None, seed: int, with_test: bool, device: torch.device | str) -> DataSplits:
@@ -126,13 +154,16 @@ def _digits(train_size: int | None, seed: int, with_test: bool, device: torch.de
     rest, val = stratified_split(y[trainval], n_val, seed)
     train, val = trainval[rest], trainval[val]
     train_x = x[train]
-    parts = {**_train_and_val(train_x, y[train], (x[val], y[val]), train_size, seed),
-             "test": (x[test], y[test]) if with_test else None}
+    parts = {
+        **_train_and_val(train_x, y[train], (x[val], y[val]), train_size, seed),
+        "test": (x[test], y[test]) if with_test else None,
+    }
     return _finish("digits", parts, 10, device, "shift", train_x)
 
 
-def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_test: bool,
-           device: torch.device | str) -> DataSplits:
+def _cifar(
+    name: str, data_dir: Path, train_size: int | None, seed: int, with_test: bool, device: torch.device | str
+) -> DataSplits:
     import torchvision
 
     cls_name, folder, num_classes = _CIFAR[name]
@@ -142,21 +173,34 @@ def _cifar(name: str, data_dir: Path, train_size: int | None, seed: int, with_te
         test = cls(str(data_dir), train=False, download=False) if with_test else None
     except RuntimeError:
         raise DataError(
-            "data_dir", str(data_dir), f"a folder holding {folder} (get it with python -c \"import torchvision; "
+            "data_dir",
+            str(data_dir),
+            f'a folder holding {folder} (get it with python -c "import torchvision; '
             f"torchvision.datasets.{cls_name}('{data_dir}', download=True)\" on a machine with internet "
-            "and copy the folder here)", detail=f"{name} not found: expected {data_dir / folder}") from None
+            "and copy the folder here)",
+            detail=f"{name} not found: expected {data_dir / folder}",
+        ) from None
     x = train.data.transpose(0, 3, 1, 2) / np.float32(255.0)
     y = np.asarray(train.targets, dtype=np.int64)
     rest, val = stratified_split(y, CIFAR_VAL_SIZE, seed)
     train_x = x[rest]  # ~550 MB for CIFAR: index it once (subset and statistics share it)
-    parts = {**_train_and_val(train_x, y[rest], (x[val], y[val]), train_size, seed),
-             "test": (test.data.transpose(0, 3, 1, 2) / np.float32(255.0),
-                      np.asarray(test.targets, dtype=np.int64)) if test is not None else None}
+    parts = {
+        **_train_and_val(train_x, y[rest], (x[val], y[val]), train_size, seed),
+        "test": (test.data.transpose(0, 3, 1, 2) / np.float32(255.0), np.asarray(test.targets, dtype=np.int64))
+        if test is not None
+        else None,
+    }
     return _finish(name, parts, num_classes, device, "cifar", train_x)
 
 
-def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch.device | str,
-               image_shape: tuple[int, int, int], num_classes: int) -> DataSplits:
+def _synthetic(
+    train_size: int | None,
+    seed: int,
+    with_test: bool,
+    device: torch.device | str,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+) -> DataSplits:
     """Class templates plus noise: learnable, so tests can check that training does something."""
     rng = np.random.default_rng(seed)
     sizes = (train_size or SYNTHETIC_SIZES[0], *SYNTHETIC_SIZES[1:])
@@ -170,13 +214,21 @@ def _synthetic(train_size: int | None, seed: int, with_test: bool, device: torch
         return templates[y] + rng.normal(0.0, 2.0, size=(n, *image_shape)).astype(np.float32), y
 
     parts = {"train": draw(sizes[0]), "val": draw(sizes[1]), "test": draw(sizes[2]) if with_test else None}
-    return _finish("synthetic", parts, num_classes, device, "cifar" if image_shape[-1] >= 16 else "none",
-                   parts["train"][0])
+    return _finish(
+        "synthetic", parts, num_classes, device, "cifar" if image_shape[-1] >= 16 else "none", parts["train"][0]
+    )
 
 
-def load_data(name: str = "digits", data_dir: str | Path | None = None, train_size: int | None = None,
-              seed: int = 0, device: torch.device | str = "cpu", with_test: bool = True,
-              image_shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 10) -> DataSplits:
+def load_data(
+    name: str = "digits",
+    data_dir: str | Path | None = None,
+    train_size: int | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    with_test: bool = True,
+    image_shape: tuple[int, int, int] = (3, 32, 32),
+    num_classes: int = 10,
+) -> DataSplits:
     """Load a dataset with a fixed, stratified train/val(/test) split decided by ``seed``.
 
     ``train_size`` takes a stratified subset of the training split (validation stays the same).
@@ -199,8 +251,10 @@ EOS, UNK = "<eos>", "<unk>"
 #: Per dataset: the standard file names, then the subfolders of --data-dir that are searched.
 _TEXT_LAYOUTS = {
     "ptb": (("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"), ("", "ptb", "penn", "simple-examples/data")),
-    "wikitext2": (("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"),
-                  ("", "wikitext-2", "wikitext2", "wikitext-2-v1")),
+    "wikitext2": (
+        ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"),
+        ("", "wikitext-2", "wikitext2", "wikitext-2-v1"),
+    ),
 }
 _RENAMED = ("train.txt", "valid.txt", "test.txt")  # what common download scripts rename both to
 BUILTIN_VOCAB = 2000  # the built-in corpus keeps its most frequent words (rest -> <unk>)
@@ -225,8 +279,10 @@ class Vocabulary:
         if unk is None:
             missing = next((t for t in tokens if t not in self.index), None)
             if missing is not None:
-                raise DataError(f"text: word {missing!r} of a held-out split is not in the training vocabulary "
-                                f"and the corpus has no {UNK} token")
+                raise DataError(
+                    f"text: word {missing!r} of a held-out split is not in the training vocabulary "
+                    f"and the corpus has no {UNK} token"
+                )
             return np.fromiter((self.index[t] for t in tokens), dtype=np.int64, count=len(tokens))
         return np.fromiter((self.index.get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
 
@@ -265,8 +321,10 @@ def _find_text_files(name: str, data_dir: Path) -> tuple[Path, Path, Path]:
             if all(p.is_file() for p in paths):
                 return paths  # type: ignore[return-value]
     where = ", ".join(str(data_dir / s) if s else str(data_dir) for s in subdirs)
-    raise DataError(f"{name} not found: expected {', '.join(standard)} (or {', '.join(_RENAMED)}) in one of "
-                    f"{where} (from --data-dir {data_dir}); nothing is downloaded")
+    raise DataError(
+        f"{name} not found: expected {', '.join(standard)} (or {', '.join(_RENAMED)}) in one of "
+        f"{where} (from --data-dir {data_dir}); nothing is downloaded"
+    )
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -305,15 +363,20 @@ def _vocabulary(train: list[str], max_size: int | None) -> Vocabulary:
     counts = Counter(train)
     words = [w for w, _ in counts.most_common()]
     if max_size is not None and len(words) > max_size:
-        words = words[:max_size - 1]
+        words = words[: max_size - 1]
         words = [UNK] + [w for w in words if w != UNK]
     elif UNK in counts:
         words = [UNK] + [w for w in words if w != UNK]
     return Vocabulary(words)
 
 
-def load_text(name: str = "builtin_text", data_dir: str | Path | None = None, train_tokens: int | None = None,
-              device: torch.device | str = "cpu", with_test: bool = True) -> TextSplits:
+def load_text(
+    name: str = "builtin_text",
+    data_dir: str | Path | None = None,
+    train_tokens: int | None = None,
+    device: torch.device | str = "cpu",
+    with_test: bool = True,
+) -> TextSplits:
     """Word-level language-model data: ``ptb`` / ``wikitext2`` from local files (standard names
     or the ``train.txt``/``valid.txt``/``test.txt`` renaming), or ``builtin_text`` (offline).
 

@@ -1,6 +1,7 @@
 """Command-line flags generated from `TrainConfig`, so every CLI that exposes a training
 setting (``python -m child_trainer``, ``launch_search.py``) names, types and documents it
 the same way, and a new field needs no second list."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,14 +17,17 @@ from .train import TrainConfig
 __all__ = ["add_train_flags", "train_fields", "flag_of"]
 
 SKIP = frozenset({"synthetic_shape"})  # tuples: settable from Python / JSON configs only
-HELP = {"num_threads": "torch CPU threads (1 is best on a busy machine)",
-        "train_size": "stratified training subset (the small-data regime); text: training tokens",
-        "seq_len": "transformer_lm: tokens per window",
-        "eval_test": "also evaluate the held-out test split (never during a search)",
-        "dataset": "digits (bundled), cifar10, cifar100 (from --data-dir), synthetic",
-        "data_dir": "folder holding CIFAR (torchvision layout, never downloaded)",
-        "amp": "autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), none, bf16, fp16 (CUDA)",
-        "lr": "peak learning rate", "model": "child network"}
+HELP = {
+    "num_threads": "torch CPU threads (1 is best on a busy machine)",
+    "train_size": "stratified training subset (the small-data regime); text: training tokens",
+    "seq_len": "transformer_lm: tokens per window",
+    "eval_test": "also evaluate the held-out test split (never during a search)",
+    "dataset": "digits (bundled), cifar10, cifar100 (from --data-dir), synthetic",
+    "data_dir": "folder holding CIFAR (torchvision layout, never downloaded)",
+    "amp": "autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), none, bf16, fp16 (CUDA)",
+    "lr": "peak learning rate",
+    "model": "child network",
+}
 
 
 def flag_of(field: str) -> str:
@@ -40,9 +44,12 @@ def _arg_type(tp: Any) -> Any:
     return args[0] if args else tp
 
 
-def add_train_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | None = None,
-                    defaults: Mapping[str, Any] | None = None,
-                    help_defaults: Mapping[str, str] | None = None) -> None:
+def add_train_flags(
+    parser: argparse.ArgumentParser,
+    fields: Iterable[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    help_defaults: Mapping[str, str] | None = None,
+) -> None:
     """One flag per TrainConfig field in ``fields`` (default: all). ``defaults`` replaces the
     dataclass default (None: "not given", resolved later); ``help_defaults`` says in words
     what an unset flag means."""
@@ -55,8 +62,8 @@ def add_train_flags(parser: argparse.ArgumentParser, fields: Iterable[str] | Non
         said = (help_defaults or {}).get(name, default)
         help_text = f"{HELP.get(name, '')} (default: {said})".strip()
         if hints[name] is bool:
-            parser.add_argument(flag_of(name), action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
+            parser.add_argument(flag_of(name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            parser.add_argument(flag_of(name), type=typed(_arg_type(hints[name])), default=default,
-                                help=help_text, metavar=name.upper())
+            parser.add_argument(
+                flag_of(name), type=typed(_arg_type(hints[name])), default=default, help=help_text, metavar=name.upper()
+            )

@@ -8,6 +8,7 @@ The Transformers declare AutoDropout's Transformer sites (``regularization_sites
 embedding output, and per block (``blocks.<i>``) the q/k/v projections, the attention output,
 the feed-forward hidden activation and the feed-forward output.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,9 +20,21 @@ from torch import nn
 
 from search_space.errors import FieldError
 
-__all__ = ["build_model", "model_names", "BasicBlock", "WideBasicBlock", "CifarResNet", "WideResNet",
-           "DigitsCNN", "TransformerLayer", "ViTTiny", "TransformerLM", "LM_MODELS", "TRANSFORMER_MODELS",
-           "is_lm"]
+__all__ = [
+    "build_model",
+    "model_names",
+    "BasicBlock",
+    "WideBasicBlock",
+    "CifarResNet",
+    "WideResNet",
+    "DigitsCNN",
+    "TransformerLayer",
+    "ViTTiny",
+    "TransformerLM",
+    "LM_MODELS",
+    "TRANSFORMER_MODELS",
+    "is_lm",
+]
 
 LM_MODELS = ("transformer_lm",)
 TRANSFORMER_MODELS = ("vit_tiny", *LM_MODELS)
@@ -56,8 +69,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In-place ReLUs save an allocation each (~5% of a CPU step); autograd's version
@@ -86,10 +98,10 @@ class WideBasicBlock(nn.Module):
         return out + self.shortcut(x)
 
 
-def _stage(block: Callable[[int, int, int], nn.Module], in_planes: int, planes: int, n: int,
-           stride: int) -> nn.Sequential:
-    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
-                           for i in range(n)])
+def _stage(
+    block: Callable[[int, int, int], nn.Module], in_planes: int, planes: int, n: int, stride: int
+) -> nn.Sequential:
+    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(n)])
 
 
 class CifarResNet(nn.Module):
@@ -121,8 +133,9 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, k: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10 or k < 1:
-            raise FieldError("model", f"wrn{depth}_{k}", "a WRN depth 6n+4 and k >= 1, e.g. wrn28_10, wrn28_2, "
-                             "wrn16_4, wrn40_2")
+            raise FieldError(
+                "model", f"wrn{depth}_{k}", "a WRN depth 6n+4 and k >= 1, e.g. wrn28_10, wrn28_2, wrn16_4, wrn40_2"
+            )
         n = (depth - 4) // 6
         widths = (16, 16 * k, 32 * k, 64 * k)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
@@ -177,8 +190,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, c // self.heads).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, t, self.heads, c // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
 
@@ -245,8 +260,16 @@ class ViTTiny(nn.Module):
 
     regularization_sites = ("embed",)
 
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, dim: int = 64,
-                 depth: int = 4, heads: int = 4, patch: int | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        image_size: int = 32,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        patch: int | None = None,
+    ) -> None:
         super().__init__()
         patch = patch or (2 if image_size <= 16 else 4)
         self.embed = PatchEmbed(image_size, patch, in_channels, dim)
@@ -273,7 +296,7 @@ class TokenEmbed(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.pos.shape[1]:
             raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than max_len {self.pos.shape[1]}")
-        return self.tok(ids) + self.pos[:, :ids.shape[1]]
+        return self.tok(ids) + self.pos[:, : ids.shape[1]]
 
 
 class TransformerLM(nn.Module):
@@ -308,8 +331,13 @@ _CIFAR_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 def model_names() -> list[str]:
     """Names accepted by build_model (patterns shown for the parametric families)."""
-    return ["digits_cnn", *_CIFAR_RESNETS, *TRANSFORMER_MODELS, "wrn{depth}_{k} (e.g. wrn28_10, wrn28_2)",
-            "tv:<torchvision classifier, e.g. tv:resnet18>"]
+    return [
+        "digits_cnn",
+        *_CIFAR_RESNETS,
+        *TRANSFORMER_MODELS,
+        "wrn{depth}_{k} (e.g. wrn28_10, wrn28_2)",
+        "tv:<torchvision classifier, e.g. tv:resnet18>",
+    ]
 
 
 def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -330,16 +358,33 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                setattr(parent, child_name, nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                    child.dilation, child.groups, child.bias is not None, child.padding_mode))
+                setattr(
+                    parent,
+                    child_name,
+                    nn.Conv2d(
+                        in_channels,
+                        child.out_channels,
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        child.groups,
+                        child.bias is not None,
+                        child.padding_mode,
+                    ),
+                )
                 return
-    raise FieldError("model", type(model).__name__, "a torchvision model with a 3-channel first convolution",
-                     detail=f"cannot adapt it to in_channels={in_channels}")
+    raise FieldError(
+        "model",
+        type(model).__name__,
+        "a torchvision model with a 3-channel first convolution",
+        detail=f"cannot adapt it to in_channels={in_channels}",
+    )
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                max_len: int = 256) -> nn.Module:
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, max_len: int = 256
+) -> nn.Module:
     """Build a freshly initialised child network by name.
 
     ``name``: digits_cnn, resnet20/32/44/56/110 (CIFAR), wrn{depth}_{k}, vit_tiny,

@@ -5,6 +5,7 @@ batches at once and syncs with the host only every few steps. The validation met
 returns is the controller's reward (`task_metric`: accuracy for image children, perplexity
 for language models); the test split is loaded only when ``eval_test`` is set.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,17 @@ from .augment import AUGMENTATIONS, augment_batch
 from .data import DATASETS, TEXT_DATASETS, DataSplits, TextSplits, load_data, load_text
 from .models import TRANSFORMER_MODELS, build_model, is_lm
 
-__all__ = ["TrainConfig", "train_child", "evaluate", "evaluate_lm", "resolve_device", "task_metric",
-           "SCHEDULES", "AMP_MODES", "OPTIMIZERS"]
+__all__ = [
+    "TrainConfig",
+    "train_child",
+    "evaluate",
+    "evaluate_lm",
+    "resolve_device",
+    "task_metric",
+    "SCHEDULES",
+    "AMP_MODES",
+    "OPTIMIZERS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,7 @@ REPORTED = ("val_acc", "best_val_acc", "train_loss", "seconds", "images_per_seco
 REPORTED_LM = ("val_loss", "val_ppl", "best_val_ppl", "train_loss", "seconds", "tokens_per_second")
 OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "adamw": 3e-3}
-EVAL_LOGITS = 2 ** 24  # language-model evaluation: logits per batch (vocabularies reach 33k words)
+EVAL_LOGITS = 2**24  # language-model evaluation: logits per batch (vocabularies reach 33k words)
 GRAD_CLIP = 1.0  # gradient-norm clip for Transformer children (none for ConvNets)
 
 
@@ -51,6 +61,8 @@ def task_metric(model_name: str) -> tuple[str, str]:
     perplexity gains give equal reward steps.
     """
     return ("val_ppl", "min") if is_lm(model_name) else ("val_acc", "max")
+
+
 CHECK_EVERY = 25  # steps between host syncs for the NaN/inf check
 ReportFn = Callable[[int, dict], None]
 
@@ -95,18 +107,32 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.synthetic_shape = tuple(int(v) for v in self.synthetic_shape)  # type: ignore[assignment]
-        choices = {"dataset": DATASETS + TEXT_DATASETS, "schedule": SCHEDULES, "amp": AMP_MODES,
-                   "channels_last": AUTO_OFF_ON, "augment": ("auto", *AUGMENTATIONS), "optimizer": OPTIMIZERS}
+        choices = {
+            "dataset": DATASETS + TEXT_DATASETS,
+            "schedule": SCHEDULES,
+            "amp": AMP_MODES,
+            "channels_last": AUTO_OFF_ON,
+            "augment": ("auto", *AUGMENTATIONS),
+            "optimizer": OPTIMIZERS,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise FieldError(name, getattr(self, name), ", ".join(allowed))
         lm = is_lm(self.model)
         if lm and self.dataset not in TEXT_DATASETS:
-            raise FieldError("dataset", self.dataset, ", ".join(TEXT_DATASETS),
-                             detail=f"bad value {self.dataset!r} for model {self.model}")
+            raise FieldError(
+                "dataset",
+                self.dataset,
+                ", ".join(TEXT_DATASETS),
+                detail=f"bad value {self.dataset!r} for model {self.model}",
+            )
         if not lm and self.dataset in TEXT_DATASETS:
-            raise FieldError("model", self.model, "transformer_lm",
-                             detail=f"bad value {self.model!r} for text dataset {self.dataset}")
+            raise FieldError(
+                "model",
+                self.model,
+                "transformer_lm",
+                detail=f"bad value {self.model!r} for text dataset {self.dataset}",
+            )
         if lm and self.augment not in ("auto", "none"):
             raise FieldError("augment", self.augment, "auto, none (a language model)")
         _check_number("seq_len", self.seq_len, 2, 4096, integer=True)
@@ -114,8 +140,12 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.resolved_optimizer]
         if self.label_smoothing is None:
             self.label_smoothing = 0.0 if lm else 0.1
-        positive = {"epochs": (self.epochs, True), "batch_size": (self.batch_size, True),
-                    "lr": (self.lr, False), "eval_batch_size": (self.eval_batch_size, True)}
+        positive = {
+            "epochs": (self.epochs, True),
+            "batch_size": (self.batch_size, True),
+            "lr": (self.lr, False),
+            "eval_batch_size": (self.eval_batch_size, True),
+        }
         for name, (value, integer) in positive.items():
             _check_number(name, value, 0.0, None, integer=integer, low_open=True)
         _check_number("synthetic_classes", self.synthetic_classes, 2, 1000, integer=True)
@@ -128,13 +158,13 @@ class TrainConfig:
         if self.num_threads is not None:
             _check_number("num_threads", self.num_threads, 1, MAX_THREADS, integer=True)
         if not isinstance(self.device, str) or not (
-                self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise FieldError("device", self.device, "auto, cpu, cuda, cuda:N")
 
     @property
     def resolved_optimizer(self) -> str:
-        """"sgd" or "adamw" (``optimizer="auto"``: AdamW for Transformer children)."""
+        """ "sgd" or "adamw" (``optimizer="auto"``: AdamW for Transformer children)."""
         if self.optimizer != "auto":
             return self.optimizer
         return "adamw" if self.model in TRANSFORMER_MODELS else "sgd"
@@ -145,8 +175,9 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise FieldError(unknown[0], d[unknown[0]], f"the TrainConfig fields {', '.join(names)}",
-                             detail="unknown field")
+            raise FieldError(
+                unknown[0], d[unknown[0]], f"the TrainConfig fields {', '.join(names)}", detail="unknown field"
+            )
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -160,8 +191,16 @@ SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all take seeds up to here
 MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
 
 
-def _check_number(name: str, value: Any, low: float, high: float | None, *, integer: bool = False,
-                  low_open: bool = False, high_open: bool = False) -> None:
+def _check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """FieldError unless ``value`` is a finite number (an int if ``integer``) in the range."""
     kind = "an integer" if integer else "a number"
     lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
@@ -170,8 +209,11 @@ def _check_number(name: str, value: Any, low: float, high: float | None, *, inte
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or not math.isfinite(value):
         raise FieldError(name, value, allowed)
-    if value < low or (low_open and value == low) or (high is not None and (
-            value > high or (high_open and value == high))):
+    if (
+        value < low
+        or (low_open and value == low)
+        or (high is not None and (value > high or (high_open and value == high)))
+    ):
         raise FieldError(name, value, allowed)
 
 
@@ -223,18 +265,24 @@ def _lr_lambda(total_steps: int, warmup_fraction: float, schedule: str) -> Calla
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> float:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> float:
     """Top-1 accuracy in eval mode (regularizers off), large batches, one host sync."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
+            correct += (model(xb).argmax(1) == y[i : i + batch_size]).sum()
     model.train(was_training)
     return correct.item() / max(1, len(x))
 
@@ -284,7 +332,8 @@ class _Run:
         self.optimizer = _make_optimizer(cfg, model)
         self.clip = GRAD_CLIP if cfg.model in TRANSFORMER_MODELS else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(self.total_steps, cfg.warmup_fraction, cfg.schedule))
+            self.optimizer, _lr_lambda(self.total_steps, cfg.warmup_fraction, cfg.schedule)
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.generator = torch.Generator(device=self.device)
@@ -295,9 +344,16 @@ class _Run:
     def _data_and_model(self) -> nn.Module:
         cfg = self.cfg
         self.channels_last = cfg.channels_last != "off"
-        self.data: DataSplits = load_data(cfg.dataset, cfg.data_dir, cfg.train_size, cfg.split_seed, self.device,
-                                          with_test=cfg.eval_test, image_shape=cfg.synthetic_shape,
-                                          num_classes=cfg.synthetic_classes)
+        self.data: DataSplits = load_data(
+            cfg.dataset,
+            cfg.data_dir,
+            cfg.train_size,
+            cfg.split_seed,
+            self.device,
+            with_test=cfg.eval_test,
+            image_shape=cfg.synthetic_shape,
+            num_classes=cfg.synthetic_classes,
+        )
         self.augment = self.data.augment if cfg.augment == "auto" else cfg.augment
         if cfg.augment == "auto" and cfg.model == "vit_tiny" and self.augment == "shift":
             # 1-pixel shifts of 8x8 digits under 2x2 patches with absolute positions: val acc
@@ -306,8 +362,9 @@ class _Run:
         n_train = len(self.data.train_y)
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps_per_epoch = n_train // self.batch_size
-        return build_model(cfg.model, self.data.num_classes, in_channels=self.data.in_channels,
-                           image_size=self.data.image_shape[-1])
+        return build_model(
+            cfg.model, self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_shape[-1]
+        )
 
     def train_epoch(self) -> float:
         """One pass over a fresh permutation; returns the mean training loss."""
@@ -318,12 +375,13 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         checked = torch.zeros((), device=self.device)
         for step in range(self.steps_per_epoch):
-            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
             xb = augment_batch(data.train_x[idx], self.augment, self.generator)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 loss = self.loss_fn(self.forward(xb), data.train_y[idx])
             self._step(loss)
             loss_sum += loss.detach().float()
@@ -368,29 +426,36 @@ class _Run:
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.resolved_optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 @torch.inference_mode()
-def evaluate_lm(model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int = 256,
-                amp_dtype: torch.dtype | None = None) -> float:
+def evaluate_lm(
+    model: nn.Module, stream: torch.Tensor, seq_len: int, batch_size: int = 256, amp_dtype: torch.dtype | None = None
+) -> float:
     """Mean NLL per token (nats) in eval mode over non-overlapping windows of ``seq_len``
     tokens (each window starts with a fresh context; the last partial window counts too)."""
     was_training = model.training
     model.eval()
     n = (len(stream) - 1) // seq_len
     total = torch.zeros((), dtype=torch.float64, device=stream.device)
-    windows = [(stream[:n * seq_len].view(n, seq_len), stream[1:n * seq_len + 1].view(n, seq_len))]
+    windows = [(stream[: n * seq_len].view(n, seq_len), stream[1 : n * seq_len + 1].view(n, seq_len))]
     rest = len(stream) - 1 - n * seq_len
     if rest > 0:
-        windows.append((stream[n * seq_len:-1].view(1, rest), stream[n * seq_len + 1:].view(1, rest)))
+        windows.append((stream[n * seq_len : -1].view(1, rest), stream[n * seq_len + 1 :].view(1, rest)))
     for x, y in windows:
         for i in range(0, len(x), batch_size):
             with torch.autocast(stream.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x[i:i + batch_size])
-            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), y[i:i + batch_size].flatten(),
-                                                 reduction="sum").double()
+                logits = model(x[i : i + batch_size])
+            total += nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), y[i : i + batch_size].flatten(), reduction="sum"
+            ).double()
     model.train(was_training)
     return total.item() / max(1, len(stream) - 1)
 
@@ -405,12 +470,15 @@ class _LMRun(_Run):
     def _data_and_model(self) -> nn.Module:
         cfg = self.cfg
         self.channels_last = False
-        self.text: TextSplits = load_text(cfg.dataset, cfg.data_dir, cfg.train_size, self.device,
-                                          with_test=cfg.eval_test)
+        self.text: TextSplits = load_text(
+            cfg.dataset, cfg.data_dir, cfg.train_size, self.device, with_test=cfg.eval_test
+        )
         windows = (len(self.text.train) - cfg.seq_len) // cfg.seq_len  # whatever the epoch's offset
         if windows < 1:
-            raise ValueError(f"train_size: bad value {cfg.train_size}; allowed: at least 2 * seq_len "
-                             f"= {2 * cfg.seq_len} training tokens")
+            raise ValueError(
+                f"train_size: bad value {cfg.train_size}; allowed: at least 2 * seq_len "
+                f"= {2 * cfg.seq_len} training tokens"
+            )
         self.windows = windows
         self.batch_size = min(cfg.batch_size, windows)
         self.steps_per_epoch = windows // self.batch_size
@@ -422,18 +490,20 @@ class _LMRun(_Run):
         start = time.perf_counter()
         offset = int(torch.randint(0, length, (1,), generator=self.generator, device=self.device))
         n = self.windows
-        stream = self.text.train[offset:offset + n * length + 1]
+        stream = self.text.train[offset : offset + n * length + 1]
         inputs, targets = stream[:-1].view(n, length), stream[1:].view(n, length)
         perm = torch.randperm(n, device=self.device, generator=self.generator)
         loss_sum = torch.zeros((), device=self.device)
         checked = torch.zeros((), device=self.device)
         for step in range(self.steps_per_epoch):
-            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 logits = self.forward(inputs[idx])
-            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[idx].flatten(),
-                                               label_smoothing=cfg.label_smoothing)
+            loss = nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), targets[idx].flatten(), label_smoothing=cfg.label_smoothing
+            )
             self._step(loss)
             loss_sum += loss.detach()
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
@@ -448,8 +518,13 @@ class _LMRun(_Run):
     def _split_metrics(self, split: str) -> dict[str, float]:
         # eval_batch_size counts images; here windows, capped at ~2**24 logits (64 MB) per batch
         windows = min(self.cfg.eval_batch_size // 8, EVAL_LOGITS // (self.cfg.seq_len * self.text.vocab_size))
-        loss = evaluate_lm(self.forward, getattr(self.text, split), self.cfg.seq_len,  # type: ignore[arg-type]
-                           max(1, windows), self.amp_dtype)
+        loss = evaluate_lm(
+            self.forward,
+            getattr(self.text, split),
+            self.cfg.seq_len,  # type: ignore[arg-type]
+            max(1, windows),
+            self.amp_dtype,
+        )
         return {f"{split}_loss": loss, f"{split}_ppl": math.exp(min(loss, 700.0))}
 
     def validate(self) -> dict[str, float]:
@@ -467,8 +542,9 @@ def _progress(enabled: bool, total: int) -> Any:
     return tqdm(total=total, unit="epoch", dynamic_ncols=True)
 
 
-def train_child(config: TrainConfig | Mapping[str, Any], plan: Any = None, report: ReportFn | None = None,
-                progress: bool = False) -> dict:
+def train_child(
+    config: TrainConfig | Mapping[str, Any], plan: Any = None, report: ReportFn | None = None, progress: bool = False
+) -> dict:
     """Train ``config.model`` under ``plan``; return metrics with status ok | diverged | failed.
 
     Image children report ``val_acc``/``best_val_acc``/``images_per_second``; language models
@@ -483,12 +559,22 @@ def train_child(config: TrainConfig | Mapping[str, Any], plan: Any = None, repor
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     start = time.perf_counter()
     lm = is_lm(cfg.model)
-    metrics: dict[str, Any] = ({"val_loss": math.inf, "val_ppl": math.inf, "best_val_ppl": math.inf,
-                                "tokens_per_second": 0.0} if lm else
-                               {"val_acc": 0.0, "best_val_acc": 0.0, "images_per_second": 0.0})
-    result: dict[str, Any] = {**metrics, "train_loss": float("nan"), "epochs": 0,
-                              "seconds": 0.0, "status": "ok", "message": "",
-                              "model": cfg.model, "dataset": cfg.dataset, "seed": cfg.seed}
+    metrics: dict[str, Any] = (
+        {"val_loss": math.inf, "val_ppl": math.inf, "best_val_ppl": math.inf, "tokens_per_second": 0.0}
+        if lm
+        else {"val_acc": 0.0, "best_val_acc": 0.0, "images_per_second": 0.0}
+    )
+    result: dict[str, Any] = {
+        **metrics,
+        "train_loss": float("nan"),
+        "epochs": 0,
+        "seconds": 0.0,
+        "status": "ok",
+        "message": "",
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+    }
     reported, speed = (REPORTED_LM, "tokens_per_second") if lm else (REPORTED, "images_per_second")
     try:
         run = (_LMRun if lm else _Run)(cfg, plan)
@@ -496,10 +582,16 @@ def train_child(config: TrainConfig | Mapping[str, Any], plan: Any = None, repor
         raise
     except Exception as exc:  # noqa: BLE001 - reported, not raised: one bad trial must not kill a search
         log.exception("child training setup failed")
-        return {**result, "status": "failed", "message": f"setup: {type(exc).__name__}: {exc}",
-                "seconds": time.perf_counter() - start}
+        return {
+            **result,
+            "status": "failed",
+            "message": f"setup: {type(exc).__name__}: {exc}",
+            "seconds": time.perf_counter() - start,
+        }
     result["num_params"] = run.num_params
-    result["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[run.amp_dtype]  # amp=auto varies by CPU
+    result["precision"] = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+        run.amp_dtype
+    ]  # amp=auto varies by CPU
     bar = _progress(progress, cfg.epochs)
     for epoch in range(1, cfg.epochs + 1):
         try:

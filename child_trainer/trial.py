@@ -5,6 +5,7 @@ are the built-in ones, a ``TrainConfig`` bound to them (``launch_search.py`` pas
 are plain picklable objects, so Ray ships them to every worker. ``child`` swaps in another
 function with `train_child`'s signature (``launch_search.py --child module:function``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,8 +36,12 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
     try:
         if target.endswith(".py"):
             if not Path(target).is_file():
-                raise FieldError(field_name, spec, "module:function or path/file.py:function",
-                                 detail=f"bad value {spec!r} (file {target} not found)")
+                raise FieldError(
+                    field_name,
+                    spec,
+                    "module:function or path/file.py:function",
+                    detail=f"bad value {spec!r} (file {target} not found)",
+                )
             module_spec = importlib.util.spec_from_file_location(Path(target).stem + "_child_hook", target)
             if module_spec is None or module_spec.loader is None:
                 raise FieldError(field_name, spec, "a Python file", detail=f"bad value {spec!r} (cannot load {target})")
@@ -47,20 +52,32 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
     except FieldError:
         raise
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
-        raise FieldError(field_name, spec, "an importable module",
-                         detail=f"bad value {spec!r} (importing {target} failed: {type(exc).__name__}: {exc})") from None
+        raise FieldError(
+            field_name,
+            spec,
+            "an importable module",
+            detail=f"bad value {spec!r} (importing {target} failed: {type(exc).__name__}: {exc})",
+        ) from None
     func = getattr(module, fn, None)
     if not callable(func):
-        raise FieldError(field_name, spec, f"a function of {target}",
-                         detail=f"bad value {spec!r} ({target} has no function {fn!r})")
+        raise FieldError(
+            field_name, spec, f"a function of {target}", detail=f"bad value {spec!r} ({target} has no function {fn!r})"
+        )
     return func
 
 
 def load_split(cfg: TrainConfig | Mapping[str, Any], with_test: bool = False) -> DataSplits:
     """The run's data (the split every trial uses), on the CPU."""
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
-    return load_data(cfg.dataset, cfg.data_dir, cfg.train_size, seed=cfg.split_seed, with_test=with_test,
-                     image_shape=cfg.synthetic_shape, num_classes=cfg.synthetic_classes)
+    return load_data(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.train_size,
+        seed=cfg.split_seed,
+        with_test=with_test,
+        image_shape=cfg.synthetic_shape,
+        num_classes=cfg.synthetic_classes,
+    )
 
 
 @dataclass
@@ -88,8 +105,9 @@ class ChildTrain:
         return fn(cfg, plan, lambda epoch, metrics: report(**metrics))
 
 
-def model_and_example(train_config: Mapping[str, Any], index: int = 0,
-                      seed: int = 0) -> tuple[nn.Module, torch.Tensor, int, str]:
+def model_and_example(
+    train_config: Mapping[str, Any], index: int = 0, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor, int, str]:
     """A fresh (seeded) model of the run and one real validation example with its label.
 
     Images: (1, C, H, W) and the class. Language models: (1, seq_len) token ids of the
@@ -104,14 +122,13 @@ def model_and_example(train_config: Mapping[str, Any], index: int = 0,
             raise FieldError("index", index, f"0..{windows - 1} (validation windows)")
         torch.manual_seed(seed)
         model = build_model(cfg.model, text.vocab_size, max_len=cfg.seq_len)
-        return model, text.val[index * cfg.seq_len:(index + 1) * cfg.seq_len].view(1, -1).cpu(), -1, text.name
+        return model, text.val[index * cfg.seq_len : (index + 1) * cfg.seq_len].view(1, -1).cpu(), -1, text.name
     data = load_split(cfg)
     if not 0 <= index < len(data.val_y):
         raise FieldError("index", index, f"0..{len(data.val_y) - 1} (validation images)")
     torch.manual_seed(seed)
-    model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_shape[-1])
-    x = data.val_x[index:index + 1].float().cpu()
+    model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels, image_size=data.image_shape[-1])
+    x = data.val_x[index : index + 1].float().cpu()
     return model, x, int(data.val_y[index]), data.name
 
 

@@ -6,18 +6,25 @@
 Names load lazily, so ``controller.run_folder`` (what ``results`` reads) imports without torch
 or Ray.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 _EXPORTS = {
-    "LSTMController": "controller.lstm", "Reinforce": "controller.reinforce",
-    "ReinforceConfig": "controller.reinforce", "state_from_json": "controller.reinforce",
-    "state_to_json": "controller.reinforce", "run_search": "controller.api",
-    "SearchResult": "controller.api", "ControllerSearcher": "controller.searcher",
-    "RandomSearcher": "controller.searcher", "TPESearcher": "controller.searcher",
-    "make_searcher": "controller.searcher", "Objective": "controller.run_folder",
+    "LSTMController": "controller.lstm",
+    "Reinforce": "controller.reinforce",
+    "ReinforceConfig": "controller.reinforce",
+    "state_from_json": "controller.reinforce",
+    "state_to_json": "controller.reinforce",
+    "run_search": "controller.api",
+    "SearchResult": "controller.api",
+    "ControllerSearcher": "controller.searcher",
+    "RandomSearcher": "controller.searcher",
+    "TPESearcher": "controller.searcher",
+    "make_searcher": "controller.searcher",
+    "Objective": "controller.run_folder",
 }
 
 __all__ = sorted(_EXPORTS)

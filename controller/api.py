@@ -19,6 +19,7 @@ Ray Tune runs the trials (resources, ASHA, fault tolerance, resume); a searcher 
 ``controller.searcher`` proposes the plans and writes the run folder (``controller.run_folder``).
 Every argument is checked before Ray starts (ValueError naming the argument and value).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,20 @@ from controller import run_folder as rf
 from controller.trainable import TrainFn, make_trainable
 from search_space.errors import FieldError
 
-__all__ = ["run_search", "SearchResult", "resolve_sites", "summary_text", "check_seed", "check_name",
-           "check_storage", "check_resumable", "check_resources", "check_address",
-           "CONFIG_VERSION", "SCHEDULERS"]
+__all__ = [
+    "run_search",
+    "SearchResult",
+    "resolve_sites",
+    "summary_text",
+    "check_seed",
+    "check_name",
+    "check_storage",
+    "check_resumable",
+    "check_resources",
+    "check_address",
+    "CONFIG_VERSION",
+    "SCHEDULERS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +81,7 @@ class SearchResult:
 
 # ----------------------------------------------------------------------------- checks
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
-            (high is not None and value > high):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise FieldError(name, value, allowed)
     return value
@@ -84,10 +95,19 @@ def check_seed(name: str, value: Any) -> int:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
-            or name.startswith(".") or len(name.encode()) > 200 or not name.isprintable():
-        raise FieldError("name", name, "a folder name of at most 200 bytes, printable, without '/' "
-                         "and not starting with '.'")
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or name.startswith(".")
+        or len(name.encode()) > 200
+        or not name.isprintable()
+    ):
+        raise FieldError(
+            "name", name, "a folder name of at most 200 bytes, printable, without '/' and not starting with '.'"
+        )
     return name
 
 
@@ -100,14 +120,22 @@ def check_storage(storage_path: str | os.PathLike[str]) -> Path:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise FieldError("storage_path", str(storage_path), "a folder (created if missing)",
-                         detail=f"bad value {str(storage_path)!r} ({probe} is a file)")
+        raise FieldError(
+            "storage_path",
+            str(storage_path),
+            "a folder (created if missing)",
+            detail=f"bad value {str(storage_path)!r} ({probe} is a file)",
+        )
     try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise FieldError("storage_path", str(storage_path), "a writable folder",
-                         detail=f"bad value {str(storage_path)!r} ({probe} is not writable: {exc.strerror})") from None
+        raise FieldError(
+            "storage_path",
+            str(storage_path),
+            "a writable folder",
+            detail=f"bad value {str(storage_path)!r} ({probe} is not writable: {exc.strerror})",
+        ) from None
     return path
 
 
@@ -120,8 +148,12 @@ def check_resources(resources: Mapping[str, Any] | None) -> None:
     cpu, gpu = req.get("cpu", 1.0), req.get("gpu")
     if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not (math.isfinite(cpu) and 0 < cpu <= 1024):
         raise FieldError("cpus_per_trial", cpu, "a number in (0, 1024]")
-    if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, (int, float))
-                            or not (math.isfinite(gpu) and gpu >= 0) or (gpu > 1 and gpu % 1)):
+    if gpu is not None and (
+        isinstance(gpu, bool)
+        or not isinstance(gpu, (int, float))
+        or not (math.isfinite(gpu) and gpu >= 0)
+        or (gpu > 1 and gpu % 1)
+    ):
         raise FieldError("gpus_per_trial", gpu, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
 
 
@@ -137,8 +169,12 @@ def check_address(address: str | None) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:
-        raise FieldError("address", address, "the address of a running Ray cluster",
-                         detail=f"bad value {address!r}; cannot reach Ray ({e.strerror or e})") from None
+        raise FieldError(
+            "address",
+            address,
+            "the address of a running Ray cluster",
+            detail=f"bad value {address!r}; cannot reach Ray ({e.strerror or e})",
+        ) from None
 
 
 def resolve_sites(found: Sequence[str], sites: str | Sequence[str] = "all") -> tuple[list[str] | None, str | None]:
@@ -155,8 +191,12 @@ def resolve_sites(found: Sequence[str], sites: str | Sequence[str] = "all") -> t
     for pattern in patterns:
         names = [pattern] if pattern in found else fnmatch.filter(found, pattern)
         if not names:
-            raise FieldError("sites", pattern, f"all, stage, or paths/patterns over {list(found)}",
-                             detail=f"bad value {pattern!r} (matches no site)")
+            raise FieldError(
+                "sites",
+                pattern,
+                f"all, stage, or paths/patterns over {list(found)}",
+                detail=f"bad value {pattern!r} (matches no site)",
+            )
         chosen += [n for n in names if n not in chosen]
     if not chosen:
         raise FieldError("sites", "", "all, stage, or comma-separated paths")
@@ -177,15 +217,26 @@ def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bo
         except (ConnectionError, RuntimeError) as e:
             text = f"{e} {e.__cause__ or ''}"
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            hint = ("; a cluster with token authentication needs RAY_AUTH_MODE=token and its token"
-                    if "auth" in text.lower() or "Failed to connect" in text else "")
-            raise FieldError("address", address, "the address of a running Ray cluster",
-                             detail=f"bad value {address!r}; cannot join Ray ({first}{hint})") from None
+            hint = (
+                "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token"
+                if "auth" in text.lower() or "Failed to connect" in text
+                else ""
+            )
+            raise FieldError(
+                "address",
+                address,
+                "the address of a running Ray cluster",
+                detail=f"bad value {address!r}; cannot join Ray ({first}{hint})",
+            ) from None
     else:
         import torch
 
-        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
-                 runtime_env=dict(runtime_env or {}) or None, **common)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            num_gpus=torch.cuda.device_count(),
+            runtime_env=dict(runtime_env or {}) or None,
+            **common,
+        )
     return True
 
 
@@ -268,21 +319,40 @@ def _quiet_tune() -> None:
 
 
 # ----------------------------------------------------------------------------- the search
-def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = "val_acc",
-               mode: str = "max", reward_transform: str = "", num_samples: int = 16,
-               search: str = "controller", storage_path: str | os.PathLike[str] = "runs",
-               name: str | None = None, resume: bool = False,
-               resources_per_trial: Mapping[str, float] | None = None,
-               max_concurrent: int | None = None, scheduler: Any = "fifo",
-               max_epochs: int | None = None, sites: str | Sequence[str] = "all",
-               methods: Sequence[str] | None = None, model_name: str = "", seed: int = 0,
-               reward_seeds: int = 1, baselines: Mapping[str, Any] | Sequence[str] = ("none",),
-               example_input: Any = None, final_top_k: int = 0, final_seeds: int = 0,
-               controller_batch: int = 4, controller_lr: float | None = None,
-               controller_kwargs: Mapping[str, Any] | None = None,
-               penalty_reward: float | None = None, address: str | None = None,
-               runtime_env: Mapping[str, Any] | None = None, max_failures: int = 0,
-               extra_config: Mapping[str, Any] | None = None) -> SearchResult:
+def run_search(
+    model_fn: Callable[[], Any],
+    train_fn: TrainFn,
+    *,
+    metric: str = "val_acc",
+    mode: str = "max",
+    reward_transform: str = "",
+    num_samples: int = 16,
+    search: str = "controller",
+    storage_path: str | os.PathLike[str] = "runs",
+    name: str | None = None,
+    resume: bool = False,
+    resources_per_trial: Mapping[str, float] | None = None,
+    max_concurrent: int | None = None,
+    scheduler: Any = "fifo",
+    max_epochs: int | None = None,
+    sites: str | Sequence[str] = "all",
+    methods: Sequence[str] | None = None,
+    model_name: str = "",
+    seed: int = 0,
+    reward_seeds: int = 1,
+    baselines: Mapping[str, Any] | Sequence[str] = ("none",),
+    example_input: Any = None,
+    final_top_k: int = 0,
+    final_seeds: int = 0,
+    controller_batch: int = 4,
+    controller_lr: float | None = None,
+    controller_kwargs: Mapping[str, Any] | None = None,
+    penalty_reward: float | None = None,
+    address: str | None = None,
+    runtime_env: Mapping[str, Any] | None = None,
+    max_failures: int = 0,
+    extra_config: Mapping[str, Any] | None = None,
+) -> SearchResult:
     """Search a regularization plan for ``model_fn()``'s network trained by ``train_fn``.
 
     Args:
@@ -319,8 +389,9 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
     check_seed("seed", seed)
     if max_concurrent is not None:
         _check_int("max_concurrent", max_concurrent, 1)
-    if controller_lr is not None and not (isinstance(controller_lr, (int, float))
-                                          and math.isfinite(controller_lr) and 0 < controller_lr <= 1):
+    if controller_lr is not None and not (
+        isinstance(controller_lr, (int, float)) and math.isfinite(controller_lr) and 0 < controller_lr <= 1
+    ):
         raise FieldError("controller_lr", controller_lr, "a number in (0, 1]")
     if isinstance(scheduler, str):
         if scheduler not in SCHEDULERS:
@@ -344,39 +415,67 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
     try:
         lock.acquire()
     except rf.RunFolderBusy as exc:
-        raise FieldError("name", name, "a run folder no other driver uses",
-                         detail=f"bad value {name!r} ({exc})") from None
+        raise FieldError(
+            "name", name, "a run folder no other driver uses", detail=f"bad value {name!r} ({exc})"
+        ) from None
     try:
         if resume:
             check_resumable(run_dir)
             config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
-            return _execute(run_dir, config, None, train_fn, resume=True,
-                            resources=resources_per_trial, address=address, runtime_env=runtime_env)
+            return _execute(
+                run_dir,
+                config,
+                None,
+                train_fn,
+                resume=True,
+                resources=resources_per_trial,
+                address=address,
+                runtime_env=runtime_env,
+            )
         if run_dir.exists():
-            raise FieldError("name", name, "a new name, or resume the run",
-                             detail=f"bad value {name!r} (run folder {run_dir} already exists)")
+            raise FieldError(
+                "name",
+                name,
+                "a new name, or resume the run",
+                detail=f"bad value {name!r} (run folder {run_dir} already exists)",
+            )
         if not callable(model_fn):
             raise FieldError("model_fn", model_fn, "a function returning an nn.Module")
-        space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines,
-                                                     example_input)
+        space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines, example_input)
         config = {
-            "version": CONFIG_VERSION, "searcher": search, "objective": objective.to_dict(),
-            "space": space.to_dict(), "num_samples": num_samples, "seed": seed,
+            "version": CONFIG_VERSION,
+            "searcher": search,
+            "objective": objective.to_dict(),
+            "space": space.to_dict(),
+            "num_samples": num_samples,
+            "seed": seed,
             "reward_seeds": list(range(seed, seed + reward_seeds)),
             "final_top_k": final_top_k,
             "final_seeds": [seed + 1000 + i for i in range(final_seeds)],
             "baselines": {k: p.to_dict() for k, p in baseline_plans.items()},
-            "controller_batch": controller_batch, "controller_lr": controller_lr,
-            "controller_kwargs": dict(controller_kwargs or {}), "penalty_reward": penalty_reward,
+            "controller_batch": controller_batch,
+            "controller_lr": controller_lr,
+            "controller_kwargs": dict(controller_kwargs or {}),
+            "penalty_reward": penalty_reward,
             "scheduler": scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
-            "max_epochs": max_epochs, "max_concurrent": max_concurrent, "max_failures": max_failures,
-            "started_at": rf.now_iso(), **dict(extra_config or {}),
+            "max_epochs": max_epochs,
+            "max_concurrent": max_concurrent,
+            "max_failures": max_failures,
+            "started_at": rf.now_iso(),
+            **dict(extra_config or {}),
         }
         searcher_kwargs = dict(
-            objective=objective, num_samples=num_samples, seed=seed, run_dir=run_dir,
-            controller_batch=controller_batch, penalty_reward=penalty_reward,
-            baselines=baseline_plans, reward_seeds=config["reward_seeds"],
-            final_top_k=final_top_k, final_seeds=config["final_seeds"])
+            objective=objective,
+            num_samples=num_samples,
+            seed=seed,
+            run_dir=run_dir,
+            controller_batch=controller_batch,
+            penalty_reward=penalty_reward,
+            baselines=baseline_plans,
+            reward_seeds=config["reward_seeds"],
+            final_top_k=final_top_k,
+            final_seeds=config["final_seeds"],
+        )
         if search == "controller":
             searcher_kwargs["controller_kwargs"] = dict(controller_kwargs or {})
             if controller_lr is not None:
@@ -384,9 +483,17 @@ def run_search(model_fn: Callable[[], Any], train_fn: TrainFn, *, metric: str = 
         from controller.searcher import make_searcher
 
         searcher = make_searcher(search, space, **searcher_kwargs)
-        return _execute(run_dir, config, searcher, train_fn, resume=False,
-                        resources=resources_per_trial, address=address, runtime_env=runtime_env,
-                        scheduler=scheduler)
+        return _execute(
+            run_dir,
+            config,
+            searcher,
+            train_fn,
+            resume=False,
+            resources=resources_per_trial,
+            address=address,
+            runtime_env=runtime_env,
+            scheduler=scheduler,
+        )
     finally:
         lock.release()
 
@@ -395,27 +502,42 @@ def check_resumable(run_dir: Path) -> None:
     """Refuse (ValueError) a resume whose state cannot be read, before anything is touched."""
     missing = [f for f in (rf.SEARCH_CONFIG, "tuner.pkl") if not (run_dir / f).is_file()]
     if missing:
-        raise FieldError("resume", str(run_dir), "a run folder with search_config.json and tuner.pkl",
-                         detail=f"no resumable run at {run_dir} (missing {', '.join(missing)})")
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "a run folder with search_config.json and tuner.pkl",
+            detail=f"no resumable run at {run_dir} (missing {', '.join(missing)})",
+        )
     try:
         config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
         if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
             raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
         rf.Objective.from_config(config)
     except (OSError, ValueError, TypeError) as exc:
-        raise FieldError("resume", str(run_dir), f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
-                         detail=f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version "
-                                f"({exc}); nothing was changed") from None
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
+            detail=f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({exc}); nothing was changed",
+        ) from None
     states = sorted(run_dir.glob("experiment_state-*.json"))
     if not states:
-        raise FieldError("resume", str(run_dir), "a run folder Ray has saved a state in",
-                         detail=f"no Ray experiment state in {run_dir}; nothing was changed")
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "a run folder Ray has saved a state in",
+            detail=f"no Ray experiment state in {run_dir}; nothing was changed",
+        )
     try:
         json.loads(states[-1].read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise FieldError("resume", str(run_dir), "an intact Ray experiment state",
-                         detail=f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
-                                f"({type(exc).__name__}); nothing was changed") from None
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "an intact Ray experiment state",
+            detail=f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
+            f"({type(exc).__name__}); nothing was changed",
+        ) from None
     _check_searcher_state(run_dir, rf.Objective.from_config(config))
 
 
@@ -427,28 +549,40 @@ def _check_searcher_state(run_dir: Path, objective: rf.Objective) -> None:
 
     snaps = sorted(run_dir.glob("searcher-state-*.pkl"))
     if not snaps:
-        raise FieldError("resume", str(run_dir), "a run folder holding the searcher's saved state",
-                         detail=f"no searcher state in {run_dir}; nothing was changed")
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "a run folder holding the searcher's saved state",
+            detail=f"no searcher state in {run_dir}; nothing was changed",
+        )
     try:
         with snaps[-1].open("rb") as f:
             state = pickle.load(f)
         known = {r["trial_id"] for r in state["records"]} | set(state.get("pending") or {})
     except Exception as exc:  # noqa: BLE001 - any damage means: do not touch the run
-        raise FieldError("resume", str(run_dir), "an intact searcher state",
-                         detail=f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); "
-                                "nothing was changed") from None
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "an intact searcher state",
+            detail=f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); nothing was changed",
+        ) from None
     table = rf.read_trials(run_dir / rf.TRIALS, objective)
     lost = [t for t in table["trial_id"] if t not in known]
     if lost:
-        raise FieldError("resume", str(run_dir), "a run whose saved state knows every finished trial",
-                         detail=f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
-                                f"finished trial(s), e.g. {lost[0]}, would be lost: its last save failed, "
-                                "e.g. on a full disk); nothing was changed. Keep the folder as it is: "
-                                "results summarize/export read it")
+        raise FieldError(
+            "resume",
+            str(run_dir),
+            "a run whose saved state knows every finished trial",
+            detail=f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
+            f"finished trial(s), e.g. {lost[0]}, would be lost: its last save failed, "
+            "e.g. on a full disk); nothing was changed. Keep the folder as it is: "
+            "results summarize/export read it",
+        )
 
 
-def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str,
-                         baselines: Any, example_input: Any) -> tuple[Any, dict[str, Any]]:
+def _space_and_baselines(
+    model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str, baselines: Any, example_input: Any
+) -> tuple[Any, dict[str, Any]]:
     from search_space.apply import find_sites
     from search_space.baselines import BASELINES, baseline_plans
     from search_space.plan import Plan
@@ -457,8 +591,7 @@ def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, 
     model = model_fn()
     found = find_sites(model)
     chosen, share = resolve_sites(found, sites)
-    space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods,
-                                  model_name=model_name)
+    space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods, model_name=model_name)
     if isinstance(baselines, Mapping):
         plans = {str(k): (v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()}
     else:
@@ -473,8 +606,11 @@ def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, 
                 raise FieldError("baselines", bad[0], f"{', '.join(allowed)} (for a Transformer)")
             plans = {n: allowed[n] for n in names}
         elif any(n != "none" for n in names) and example_input is None:
-            raise FieldError("example_input", None, "one input batch of the model (baselines other "
-                             "than 'none' place their layers by feature-map size)")
+            raise FieldError(
+                "example_input",
+                None,
+                "one input batch of the model (baselines other than 'none' place their layers by feature-map size)",
+            )
         elif names == ("none",) or not names:
             plans = {"none": Plan.none(space.sites, model=model_name)} if names else {}
         else:
@@ -482,9 +618,18 @@ def _space_and_baselines(model_fn: Callable[[], Any], sites: Any, methods: Any, 
     return space, plans
 
 
-def _execute(run_dir: Path, config: dict[str, Any], searcher: Any, train_fn: TrainFn, *,
-             resume: bool, resources: Mapping[str, float] | None, address: str | None,
-             runtime_env: Mapping[str, Any] | None, scheduler: Any = "fifo") -> SearchResult:
+def _execute(
+    run_dir: Path,
+    config: dict[str, Any],
+    searcher: Any,
+    train_fn: TrainFn,
+    *,
+    resume: bool,
+    resources: Mapping[str, float] | None,
+    address: str | None,
+    runtime_env: Mapping[str, Any] | None,
+    scheduler: Any = "fifo",
+) -> SearchResult:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -503,30 +648,48 @@ def _execute(run_dir: Path, config: dict[str, Any], searcher: Any, train_fn: Tra
         total = _total_trials(config)
         if resume:
             searchers.resume_into(run_dir)
-            tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+            tuner = tune.Tuner.restore(
+                str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            )
         else:
             run_dir.mkdir(parents=True, exist_ok=False)
             with rf.disk_full_is_fatal(run_dir):
                 rf.atomic_write_text(run_dir / rf.SEARCH_CONFIG, json.dumps(config, indent=2) + "\n")
-            limiter = ConcurrencyLimiter(searcher, max_concurrent=_max_concurrent(
-                config.get("max_concurrent"), res, total))
+            limiter = ConcurrencyLimiter(
+                searcher, max_concurrent=_max_concurrent(config.get("max_concurrent"), res, total)
+            )
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=limiter, scheduler=_scheduler(scheduler, config), metric=objective.metric,
-                    mode=objective.mode, num_samples=total, reuse_actors=True,
-                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                    search_alg=limiter,
+                    scheduler=_scheduler(scheduler, config),
+                    metric=objective.metric,
+                    mode=objective.mode,
+                    num_samples=total,
+                    reuse_actors=True,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
                 run_config=tune.RunConfig(
-                    name=run_dir.name, storage_path=str(run_dir.parent), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0),
-                                                      fail_fast=False),
-                    sync_config=tune.SyncConfig(sync_period=5)))
-        log.info("%s %s search: %d trials (%d baselines, %d sampled, %d final) on %g CPU, %g GPU "
-                 "per trial -> %s", "resuming" if resume else "starting", config["searcher"], total,
-                 len(config.get("baselines") or {}), config["num_samples"],
-                 total - len(config.get("baselines") or {}) - config["num_samples"], res["cpu"],
-                 res["gpu"], run_dir)
+                    name=run_dir.name,
+                    storage_path=str(run_dir.parent),
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0), fail_fast=False),
+                    sync_config=tune.SyncConfig(sync_period=5),
+                ),
+            )
+        log.info(
+            "%s %s search: %d trials (%d baselines, %d sampled, %d final) on %g CPU, %g GPU per trial -> %s",
+            "resuming" if resume else "starting",
+            config["searcher"],
+            total,
+            len(config.get("baselines") or {}),
+            config["num_samples"],
+            total - len(config.get("baselines") or {}) - config["num_samples"],
+            res["cpu"],
+            res["gpu"],
+            run_dir,
+        )
         rf.write_run_state(run_dir, "running", total, _completed(run_dir, objective))
         start = time.time()
         signals.in_tune = True
@@ -545,10 +708,14 @@ def _execute(run_dir: Path, config: dict[str, Any], searcher: Any, train_fn: Tra
         done = active.finished if active is not None else _completed(run_dir, objective)
         status = "failed" if error else ("finished" if done >= total else "interrupted")
         with contextlib.suppress(OSError):
-            rf.write_run_state(run_dir, status if status != "failed" else "interrupted", total, done,
-                               **({"error": error} if error else {}),
-                               **({"seconds_this_session": round(time.time() - start, 1)}
-                                  if status == "finished" else {}))
+            rf.write_run_state(
+                run_dir,
+                status if status != "failed" else "interrupted",
+                total,
+                done,
+                **({"error": error} if error else {}),
+                **({"seconds_this_session": round(time.time() - start, 1)} if status == "finished" else {}),
+            )
         return _result(run_dir, config, status, error)
     finally:
         signals.restore()
@@ -576,8 +743,13 @@ def _ship_by_value(*functions: Any) -> None:
             continue
         top = module.__name__.split(".")[0]
         path = str(getattr(module, "__file__", "") or "")
-        if top in _OUR_PACKAGES or not path or "site-packages" in path or "dist-packages" in path \
-                or top in sys.stdlib_module_names:
+        if (
+            top in _OUR_PACKAGES
+            or not path
+            or "site-packages" in path
+            or "dist-packages" in path
+            or top in sys.stdlib_module_names
+        ):
             continue
         with contextlib.suppress(ValueError):  # already registered
             cloudpickle.register_pickle_by_value(module)
@@ -599,8 +771,9 @@ def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
         # time_attr "epoch" counts over every reward seed; max_t beyond the last one so the
         # final report (same epoch) still reaches the searcher.
         seeds = len(config.get("reward_seeds") or [0])
-        return ASHAScheduler(time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1,
-                             grace_period=1, reduction_factor=3)
+        return ASHAScheduler(
+            time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1, grace_period=1, reduction_factor=3
+        )
     return FIFOScheduler()
 
 
@@ -629,8 +802,9 @@ def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -
     trials = rf.read_trials(run_dir / rf.TRIALS, objective)
     final = pd.read_csv(run_dir / rf.FINAL) if (run_dir / rf.FINAL).is_file() else None
     best = Plan.load(run_dir / rf.BEST_PLAN) if (run_dir / rf.BEST_PLAN).is_file() else None
-    result = SearchResult(run_dir=run_dir, status=status, objective=objective, best_plan=best,
-                          trials=trials, final=final, error=error)
+    result = SearchResult(
+        run_dir=run_dir, status=status, objective=objective, best_plan=best, trials=trials, final=final, error=error
+    )
     result.summary = summary_text(result)
     return result
 
@@ -642,10 +816,13 @@ def summary_text(result: SearchResult) -> str:
     o, df = result.objective, result.trials
     counts = df["status"].value_counts() if len(df) else {}
     n_final = int(result.final["seeds"].sum()) if result.final is not None and len(result.final) else 0
-    lines = [f"Search {result.status}: {len(df)} trials ("
-             + ", ".join(f"{int(counts[s])} {s}" for s in rf.STATUSES if s in counts)
-             + ")" + (f" + {n_final} final re-trainings" if n_final else "")
-             + f"; run folder {result.run_dir}"]
+    lines = [
+        f"Search {result.status}: {len(df)} trials ("
+        + ", ".join(f"{int(counts[s])} {s}" for s in rf.STATUSES if s in counts)
+        + ")"
+        + (f" + {n_final} final re-trainings" if n_final else "")
+        + f"; run folder {result.run_dir}"
+    ]
     ok = df[df["status"].isin(rf.RANKED_STATUSES)] if len(df) else df
     plain = ok[ok["baseline"].fillna("") == "none"] if len(ok) else ok
     ref = float(plain[o.metric].mean()) if len(plain) else None
@@ -654,14 +831,22 @@ def summary_text(result: SearchResult) -> str:
         versus = ""
         if ref is not None:
             diff = float(best[o.metric]) - ref
-            versus = (f", {100 * diff:+.2f} points vs no regularization" if o.metric.endswith("acc")
-                      else f", {diff:+.4g} vs no regularization")
-        label = f"baseline {best['baseline']}" if str(best.get("baseline") or "") not in ("", "nan") \
+            versus = (
+                f", {100 * diff:+.2f} points vs no regularization"
+                if o.metric.endswith("acc")
+                else f", {diff:+.4g} vs no regularization"
+            )
+        label = (
+            f"baseline {best['baseline']}"
+            if str(best.get("baseline") or "") not in ("", "nan")
             else f"trial {best['trial_id']}"
+        )
         se = best.get(o.se_column)
         se_text = f" +- {se:.4f}" if isinstance(se, float) and math.isfinite(se) else ""
-        lines.append(f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}{versus}): "
-                     f"{_plan_summary(best['plan_json'])}")
+        lines.append(
+            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}{versus}): "
+            f"{_plan_summary(best['plan_json'])}"
+        )
         for name, part in ok[ok["baseline"].fillna("") != ""].groupby("baseline", sort=False):
             lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
         if ref is None:
@@ -675,16 +860,22 @@ def summary_text(result: SearchResult) -> str:
         chosen = next((r for r in rows if r.get("chosen")), None)
         lines.append(f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split):")
         for r in rows:
-            lines.append(f"  {r['label']:<12} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}"
-                         + ("   <- best_plan.json" if r is chosen else ""))
+            lines.append(
+                f"  {r['label']:<12} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}"
+                + ("   <- best_plan.json" if r is chosen else "")
+            )
         lines.append(verdict(rows, o))
     if result.error:
         lines.append(f"Stopped by an error: {result.error}")
     rel = os.path.relpath(result.run_dir)
     rel = str(result.run_dir) if rel.startswith("..") else rel
-    lines += ["Next:", f"  python -m results summarize {rel}", f"  python -m results plot {rel}",
-              f"  python -m results export {rel} --out best_plan.json",
-              f"  python -m results retrain {rel}"]
+    lines += [
+        "Next:",
+        f"  python -m results summarize {rel}",
+        f"  python -m results plot {rel}",
+        f"  python -m results export {rel} --out best_plan.json",
+        f"  python -m results retrain {rel}",
+    ]
     return "\n".join(lines)
 
 

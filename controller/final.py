@@ -7,6 +7,7 @@ that bias. Every finalist trains on the same seeds, so differences are paired: t
 own luck (initialisation, batch order) cancels, and the standard error of a difference is
 smaller than that of either mean.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def _se(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
-def final_rows(records: Sequence[Mapping[str, Any]], objective: rf.Objective,
-               baselines: Sequence[str]) -> list[dict[str, Any]]:
+def final_rows(
+    records: Sequence[Mapping[str, Any]], objective: rf.Objective, baselines: Sequence[str]
+) -> list[dict[str, Any]]:
     """One row per finalist (``run_folder.FINAL_COLUMNS``), in the order they were queued.
 
     ``values`` holds each seed's final metric (seed order); a seed that did not end ok counts
@@ -36,20 +38,31 @@ def final_rows(records: Sequence[Mapping[str, Any]], objective: rf.Objective,
     """
     by_label: dict[str, dict[str, Any]] = {}
     for r in records:
-        entry = by_label.setdefault(r["label"], {"plan_json": r["plan_json"], "methods": r["methods"],
-                                                 "trial_id": r.get("source", ""), "seeds": {}})
+        entry = by_label.setdefault(
+            r["label"],
+            {"plan_json": r["plan_json"], "methods": r["methods"], "trial_id": r.get("source", ""), "seeds": {}},
+        )
         ok = r["status"] == rf.OK and math.isfinite(float(r[objective.metric]))
         entry["seeds"][int(r["seed"])] = float(r[objective.metric]) if ok else float("nan")
     rows = []
     for label, e in by_label.items():
         seeds = dict(sorted(e["seeds"].items()))
         vals = [v for v in seeds.values() if math.isfinite(v)]
-        rows.append({"label": label, "kind": "baseline" if label in baselines else "searched",
-                     "trial_id": e["trial_id"], "seeds": len(seeds),
-                     "mean": statistics.fmean(vals) if vals else float("nan"), "se": _se(vals),
-                     "values": json.dumps({str(k): v for k, v in seeds.items()}),
-                     "complete": len(vals) == len(seeds), "methods": e["methods"],
-                     "plan_json": e["plan_json"], "_seeds": seeds})
+        rows.append(
+            {
+                "label": label,
+                "kind": "baseline" if label in baselines else "searched",
+                "trial_id": e["trial_id"],
+                "seeds": len(seeds),
+                "mean": statistics.fmean(vals) if vals else float("nan"),
+                "se": _se(vals),
+                "values": json.dumps({str(k): v for k, v in seeds.items()}),
+                "complete": len(vals) == len(seeds),
+                "methods": e["methods"],
+                "plan_json": e["plan_json"],
+                "_seeds": seeds,
+            }
+        )
     sign = 1.0 if objective.mode == "max" else -1.0
     base = [r for r in rows if r["kind"] == "baseline" and r["complete"]]
     best_base = max(base, key=lambda r: sign * r["mean"]) if base else None
@@ -57,8 +70,11 @@ def final_rows(records: Sequence[Mapping[str, Any]], objective: rf.Objective,
         r.update(diff_vs_best_baseline=float("nan"), diff_se=float("nan"), z=float("nan"))
         if best_base is None or r is best_base:
             continue
-        common = [s for s, v in r["_seeds"].items()
-                  if math.isfinite(v) and math.isfinite(best_base["_seeds"].get(s, float("nan")))]
+        common = [
+            s
+            for s, v in r["_seeds"].items()
+            if math.isfinite(v) and math.isfinite(best_base["_seeds"].get(s, float("nan")))
+        ]
         diffs = [sign * (r["_seeds"][s] - best_base["_seeds"][s]) for s in common]
         if diffs:
             r["diff_vs_best_baseline"] = statistics.fmean(diffs)
@@ -81,21 +97,31 @@ def write_final(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
     """One sentence: did the best searched plan beat the best baseline, by how many SEs."""
     metric = objective.metric
-    searched = [r for r in rows if r["kind"] == "searched" and r.get("complete", True)
-                and math.isfinite(float(r["mean"]))]
+    searched = [
+        r for r in rows if r["kind"] == "searched" and r.get("complete", True) and math.isfinite(float(r["mean"]))
+    ]
     base = next((r for r in rows if r["kind"] == "baseline" and r["label"] == r.get("best_baseline")), None)
     if not searched:
         return "Verdict: no searched plan finished the final re-training; nothing to compare."
     sign = 1.0 if objective.mode == "max" else -1.0
     top = max(searched, key=lambda r: sign * float(r["mean"]))
     if base is None:
-        return (f"Verdict: the best searched plan ({top['label']}) has {metric} {top['mean']:.4f}; "
-                "no baseline finished, so there is nothing to compare with.")
+        return (
+            f"Verdict: the best searched plan ({top['label']}) has {metric} {top['mean']:.4f}; "
+            "no baseline finished, so there is nothing to compare with."
+        )
     diff, z = float(top["diff_vs_best_baseline"]), float(top["z"])
     word = "beat" if diff > 0 else ("tied with" if diff == 0 else "did not beat")
     ses = f"{abs(z):.1f} standard errors" if math.isfinite(z) else "an unknown number of standard errors"
-    strength = ("" if not math.isfinite(z) else
-                " (a clear difference)" if abs(z) >= 2 else " (within noise: not a reliable difference)")
-    return (f"Verdict: the best searched plan ({top['label']}, {metric} {top['mean']:.4f} +- {top['se']:.4f}) "
-            f"{word} the best baseline ({base['label']}, {base['mean']:.4f} +- {base['se']:.4f}) "
-            f"by {abs(diff):.4f} in paired comparison over {int(top['seeds'])} seeds, {ses}{strength}.")
+    strength = (
+        ""
+        if not math.isfinite(z)
+        else " (a clear difference)"
+        if abs(z) >= 2
+        else " (within noise: not a reliable difference)"
+    )
+    return (
+        f"Verdict: the best searched plan ({top['label']}, {metric} {top['mean']:.4f} +- {top['se']:.4f}) "
+        f"{word} the best baseline ({base['label']}, {base['mean']:.4f} +- {base['se']:.4f}) "
+        f"by {abs(diff):.4f} in paired comparison over {int(top['seeds'])} seeds, {ses}{strength}."
+    )

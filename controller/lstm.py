@@ -17,6 +17,7 @@ All heads live in one packed weight matrix, so the optimizer sees a handful of t
 forcing, so the whole sequence runs through one ``nn.LSTM`` call plus one batched head product:
 updates recompute log-probs from tokens and never keep sampling graphs alive.
 """
+
 from __future__ import annotations
 
 import operator
@@ -72,9 +73,7 @@ class LSTMController(nn.Module):
         _check_positive("init_range", init_range)
         keys = list(range(len(sizes))) if share_keys is None else list(share_keys)
         if len(keys) != len(sizes):
-            raise ValueError(
-                f"share_keys: got {len(keys)} keys, expected one per decision ({len(sizes)})"
-            )
+            raise ValueError(f"share_keys: got {len(keys)} keys, expected one per decision ({len(sizes)})")
         self.vocab_sizes: list[int] = sizes
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -130,8 +129,9 @@ class LSTMController(nn.Module):
         """Head bias rows such that ``_shape_logits(bias)`` equals the prior (clipped inside
         the tanh range); decisions sharing a key take the first one's prior."""
         if len(prior) != len(self.vocab_sizes):
-            raise ValueError(f"prior_logits: bad length {len(prior)}; allowed: one list per decision "
-                             f"({len(self.vocab_sizes)})")
+            raise ValueError(
+                f"prior_logits: bad length {len(prior)}; allowed: one list per decision ({len(self.vocab_sizes)})"
+            )
         done: set[int] = set()
         for d, (row, size, start) in enumerate(zip(prior, self.vocab_sizes, offsets)):
             if len(row) != size:
@@ -143,7 +143,7 @@ class LSTMController(nn.Module):
             if self.tanh_constant is not None:
                 limit = 0.95 * self.tanh_constant
                 target = torch.atanh(target.clamp(-limit, limit) / self.tanh_constant)
-            self.head_bias[start:start + size] += target * self.temperature
+            self.head_bias[start : start + size] += target * self.temperature
 
     @property
     def num_decisions(self) -> int:
@@ -238,14 +238,14 @@ class LSTMController(nn.Module):
         """Per layer (w_ih, w_hh, b_ih + b_hh) with gate rows reordered from PyTorch's
         (i, f, g, o) to (i, f, o, g): one sigmoid and one tanh per step, no gather."""
         hid = self.hidden_size
-        order = torch.cat([torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid),
-                           torch.arange(2 * hid, 3 * hid)]).to(self.start.device)
+        order = torch.cat(
+            [torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid), torch.arange(2 * hid, 3 * hid)]
+        ).to(self.start.device)
         out: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
         for k in range(self.num_layers):
             lstm = self.lstm
             bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
-            for dest, tensor in zip(out, (getattr(lstm, f"weight_ih_l{k}"),
-                                          getattr(lstm, f"weight_hh_l{k}"), bias)):
+            for dest, tensor in zip(out, (getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}"), bias)):
                 dest.append(tensor[order])
         return out
 
@@ -257,16 +257,13 @@ class LSTMController(nn.Module):
     def _check_tokens(self, tokens: Tensor | Sequence[Sequence[int]]) -> Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.start.device)
         if tokens.dim() != 2 or tokens.shape[1] != self.num_decisions:
-            raise ValueError(
-                f"tokens: shape {tuple(tokens.shape)}, expected (n, {self.num_decisions})"
-            )
+            raise ValueError(f"tokens: shape {tuple(tokens.shape)}, expected (n, {self.num_decisions})")
         sizes = torch.tensor(self.vocab_sizes, device=tokens.device)
         bad = (tokens < 0) | (tokens >= sizes)
         if bool(bad.any()):
             row, d = (int(i) for i in bad.nonzero()[0])
             raise ValueError(
-                f"tokens[{row}][{d}]={int(tokens[row, d])}: decision {d} allows "
-                f"0..{self.vocab_sizes[d] - 1}"
+                f"tokens[{row}][{d}]={int(tokens[row, d])}: decision {d} allows 0..{self.vocab_sizes[d] - 1}"
             )
         return tokens
 

@@ -9,6 +9,7 @@ plausible plans; REINFORCE moves away from the prior as rewards come in.
 The prior is in logits (after the controller's temperature and tanh clipping): 0 everywhere
 is the uniform policy.
 """
+
 from __future__ import annotations
 
 from typing import Any

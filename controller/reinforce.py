@@ -10,6 +10,7 @@ Why it looks like this:
   baseline, step and the sampling RNG; ``state_to_json``/``state_from_json`` make it a
   plain JSON document (float32 values survive the round trip bit for bit).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,9 +49,7 @@ class ReinforceConfig:
             raise ValueError(f"baseline_decay={self.baseline_decay!r}: expected 0 <= value < 1")
         if not (isinstance(self.entropy_weight, (int, float)) and self.entropy_weight >= 0):
             raise ValueError(f"entropy_weight={self.entropy_weight!r}: expected a number >= 0")
-        if self.grad_clip is not None and not (
-            isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0
-        ):
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f"grad_clip={self.grad_clip!r}: expected a number > 0 or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed={self.seed!r}: expected an int")
@@ -79,8 +78,9 @@ class Reinforce:
         self.config = ReinforceConfig(lr, baseline_decay, entropy_weight, grad_clip, seed)
         self.policy = policy
         self.active_fn = active_fn
-        if num_threads is not None and (isinstance(num_threads, bool) or
-                                        not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
             raise ValueError(f"num_threads={num_threads!r}: expected an int >= 1 or None")
         self.num_threads = num_threads
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
@@ -95,9 +95,7 @@ class Reinforce:
             tokens, _, _ = self.policy.sample(n, generator=self.generator)
         return tokens.tolist()
 
-    def update(
-        self, tokens_batch: Sequence[Sequence[int]], rewards: Sequence[float]
-    ) -> dict[str, float | int]:
+    def update(self, tokens_batch: Sequence[Sequence[int]], rewards: Sequence[float]) -> dict[str, float | int]:
         """One REINFORCE step on finished trials; returns mean_reward, baseline, entropy
         (mean over active decisions, nats), loss and step (after the update)."""
         if len(tokens_batch) == 0 or len(tokens_batch) != len(rewards):
@@ -114,8 +112,7 @@ class Reinforce:
 
         self.policy.train()
         with self._threads():
-            log_probs, entropies = self.policy.evaluate(
-                torch.as_tensor(tokens_batch, device=device))
+            log_probs, entropies = self.policy.evaluate(torch.as_tensor(tokens_batch, device=device))
             plan_log_prob = (log_probs * mask).sum(dim=1)
             plan_entropy = (entropies * mask).sum(dim=1)
             loss = -((reward - baseline) * plan_log_prob).mean()
@@ -194,12 +191,11 @@ class Reinforce:
         current = current_config() if callable(current_config) else {}
         for key in ("vocab_sizes", "hidden_size", "num_layers", "share_keys"):
             if key in saved and key in current and saved[key] != current[key]:
-                raise ValueError(
-                    f"policy_config.{key}={saved[key]!r}: this policy has {current[key]!r}"
-                )
+                raise ValueError(f"policy_config.{key}={saved[key]!r}: this policy has {current[key]!r}")
         if state["config"] != asdict(self.config):
-            log.warning("restoring with different hyperparameters: saved %s, now %s",
-                        state["config"], asdict(self.config))
+            log.warning(
+                "restoring with different hyperparameters: saved %s, now %s", state["config"], asdict(self.config)
+            )
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.baseline = None if state["baseline"] is None else float(state["baseline"])
@@ -230,8 +226,11 @@ def state_from_json(text: str) -> Any:
 def _encode(obj: Any) -> Any:
     if isinstance(obj, Tensor):
         t = obj.detach().cpu()
-        return {"__tensor__": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
-                "data": t.reshape(-1).tolist()}
+        return {
+            "__tensor__": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "data": t.reshape(-1).tolist(),
+        }
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: _encode(v) for k, v in obj.items()}

@@ -14,6 +14,7 @@ Layout::
     best_plan.json          the plan to take home (see ``best_plan_row``)
     trial_*/                Ray Tune's per-trial folders
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,11 +34,36 @@ from typing import Any
 from search_space.files import atomic_write_text
 
 __all__ = [
-    "SEARCH_CONFIG", "RUN_STATE", "TRIALS", "HISTORY", "FINAL", "BEST_PLAN", "OK", "STOPPED",
-    "DIVERGED", "FAILED", "STATUSES", "CHILD_STATUSES", "FAILED_STATUSES", "RANKED_STATUSES",
-    "SITE_PREFIX", "HISTORY_COLUMNS", "FINAL_COLUMNS", "Objective", "trial_columns",
-    "is_better", "best_row", "csv_text", "read_json", "now_iso", "write_run_state",
-    "RunFolderLock", "RunFolderBusy", "DiskFullError", "atomic_write_text", "search_metric",
+    "SEARCH_CONFIG",
+    "RUN_STATE",
+    "TRIALS",
+    "HISTORY",
+    "FINAL",
+    "BEST_PLAN",
+    "OK",
+    "STOPPED",
+    "DIVERGED",
+    "FAILED",
+    "STATUSES",
+    "CHILD_STATUSES",
+    "FAILED_STATUSES",
+    "RANKED_STATUSES",
+    "SITE_PREFIX",
+    "HISTORY_COLUMNS",
+    "FINAL_COLUMNS",
+    "Objective",
+    "trial_columns",
+    "is_better",
+    "best_row",
+    "csv_text",
+    "read_json",
+    "now_iso",
+    "write_run_state",
+    "RunFolderLock",
+    "RunFolderBusy",
+    "DiskFullError",
+    "atomic_write_text",
+    "search_metric",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,11 +85,24 @@ FAILED_STATUSES = (FAILED, DIVERGED)
 RANKED_STATUSES = (OK,)
 
 SITE_PREFIX = "site:"
-HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss",
-                   "time"]
-FINAL_COLUMNS = ["label", "kind", "trial_id", "seeds", "mean", "se", "values", "complete",
-                 "best_baseline", "diff_vs_best_baseline", "diff_se", "z", "chosen", "methods",
-                 "plan_json"]
+HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss", "time"]
+FINAL_COLUMNS = [
+    "label",
+    "kind",
+    "trial_id",
+    "seeds",
+    "mean",
+    "se",
+    "values",
+    "complete",
+    "best_baseline",
+    "diff_vs_best_baseline",
+    "diff_se",
+    "z",
+    "chosen",
+    "methods",
+    "plan_json",
+]
 MODES = ("max", "min")
 TRANSFORMS = ("identity", "negate", "neg_log")
 
@@ -84,18 +123,18 @@ class Objective:
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, str) or not self.metric.isidentifier():
-            raise ValueError(f"metric: bad value {self.metric!r}; allowed: a metric name such as "
-                             "val_acc or val_loss")
+            raise ValueError(f"metric: bad value {self.metric!r}; allowed: a metric name such as val_acc or val_loss")
         if self.mode not in MODES:
             raise ValueError(f"mode: bad value {self.mode!r}; allowed: {', '.join(MODES)}")
         if not self.transform:
             object.__setattr__(self, "transform", "identity" if self.mode == "max" else "negate")
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"reward_transform: bad value {self.transform!r}; allowed: "
-                             f"{', '.join(TRANSFORMS)}")
+            raise ValueError(f"reward_transform: bad value {self.transform!r}; allowed: {', '.join(TRANSFORMS)}")
         if (self.transform == "identity") != (self.mode == "max"):
-            raise ValueError(f"reward_transform: bad value {self.transform!r} for mode "
-                             f"{self.mode!r}; allowed: identity with max, negate or neg_log with min")
+            raise ValueError(
+                f"reward_transform: bad value {self.transform!r} for mode "
+                f"{self.mode!r}; allowed: identity with max, negate or neg_log with min"
+            )
 
     def reward(self, value: float) -> float:
         """The controller's reward for a metric value (higher is better)."""
@@ -140,9 +179,28 @@ def trial_columns(objective: Objective) -> list[str]:
     standard error and ``<metric>_seeds`` every seed's value (JSON list).
     """
     m = objective
-    return ["trial_id", "order", "searcher", "baseline", "status", m.metric, m.se_column,
-            m.seeds_column, m.best_column, "reward", "error", "seconds", "node", "precision",
-            "epochs", "plan_json", "methods", "reference", "update", "tokens"]
+    return [
+        "trial_id",
+        "order",
+        "searcher",
+        "baseline",
+        "status",
+        m.metric,
+        m.se_column,
+        m.seeds_column,
+        m.best_column,
+        "reward",
+        "error",
+        "seconds",
+        "node",
+        "precision",
+        "epochs",
+        "plan_json",
+        "methods",
+        "reference",
+        "update",
+        "tokens",
+    ]
 
 
 def is_better(a: float, b: float, mode: str) -> bool:
@@ -196,11 +254,17 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_run_state(run_dir: str | os.PathLike[str], status: str, num_samples: int,
-                    completed: int, **extra: Any) -> None:
+def write_run_state(
+    run_dir: str | os.PathLike[str], status: str, num_samples: int, completed: int, **extra: Any
+) -> None:
     """run_state.json: what a user (or ``--resume``) needs to know about the run right now."""
-    state = {"status": status, "updated_at": now_iso(), "num_samples": int(num_samples),
-             "completed": int(completed), **extra}
+    state = {
+        "status": status,
+        "updated_at": now_iso(),
+        "num_samples": int(num_samples),
+        "completed": int(completed),
+        **extra,
+    }
     atomic_write_text(Path(run_dir) / RUN_STATE, json.dumps(state, indent=2) + "\n")
 
 
@@ -215,8 +279,9 @@ def disk_full_is_fatal(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(exc.errno, f"disk full while writing the run folder {path}; "
-                                "free space, then resume with --resume") from exc
+            raise DiskFullError(
+                exc.errno, f"disk full while writing the run folder {path}; free space, then resume with --resume"
+            ) from exc
         raise
 
 
@@ -251,9 +316,11 @@ class RunFolderLock:
             holder = ""
             with contextlib.suppress(OSError):
                 holder = self.path.read_text().strip()
-            raise RunFolderBusy(f"run folder {self.path.parent / self.path.name[1:-5]} is in use by "
-                                f"another driver{f' (pid {holder})' if holder else ''}; wait for "
-                                "it to end") from None
+            raise RunFolderBusy(
+                f"run folder {self.path.parent / self.path.name[1:-5]} is in use by "
+                f"another driver{f' (pid {holder})' if holder else ''}; wait for "
+                "it to end"
+            ) from None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
@@ -298,8 +365,10 @@ def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
         header = next(reader, None) or []
         missing = [c for c in ("trial_id", "status", objective.metric, "plan_json") if c not in header]
         if missing:
-            raise ValueError(f"{path}: column(s) {', '.join(missing)} missing; allowed: a trials.csv "
-                             f"written by a search with metric {objective.metric!r}")
+            raise ValueError(
+                f"{path}: column(s) {', '.join(missing)} missing; allowed: a trials.csv "
+                f"written by a search with metric {objective.metric!r}"
+            )
         rows = []
         for line_no, cells in enumerate(reader, start=2):
             row = dict(zip(header, cells))

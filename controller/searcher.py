@@ -27,6 +27,7 @@ into a reward, e.g. minus the loss for ``mode="min"``):
 - ``failed`` without any report (worker crash, node lost): recorded but left out of the
   update, because it says nothing about the plan.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,17 +51,29 @@ from controller.reinforce import Reinforce
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
-__all__ = ["ControllerSearcher", "RandomSearcher", "TPESearcher", "PlanSearcher", "SEARCHERS",
-           "make_searcher", "TrialOutcome", "trial_outcome", "NO_REPORT_ERROR"]
+__all__ = [
+    "ControllerSearcher",
+    "RandomSearcher",
+    "TPESearcher",
+    "PlanSearcher",
+    "SEARCHERS",
+    "make_searcher",
+    "TrialOutcome",
+    "trial_outcome",
+    "NO_REPORT_ERROR",
+]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-NO_REPORT_ERROR = ("trial errored in Ray before the child reported (worker crash or node "
-                   "loss); see error.txt in the trial directory")
-PARTIAL_ERROR = ("trial errored in Ray after the child reported {epochs} epoch(s) (worker "
-                 "crash or node loss); {metric} {value} is the last, partial value; see "
-                 "error.txt in the trial directory")
+NO_REPORT_ERROR = (
+    "trial errored in Ray before the child reported (worker crash or node loss); see error.txt in the trial directory"
+)
+PARTIAL_ERROR = (
+    "trial errored in Ray after the child reported {epochs} epoch(s) (worker "
+    "crash or node loss); {metric} {value} is the last, partial value; see "
+    "error.txt in the trial directory"
+)
 SEARCH, FINAL = "search", "final"
 OWN_FILES = (rf.TRIALS, rf.HISTORY, rf.FINAL, rf.BEST_PLAN, rf.RUN_STATE)
 
@@ -102,8 +115,9 @@ def _num(value: Any) -> float:
 _DEFAULT_OBJECTIVE = rf.Objective()
 
 
-def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: float | None,
-                  objective: rf.Objective = _DEFAULT_OBJECTIVE) -> TrialOutcome:
+def trial_outcome(
+    result: Mapping[str, Any] | None, errored: bool, penalty: float | None, objective: rf.Objective = _DEFAULT_OBJECTIVE
+) -> TrialOutcome:
     """Status and reward of a trial from its last result and whether Ray saw it error.
 
     The trainable marks its last report with ``final=True`` and a child status (ok,
@@ -126,9 +140,11 @@ def trial_outcome(result: Mapping[str, Any] | None, errored: bool, penalty: floa
     elif errored:
         status = rf.FAILED
         if not error:
-            error = (PARTIAL_ERROR.format(epochs=res.get("epoch"), metric=objective.metric,
-                                          value=f"{val:.6g}")
-                     if res.get("epoch") and math.isfinite(val) else NO_REPORT_ERROR)
+            error = (
+                PARTIAL_ERROR.format(epochs=res.get("epoch"), metric=objective.metric, value=f"{val:.6g}")
+                if res.get("epoch") and math.isfinite(val)
+                else NO_REPORT_ERROR
+            )
     else:
         status = rf.STOPPED
     if not math.isfinite(best):
@@ -174,12 +190,20 @@ class PlanSearcher(Searcher):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, space: SearchSpace, *, num_samples: int,
-                 objective: rf.Objective | None = None,
-                 run_dir: str | os.PathLike[str] | None = None, controller_batch: int = 4,
-                 penalty_reward: float | None = None, baselines: Mapping[str, Plan] | None = None,
-                 reward_seeds: Sequence[int] = (0,), final_top_k: int = 0,
-                 final_seeds: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        num_samples: int,
+        objective: rf.Objective | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        controller_batch: int = 4,
+        penalty_reward: float | None = None,
+        baselines: Mapping[str, Plan] | None = None,
+        reward_seeds: Sequence[int] = (0,),
+        final_top_k: int = 0,
+        final_seeds: Sequence[int] = (),
+    ) -> None:
         self.objective = objective or rf.Objective()
         super().__init__(metric=self.objective.metric, mode=self.objective.mode)
         for field, value in (("num_samples", num_samples), ("controller_batch", controller_batch)):
@@ -248,15 +272,16 @@ class PlanSearcher(Searcher):
         return self.search_trials + self.final_trials
 
     # ---- Ray Searcher API
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
-                              **spec: Any) -> bool:
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """Our space is the SearchSpace, so Tune's param_space must be empty; the metric and
         mode are the objective's (a Tuner asking for others is refused)."""
         if config:
             return False
         if (metric and metric != self.objective.metric) or (mode and mode != self.objective.mode):
-            raise ValueError(f"metric/mode: bad value {metric!r}/{mode!r}; allowed: the "
-                             f"searcher's objective {self.objective.metric!r}/{self.objective.mode!r}")
+            raise ValueError(
+                f"metric/mode: bad value {metric!r}/{mode!r}; allowed: the "
+                f"searcher's objective {self.objective.metric!r}/{self.objective.mode!r}"
+            )
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -276,11 +301,23 @@ class PlanSearcher(Searcher):
         else:
             tokens = [int(t) for t in self._sample_tokens(trial_id)]
             plan = self.space.decode(tokens)
-        self._pending[trial_id] = {"stage": SEARCH, "tokens": tokens, "plan": plan,
-                                   "baseline": baseline, "suggested_at": time.time(), "last": None}
+        self._pending[trial_id] = {
+            "stage": SEARCH,
+            "tokens": tokens,
+            "plan": plan,
+            "baseline": baseline,
+            "suggested_at": time.time(),
+            "last": None,
+        }
         self._suggested += 1
-        return {"plan": plan, "seeds": list(self.reward_seeds), "searcher": self.name,
-                "stage": SEARCH, "label": baseline or "searched", "tokens": list(tokens)}
+        return {
+            "plan": plan,
+            "seeds": list(self.reward_seeds),
+            "searcher": self.name,
+            "stage": SEARCH,
+            "label": baseline or "searched",
+            "tokens": list(tokens),
+        }
 
     def _tokens_of(self, plan: Plan) -> list[int]:
         """A baseline's tokens, for the record; [] when the space cannot say it (a hand-set plan
@@ -302,17 +339,28 @@ class PlanSearcher(Searcher):
         item = self._final_queue.pop(0)
         self._pending[trial_id] = {**item, "stage": FINAL, "suggested_at": time.time(), "last": None}
         self._suggested += 1
-        return {"plan": item["plan"], "seeds": [item["seed"]], "searcher": self.name,
-                "stage": FINAL, "label": item["label"], "tokens": []}
+        return {
+            "plan": item["plan"],
+            "seeds": [item["seed"]],
+            "searcher": self.name,
+            "stage": FINAL,
+            "label": item["label"],
+            "tokens": [],
+        }
 
     def _final_plan_queue(self) -> list[dict[str, Any]]:
         """(label, plan, seed) of every final trial still to run: the top searched plans (by
         search-stage value, distinct plans only) and every baseline, each with every seed."""
         if not self.final_seeds:
             return []
-        ranked = sorted((r for r in self._records if not r["baseline"] and r["status"] == rf.OK
-                         and math.isfinite(r[self.objective.metric])),
-                        key=lambda r: (-self.objective.reward(r[self.objective.metric]), r["order"]))
+        ranked = sorted(
+            (
+                r
+                for r in self._records
+                if not r["baseline"] and r["status"] == rf.OK and math.isfinite(r[self.objective.metric])
+            ),
+            key=lambda r: (-self.objective.reward(r[self.objective.metric]), r["order"]),
+        )
         plans: dict[str, tuple[Plan, str]] = {}
         for r in ranked:
             if len(plans) >= self.final_top_k:
@@ -325,20 +373,36 @@ class PlanSearcher(Searcher):
             plans[name] = (plan, source)
         done = {(r["label"], r["seed"]) for r in self._final_records}
         running = {(p["label"], p.get("seed")) for p in self._pending.values() if p["stage"] == FINAL}
-        return [{"label": label, "plan": plan, "source": source, "seed": seed}
-                for label, (plan, source) in plans.items() for seed in self.final_seeds
-                if (label, seed) not in done | running]
+        return [
+            {"label": label, "plan": plan, "source": source, "seed": seed}
+            for label, (plan, source) in plans.items()
+            for seed in self.final_seeds
+            if (label, seed) not in done | running
+        ]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep the latest result: an errored trial completes without one."""
         if trial_id in self._pending:
             o = self.objective
-            self._pending[trial_id]["last"] = {k: result.get(k) for k in (
-                "final", "status", o.metric, o.best_column, o.se_column, o.seeds_column, "error",
-                "message", "seconds", "node", "epoch", "precision")}
+            self._pending[trial_id]["last"] = {
+                k: result.get(k)
+                for k in (
+                    "final",
+                    "status",
+                    o.metric,
+                    o.best_column,
+                    o.se_column,
+                    o.seeds_column,
+                    "error",
+                    "message",
+                    "seconds",
+                    "node",
+                    "epoch",
+                    "precision",
+                )
+            }
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self._pending.get(trial_id)
         if entry is None:
             log.warning("completion of unknown trial %s ignored", trial_id)
@@ -350,37 +414,46 @@ class PlanSearcher(Searcher):
             log.error("recording trial %s failed, stopping the search: %s", trial_id, self.fatal_error)
             _stop_tune()
 
-
-    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None,
-                errored: bool) -> None:
+    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None, errored: bool) -> None:
         outcome = trial_outcome(result, errored, self._penalty(), self.objective)
         res = result or {}
         o = self.objective
         plan: Plan = entry["plan"]
         row: dict[str, Any] = {
-            "trial_id": trial_id, "searcher": self.name, "status": outcome.status,
-            o.metric: outcome.value, o.se_column: _finite_or_none(res.get(o.se_column)),
-            o.seeds_column: res.get(o.seeds_column) or "", o.best_column: outcome.best_value,
-            "reward": outcome.reward, "error": outcome.error, "node": res.get("node") or "",
+            "trial_id": trial_id,
+            "searcher": self.name,
+            "status": outcome.status,
+            o.metric: outcome.value,
+            o.se_column: _finite_or_none(res.get(o.se_column)),
+            o.seeds_column: res.get(o.seeds_column) or "",
+            o.best_column: outcome.best_value,
+            "reward": outcome.reward,
+            "error": outcome.error,
+            "node": res.get("node") or "",
             "precision": res.get("precision") or "",  # amp=auto: bf16 or fp32 depending on the node's CPU
-            "seconds": _num(res.get("seconds")) if res.get("seconds") is not None
+            "seconds": _num(res.get("seconds"))
+            if res.get("seconds") is not None
             else time.time() - entry["suggested_at"],
-            "epochs": res.get("epoch"), "plan": plan,
+            "epochs": res.get("epoch"),
+            "plan": plan,
             "plan_json": json.dumps(plan.to_dict(), sort_keys=True),
             "methods": plan.summary(),
         }
         if outcome.status in rf.FAILED_STATUSES:
             log.warning("trial %s %s: %s", trial_id, outcome.status, outcome.error)
         if entry["stage"] == FINAL:
-            row.update(label=entry["label"], seed=entry["seed"], source=entry["source"],
-                       order=len(self._final_records))
+            row.update(label=entry["label"], seed=entry["seed"], source=entry["source"], order=len(self._final_records))
             self._final_records.append(row)
             del self._pending[trial_id]
         else:
-            row.update(order=len(self._records), baseline=entry["baseline"],
-                       reference=bool(entry["baseline"]), update=None,
-                       tokens=json.dumps(entry["tokens"]),
-                       **{f"{rf.SITE_PREFIX}{s}": m for s, m in plan.methods().items()})
+            row.update(
+                order=len(self._records),
+                baseline=entry["baseline"],
+                reference=bool(entry["baseline"]),
+                update=None,
+                tokens=json.dumps(entry["tokens"]),
+                **{f"{rf.SITE_PREFIX}{s}": m for s, m in plan.methods().items()},
+            )
             self._records.append(row)
             del self._pending[trial_id]
             if outcome.reward is not None and not entry["baseline"]:
@@ -401,12 +474,22 @@ class PlanSearcher(Searcher):
         return min(seen) if seen else None
 
     def save(self, checkpoint_path: str) -> None:
-        state = {"version": STATE_VERSION, "searcher": self.name, "space": self.space.to_dict(),
-                 "objective": self.objective.to_dict(), "num_samples": self.num_samples,
-                 "controller_batch": self.controller_batch, "suggested": self._suggested,
-                 "pending": self._pending, "records": self._records,
-                 "final_records": self._final_records, "final_queue": self._final_queue,
-                 "buffer": self._buffer, "history": self._history, "policy": self._policy_state()}
+        state = {
+            "version": STATE_VERSION,
+            "searcher": self.name,
+            "space": self.space.to_dict(),
+            "objective": self.objective.to_dict(),
+            "num_samples": self.num_samples,
+            "controller_batch": self.controller_batch,
+            "suggested": self._suggested,
+            "pending": self._pending,
+            "records": self._records,
+            "final_records": self._final_records,
+            "final_queue": self._final_queue,
+            "buffer": self._buffer,
+            "history": self._history,
+            "policy": self._policy_state(),
+        }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
@@ -426,14 +509,17 @@ class PlanSearcher(Searcher):
             for name in OWN_FILES:
                 (staging / name).unlink(missing_ok=True)
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"searcher state version: bad value {state.get('version')!r}; "
-                             f"allowed: {STATE_VERSION}")
+            raise ValueError(f"searcher state version: bad value {state.get('version')!r}; allowed: {STATE_VERSION}")
         if state["searcher"] != self.name:
-            raise ValueError(f"searcher: bad value {state['searcher']!r} in {checkpoint_path}; "
-                             f"allowed: {self.name!r} (the searcher being restored)")
+            raise ValueError(
+                f"searcher: bad value {state['searcher']!r} in {checkpoint_path}; "
+                f"allowed: {self.name!r} (the searcher being restored)"
+            )
         if state["space"] != self.space.to_dict():
-            raise ValueError(f"space: the saved search space in {checkpoint_path} differs from "
-                             "this searcher's; allowed: the space the run started with")
+            raise ValueError(
+                f"space: the saved search space in {checkpoint_path} differs from "
+                "this searcher's; allowed: the space the run started with"
+            )
         self.num_samples = state["num_samples"]
         self.controller_batch = state["controller_batch"]
         self._suggested = state["suggested"]
@@ -447,8 +533,12 @@ class PlanSearcher(Searcher):
         self._session = None
         self._start_session()
         self._write_files()
-        log.info("searcher restored: %d trials finished, %d to re-run, %d controller updates",
-                 len(self._records) + len(self._final_records), len(self._pending), len(self._history))
+        log.info(
+            "searcher restored: %d trials finished, %d to re-run, %d controller updates",
+            len(self._records) + len(self._final_records),
+            len(self._pending),
+            len(self._history),
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -491,10 +581,15 @@ class PlanSearcher(Searcher):
         if stats is None:
             return
         update = len(self._history)
-        self._history.append({"update": update, "step": stats["step"],
-                              "trials_seen": len(self._records),
-                              **{k: stats[k] for k in ("mean_reward", "baseline", "entropy", "loss")},
-                              "time": time.time()})
+        self._history.append(
+            {
+                "update": update,
+                "step": stats["step"],
+                "trials_seen": len(self._records),
+                **{k: stats[k] for k in ("mean_reward", "baseline", "entropy", "loss")},
+                "time": time.time(),
+            }
+        )
         ids = {tid for tid, _, _ in batch}
         for row in self._records:
             if row["trial_id"] in ids:
@@ -511,8 +606,9 @@ class PlanSearcher(Searcher):
 
         site_cols = [f"{rf.SITE_PREFIX}{s}" for s in self.space.sites]
         with rf.disk_full_is_fatal(self.run_dir):
-            rf.atomic_write_text(self.run_dir / rf.TRIALS,
-                                 rf.csv_text(rf.trial_columns(self.objective) + site_cols, self._records))
+            rf.atomic_write_text(
+                self.run_dir / rf.TRIALS, rf.csv_text(rf.trial_columns(self.objective) + site_cols, self._records)
+            )
             rf.atomic_write_text(self.run_dir / rf.HISTORY, rf.csv_text(rf.HISTORY_COLUMNS, self._history))
             final = self.final_table() if self._final_records else []
             if final:
@@ -520,8 +616,12 @@ class PlanSearcher(Searcher):
             best = self._best_plan(final)
             if best is not None:
                 best.save(self.run_dir / rf.BEST_PLAN)
-            rf.write_run_state(self.run_dir, "finished" if self.finished >= self.total_trials
-                               else "running", self.total_trials, self.finished)
+            rf.write_run_state(
+                self.run_dir,
+                "finished" if self.finished >= self.total_trials else "running",
+                self.total_trials,
+                self.finished,
+            )
 
     def _best_plan(self, final: list[dict[str, Any]]) -> Plan | None:
         """best_plan.json: the chosen row of the final stage once it ran, else the best trial."""
@@ -529,18 +629,30 @@ class PlanSearcher(Searcher):
         chosen = next((r for r in final if r["chosen"]), None)
         if chosen is not None:
             plan = Plan.from_json(chosen["plan_json"])
-            plan.metadata = {**plan.metadata, "selected_by": "final", "label": chosen["label"],
-                             o.metric: _finite_or_none(chosen["mean"]), o.se_column: _finite_or_none(chosen["se"]),
-                             "seeds": chosen["seeds"], "trial_id": chosen["trial_id"],
-                             "searcher": self.name}
+            plan.metadata = {
+                **plan.metadata,
+                "selected_by": "final",
+                "label": chosen["label"],
+                o.metric: _finite_or_none(chosen["mean"]),
+                o.se_column: _finite_or_none(chosen["se"]),
+                "seeds": chosen["seeds"],
+                "trial_id": chosen["trial_id"],
+                "searcher": self.name,
+            }
             return plan
         best = self.best()
         if best is None:
             return None
         plan = Plan.from_json(best["plan_json"])
-        plan.metadata = {**plan.metadata, "selected_by": "search", o.metric: _finite_or_none(best[o.metric]),
-                         "trial_id": best["trial_id"], o.best_column: _finite_or_none(best[o.best_column]),
-                         "baseline": best["baseline"], "searcher": self.name}
+        plan.metadata = {
+            **plan.metadata,
+            "selected_by": "search",
+            o.metric: _finite_or_none(best[o.metric]),
+            "trial_id": best["trial_id"],
+            o.best_column: _finite_or_none(best[o.best_column]),
+            "baseline": best["baseline"],
+            "searcher": self.name,
+        }
         return plan
 
     def _log_progress(self, row: dict[str, Any]) -> None:
@@ -561,10 +673,22 @@ class PlanSearcher(Searcher):
             ctrl = f"{self.name} search"
         label = row.get("label") or row.get("baseline") or ""
         stage = f"final {label} seed {row['seed']}" if "seed" in row else (f"baseline {label}" if label else "")
-        log.info("[%d/%d] %s %s%s %s %.4f | running %d | failed %d | best %s | %s | "
-                 "elapsed %s ETA %s", done, total, row["trial_id"], f"({stage}) " if stage else "",
-                 row["status"], metric, row[metric], len(self._pending), failed,
-                 f"{best[metric]:.4f}" if best else "-", ctrl, _hms(elapsed), _hms(eta))
+        log.info(
+            "[%d/%d] %s %s%s %s %.4f | running %d | failed %d | best %s | %s | elapsed %s ETA %s",
+            done,
+            total,
+            row["trial_id"],
+            f"({stage}) " if stage else "",
+            row["status"],
+            metric,
+            row[metric],
+            len(self._pending),
+            failed,
+            f"{best[metric]:.4f}" if best else "-",
+            ctrl,
+            _hms(elapsed),
+            _hms(eta),
+        )
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -590,17 +714,27 @@ class ControllerSearcher(PlanSearcher):
 
     name = "controller"
 
-    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0,
-                 controller_kwargs: Mapping[str, Any] | None = None,
-                 reinforce_kwargs: Mapping[str, Any] | None = None, prior_strength: float = 1.5,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        num_samples: int,
+        seed: int = 0,
+        controller_kwargs: Mapping[str, Any] | None = None,
+        reinforce_kwargs: Mapping[str, Any] | None = None,
+        prior_strength: float = 1.5,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(space, num_samples=num_samples, **kwargs)
         from controller.prior import mild_prior
 
-        policy = LSTMController(space.vocab_sizes, seed=seed, prior_logits=mild_prior(space, prior_strength),
-                                **dict(controller_kwargs or {}))
-        self.reinforce = Reinforce(policy, seed=seed, active_fn=space.active_mask,
-                                   **dict(reinforce_kwargs or {}))
+        policy = LSTMController(
+            space.vocab_sizes,
+            seed=seed,
+            prior_logits=mild_prior(space, prior_strength),
+            **dict(controller_kwargs or {}),
+        )
+        self.reinforce = Reinforce(policy, seed=seed, active_fn=space.active_mask, **dict(reinforce_kwargs or {}))
 
     def _sample_tokens(self, trial_id: str) -> list[int]:
         return self.reinforce.sample(1)[0]
@@ -644,8 +778,9 @@ class TPESearcher(PlanSearcher):
 
     name = "tpe"
 
-    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0,
-                 n_startup_trials: int = 8, **kwargs: Any) -> None:
+    def __init__(
+        self, space: SearchSpace, *, num_samples: int, seed: int = 0, n_startup_trials: int = 8, **kwargs: Any
+    ) -> None:
         super().__init__(space, num_samples=num_samples, **kwargs)
         self.seed = int(seed)
         self.n_startup_trials = int(n_startup_trials)
@@ -658,8 +793,9 @@ class TPESearcher(PlanSearcher):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna's words
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials,
-                                                 multivariate=True, group=True)
+            sampler = optuna.samplers.TPESampler(
+                seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True, group=True
+            )
         return OptunaSearch(space=_DefineByRun(self.space), metric="reward", mode="max", sampler=sampler)
 
     def _sample_tokens(self, trial_id: str) -> list[int]:
@@ -674,13 +810,15 @@ class TPESearcher(PlanSearcher):
             self._optuna.on_trial_complete(trial_id, {"reward": reward})
         return None
 
-    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None,
-                errored: bool) -> None:
+    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None, errored: bool) -> None:
         super()._record(trial_id, entry, result, errored)
         # a sampled trial that gave no reward (worker crash) must not stay open in Optuna
-        if entry["stage"] == SEARCH and not entry["baseline"] and \
-                trial_id not in {t for t, _, _ in self._buffer} and \
-                self._records[-1].get("reward") is None:
+        if (
+            entry["stage"] == SEARCH
+            and not entry["baseline"]
+            and trial_id not in {t for t, _, _ in self._buffer}
+            and self._records[-1].get("reward") is None
+        ):
             self._optuna.on_trial_complete(trial_id, None, error=True)
 
     def _policy_state(self) -> Any:
@@ -701,12 +839,14 @@ class _DefineByRun:
         tokens = [0] * len(self.space.decisions)
         for i, d in enumerate(self.space.decisions):
             if self.space.active_mask(tokens)[i]:
-                tokens[i] = int(trial.suggest_categorical(f"{i}:{d.site}:{d.param}",
-                                                          list(range(len(d.choices)))))
+                tokens[i] = int(trial.suggest_categorical(f"{i}:{d.site}:{d.param}", list(range(len(d.choices)))))
 
 
 SEARCHERS: dict[str, type[PlanSearcher]] = {
-    "controller": ControllerSearcher, "random": RandomSearcher, "tpe": TPESearcher}
+    "controller": ControllerSearcher,
+    "random": RandomSearcher,
+    "tpe": TPESearcher,
+}
 
 
 def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearcher:

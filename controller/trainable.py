@@ -11,6 +11,7 @@ the next trial instead of paying a new one (seconds of imports) per failure. A `
 may return a dict of final metrics (``status`` "ok" / "diverged" / "failed", ``message``);
 returning None means "ok, and the last reported metrics are final".
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ TrainFn = Callable[[Any, int, Callable[..., None]], "Mapping[str, Any] | None"]
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, float) else v) for k, v in metrics.items()
-            if isinstance(v, (int, float, str, bool)) or v is None}
+    return {
+        k: (float(v) if isinstance(v, float) else v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, str, bool)) or v is None
+    }
 
 
 def _node_name() -> str:
@@ -65,12 +69,23 @@ class _SeedReporter:
         values_now = _scalars(metrics)
         self.seen.update(values_now)
         value = values_now.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and \
-                not self.sign * self.best[0] >= self.sign * value:
+        if (
+            isinstance(value, (int, float))
+            and math.isfinite(value)
+            and not self.sign * self.best[0] >= self.sign * value
+        ):
             self.best[0] = float(value)
         self.state["in_report"] = True
-        tune.report({**values_now, "epoch": self.state["epoch"], "seed_index": self.index,
-                     "status": "running", "final": False, "node": self.node})
+        tune.report(
+            {
+                **values_now,
+                "epoch": self.state["epoch"],
+                "seed_index": self.index,
+                "status": "running",
+                "final": False,
+                "node": self.node,
+            }
+        )
         self.state["in_report"] = False
 
 
@@ -86,8 +101,17 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
     extra: dict[str, Any] = {}
 
     def final(status: str, **fields: Any) -> None:
-        tune.report({**extra, metric: float("nan"), **fields, "final": True, "status": status,
-                     "epoch": state["epoch"], "node": node})
+        tune.report(
+            {
+                **extra,
+                metric: float("nan"),
+                **fields,
+                "final": True,
+                "status": status,
+                "epoch": state["epoch"],
+                "node": node,
+            }
+        )
 
     for index, seed in enumerate(seeds):
         report = _SeedReporter(index, metric, sign, node, state)
@@ -97,28 +121,40 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
         except Exception as exc:
             if state["in_report"]:  # Tune itself is ending the trial: not a child failure
                 raise
-            final(rf.FAILED, error=f"{type(exc).__name__}: {exc}",
-                  traceback=traceback.format_exc(limit=-8))
+            final(rf.FAILED, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=-8))
             return
         result = {**seen, **_scalars(dict(returned or {}))}
         extra = {k: result[k] for k in ("precision", "seconds") if k in result}
         status = str(result.get("status", rf.OK))
         message = str(result.get("message") or result.get("error") or "")
         if status not in rf.CHILD_STATUSES:
-            final(rf.FAILED, error=f"status: bad value {status!r} returned by train_fn; "
-                                   f"allowed: {', '.join(rf.CHILD_STATUSES)}")
+            final(
+                rf.FAILED,
+                error=f"status: bad value {status!r} returned by train_fn; allowed: {', '.join(rf.CHILD_STATUSES)}",
+            )
             return
         if status != rf.OK:
             final(status, error=message or status)
             return
         value = result.get(metric)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            final(rf.FAILED, error=f"{metric}: bad value {value!r} at the end of seed {seed}; "
-                                   f"allowed: a finite number reported with report({metric}=...)")
+            final(
+                rf.FAILED,
+                error=f"{metric}: bad value {value!r} at the end of seed {seed}; "
+                f"allowed: a finite number reported with report({metric}=...)",
+            )
             return
         values.append(float(value))
         bests.append(best[0] if math.isfinite(best[0]) else float(value))
     mean = statistics.fmean(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    final(rf.OK, **{metric: mean, objective.se_column: se, objective.best_column: statistics.fmean(bests),
-                    objective.seeds_column: json.dumps(values), "error": ""})
+    final(
+        rf.OK,
+        **{
+            metric: mean,
+            objective.se_column: se,
+            objective.best_column: statistics.fmean(bests),
+            objective.seeds_column: json.dumps(values),
+            "error": "",
+        },
+    )

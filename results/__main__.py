@@ -1,4 +1,5 @@
 """Entry point of ``python -m results``."""
+
 import sys
 
 from .cli import main

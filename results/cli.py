@@ -3,6 +3,7 @@
 Any unusable input (bad RUN_DIR, bad rank, unknown option value) ends with one line on
 stderr and exit status 2, like argparse's own usage errors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,19 @@ def _header(runs: list[Run]) -> str:
     parts = []
     for r in runs:
         st = r.state
-        parts.append(f"{r.path}: {r.searcher} search, {r.status}, {len(r.trials)} trials finished "
-                     f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}), "
-                     f"model {r.train_config.get('model', '?')} on {r.train_config.get('dataset', '?')}")
+        parts.append(
+            f"{r.path}: {r.searcher} search, {r.status}, {len(r.trials)} trials finished "
+            f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}), "
+            f"model {r.train_config.get('model', '?')} on {r.train_config.get('dataset', '?')}"
+        )
     return "\n".join(parts)
 
 
 def _need_trials(runs: list[Run]) -> None:
     if not any(len(r.trials) for r in runs):
-        raise RunError(f"no finished trials yet in {', '.join(str(r.path) for r in runs)} (trials.csv empty or missing)")
+        raise RunError(
+            f"no finished trials yet in {', '.join(str(r.path) for r in runs)} (trials.csv empty or missing)"
+        )
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -58,24 +63,33 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     df = combined_trials(runs)
     stats = method_stats(df)
     groups = sorted(df["group"].unique())
-    compare_title = ("controller vs random" if {"controller", "random"} <= set(df["searcher"])
-                     else "by searcher")
+    compare_title = "controller vs random" if {"controller", "random"} <= set(df["searcher"]) else "by searcher"
     o = runs[0].objective
-    tables = [(f"top {args.top} plans (by {o.metric}, {'highest' if o.mode == 'max' else 'lowest'} first; "
-               "+- se over the reward seeds)", top_plans(df, args.top))]
+    tables = [
+        (
+            f"top {args.top} plans (by {o.metric}, {'highest' if o.mode == 'max' else 'lowest'} first; "
+            "+- se over the reward seeds)",
+            top_plans(df, args.top),
+        )
+    ]
     for run in runs:
         table = final_table(run)
         if len(table):
             title = "final re-training" + (f" of {run.name}" if len(runs) > 1 else "")
-            tables.append((f"{title} (fresh seeds, validation split; paired difference with the best "
-                           "baseline +- se)", table))
+            tables.append(
+                (f"{title} (fresh seeds, validation split; paired difference with the best baseline +- se)", table)
+            )
     tables += [
-              ("methods per site: count, share, mean reward when chosen", stats) if args.format == "csv" else
-              ("methods per site (cell = share of trials choosing it / mean reward when chosen)",
-               method_share_table(stats)),
-              (f"{compare_title} ({', '.join(groups)}; quarters in completion order)", searcher_comparison(df)),
-              ("failed or diverged trials", failed_trials(df)),
-              ("compute (trial seconds x resources per trial)", compute_cost(runs))]
+        ("methods per site: count, share, mean reward when chosen", stats)
+        if args.format == "csv"
+        else (
+            "methods per site (cell = share of trials choosing it / mean reward when chosen)",
+            method_share_table(stats),
+        ),
+        (f"{compare_title} ({', '.join(groups)}; quarters in completion order)", searcher_comparison(df)),
+        ("failed or diverged trials", failed_trials(df)),
+        ("compute (trial seconds x resources per trial)", compute_cost(runs)),
+    ]
     if args.format != "csv":
         print(_header(runs) + "\n")
     sys.stdout.write(render(tables, args.format))
@@ -107,9 +121,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else runs[0].path / "results"
     sites = list(dict.fromkeys(s for r in runs for s in r.sites))
     controller_df = df[df["searcher"] == "controller"]
-    written = [plot_rewards(df, out / "reward.png"),
-               plot_controller(runs, out / "controller.png"),
-               plot_method_heatmap(controller_df if len(controller_df) else df, sites, out / "methods_heatmap.png")]
+    written = [
+        plot_rewards(df, out / "reward.png"),
+        plot_controller(runs, out / "controller.png"),
+        plot_method_heatmap(controller_df if len(controller_df) else df, sites, out / "methods_heatmap.png"),
+    ]
     plan, run = _best_regularizing_plan(runs, df)
     if plan is not None:
         written.append(plot_masks(plan, run.train_config, out / "masks.png", seed=args.seed))
@@ -130,8 +146,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     plan.save(out)
     metric = run.objective.metric
-    print(f"wrote {out}: rank {args.rank}, {metric} {plan.metadata[metric]:.4f}, trial {plan.metadata['trial_id']}"
-          + (f" ({plan.metadata['label']}, final re-training)" if plan.metadata.get("label") else ""))
+    print(
+        f"wrote {out}: rank {args.rank}, {metric} {plan.metadata[metric]:.4f}, trial {plan.metadata['trial_id']}"
+        + (f" ({plan.metadata['label']}, final re-training)" if plan.metadata.get("label") else "")
+    )
     print(plan.summary())
     return 0
 
@@ -150,16 +168,22 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     run = open_run(args.run_dir, args.allow_running)
     _need_trials([run])
-    cfg = RetrainConfig(top=args.top, seeds=args.seeds, epochs=args.epochs, train_size=args.train_size,
-                        baselines=tuple(args.baselines), seed_offset=args.seed_offset, device=args.device,
-                        num_threads=args.num_threads)
+    cfg = RetrainConfig(
+        top=args.top,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        baselines=tuple(args.baselines),
+        seed_offset=args.seed_offset,
+        device=args.device,
+        num_threads=args.num_threads,
+    )
     out = Path(args.out) if args.out else run.path / "results"
     log.setLevel(logging.INFO)
     _, summary = retrain(run, cfg, out)
     test = test_metric(run.objective)
     cols = ["plan", test, "seeds", "ok", f"{run.objective.metric}_mean", "summary"]
-    print(render([(f"retrained plans: {test} mean +- standard error over {cfg.seeds} seeds", summary[cols])],
-                 "text"))
+    print(render([(f"retrained plans: {test} mean +- standard error over {cfg.seeds} seeds", summary[cols])], "text"))
     print(f"wrote {out / 'retrain.csv'}, {out / 'retrain_summary.csv'}, {out / 'retrain.png'}")
     return 0
 
@@ -183,8 +207,9 @@ def _writable_dir(flag: str, text: str | None) -> Path | None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise FieldError(flag, text, "a writable folder",
-                         detail=f"bad value {text!r} ({probe} is not writable: {exc.strerror})") from None
+        raise FieldError(
+            flag, text, "a writable folder", detail=f"bad value {text!r} ({probe} is not writable: {exc.strerror})"
+        ) from None
     return path
 
 
@@ -208,17 +233,26 @@ def _int_in(flag: str, value: int, low: int, high: int | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from search_space.baselines import BASELINES
 
-    p = OneLineParser(prog=PROG,
-                                description="Tables, figures, plan export and retraining against baselines "
-                                            "for a search run written by launch_search.py.")
+    p = OneLineParser(
+        prog=PROG,
+        description="Tables, figures, plan export and retraining against baselines "
+        "for a search run written by launch_search.py.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str, many: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("run_dir", nargs="+" if many else None, metavar="RUN_DIR",
-                        help="STORAGE/NAME written by launch_search.py" + (" (several to compare searches)" if many else ""))
-        sp.add_argument("--allow-running", action="store_true",
-                        help="read a run whose run_state.json still says running (its process died)")
+        sp.add_argument(
+            "run_dir",
+            nargs="+" if many else None,
+            metavar="RUN_DIR",
+            help="STORAGE/NAME written by launch_search.py" + (" (several to compare searches)" if many else ""),
+        )
+        sp.add_argument(
+            "--allow-running",
+            action="store_true",
+            help="read a run whose run_state.json still says running (its process died)",
+        )
         return sp
 
     s = add("summarize", "tables: top plans, methods per site, searcher comparison, failures, compute", many=True)
@@ -237,10 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top", type=typed(int), default=1, help="number of best searched plans (default 1)")
     r.add_argument("--seeds", type=typed(int), default=3, help="seeds per plan (default 3)")
     r.add_argument("--epochs", type=typed(int), default=None, help="epochs (default: the search's)")
-    r.add_argument("--train-size", type=_train_size, default="full",
-                   help="full (whole training split, default), search (the search's subset) or N images")
-    r.add_argument("--baselines", nargs="*", default=list(BASELINES), type=choice_of(BASELINES),
-                   help=f"baselines to include (default all: {' '.join(BASELINES)})")
+    r.add_argument(
+        "--train-size",
+        type=_train_size,
+        default="full",
+        help="full (whole training split, default), search (the search's subset) or N images",
+    )
+    r.add_argument(
+        "--baselines",
+        nargs="*",
+        default=list(BASELINES),
+        type=choice_of(BASELINES),
+        help=f"baselines to include (default all: {' '.join(BASELINES)})",
+    )
     r.add_argument("--seed-offset", type=typed(int), default=0, help="first seed (seeds are offset..offset+S-1)")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
     r.add_argument("--num-threads", type=typed(int), default=None, help="torch CPU threads per training")
@@ -267,8 +310,9 @@ def _check(args: argparse.Namespace) -> None:
             _int_in("--epochs", args.epochs, 1)
         if args.num_threads is not None:
             _int_in("--num-threads", args.num_threads, 1, 1024)
-        if args.device is not None and not (args.device in ("auto", "cpu", "cuda") or
-                                            (args.device.startswith("cuda:") and args.device[5:].isdigit())):
+        if args.device is not None and not (
+            args.device in ("auto", "cpu", "cuda") or (args.device.startswith("cuda:") and args.device[5:].isdigit())
+        ):
             raise FieldError("--device", args.device, "auto, cpu, cuda, cuda:N")
         _writable_dir("--out", args.out)
 
@@ -283,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except FieldError as exc:  # a setting named by its flag where the command has one
         flag = "--" + exc.field.replace("_", "-")
-        known = {o for a in parser._subparsers._group_actions[0].choices[args.command]._actions
-                 for o in a.option_strings}
+        known = {
+            o for a in parser._subparsers._group_actions[0].choices[args.command]._actions for o in a.option_strings
+        }
         msg = str(exc.renamed(flag) if flag in known else exc)
         print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ pattern geometry are seen at the scale the network sees. Sequence sites of Trans
 sequence patterns show as vertical bands (blocks of tokens) that are full height when
 channels share the mask.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[
 
     # The regularizers see the site's output; apply_plan's hook only runs them in training,
     # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
-    regs = {site: unwrap_regularizer(layer) for site, layer in regularizers(model).items()
-            if not site.endswith(":residual")}
+    regs = {
+        site: unwrap_regularizer(layer) for site, layer in regularizers(model).items() if not site.endswith(":residual")
+    }
     inputs = site_shapes(model, list(regs), x)  # one example (a batch of 1, in the model's layout)
     masks: dict[str, np.ndarray] = {}
     for i, (site, layer) in enumerate(regs.items()):
@@ -66,8 +68,9 @@ def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[
     return masks
 
 
-def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 0, max_sites: int = 11,
-               image_index: int = 0) -> Path | None:
+def plot_masks(
+    plan: Any, train_config: dict[str, Any], path: Path, seed: int = 0, max_sites: int = 11, image_index: int = 0
+) -> Path | None:
     """Figure: the input image, then the image with each regularized site's mask overlaid (red = dropped).
 
     ``plan`` is a ``search_space.Plan``; ``train_config`` the run's TrainConfig dict (model, dataset).
@@ -94,8 +97,11 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
     nrows = -(-n // ncols)
     fig = Figure(figsize=(3.1 * ncols, 3.3 * nrows + 0.6))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    show = ((lambda ax: ax.imshow(gray, cmap="gray", interpolation="nearest")) if gray is not None
-            else (lambda ax: ax.imshow(img, interpolation="nearest")))
+    show = (
+        (lambda ax: ax.imshow(gray, cmap="gray", interpolation="nearest"))
+        if gray is not None
+        else (lambda ax: ax.imshow(img, interpolation="nearest"))
+    )
     show(axes[0])
     axes[0].set_title(f"input ({dataset}, label {label})", fontsize=9)
     for ax, site in zip(axes[1:], sites):
@@ -105,16 +111,21 @@ def plot_masks(plan: Any, train_config: dict[str, Any], path: Path, seed: int = 
         overlay[mask] = (1.0, 0.1, 0.1, 0.6)
         # same extent as the image: a feature map of another resolution is stretched onto it
         ax.imshow(overlay, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="nearest")
-        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 44))
-                     + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
-                     f"{masks[site].mean():.0%} of units dropped (all channels)", fontsize=7)
+        ax.set_title(
+            f"{site}\n"
+            + "\n".join(textwrap.wrap(_compact(plan, site, active), 44))
+            + f"\n{mask.shape[0]}x{mask.shape[1]} map, "
+            f"{masks[site].mean():.0%} of units dropped (all channels)",
+            fontsize=7,
+        )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle("Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted",
-                 fontsize=10)
+    fig.suptitle(
+        "Best plan's regularizer masks (channel 0) on a validation image; red = dropped/distorted", fontsize=10
+    )
     return save_figure(fig, path)
 
 
@@ -125,8 +136,9 @@ def _compact(plan: Any, site: str, active: dict[str, Any]) -> str:
 _SEQ_COLORS = np.array([(0.93, 0.93, 0.93), (0.85, 0.1, 0.1)])  # kept, dropped
 
 
-def _plot_sequence_masks(plan: Any, active: dict[str, Any], masks: dict[str, np.ndarray], dataset: str, path: Path,
-                         max_sites: int) -> Path | None:
+def _plot_sequence_masks(
+    plan: Any, active: dict[str, Any], masks: dict[str, np.ndarray], dataset: str, path: Path, max_sites: int
+) -> Path | None:
     """One panel per site: channels (rows) x tokens (columns) of one example, red = dropped.
 
     A sequence pattern shows as vertical bands every ``stride`` tokens, ``size`` wide, full
@@ -140,14 +152,22 @@ def _plot_sequence_masks(plan: Any, active: dict[str, Any], masks: dict[str, np.
     for ax, site in zip(axes, sites):
         mask = masks[site]  # (T, C)
         t, c = mask.shape
-        ax.imshow(_SEQ_COLORS[mask.T.astype(int)], aspect="auto", interpolation="nearest",
-                  extent=(-0.5, t - 0.5, c - 0.5, -0.5))
+        ax.imshow(
+            _SEQ_COLORS[mask.T.astype(int)],
+            aspect="auto",
+            interpolation="nearest",
+            extent=(-0.5, t - 0.5, c - 0.5, -0.5),
+        )
         ax.set_xlabel("token", fontsize=7)
         ax.set_ylabel("channel", fontsize=7)
         ax.tick_params(labelsize=6)
-        ax.set_title(f"{site}\n" + "\n".join(textwrap.wrap(_compact(plan, site, active), 52))
-                     + f"\n{t} tokens x {c} channels, {mask.mean():.0%} dropped", fontsize=7)
-    for ax in axes[len(sites):]:
+        ax.set_title(
+            f"{site}\n"
+            + "\n".join(textwrap.wrap(_compact(plan, site, active), 52))
+            + f"\n{t} tokens x {c} channels, {mask.mean():.0%} dropped",
+            fontsize=7,
+        )
+    for ax in axes[len(sites) :]:
         ax.set_visible(False)
     fig.suptitle(f"Best plan's sequence masks on one {dataset} validation example; red = dropped", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))

@@ -3,6 +3,7 @@
 Figures use the object API (``Figure`` + ``savefig``) so plotting never changes a user's
 backend or leaks open figures. The mask figure lives in ``masks.py`` (it needs torch).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,13 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
     n_max = 0
     is_ref = df["reference"].astype(bool) if "reference" in df.columns else pd.Series(False, index=df.index)
     for j, (group, part) in enumerate(df[is_ref].groupby("group", sort=True)):
-        ax.axhline(float(part["reward"].mean()), color=f"C{7 + j % 3}", ls=(":", "--", "-.")[j % 3], lw=1.2,
-                   label=f"{group} (hand-set)")
+        ax.axhline(
+            float(part["reward"].mean()),
+            color=f"C{7 + j % 3}",
+            ls=(":", "--", "-.")[j % 3],
+            lw=1.2,
+            label=f"{group} (hand-set)",
+        )
     for i, (group, part) in enumerate(df[~is_ref].groupby("group", sort=True)):
         part = part.sort_values("order", kind="stable")
         x = np.arange(1, len(part) + 1)
@@ -51,12 +57,17 @@ def plot_rewards(df: pd.DataFrame, path: Path) -> Path:
         color = f"C{i}"
         window = max(3, len(part) // 8)
         ax.scatter(x, reward, s=14, alpha=0.45, color=color, label=f"{group}: reward per trial")
-        ax.plot(x, moving_mean(reward, window), color=color, lw=2,
-                label=f"{group}: moving mean ({window} trials)")
+        ax.plot(x, moving_mean(reward, window), color=color, lw=2, label=f"{group}: moving mean ({window} trials)")
         failed = part["status"].isin(FAILED_STATUSES).to_numpy()
         if failed.any():
-            ax.scatter(x[failed], np.nan_to_num(reward[failed], nan=0.0), marker="x", s=40, color="red",
-                       label=f"{group}: failed/diverged")
+            ax.scatter(
+                x[failed],
+                np.nan_to_num(reward[failed], nan=0.0),
+                marker="x",
+                s=40,
+                color="red",
+                label=f"{group}: failed/diverged",
+            )
     ax.set_title(f"Reward per trial ({_reward_words(df)})")
     ax.set_xlabel("trial (completion order)")
     ax.set_ylabel("reward")
@@ -129,7 +140,7 @@ def plot_method_heatmap(df: pd.DataFrame, sites: list[str], path: Path, bins: in
         ax.set_title(method, fontsize=10)
         ax.set_xlabel("trials (chunk)")
         ax.set_xticks(range(n_bins), [f"{c[0] + 1}-{c[-1] + 1}" for c in chunk], rotation=90, fontsize=7)
-    axes[0].set_yticks(range(len(cols)), [c[len(SITE_PREFIX):] for c in cols], fontsize=8)
+    axes[0].set_yticks(range(len(cols)), [c[len(SITE_PREFIX) :] for c in cols], fontsize=8)
     axes[0].set_ylabel("site")
     fig.suptitle("Share of trials choosing each method, per site, over the search")
     fig.colorbar(image, ax=list(axes), label="share of trials in chunk", shrink=0.9)
@@ -144,8 +155,15 @@ def plot_retrain(summary: pd.DataFrame, path: Path, test: str = "test_acc") -> P
     colors = ["C0" if str(p).startswith("searched") else "C7" for p in summary["plan"]]
     mean, err = summary[f"{test}_mean"], summary[f"{test}_se"].fillna(0.0)
     words = {"test_acc": "test accuracy", "test_ppl": "test perplexity"}.get(test, test)
-    ax.bar(x, mean, yerr=err, capsize=5, color=colors, edgecolor="black",
-           label=f"mean {words} +- 1 standard error over seeds")
+    ax.bar(
+        x,
+        mean,
+        yerr=err,
+        capsize=5,
+        color=colors,
+        edgecolor="black",
+        label=f"mean {words} +- 1 standard error over seeds",
+    )
     for xi, m in zip(x, mean):
         ax.annotate(f"{m:.4g}", (xi, m), xytext=(0, 3), textcoords="offset points", ha="left", fontsize=8)
     lo, hi = float((mean - err).min()), float((mean + err).max())

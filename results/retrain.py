@@ -4,6 +4,7 @@ The search only ever saw validation accuracy; this is where the held-out test se
 once per (plan, seed), so the comparison with the baselines is honest. Every plan trains on
 the same seeds (paired comparison) with the run's own training recipe.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,21 +72,34 @@ def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
             raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(f)} (plans of the final stage)")
         row = f.iloc[rank - 1]
         plan = Plan.from_json(str(row["plan_json"]))
-        plan.metadata = {**plan.metadata, o.metric: float(row["mean"]), o.se_column: _float_or_none(row["se"]),
-                         "trial_id": str(row["trial_id"]), "label": str(row["label"]), "rank": int(rank),
-                         "run": run.name, "searcher": run.searcher, "selected_by": "final"}
+        plan.metadata = {
+            **plan.metadata,
+            o.metric: float(row["mean"]),
+            o.se_column: _float_or_none(row["se"]),
+            "trial_id": str(row["trial_id"]),
+            "label": str(row["label"]),
+            "rank": int(rank),
+            "run": run.name,
+            "searcher": run.searcher,
+            "selected_by": "final",
+        }
         return plan
     df = run_or_df.trials if isinstance(run_or_df, Run) else run_or_df
     o = df.attrs.get("objective") or (run_or_df.objective if isinstance(run_or_df, Run) else Objective())
     table = ranked(df, o)
     if not 1 <= rank <= len(table):
-        raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(table)} (the run has {len(table)} "
-                         "ranked trials)")
+        raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(table)} (the run has {len(table)} ranked trials)")
     row = table.iloc[rank - 1]
     plan = Plan.from_json(str(row["plan_json"]))
-    plan.metadata = {**plan.metadata, o.metric: float(row[o.metric]), "trial_id": str(row["trial_id"]),
-                     "rank": int(rank), "run": str(row["run"]), "searcher": str(row["searcher"]),
-                     "selected_by": "search"}
+    plan.metadata = {
+        **plan.metadata,
+        o.metric: float(row[o.metric]),
+        "trial_id": str(row["trial_id"]),
+        "rank": int(rank),
+        "run": str(row["run"]),
+        "searcher": str(row["searcher"]),
+        "selected_by": "search",
+    }
     return plan
 
 
@@ -131,9 +145,11 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
             plans[f"searched#{k}"] = plan
     else:
         table = ranked(run.trials, run.objective)
-        searched = [int(r) for r, ref in zip(table["rank"], table["reference"]) if not ref][:cfg.top]
-        plans = {f"searched#{k}": plan_at_rank(run.trials.assign(run=run.name), rank)
-                 for k, rank in enumerate(searched, start=1)}
+        searched = [int(r) for r, ref in zip(table["rank"], table["reference"]) if not ref][: cfg.top]
+        plans = {
+            f"searched#{k}": plan_at_rank(run.trials.assign(run=run.name), rank)
+            for k, rank in enumerate(searched, start=1)
+        }
     if cfg.top and not plans:
         raise ValueError(f"top: bad value {cfg.top}; the run has no finished searched trial to retrain ({run.path})")
     if len(plans) < cfg.top:
@@ -145,8 +161,11 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         available = SearchSpace.from_dict(space).baseline_plans()
         skipped = [b for b in cfg.baselines if b not in available]
         if skipped:
-            log.warning("baselines %s do not apply to a Transformer; retraining %s", ", ".join(skipped),
-                        ", ".join(b for b in cfg.baselines if b in available))
+            log.warning(
+                "baselines %s do not apply to a Transformer; retraining %s",
+                ", ".join(skipped),
+                ", ".join(b for b in cfg.baselines if b in available),
+            )
         plans.update({b: available[b] for b in cfg.baselines if b in available})
     elif cfg.baselines:
         from child_trainer.trial import model_and_example
@@ -170,14 +189,26 @@ def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) ->
     test, val = test_metric(o), o.metric
     order = list(dict.fromkeys(rows["plan"]))
     g = rows.groupby("plan", sort=False)
-    out = pd.DataFrame({
-        "seeds": g.size(), "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
-        f"{test}_mean": g[test].mean(), f"{test}_std": g[test].std(ddof=1),
-        f"{test}_se": g[test].std(ddof=1) / np.sqrt(g[test].count()),
-        f"{val}_mean": g[val].mean(), "summary": g["summary"].first()}).reindex(order)
+    out = pd.DataFrame(
+        {
+            "seeds": g.size(),
+            "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
+            f"{test}_mean": g[test].mean(),
+            f"{test}_std": g[test].std(ddof=1),
+            f"{test}_se": g[test].std(ddof=1) / np.sqrt(g[test].count()),
+            f"{val}_mean": g[val].mean(),
+            "summary": g["summary"].first(),
+        }
+    ).reindex(order)
     out = out.reset_index().rename(columns={"index": "plan"})
-    out.insert(1, test, [f"{m:.4f} +- {s:.4f}" if not np.isnan(s) else f"{m:.4f}"
-                         for m, s in zip(out[f"{test}_mean"], out[f"{test}_se"])])
+    out.insert(
+        1,
+        test,
+        [
+            f"{m:.4f} +- {s:.4f}" if not np.isnan(s) else f"{m:.4f}"
+            for m, s in zip(out[f"{test}_mean"], out[f"{test}_se"])
+        ],
+    )
     return out
 
 
@@ -202,12 +233,29 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
         for seed in seeds:
             train = _train_config(run, cfg, seed)
             result = train_child(train, plan)
-            rows.append({"plan": label, "seed": seed, "train_size": train.get("train_size"), "status": result["status"],
-                         test: result.get(test, float("nan")), val: result.get(val, float("nan")),
-                         "epochs": result["epochs"], "seconds": result["seconds"], "message": result["message"],
-                         "summary": plan.summary()})
-            log.info("retrain %s seed %d: %s %s=%.4f (%.1fs)", label, seed, result["status"], test,
-                     rows[-1][test], result["seconds"])
+            rows.append(
+                {
+                    "plan": label,
+                    "seed": seed,
+                    "train_size": train.get("train_size"),
+                    "status": result["status"],
+                    test: result.get(test, float("nan")),
+                    val: result.get(val, float("nan")),
+                    "epochs": result["epochs"],
+                    "seconds": result["seconds"],
+                    "message": result["message"],
+                    "summary": plan.summary(),
+                }
+            )
+            log.info(
+                "retrain %s seed %d: %s %s=%.4f (%.1fs)",
+                label,
+                seed,
+                result["status"],
+                test,
+                rows[-1][test],
+                result["seconds"],
+            )
     per_seed = pd.DataFrame(rows)
     summary = summarize_retrain(per_seed, o)
     per_seed.to_csv(out_dir / "retrain.csv", index=False)

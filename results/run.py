@@ -4,6 +4,7 @@ Every command starts here, so every way a RUN_DIR can be wrong (missing, empty, 
 still running, corrupt files) is turned into one :class:`RunError` with a one-line message.
 A run that was interrupted is loaded with whatever trials it finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,18 @@ import pandas as pd
 
 from controller import run_folder as rf
 
-__all__ = ["RunError", "Run", "open_run", "open_runs", "load_run", "combined_trials", "SITE_PREFIX",
-           "OK_STATUSES", "FAILED_STATUSES", "BASELINE_GROUP"]
+__all__ = [
+    "RunError",
+    "Run",
+    "open_run",
+    "open_runs",
+    "load_run",
+    "combined_trials",
+    "SITE_PREFIX",
+    "OK_STATUSES",
+    "FAILED_STATUSES",
+    "BASELINE_GROUP",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +85,7 @@ class Run:
         groups = space.get("groups") if isinstance(space, dict) else None
         if groups:
             return [str(s) for _, members in groups for s in members]
-        return [c[len(SITE_PREFIX):] for c in self.trials.columns if c.startswith(SITE_PREFIX)]
+        return [c[len(SITE_PREFIX) :] for c in self.trials.columns if c.startswith(SITE_PREFIX)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -132,9 +143,11 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
     state = _read_json(state_path) if state_path.is_file() else {"status": "unknown"}
     status = state.get("status", "unknown")
     if status == "running" and not allow_running:
-        raise RunError(f"run still in progress ({state.get('completed', '?')}/{state.get('num_samples', '?')} "
-                       f"trials, run_state.json updated {state.get('updated_at', '?')}): {path}; wait for it "
-                       "to finish, or pass --allow-running if its process is gone")
+        raise RunError(
+            f"run still in progress ({state.get('completed', '?')}/{state.get('num_samples', '?')} "
+            f"trials, run_state.json updated {state.get('updated_at', '?')}): {path}; wait for it "
+            "to finish, or pass --allow-running if its process is gone"
+        )
     if status not in ("finished", "running"):
         log.warning("run %s has status %r: summarizing the trials it finished", path, status)
     try:
@@ -158,8 +171,10 @@ def open_runs(run_dirs: list[str | Path], allow_running: bool = False) -> list[R
     runs = [open_run(p, allow_running) for p in run_dirs]
     metrics = {(r.objective.metric, r.objective.mode) for r in runs}
     if len(metrics) > 1:
-        raise RunError(f"runs optimise different metrics ({', '.join(f'{m} {d}' for m, d in sorted(metrics))}); "
-                       "compare runs of one metric")
+        raise RunError(
+            f"runs optimise different metrics ({', '.join(f'{m} {d}' for m, d in sorted(metrics))}); "
+            "compare runs of one metric"
+        )
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same leaf name from different storage paths: disambiguate
         for r in runs:

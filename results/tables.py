@@ -3,6 +3,7 @@
 Each function takes the trials DataFrame (``run.combined_trials``) and returns a DataFrame, so
 the same numbers feed the text/markdown/csv output, the plots and a user's own notebook.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,19 @@ from controller import run_folder as rf
 
 from .run import FAILED_STATUSES, OK_STATUSES, SITE_PREFIX, Run
 
-__all__ = ["ranked", "objective_of", "top_plans", "final_table", "method_stats", "method_share_table", "searcher_comparison",
-           "failed_trials", "compute_cost", "render", "FORMATS"]
+__all__ = [
+    "ranked",
+    "objective_of",
+    "top_plans",
+    "final_table",
+    "method_stats",
+    "method_share_table",
+    "searcher_comparison",
+    "failed_trials",
+    "compute_cost",
+    "render",
+    "FORMATS",
+]
 
 FORMATS = ("text", "markdown", "csv")
 
@@ -40,8 +52,7 @@ def ranked(df: pd.DataFrame, objective: rf.Objective | None = None) -> pd.DataFr
 
 
 def _with_se(mean: pd.Series, se: pd.Series) -> list[str]:
-    return [f"{m:.4f} +- {s:.4f}" if pd.notna(s) else (f"{m:.4f}" if pd.notna(m) else "")
-            for m, s in zip(mean, se)]
+    return [f"{m:.4f} +- {s:.4f}" if pd.notna(s) else (f"{m:.4f}" if pd.notna(m) else "") for m, s in zip(mean, se)]
 
 
 def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
@@ -69,12 +80,19 @@ def final_table(run: Run) -> pd.DataFrame:
     o = run.objective
     f = run.final.copy()
     f = f.sort_values("mean", ascending=o.mode == "min", kind="stable").reset_index(drop=True)
-    return pd.DataFrame({
-        "rank": np.arange(1, len(f) + 1), "plan": f["label"], "kind": f["kind"], "seeds": f["seeds"],
-        f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
-        "vs best baseline": _with_se(f["diff_vs_best_baseline"], f["diff_se"]),
-        "z": f["z"], "chosen": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
-        "methods": f["methods"]})
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(f) + 1),
+            "plan": f["label"],
+            "kind": f["kind"],
+            "seeds": f["seeds"],
+            f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
+            "vs best baseline": _with_se(f["diff_vs_best_baseline"], f["diff_se"]),
+            "z": f["z"],
+            "chosen": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
+            "methods": f["methods"],
+        }
+    )
 
 
 def _site_columns(df: pd.DataFrame) -> list[str]:
@@ -92,9 +110,17 @@ def method_stats(df: pd.DataFrame) -> pd.DataFrame:
     site_cols = _site_columns(df)
     if "reference" in df.columns:
         df = df[~df["reference"].astype(bool)]
-    long = pd.concat([pd.DataFrame({"site": c[len(SITE_PREFIX):], "method": df[c].astype(str),
-                                    "reward": df["reward"]}) for c in site_cols], ignore_index=True) \
-        if site_cols and len(df) else pd.DataFrame(columns=["site", "method", "reward"])
+    long = (
+        pd.concat(
+            [
+                pd.DataFrame({"site": c[len(SITE_PREFIX) :], "method": df[c].astype(str), "reward": df["reward"]})
+                for c in site_cols
+            ],
+            ignore_index=True,
+        )
+        if site_cols and len(df)
+        else pd.DataFrame(columns=["site", "method", "reward"])
+    )
     for label, part in [(s, long[long["site"] == s]) for s in long["site"].unique()] + [("(all sites)", long)]:
         if not len(part):
             continue
@@ -112,8 +138,10 @@ def method_share_table(stats: pd.DataFrame) -> pd.DataFrame:
     """Compact pivot of :func:`method_stats`: one row per site, cell = "share% / mean reward"."""
     if not len(stats):
         return pd.DataFrame()
-    cell = [f"{s:.0%} / {r:.3f}" if not math.isnan(r) else f"{s:.0%} / -"
-            for s, r in zip(stats["share"], stats["mean_reward"])]
+    cell = [
+        f"{s:.0%} / {r:.3f}" if not math.isnan(r) else f"{s:.0%} / -"
+        for s, r in zip(stats["share"], stats["mean_reward"])
+    ]
     pivot = stats.assign(cell=cell).pivot(index="site", columns="method", values="cell").fillna("")
     order = list(dict.fromkeys(stats["site"]))
     return pivot.reindex(order).reset_index().rename_axis(columns=None)
@@ -140,14 +168,29 @@ def searcher_comparison(df: pd.DataFrame) -> pd.DataFrame:
     for group, part in df.groupby(key, sort=True):
         part = part.sort_values("order", kind="stable")
         rewards = part["reward"].astype(float)
-        rows.append({"searcher": group, "trials": len(part),
-                     "failed": int(part["status"].isin(FAILED_STATUSES).sum()),
-                     "mean_reward": float(rewards.mean()) if len(rewards) else float("nan"),
-                     "first_quarter_reward": _quarter_mean(rewards.dropna(), last=False),
-                     "last_quarter_reward": _quarter_mean(rewards.dropna(), last=True),
-                     o.best_column: _best(part[part["status"].isin(OK_STATUSES)][o.metric], o)})
-    return pd.DataFrame(rows, columns=["searcher", "trials", "failed", "mean_reward", "first_quarter_reward",
-                                       "last_quarter_reward", o.best_column])
+        rows.append(
+            {
+                "searcher": group,
+                "trials": len(part),
+                "failed": int(part["status"].isin(FAILED_STATUSES).sum()),
+                "mean_reward": float(rewards.mean()) if len(rewards) else float("nan"),
+                "first_quarter_reward": _quarter_mean(rewards.dropna(), last=False),
+                "last_quarter_reward": _quarter_mean(rewards.dropna(), last=True),
+                o.best_column: _best(part[part["status"].isin(OK_STATUSES)][o.metric], o),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "searcher",
+            "trials",
+            "failed",
+            "mean_reward",
+            "first_quarter_reward",
+            "last_quarter_reward",
+            o.best_column,
+        ],
+    )
 
 
 def _best(values: pd.Series, o: rf.Objective) -> float:
@@ -197,15 +240,25 @@ def compute_cost(runs: list[Run]) -> pd.DataFrame:
         cpus = _resource(args, "cpu", "cpus_per_trial", default=1.0)
         gpus = _resource(args, "gpu", "gpus_per_trial", default=float("nan"))
         seconds = float(run.trials["seconds"].fillna(0).sum())
-        rows.append({"run": run.name, "status": run.status, "trials": len(run.trials),
-                     "trial_hours": seconds / 3600.0, "cpus_per_trial": cpus, "gpus_per_trial": gpus,
-                     "cpu_hours": seconds * cpus / 3600.0, "gpu_hours": seconds * gpus / 3600.0,
-                     "wall_hours": _wall_hours(run)})
+        rows.append(
+            {
+                "run": run.name,
+                "status": run.status,
+                "trials": len(run.trials),
+                "trial_hours": seconds / 3600.0,
+                "cpus_per_trial": cpus,
+                "gpus_per_trial": gpus,
+                "cpu_hours": seconds * cpus / 3600.0,
+                "gpu_hours": seconds * gpus / 3600.0,
+                "wall_hours": _wall_hours(run),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _markdown(df: pd.DataFrame) -> str:
     """GitHub table without the optional ``tabulate`` dependency."""
+
     def fmt(v: object) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.4g}"

@@ -39,6 +39,7 @@ applied to the output of the nearest enclosing residual block of the site, i.e. 
 residual stream after the skip connection is added. It has no effect for a site that is not
 inside a residual block.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,8 +76,7 @@ def is_residual_block(module: nn.Module) -> bool:
     if type(module).__module__.startswith(_layers.__name__):
         return False
     name = type(module).__name__
-    return (name.endswith(("Block", "Bottleneck")) or hasattr(module, "downsample")
-            or hasattr(module, "shortcut"))
+    return name.endswith(("Block", "Bottleneck")) or hasattr(module, "downsample") or hasattr(module, "shortcut")
 
 
 def _named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -120,8 +120,7 @@ def find_sites(model: nn.Module) -> list[str]:
     """BatchNorm2d (and SyncBatchNorm) outputs and residual-block outputs, in module order,
     then the Transformer sites (`transformer_sites`). BatchNorm1d is left out: its (N, F)
     output only suits plain dropout."""
-    conv = [name for name, m in _named_modules(model)
-            if name and (isinstance(m, _SITE_NORMS) or is_residual_block(m))]
+    conv = [name for name, m in _named_modules(model) if name and (isinstance(m, _SITE_NORMS) or is_residual_block(m))]
     return conv + [s for s in transformer_sites(model) if s not in conv]
 
 
@@ -148,9 +147,11 @@ def check_sites(model: nn.Module, sites: Iterable[str]) -> None:
     for site in sites:
         if site not in names:
             hint = find_sites(model)
-            raise PlanError(f"sites[{site!r}]: unknown site, no such module in "
-                            f"{type(model).__name__}; allowed: module paths, e.g. "
-                            f"{hint[:8]}{'...' if len(hint) > 8 else ''}")
+            raise PlanError(
+                f"sites[{site!r}]: unknown site, no such module in "
+                f"{type(model).__name__}; allowed: module paths, e.g. "
+                f"{hint[:8]}{'...' if len(hint) > 8 else ''}"
+            )
 
 
 # ---------------------------------------------------------------------- holders and hook
@@ -209,15 +210,29 @@ class RegularizedMultiheadAttention(nn.MultiheadAttention):
     (masks, dropout on the weights, need_weights) and the projections regularized.
     """
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         regs = self._modules.get(QKV_ATTR)
         if not self.training or regs is None or not any(_active(r) for r in regs.values()):
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
-                                   need_weights=need_weights, attn_mask=attn_mask,
-                                   average_attn_weights=average_attn_weights, is_causal=is_causal)
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
         unbatched = query.dim() == 2
         if unbatched:
             bdim = 0 if self.batch_first else 1
@@ -225,8 +240,9 @@ class RegularizedMultiheadAttention(nn.MultiheadAttention):
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        out, weights = _regularized_attention(self, regs, query, key, value, key_padding_mask, need_weights,
-                                              attn_mask, average_attn_weights, is_causal)
+        out, weights = _regularized_attention(
+            self, regs, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+        )
         if not self.batch_first:
             out = out.transpose(0, 1)
         if unbatched:
@@ -247,10 +263,18 @@ def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tenso
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
 
 
-def _regularized_attention(m: nn.MultiheadAttention, regs: nn.ModuleDict, query: torch.Tensor, key: torch.Tensor,
-                           value: torch.Tensor, key_padding_mask: torch.Tensor | None, need_weights: bool,
-                           attn_mask: torch.Tensor | None, average_attn_weights: bool,
-                           is_causal: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _regularized_attention(
+    m: nn.MultiheadAttention,
+    regs: nn.ModuleDict,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    need_weights: bool,
+    attn_mask: torch.Tensor | None,
+    average_attn_weights: bool,
+    is_causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batch-first attention with regularized projections; inputs (B, T, E), (B, S, kdim/vdim)."""
     b, t, e = query.shape
     s, h = key.shape[1], m.num_heads
@@ -368,17 +392,22 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     """
     if not isinstance(plan, Plan):
         raise PlanError(f"plan: bad value of type {type(plan).__name__}; allowed: a Plan")
-    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                    or total_steps < 0):
+    if total_steps is not None and (
+        isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0
+    ):
         raise ValueError(f"total_steps: bad value {total_steps!r}; allowed: None or an int >= 0")
     check_sites(model, plan.sites)
     named = list(_named_modules(model))
     modules = dict(named)
-    ramps = {site: float(spec.params.get("ramp", plan.ramp_fraction)) for site, spec in plan.sites.items()
-             if spec.method != "none"}
+    ramps = {
+        site: float(spec.params.get("ramp", plan.ramp_fraction))
+        for site, spec in plan.sites.items()
+        if spec.method != "none"
+    }
     if total_steps is None and any(r > 0 for r in ramps.values()):
-        log.warning("ramps of %s ignored: apply_plan got no total_steps",
-                    ", ".join(s for s, r in ramps.items() if r > 0))
+        log.warning(
+            "ramps of %s ignored: apply_plan got no total_steps", ", ".join(s for s, r in ramps.items() if r > 0)
+        )
 
     def steps(site: str) -> int | None:
         ramp = ramps[site]
@@ -398,8 +427,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
         if spec.method == "disout":
             conv = _next_conv(named, site)
             if conv is None:
-                log.info("site %s: no following convolution; Disout uses its constant weight",
-                         site)
+                log.info("site %s: no following convolution; Disout uses its constant weight", site)
             else:
                 object.__setattr__(layer, _BEHIND, conv)
         own.append((site, _ramped(layer, steps(site), site)))
@@ -408,8 +436,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
             if block is None:
                 log.info("site %s: residual=True but no enclosing residual block", site)
             else:
-                residual.append((block, _ramped(_build(site, spec), steps(site),
-                                                site + _RESIDUAL_SUFFIX)))
+                residual.append((block, _ramped(_build(site, spec), steps(site), site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones
         if _is_virtual(path):
@@ -427,16 +454,21 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
 def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
     """Fail early (not in the first forward) when a method cannot run on the site's shape."""
     if sequence and method not in SEQUENCE_METHODS:
-        raise PlanError(f"sites[{site!r}].method: bad value {method!r} at a Transformer (N, T, C) site; "
-                        f"allowed: {list(SEQUENCE_METHODS)}")
+        raise PlanError(
+            f"sites[{site!r}].method: bad value {method!r} at a Transformer (N, T, C) site; "
+            f"allowed: {list(SEQUENCE_METHODS)}"
+        )
     if not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
-        raise PlanError(f"sites[{site!r}].method: bad value {method!r} at an (N, C, H, W) site; "
-                        f"allowed: {list(CONV_METHODS)}")
+        raise PlanError(
+            f"sites[{site!r}].method: bad value {method!r} at an (N, C, H, W) site; allowed: {list(CONV_METHODS)}"
+        )
     if _is_virtual(site):
         mha = modules[site.rsplit(":", 1)[0]]
         if mha.bias_k is not None or mha.add_zero_attn:  # type: ignore[union-attr]
-            raise PlanError(f"sites[{site!r}]: q/k/v sites need a MultiheadAttention without add_bias_kv "
-                            "and add_zero_attn; allowed: the attention output and feed-forward sites")
+            raise PlanError(
+                f"sites[{site!r}]: q/k/v sites need a MultiheadAttention without add_bias_kv "
+                "and add_zero_attn; allowed: the attention output and feed-forward sites"
+            )
 
 
 def _batch_first(modules: dict[str, nn.Module], site: str) -> bool:
@@ -453,8 +485,7 @@ def _ramped(layer: nn.Module, nr_steps: int | None, key: str) -> nn.Module:
     reg = layer
     if nr_steps is not None:
         attr = type(layer).prob_attr
-        reg = _layers.LinearScheduler(layer, start_value=0.0, stop_value=getattr(layer, attr),
-                                      nr_steps=nr_steps)
+        reg = _layers.LinearScheduler(layer, start_value=0.0, stop_value=getattr(layer, attr), nr_steps=nr_steps)
         setattr(layer, attr, 0.0)
     if _BEHIND in layer.__dict__ and reg is not layer:
         object.__setattr__(reg, _BEHIND, layer.__dict__[_BEHIND])
@@ -485,10 +516,9 @@ def site_channels(module: nn.Module) -> int | None:
 def _next_conv(named: list[tuple[str, nn.Module]], site: str) -> _ConvNd | None:
     index = next(i for i, (name, _) in enumerate(named) if name == site)
     channels = site_channels(named[index][1])
-    for name, m in named[index + 1:]:
+    for name, m in named[index + 1 :]:
         # A grouped/depthwise conv's weight is (C_out, C_in/groups, ...), not one row per input
         # channel: skip it (e.g. MobileNet) and take the next dense conv on these channels.
-        if (not name.startswith(site + ".") and isinstance(m, _ConvNd)
-                and m.in_channels == channels and m.groups == 1):
+        if not name.startswith(site + ".") and isinstance(m, _ConvNd) and m.in_channels == channels and m.groups == 1:
             return m
     return None

@@ -18,6 +18,7 @@ sites with the same spatial size) and block sizes are clamped or scaled to the m
 
 A model whose last stage(s) hold no batch-norm site uses every 4-D site of those stages.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,9 @@ def _bn_or_all(model: nn.Module, sites: list[str], shortcuts: bool) -> list[str]
     return chosen or sites
 
 
-def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_name: str = "",
-                   names: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+def baseline_plans(
+    model: nn.Module, sites: list[str], x: torch.Tensor, model_name: str = "", names: tuple[str, ...] = BASELINES
+) -> dict[str, Any]:
     """The baseline plans for ``model`` (unregularized) given one input batch ``x``.
 
     Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
@@ -95,17 +97,41 @@ def baseline_plans(model: nn.Module, sites: list[str], x: torch.Tensor, model_na
 
     out = {
         "none": plan({}, 0.0, "none: no regularization"),
-        "dropout": plan({s: SiteSpec("dropout", {"drop_prob": 0.1}) for s in block_sites}, 0.0,
-                        "dropout p=0.1 at the DropBlock sites"),
-        "dropblock": plan({s: SiteSpec("dropblock", {
-            "drop_prob": DROPBLOCK["drop_prob"], "block_size": min(DROPBLOCK["block_size"], side(s)),
-            "share_channels": False}) for s in block_sites}, 1.0,
-            "DropBlock paper: keep_prob 0.9, block 7 clamped, last two stages + shortcuts, ramped"),
-        "disout": plan({s: SiteSpec("disout", {
-            "dist_prob": DISOUT["dist_prob"], "alpha": DISOUT["alpha"],
-            "block_size": max(1, round(DISOUT["block_size"] * side(s) / DISOUT["paper_map"]))})
-            for s in disout_sites}, 1.0,
-            "Disout paper: dist_prob 0.09, block 6/8 of the map, alpha 5, last stage, ramped"),
+        "dropout": plan(
+            {s: SiteSpec("dropout", {"drop_prob": 0.1}) for s in block_sites},
+            0.0,
+            "dropout p=0.1 at the DropBlock sites",
+        ),
+        "dropblock": plan(
+            {
+                s: SiteSpec(
+                    "dropblock",
+                    {
+                        "drop_prob": DROPBLOCK["drop_prob"],
+                        "block_size": min(DROPBLOCK["block_size"], side(s)),
+                        "share_channels": False,
+                    },
+                )
+                for s in block_sites
+            },
+            1.0,
+            "DropBlock paper: keep_prob 0.9, block 7 clamped, last two stages + shortcuts, ramped",
+        ),
+        "disout": plan(
+            {
+                s: SiteSpec(
+                    "disout",
+                    {
+                        "dist_prob": DISOUT["dist_prob"],
+                        "alpha": DISOUT["alpha"],
+                        "block_size": max(1, round(DISOUT["block_size"] * side(s) / DISOUT["paper_map"])),
+                    },
+                )
+                for s in disout_sites
+            },
+            1.0,
+            "Disout paper: dist_prob 0.09, block 6/8 of the map, alpha 5, last stage, ramped",
+        ),
     }
     for name in names:
         log.info("baseline %s: %s", name, out[name].summary())
@@ -132,8 +158,9 @@ def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
             continue
         module = model.get_submodule(site)
-        handles.append(module.register_forward_hook(
-            lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape))))
+        handles.append(
+            module.register_forward_hook(lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape)))
+        )
     was_training = model.training
     model.eval()
     try:

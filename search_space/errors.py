@@ -4,6 +4,7 @@ Every check in the project (plans, layers, configs, the search API, the CLIs) ra
 ``FieldError`` (a ValueError) that also carries the field's name, so a command line can
 name its own flag (``--epochs``) without parsing the message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ class FieldError(ValueError):
 
     def renamed(self, field: str) -> "FieldError":
         """The same error under another name (e.g. a command-line flag)."""
-        text = str(self)[len(self.field):]
+        text = str(self)[len(self.field) :]
         err = FieldError(field, self.value, self.allowed)
         err.args = (field + text,)
         return err
@@ -41,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
     value X; allowed: Y``, exit status 2 (not the whole usage text)."""
 
     def error(self, message: str) -> NoReturn:
-        message = message[len("argument "):] if message.startswith("argument ") else message
+        message = message[len("argument ") :] if message.startswith("argument ") else message
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 

@@ -1,6 +1,7 @@
 """Atomic text writes: every file a search or a user keeps (plans, trial tables, controller
 history) is written to a temp file in the same folder and renamed over the target, so a
 reader or a crash never sees half a file."""
+
 from __future__ import annotations
 
 import os

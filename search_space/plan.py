@@ -4,6 +4,7 @@ A plan is what a search exports and a user reuses, so it is a versioned, human-r
 document, and every way it can be wrong is reported with the field, the bad value and what
 is allowed (`PlanError`) instead of failing later inside training.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":
         if not isinstance(d, dict):
-            raise PlanError(f"plan: bad value {_short(d)}; allowed: a JSON object with keys "
-                            f"{list(_TOP_KEYS)}")
+            raise PlanError(f"plan: bad value {_short(d)}; allowed: a JSON object with keys {list(_TOP_KEYS)}")
         unknown = sorted(set(d) - set(_TOP_KEYS))
         if unknown:
             raise PlanError(f"plan.{unknown[0]}: unknown field; allowed: {list(_TOP_KEYS)}")
@@ -78,33 +78,42 @@ class Plan:
                 raise PlanError(f"plan.{key}: missing; allowed: {list(_TOP_KEYS)}")
         version = d["format_version"]
         if version != PLAN_FORMAT_VERSION or isinstance(version, bool):
-            raise PlanError(f"plan.format_version: bad value {version!r}; allowed: "
-                            f"{PLAN_FORMAT_VERSION}")
+            raise PlanError(f"plan.format_version: bad value {version!r}; allowed: {PLAN_FORMAT_VERSION}")
         sites = d["sites"]
         if not isinstance(sites, dict):
-            raise PlanError(f"plan.sites: bad value {_short(sites)}; allowed: an object "
-                            "mapping site paths to {\"method\": ..., \"params\": {...}}")
+            raise PlanError(
+                f"plan.sites: bad value {_short(sites)}; allowed: an object "
+                'mapping site paths to {"method": ..., "params": {...}}'
+            )
         specs = {}
         for site, spec in sites.items():
             if not isinstance(spec, dict) or set(spec) - {"method", "params"} or "method" not in spec:
-                raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: an object "
-                                "with keys \"method\" and \"params\"")
+                raise PlanError(
+                    f'sites[{site!r}]: bad value {_short(spec)}; allowed: an object with keys "method" and "params"'
+                )
             params = spec.get("params", {})
             if not isinstance(params, dict):
-                raise PlanError(f"sites[{site!r}].params: bad value {_short(params)}; "
-                                "allowed: an object of parameter values")
+                raise PlanError(
+                    f"sites[{site!r}].params: bad value {_short(params)}; allowed: an object of parameter values"
+                )
             specs[site] = SiteSpec(spec["method"], dict(params))
-        return cls(specs, model=d.get("model", ""),
-                   space_version=d.get("space_version", SPACE_VERSION),
-                   ramp_fraction=d.get("ramp_fraction", 0.0), metadata=d.get("metadata", {}))
+        return cls(
+            specs,
+            model=d.get("model", ""),
+            space_version=d.get("space_version", SPACE_VERSION),
+            ramp_fraction=d.get("ramp_fraction", 0.0),
+            metadata=d.get("metadata", {}),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PlanError(f"plan JSON: malformed ({e.msg} at line {e.lineno} column {e.colno});"
-                            " allowed: a JSON object as written by Plan.to_json()") from None
+            raise PlanError(
+                f"plan JSON: malformed ({e.msg} at line {e.lineno} column {e.colno});"
+                " allowed: a JSON object as written by Plan.to_json()"
+            ) from None
         return cls.from_dict(d)
 
     @classmethod
@@ -123,8 +132,7 @@ class Plan:
             "model": self.model,
             "ramp_fraction": self.ramp_fraction,
             "metadata": dict(self.metadata),
-            "sites": {s: {"method": sp.method, "params": dict(sp.params)}
-                      for s, sp in self.sites.items()},
+            "sites": {s: {"method": sp.method, "params": dict(sp.params)} for s, sp in self.sites.items()},
         }
 
     def to_json(self) -> str:
@@ -145,8 +153,9 @@ class Plan:
         for site, spec in self.sites.items():
             if spec.method == "none":
                 continue
-            args = ",".join(f"{PARAM_SHORT.get(k, k)}={_fmt(v)}" for k, v in spec.params.items()
-                            if not (k == "ramp" and v == 0))  # constant: the usual case, unsaid
+            args = ",".join(
+                f"{PARAM_SHORT.get(k, k)}={_fmt(v)}" for k, v in spec.params.items() if not (k == "ramp" and v == 0)
+            )  # constant: the usual case, unsaid
             parts.append(f"{site}={spec.method}({args})")
         return " ".join(parts) if parts else "none"
 
@@ -154,8 +163,10 @@ class Plan:
 # --------------------------------------------------------------------- validation
 def _validate(plan: Plan) -> None:
     if plan.space_version not in COMPATIBLE_SPACE_VERSIONS:
-        raise PlanError(f"plan.space_version: bad value {plan.space_version!r}; allowed: "
-                        f"{', '.join(map(repr, COMPATIBLE_SPACE_VERSIONS))} (this code's search-space versions)")
+        raise PlanError(
+            f"plan.space_version: bad value {plan.space_version!r}; allowed: "
+            f"{', '.join(map(repr, COMPATIBLE_SPACE_VERSIONS))} (this code's search-space versions)"
+        )
     plan.space_version = SPACE_VERSION  # older plans mean the same today
     if not isinstance(plan.model, str):
         raise PlanError(f"plan.model: bad value {_short(plan.model)}; allowed: a string")
@@ -168,16 +179,15 @@ def _validate(plan: Plan) -> None:
     try:
         json.dumps(plan.metadata, allow_nan=False)
     except (TypeError, ValueError):
-        raise PlanError(f"plan.metadata: bad value {_short(plan.metadata)}; allowed: JSON "
-                        "values only (no NaN/inf, no objects)") from None
+        raise PlanError(
+            f"plan.metadata: bad value {_short(plan.metadata)}; allowed: JSON values only (no NaN/inf, no objects)"
+        ) from None
     if not isinstance(plan.sites, dict):
-        raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of "
-                        "site path -> SiteSpec")
+        raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of site path -> SiteSpec")
     sites = {}
     for site, spec in plan.sites.items():
         if not isinstance(site, str) or not site or any(not p for p in site.split(".")):
-            raise PlanError(f"plan.sites: bad site path {site!r}; allowed: a dotted module "
-                            "path such as 'layer1.0.bn1'")
+            raise PlanError(f"plan.sites: bad site path {site!r}; allowed: a dotted module path such as 'layer1.0.bn1'")
         if not isinstance(spec, SiteSpec):
             raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: a SiteSpec")
         # a new SiteSpec: the caller's (maybe shared by several plans) stays as it was
@@ -187,29 +197,31 @@ def _validate(plan: Plan) -> None:
 
 def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[str, ParamValue]:
     if spec.method not in VOCAB:
-        raise PlanError(f"sites[{site!r}].method: bad value {spec.method!r}; allowed: "
-                        f"{list(METHODS)}")
+        raise PlanError(f"sites[{site!r}].method: bad value {spec.method!r}; allowed: {list(METHODS)}")
     table = VOCAB[spec.method]
     if not isinstance(spec.params, dict):
-        raise PlanError(f"sites[{site!r}].params: bad value {_short(spec.params)}; "
-                        "allowed: a dict of parameter values")
+        raise PlanError(f"sites[{site!r}].params: bad value {_short(spec.params)}; allowed: a dict of parameter values")
     unknown = sorted(set(spec.params) - set(table), key=str)
     if unknown:
-        raise PlanError(f"sites[{site!r}].params.{unknown[0]}: unknown parameter of method "
-                        f"{spec.method!r}; allowed: {list(table)}")
+        raise PlanError(
+            f"sites[{site!r}].params.{unknown[0]}: unknown parameter of method {spec.method!r}; allowed: {list(table)}"
+        )
     missing = [p for p in table if p not in spec.params and p not in OPTIONAL_PARAMS]
     if missing:
-        raise PlanError(f"sites[{site!r}].params.{missing[0]}: missing for method "
-                        f"{spec.method!r}; allowed: {list(table[missing[0]])} (required: "
-                        f"{list(table)})")
+        raise PlanError(
+            f"sites[{site!r}].params.{missing[0]}: missing for method "
+            f"{spec.method!r}; allowed: {list(table[missing[0]])} (required: "
+            f"{list(table)})"
+        )
     # A site without its own ramp follows the plan-wide ramp_fraction (plans from before the
     # schedule was searched): canonical form = every parameter present, in table order, so
     # equal plans compare and print identically.
     params = dict(spec.params)
     if "ramp" in table and "ramp" not in params:
         params["ramp"] = ramp_fraction
-    return {p: check_value(f"sites[{site!r}].params.{p}", p, choices, params[p], PlanError)
-            for p, choices in table.items()}
+    return {
+        p: check_value(f"sites[{site!r}].params.{p}", p, choices, params[p], PlanError) for p, choices in table.items()
+    }
 
 
 def _short(value: Any) -> str:

@@ -7,6 +7,7 @@ Decisions that do not belong to the chosen method are *inactive*: `decode` ignor
 `encode` writes 0 there, and `active_mask` marks them False so the controller leaves them
 out of its log-probability and entropy. The controller only ever sees token indices.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,29 +50,37 @@ def block_of(model: nn.Module) -> Callable[[str], str]:
     Transformer layer maps to ``<layer path>.*`` (``blocks.1.attn.q_proj`` -> ``blocks.1.*``,
     ``1.layers.0.self_attn:q`` -> ``1.layers.0.*``), so each block gets one decision set; an
     embedding site (or any other) is its own group."""
-    owners = {site: owner for site, owner in transformer_site_blocks(model).items()
-              if owner and owner != site and site.startswith(owner)}
+    owners = {
+        site: owner
+        for site, owner in transformer_site_blocks(model).items()
+        if owner and owner != site and site.startswith(owner)
+    }
     return lambda site: owners[site] + ".*" if site in owners else site
 
 
 class SearchSpace:
     """Decisions for a fixed list of site groups; see the module docstring."""
 
-    def __init__(self, groups: Sequence[tuple[str, Sequence[str]]],
-                 methods: Sequence[str] | None = None, model: str = "",
-                 share: str | None = None, ramp_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        groups: Sequence[tuple[str, Sequence[str]]],
+        methods: Sequence[str] | None = None,
+        model: str = "",
+        share: str | None = None,
+        ramp_fraction: float = 0.0,
+    ) -> None:
         methods = tuple(CONV_METHODS if methods is None else methods)
         for m in methods:
             if m not in VOCAB:
                 raise PlanError(f"methods: bad value {m!r}; allowed: {list(METHODS)}")
         if not methods or len(set(methods)) != len(methods):
-            raise PlanError(f"methods: bad value {list(methods)}; allowed: a non-empty list of "
-                            f"distinct names from {list(METHODS)}")
+            raise PlanError(
+                f"methods: bad value {list(methods)}; allowed: a non-empty list of distinct names from {list(METHODS)}"
+            )
         self.groups: list[tuple[str, tuple[str, ...]]] = [(k, tuple(s)) for k, s in groups]
         self.sites: list[str] = [s for _, members in self.groups for s in members]
         if not self.sites or len(set(self.sites)) != len(self.sites):
-            raise PlanError(f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of "
-                            "distinct module paths")
+            raise PlanError(f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of distinct module paths")
         self.methods = methods
         self.model = model
         self.share = share
@@ -90,10 +99,15 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def for_model(cls, model: nn.Module, sites: Sequence[str] | None = None,
-                  share: str | Callable[[str], str] | None = None,
-                  methods: Sequence[str] | None = None, model_name: str = "",
-                  ramp_fraction: float = 0.0) -> "SearchSpace":
+    def for_model(
+        cls,
+        model: nn.Module,
+        sites: Sequence[str] | None = None,
+        share: str | Callable[[str], str] | None = None,
+        methods: Sequence[str] | None = None,
+        model_name: str = "",
+        ramp_fraction: float = 0.0,
+    ) -> "SearchSpace":
         """Space over `sites` (default `find_sites(model)`; for a model with Transformer
         layers, its Transformer sites only).
 
@@ -127,8 +141,9 @@ class SearchSpace:
     def uniform_plan(self, method: str, **params: ParamValue) -> Plan:
         """The same SiteSpec at every site of the space (e.g. the baselines ``none`` and
         ``dropout`` 0.1 everywhere: ``space.uniform_plan("dropout", drop_prob=0.1)``)."""
-        return Plan({s: SiteSpec(method, dict(params)) for s in self.sites}, model=self.model,
-                    ramp_fraction=self.ramp_fraction)
+        return Plan(
+            {s: SiteSpec(method, dict(params)) for s in self.sites}, model=self.model, ramp_fraction=self.ramp_fraction
+        )
 
     def baseline_plans(self) -> dict[str, Plan]:
         """Hand-set plans a search is compared with: "none" everywhere and "dropout" 0.1
@@ -136,9 +151,14 @@ class SearchSpace:
         return {"none": self.uniform_plan("none"), "dropout": self.uniform_plan("dropout", drop_prob=0.1)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"space_version": SPACE_VERSION, "model": self.model, "share": self.share,
-                "methods": list(self.methods), "ramp_fraction": self.ramp_fraction,
-                "groups": [[k, list(members)] for k, members in self.groups]}
+        return {
+            "space_version": SPACE_VERSION,
+            "model": self.model,
+            "share": self.share,
+            "methods": list(self.methods),
+            "ramp_fraction": self.ramp_fraction,
+            "groups": [[k, list(members)] for k, members in self.groups],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
@@ -146,10 +166,14 @@ class SearchSpace:
         if not isinstance(d, dict) or "groups" not in d:
             raise PlanError(f"space: bad value {str(d)[:60]}; allowed: SearchSpace.to_dict() output")
         if d.get("space_version") != SPACE_VERSION:
-            raise PlanError(f"space.space_version: bad value {d.get('space_version')!r}; "
-                            f"allowed: {SPACE_VERSION!r}")
-        return cls([(k, members) for k, members in d["groups"]], d.get("methods"),
-                   d.get("model", ""), d.get("share"), d.get("ramp_fraction", 0.0))
+            raise PlanError(f"space.space_version: bad value {d.get('space_version')!r}; allowed: {SPACE_VERSION!r}")
+        return cls(
+            [(k, members) for k, members in d["groups"]],
+            d.get("methods"),
+            d.get("model", ""),
+            d.get("share"),
+            d.get("ramp_fraction", 0.0),
+        )
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -165,21 +189,19 @@ class SearchSpace:
             raise ValueError(f"tokens: bad length {len(tokens)}; allowed: {len(self.decisions)}")
         for i, (t, d) in enumerate(zip(tokens, self.decisions)):
             if not 0 <= t < len(d.choices):
-                raise ValueError(f"tokens[{i}] ({d.site} {d.param}): bad value {t}; allowed: "
-                                 f"0..{len(d.choices) - 1}")
+                raise ValueError(f"tokens[{i}] ({d.site} {d.param}): bad value {t}; allowed: 0..{len(d.choices) - 1}")
         return tokens
 
     def _group_slices(self, tokens: list[int]):
         for g, (key, members) in enumerate(self.groups):
-            yield key, members, tokens[g * self._per_group:(g + 1) * self._per_group]
+            yield key, members, tokens[g * self._per_group : (g + 1) * self._per_group]
 
     def decode(self, tokens: Sequence[int]) -> Plan:
         tokens = self._check_tokens(tokens)
         sites: dict[str, SiteSpec] = {}
         for _, members, tok in self._group_slices(tokens):
             method = self.methods[tok[0]]
-            params = {p: self._choices[p][tok[1 + self.param_names.index(p)]]
-                      for p in VOCAB[method]}
+            params = {p: self._choices[p][tok[1 + self.param_names.index(p)]] for p in VOCAB[method]}
             for s in members:
                 sites[s] = SiteSpec(method, dict(params))
         return Plan(sites, model=self.model, ramp_fraction=self.ramp_fraction)
@@ -192,26 +214,31 @@ class SearchSpace:
         extra = [s for s in plan.sites if s not in set(self.sites)]
         if missing or extra:
             bad = missing[0] if missing else extra[0]
-            raise PlanError(f"plan.sites: site {bad!r} is {'missing' if missing else 'unknown'}"
-                            f"; allowed: exactly the space's sites {self.sites[:6]}"
-                            f"{'...' if len(self.sites) > 6 else ''}")
+            raise PlanError(
+                f"plan.sites: site {bad!r} is {'missing' if missing else 'unknown'}"
+                f"; allowed: exactly the space's sites {self.sites[:6]}"
+                f"{'...' if len(self.sites) > 6 else ''}"
+            )
         tokens: list[int] = []
         for key, members, _ in self._group_slices([0] * len(self.decisions)):
             spec = plan.sites[members[0]]
             for s in members[1:]:
                 if plan.sites[s] != spec:
-                    raise PlanError(f"sites[{s!r}]: bad value {plan.sites[s]}; allowed: the same "
-                                    f"spec as {members[0]!r} (both share decisions {key!r})")
+                    raise PlanError(
+                        f"sites[{s!r}]: bad value {plan.sites[s]}; allowed: the same "
+                        f"spec as {members[0]!r} (both share decisions {key!r})"
+                    )
             if spec.method not in self.methods:
-                raise PlanError(f"sites[{members[0]!r}].method: bad value {spec.method!r}; "
-                                f"allowed in this space: {list(self.methods)}")
+                raise PlanError(
+                    f"sites[{members[0]!r}].method: bad value {spec.method!r}; "
+                    f"allowed in this space: {list(self.methods)}"
+                )
             group = [self.methods.index(spec.method)] + [0] * len(self.param_names)
             params = dict(spec.params)
             if "ramp" in VOCAB[spec.method] and "ramp" not in params:  # a plan-wide ramp
                 params["ramp"] = plan.ramp_fraction
             for p, v in params.items():
-                group[1 + self.param_names.index(p)] = _index(
-                    self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
+                group[1 + self.param_names.index(p)] = _index(self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
             tokens += group
         return tokens
 
@@ -231,13 +258,14 @@ class SearchSpace:
         return self.decode(self.random_tokens(np.random.default_rng(seed)))
 
     def __repr__(self) -> str:
-        return (f"SearchSpace({len(self.sites)} sites, {len(self.groups)} groups, "
-                f"{len(self.decisions)} decisions, methods={list(self.methods)})")
+        return (
+            f"SearchSpace({len(self.sites)} sites, {len(self.groups)} groups, "
+            f"{len(self.decisions)} decisions, methods={list(self.methods)})"
+        )
 
 
 def _index(choices: tuple, value: ParamValue, field: str) -> int:
     for i, c in enumerate(choices):
         if type(c) is type(value) and c == value:
             return i
-    raise PlanError(f"{field}: bad value {value!r} is not in the search vocabulary; "
-                    f"allowed: {list(choices)}")
+    raise PlanError(f"{field}: bad value {value!r} is not in the search vocabulary; allowed: {list(choices)}")

@@ -6,6 +6,7 @@ and `apply_plan` all read this table. Change `SPACE_VERSION` whenever the table 
 Appending a method leaves every existing plan and default ConvNet space unchanged (its
 tokens decode the same), so "seq_pattern" was added without a version change.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,40 +43,59 @@ _TABLE: tuple[MethodSpec, ...] = (
     MethodSpec("none", None, {}),
     MethodSpec("dropout", "Dropout", {"drop_prob": DROP_PROBS, "ramp": RAMPS}),
     MethodSpec("spatial_dropout", "SpatialDropout", {"drop_prob": DROP_PROBS, "ramp": RAMPS}),
-    MethodSpec("dropblock", "DropBlock2d", {
-        "drop_prob": DROP_PROBS, "block_size": BLOCK_SIZES, "share_channels": BOOLS, "ramp": RAMPS}),
-    MethodSpec("disout", "Disout", {
-        "dist_prob": (0.0, 0.03, 0.05, 0.07, 0.09, 0.12, 0.15, 0.2, 0.3, 0.4, 0.5),
-        "block_size": BLOCK_SIZES,
-        "alpha": (0.5, 1.0, 2.0, 5.0, 10.0),
-        "ramp": RAMPS}),
+    MethodSpec(
+        "dropblock",
+        "DropBlock2d",
+        {"drop_prob": DROP_PROBS, "block_size": BLOCK_SIZES, "share_channels": BOOLS, "ramp": RAMPS},
+    ),
+    MethodSpec(
+        "disout",
+        "Disout",
+        {
+            "dist_prob": (0.0, 0.03, 0.05, 0.07, 0.09, 0.12, 0.15, 0.2, 0.3, 0.4, 0.5),
+            "block_size": BLOCK_SIZES,
+            "alpha": (0.5, 1.0, 2.0, 5.0, 10.0),
+            "ramp": RAMPS,
+        },
+    ),
     # AutoDropout's 8 ConvNet tokens, in the paper's order.
-    MethodSpec("pattern", "PatternDropout", {
-        "size": (1, 2, 3, 4),
-        "stride": (2, 3, 4, 6, 8),
-        "repeat": (1, 2, 3, 4),
-        "rotate": (0.0, 15.0, 30.0, 45.0, 60.0, 75.0),
-        "shear_x": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-        "shear_y": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-        "share_channels": BOOLS,
-        "residual": BOOLS,
-        "ramp": RAMPS}),
+    MethodSpec(
+        "pattern",
+        "PatternDropout",
+        {
+            "size": (1, 2, 3, 4),
+            "stride": (2, 3, 4, 6, 8),
+            "repeat": (1, 2, 3, 4),
+            "rotate": (0.0, 15.0, 30.0, 45.0, 60.0, 75.0),
+            "shear_x": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+            "shear_y": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+            "share_channels": BOOLS,
+            "residual": BOOLS,
+            "ramp": RAMPS,
+        },
+    ),
     # AutoDropout's Transformer pattern: blocks of `size` tokens every `stride` tokens, noise
     # shared over a block's tokens (share_t) and/or channels (share_c); drop_prob is the
     # expected dropped fraction (search_space.layers.sequence). size/stride share the ConvNet
     # pattern's decisions (never in one space together: they need different site shapes).
-    MethodSpec("seq_pattern", "SequenceDropout", {
-        "drop_prob": DROP_PROBS,
-        "size": (1, 2, 3, 4),
-        "stride": (2, 3, 4, 6, 8),
-        "share_t": BOOLS,
-        "share_c": BOOLS,
-        "ramp": RAMPS}),
+    MethodSpec(
+        "seq_pattern",
+        "SequenceDropout",
+        {
+            "drop_prob": DROP_PROBS,
+            "size": (1, 2, 3, 4),
+            "stride": (2, 3, 4, 6, 8),
+            "share_t": BOOLS,
+            "share_c": BOOLS,
+            "ramp": RAMPS,
+        },
+    ),
 )
 
 #: method -> param -> choices (read-only view of the table).
 VOCAB: Mapping[str, Mapping[str, tuple[ParamValue, ...]]] = MappingProxyType(
-    {m.name: MappingProxyType(dict(m.params)) for m in _TABLE})
+    {m.name: MappingProxyType(dict(m.params)) for m in _TABLE}
+)
 #: method -> layer class name in `search_space.layers` (None for "none").
 METHOD_LAYERS: Mapping[str, str | None] = MappingProxyType({m.name: m.layer for m in _TABLE})
 METHODS: tuple[str, ...] = tuple(VOCAB)
@@ -86,11 +106,21 @@ SEQUENCE_METHODS: tuple[str, ...] = ("none", "dropout", "seq_pattern")
 
 #: Legal range of a hand-written value (plans may hold values between the searched ones,
 #: e.g. the papers' dist_prob=0.09 or alpha=5.0). Params not listed: min..max of choices.
-PARAM_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "drop_prob": (0.0, 0.9), "dist_prob": (0.0, 0.9), "block_size": (1, 64),
-    "alpha": (0.0, 100.0), "size": (1, 64), "stride": (1, 64), "repeat": (1, 64),
-    "rotate": (-180.0, 180.0), "shear_x": (-0.9, 0.9), "shear_y": (-0.9, 0.9),
-    "ramp": (0.0, 1.0)})  # |shear_x*shear_y| < 1: invertible
+PARAM_BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "drop_prob": (0.0, 0.9),
+        "dist_prob": (0.0, 0.9),
+        "block_size": (1, 64),
+        "alpha": (0.0, 100.0),
+        "size": (1, 64),
+        "stride": (1, 64),
+        "repeat": (1, 64),
+        "rotate": (-180.0, 180.0),
+        "shear_x": (-0.9, 0.9),
+        "shear_y": (-0.9, 0.9),
+        "ramp": (0.0, 1.0),
+    }
+)  # |shear_x*shear_y| < 1: invertible
 
 #: Parameters that configure `apply_plan`, not the layer's constructor.
 APPLY_ONLY_PARAMS: frozenset[str] = frozenset({"residual", "ramp"})
@@ -98,10 +128,25 @@ APPLY_ONLY_PARAMS: frozenset[str] = frozenset({"residual", "ramp"})
 OPTIONAL_PARAMS: frozenset[str] = frozenset({"ramp"})
 
 #: Short names for `Plan.summary()`.
-PARAM_SHORT: Mapping[str, str] = MappingProxyType({
-    "drop_prob": "p", "dist_prob": "p", "block_size": "b", "alpha": "a", "size": "s",
-    "stride": "st", "repeat": "r", "rotate": "rot", "shear_x": "sx", "shear_y": "sy",
-    "share_channels": "sc", "residual": "res", "share_t": "sht", "share_c": "shc", "ramp": "ramp"})
+PARAM_SHORT: Mapping[str, str] = MappingProxyType(
+    {
+        "drop_prob": "p",
+        "dist_prob": "p",
+        "block_size": "b",
+        "alpha": "a",
+        "size": "s",
+        "stride": "st",
+        "repeat": "r",
+        "rotate": "rot",
+        "shear_x": "sx",
+        "shear_y": "sy",
+        "share_channels": "sc",
+        "residual": "res",
+        "share_t": "sht",
+        "share_c": "shc",
+        "ramp": "ramp",
+    }
+)
 
 
 def param_kind(choices: tuple[ParamValue, ...]) -> type:
@@ -117,8 +162,9 @@ def param_bounds(param: str, choices: tuple[ParamValue, ...]) -> tuple[float, fl
     return PARAM_BOUNDS.get(param, (min(choices), max(choices)))
 
 
-def check_value(field: str, param: str, choices: tuple[ParamValue, ...], value: Any,
-                error: type[ValueError] = ValueError) -> ParamValue:
+def check_value(
+    field: str, param: str, choices: tuple[ParamValue, ...], value: Any, error: type[ValueError] = ValueError
+) -> ParamValue:
     """Validate one parameter value and return it in canonical type (int -> float for floats)."""
     kind = param_kind(choices)
     if kind is bool:
@@ -130,8 +176,9 @@ def check_value(field: str, param: str, choices: tuple[ParamValue, ...], value: 
     if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
         raise error(f"{field}: bad value {value!r}; allowed: an integer in [{low}, {high}]")
     if not ok_type or not (math.isfinite(value) and low <= value <= high):
-        raise error(f"{field}: bad value {value!r}; allowed: a number in [{low}, {high}] "
-                    f"(searched values: {list(choices)})")
+        raise error(
+            f"{field}: bad value {value!r}; allowed: a number in [{low}, {high}] (searched values: {list(choices)})"
+        )
     return int(value) if kind is int else float(value)
 
 
@@ -141,8 +188,9 @@ def _check_table() -> None:
     for method, params in VOCAB.items():
         for name, choices in params.items():
             if name in seen and seen[name] != choices:
-                raise AssertionError(f"param {name!r} of {method!r} has choices differing from "
-                                     "another method's; rename it")
+                raise AssertionError(
+                    f"param {name!r} of {method!r} has choices differing from another method's; rename it"
+                )
             seen[name] = choices
             if len(set(choices)) != len(choices) or not choices:
                 raise AssertionError(f"param {name!r} of {method!r}: choices must be unique, non-empty")

@@ -1,4 +1,5 @@
 """Shared test configuration: GPU tests skip cleanly on machines without CUDA."""
+
 from __future__ import annotations
 
 import pytest

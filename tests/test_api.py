@@ -1,5 +1,6 @@
 """The public search API with a user's own model and training loop (nothing from child_trainer),
 minimising a loss; and our searchers inside a plain ``tune.Tuner``."""
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,14 @@ class UserNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +63,7 @@ def user_train(plan: Plan, seed: int, report) -> None:
     for _ in range(EPOCHS):
         model.train()
         for i in range(0, 64, 16):
-            loss = nn.functional.cross_entropy(model(xt[i:i + 16]), yt[i:i + 16])
+            loss = nn.functional.cross_entropy(model(xt[i : i + 16]), yt[i : i + 16])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -74,8 +81,14 @@ def ray_session():
     ray = pytest.importorskip("ray")
     ours = not ray.is_initialized()
     if ours:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING", runtime_env={"env_vars": {"USER_TRAIN_SLEEP": "0"}})
+        ray.init(
+            num_cpus=2,
+            num_gpus=0,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"USER_TRAIN_SLEEP": "0"}},
+        )
     yield
     if ours:
         ray.shutdown()
@@ -87,10 +100,24 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
-    result = run_search(UserNet, user_train, metric="val_loss", mode="min", num_samples=5,
-                        search="controller", storage_path=tmp_path, name="mine", controller_batch=2,
-                        reward_seeds=2, final_top_k=1, final_seeds=2, model_name="usernet",
-                        resources_per_trial={"cpu": 1}, max_concurrent=2, seed=7)
+    result = run_search(
+        UserNet,
+        user_train,
+        metric="val_loss",
+        mode="min",
+        num_samples=5,
+        search="controller",
+        storage_path=tmp_path,
+        name="mine",
+        controller_batch=2,
+        reward_seeds=2,
+        final_top_k=1,
+        final_seeds=2,
+        model_name="usernet",
+        resources_per_trial={"cpu": 1},
+        max_concurrent=2,
+        seed=7,
+    )
     assert result.status == "finished" and result.run_dir == tmp_path / "mine"
     rows = _rows(tmp_path / "mine" / "trials.csv")
     assert len(rows) == 6 and len(result.trials) == 6  # the 'none' baseline + 5 sampled plans
@@ -116,8 +143,10 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
     assert result.best_plan.sites == Plan.from_json(chosen[0]["plan_json"]).sites
     assert result.best_plan.metadata["selected_by"] == "final"
     best_searched = min((r for r in sampled), key=lambda r: float(r["val_loss"]))
-    assert Plan.from_json(next(f for f in final if f["label"] == "searched#1")["plan_json"]).sites == \
-        Plan.from_json(best_searched["plan_json"]).sites
+    assert (
+        Plan.from_json(next(f for f in final if f["label"] == "searched#1")["plan_json"]).sites
+        == Plan.from_json(best_searched["plan_json"]).sites
+    )
     assert "Verdict:" in result.summary
     # results summarize reads the loss run (lowest first) and shows the final table
     assert results_main(["summarize", str(result.run_dir), "--format", "csv"]) == 0
@@ -141,8 +170,16 @@ def test_interrupted_api_search_resumes_without_rerunning(ray_session, tmp_path,
                 return
             time.sleep(0.05)
 
-    kwargs = dict(metric="val_loss", mode="min", num_samples=6, search="random", storage_path=tmp_path,
-                  name="r", max_concurrent=1, seed=3)
+    kwargs = dict(
+        metric="val_loss",
+        mode="min",
+        num_samples=6,
+        search="random",
+        storage_path=tmp_path,
+        name="r",
+        max_concurrent=1,
+        seed=3,
+    )
     threading.Thread(target=interrupt_after, args=(3,), daemon=True).start()
     first = run_search(UserNet, user_train, **kwargs)
     assert first.status == "interrupted"
@@ -151,19 +188,24 @@ def test_interrupted_api_search_resumes_without_rerunning(ray_session, tmp_path,
     second = run_search(UserNet, user_train, resume=True, **kwargs)
     assert second.status == "finished"
     rows = _rows(run / "trials.csv")
-    assert len(rows) == 7 and rows[:len(done)] == done  # finished trials kept as they were
+    assert len(rows) == 7 and rows[: len(done)] == done  # finished trials kept as they were
     assert len({r["trial_id"] for r in rows}) == 7
     best = min((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["val_loss"]))
     assert Plan.load(run / "best_plan.json").metadata["trial_id"] == best["trial_id"]
 
 
 def test_api_refuses_bad_arguments_before_ray(tmp_path):
-    cases = [({"mode": "up"}, "mode: bad value 'up'"), ({"num_samples": 0}, "num_samples: bad value 0"),
-             ({"search": "grid"}, "search: bad value 'grid'"), ({"seed": 2**70}, "seed: bad value"),
-             ({"name": "a/b"}, "name: bad value 'a/b'"), ({"scheduler": "asha"}, "max_epochs: bad value None"),
-             ({"reward_seeds": 0}, "reward_seeds: bad value 0"),
-             ({"baselines": ["dropblock"]}, "example_input: bad value None"),
-             ({"sites": "nothere"}, "sites: bad value 'nothere'")]
+    cases = [
+        ({"mode": "up"}, "mode: bad value 'up'"),
+        ({"num_samples": 0}, "num_samples: bad value 0"),
+        ({"search": "grid"}, "search: bad value 'grid'"),
+        ({"seed": 2**70}, "seed: bad value"),
+        ({"name": "a/b"}, "name: bad value 'a/b'"),
+        ({"scheduler": "asha"}, "max_epochs: bad value None"),
+        ({"reward_seeds": 0}, "reward_seeds: bad value 0"),
+        ({"baselines": ["dropblock"]}, "example_input: bad value None"),
+        ({"sites": "nothere"}, "sites: bad value 'nothere'"),
+    ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             run_search(UserNet, user_train, storage_path=tmp_path, **{"name": "x", **kwargs})
@@ -177,8 +219,9 @@ def test_our_searcher_in_a_plain_tuner(ray_session, tmp_path):
     from search_space import SearchSpace
 
     space = SearchSpace.for_model(UserNet(), share="stage", model_name="usernet")
-    searcher = ControllerSearcher(space, num_samples=6, objective=Objective("loss", "min"),
-                                  controller_batch=3, run_dir=tmp_path / "own", seed=1)
+    searcher = ControllerSearcher(
+        space, num_samples=6, objective=Objective("loss", "min"), controller_batch=3, run_dir=tmp_path / "own", seed=1
+    )
 
     def trainable(config):
         plan = config["plan"]
@@ -186,9 +229,11 @@ def test_our_searcher_in_a_plain_tuner(ray_session, tmp_path):
             share = sum(m != "none" for m in plan.methods().values()) / len(plan.sites)
             tune.report({"loss": 1.0 - 0.5 * share + 0.1 * (1 - epoch)})
 
-    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min",
-                                                              num_samples=6),
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="tuner", verbose=0))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min", num_samples=6),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="tuner", verbose=0),
+    )
     results = tuner.fit()
     assert len(results) == 6 and not results.errors
     rows = _rows(tmp_path / "own" / "trials.csv")

@@ -1,4 +1,5 @@
 """apply_plan on real models: unchanged state_dict, eval identity, Disout wiring, ramps."""
+
 from __future__ import annotations
 
 import copy
@@ -37,15 +38,25 @@ SPECS = [
     SiteSpec("spatial_dropout", {"drop_prob": 0.2}),
     SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False}),
     SiteSpec("disout", {"dist_prob": 0.2, "block_size": 3, "alpha": 5.0}),
-    SiteSpec("pattern", {"size": 2, "stride": 4, "repeat": 2, "rotate": 30.0, "shear_x": 0.1,
-                         "shear_y": 0.0, "share_channels": True, "residual": True}),
+    SiteSpec(
+        "pattern",
+        {
+            "size": 2,
+            "stride": 4,
+            "repeat": 2,
+            "rotate": 30.0,
+            "shear_x": 0.1,
+            "shear_y": 0.0,
+            "share_channels": True,
+            "residual": True,
+        },
+    ),
     SiteSpec("none", {}),
 ]
 
 
 def _mixed_plan(model: nn.Module, **kwargs) -> Plan:
-    return Plan({s: copy.deepcopy(spec) for s, spec in zip(find_sites(model), itertools.cycle(SPECS))},
-                **kwargs)
+    return Plan({s: copy.deepcopy(spec) for s, spec in zip(find_sites(model), itertools.cycle(SPECS))}, **kwargs)
 
 
 def _hooks(model: nn.Module) -> int:
@@ -61,8 +72,7 @@ def tv_model(request) -> nn.Module:
 def test_find_sites_resnet18() -> None:
     sites = find_sites(torchvision.models.resnet18())
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    bns = ["bn1"] + [f"{b}.bn{k}" for b in blocks for k in (1, 2)] + \
-          [f"layer{i}.0.downsample.1" for i in (2, 3, 4)]
+    bns = ["bn1"] + [f"{b}.bn{k}" for b in blocks for k in (1, 2)] + [f"layer{i}.0.downsample.1" for i in (2, 3, 4)]
     assert sorted(sites) == sorted(blocks + bns)
     assert sites.index("layer1.0") < sites.index("layer1.0.bn1") < sites.index("layer1.1")
 
@@ -122,8 +132,11 @@ def test_disout_weight_behind_follows_next_conv() -> None:
     model.train()(torch.randn(2, 3, 32, 32))
     # bn1 (64 ch) -> conv2 of the same block; bn3 (256 ch) skips downsample.0 (in 64) and
     # reaches the next block's conv1; the last BN has no following conv.
-    expected = {"layer1.0.bn1": model.layer1[0].conv2, "layer1.0.bn3": model.layer1[1].conv1,
-                "layer1.0": model.layer1[1].conv1}
+    expected = {
+        "layer1.0.bn1": model.layer1[0].conv2,
+        "layer1.0.bn3": model.layer1[1].conv1,
+        "layer1.0": model.layer1[1].conv1,
+    }
     for site, conv in expected.items():
         assert regs[site].weight_behind.data_ptr() == conv.weight.data_ptr()
     assert regs["layer4.2.bn3"].weight_behind is None
@@ -135,8 +148,11 @@ def test_disout_weight_behind_follows_next_conv() -> None:
     # ... and a deep copy points at its own convolution.
     clone = copy.deepcopy(model)
     clone(torch.randn(2, 3, 32, 32))
-    assert regularizers(clone)["layer1.0.bn1"].weight_behind.data_ptr() == \
-        clone.layer1[0].conv2.weight.data_ptr() != conv.weight.data_ptr()
+    assert (
+        regularizers(clone)["layer1.0.bn1"].weight_behind.data_ptr()
+        == clone.layer1[0].conv2.weight.data_ptr()
+        != conv.weight.data_ptr()
+    )
 
 
 def test_ramp_wraps_in_schedulers_and_steps() -> None:
@@ -160,8 +176,7 @@ def test_ramp_wraps_in_schedulers_and_steps() -> None:
     assert regularizers(clone)["layer1.0.bn1"].value == pytest.approx(0.1)
     for key, r in regs.items():
         layer = r.layer
-        target = 1.0 if isinstance(layer, PatternDropout) else \
-            targets[key][type(layer).prob_attr]
+        target = 1.0 if isinstance(layer, PatternDropout) else targets[key][type(layer).prob_attr]
         assert r.value == pytest.approx(target), key
     # Without total_steps (or with ramp 0) the values are constant from the start.
     apply_plan(model, plan)
@@ -174,8 +189,7 @@ def test_apply_twice_replaces_and_remove_restores() -> None:
     plain = copy.deepcopy(model)
     hooks0 = _hooks(model)
     apply_plan(model, _mixed_plan(model))
-    apply_plan(model, Plan({"layer2.1.bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
-                            "layer3.0": SiteSpec("none", {})}))
+    apply_plan(model, Plan({"layer2.1.bn1": SiteSpec("dropout", {"drop_prob": 0.3}), "layer3.0": SiteSpec("none", {})}))
     assert list(regularizers(model)) == ["layer2.1.bn1"]
     assert _hooks(model) == hooks0 + 1
     remove_plan(model)
@@ -188,9 +202,19 @@ def test_apply_twice_replaces_and_remove_restores() -> None:
 
 def test_pattern_residual_goes_to_enclosing_block() -> None:
     model = build_model("resnet20", 10)
-    spec = SiteSpec("pattern", {"size": 2, "stride": 4, "repeat": 2, "rotate": 0.0,
-                                "shear_x": 0.0, "shear_y": 0.0, "share_channels": False,
-                                "residual": True})
+    spec = SiteSpec(
+        "pattern",
+        {
+            "size": 2,
+            "stride": 4,
+            "repeat": 2,
+            "rotate": 0.0,
+            "shear_x": 0.0,
+            "shear_y": 0.0,
+            "share_channels": False,
+            "residual": True,
+        },
+    )
     apply_plan(model, Plan({"bn1": spec, "layer2.1.bn2": copy.deepcopy(spec)}))
     regs = regularizers(model)
     assert set(regs) == {"bn1", "layer2.1.bn2", "layer2.1.bn2:residual"}  # stem: no block
@@ -221,13 +245,22 @@ def test_unknown_site_is_plan_error_and_leaves_model_alone() -> None:
 
 def test_container_site_and_whole_model_pickle() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8),
-                          nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
-                          nn.Conv2d(8, 8, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.Conv2d(8, 8, 1),
+    )
     keys = list(model.state_dict())
-    apply_plan(model, Plan({"2": SiteSpec("disout", {"dist_prob": 0.3, "block_size": 2,
-                                                     "alpha": 1.0}),
-                            "1": SiteSpec("dropout", {"drop_prob": 0.5})}))
+    apply_plan(
+        model,
+        Plan(
+            {
+                "2": SiteSpec("disout", {"dist_prob": 0.3, "block_size": 2, "alpha": 1.0}),
+                "1": SiteSpec("dropout", {"drop_prob": 0.5}),
+            }
+        ),
+    )
     assert list(model.state_dict()) == keys and set(regularizers(model)) == {"1", "2"}
     x = torch.randn(2, 3, 8, 8)
     y = model.train()(x)  # the Sequential site still runs only its own layers
@@ -274,8 +307,7 @@ def test_disout_weight_behind_skips_depthwise_conv() -> None:
 
     model = torchvision.models.mobilenet_v2(num_classes=10)
     sites = [s for s in find_sites(model) if s.startswith("features.2.")]
-    plan = Plan({s: SiteSpec("disout", {"dist_prob": 0.1, "block_size": 3, "alpha": 1.0})
-                 for s in sites})
+    plan = Plan({s: SiteSpec("disout", {"dist_prob": 0.1, "block_size": 3, "alpha": 1.0}) for s in sites})
     apply_plan(model, plan)
     model.train()
     out = model(torch.randn(2, 3, 32, 32))

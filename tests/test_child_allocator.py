@@ -1,4 +1,5 @@
 """The trainer keeps freed CPU memory mapped, so training steps stop re-faulting their buffers."""
+
 from __future__ import annotations
 
 import resource
@@ -37,8 +38,7 @@ print(faults() - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_keep_freed_memory_stops_refaulting_step_buffers() -> None:
     def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
         return int(out.stdout.strip().splitlines()[-1])
 
     step_pages = (22 << 20) // resource.getpagesize()  # ~22.5 MB allocated per step

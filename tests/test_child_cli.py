@@ -1,4 +1,5 @@
 """``python -m child_trainer``: one-line errors with exit code 2, JSON result as last line."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "child_trainer", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "child_trainer", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_json_result_is_last_stdout_line(tmp_path) -> None:
@@ -27,18 +29,22 @@ def test_json_result_is_last_stdout_line(tmp_path) -> None:
     assert result["status"] == "ok" and result["epochs"] == 1 and 0.0 <= result["val_acc"] <= 1.0
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--model", "resnet99"], "allowed"),
-    (["--dataset", "mnist"], "allowed: digits"),
-    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar/cifar-10-batches-py"),
-    (["--plan", "PLAN"], "plan"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "resnet99"], "allowed"),
+        (["--dataset", "mnist"], "allowed: digits"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "/nonexistent/cifar/cifar-10-batches-py"),
+        (["--plan", "PLAN"], "plan"),
+    ],
+)
 def test_bad_arguments_one_line_error_exit_2(tmp_path, args: list[str], needle: str) -> None:
     bad_plan = tmp_path / "bad.json"
     bad_plan.write_text('{"sites": {"bn1": {"method": "teleport", "params": {}}}}')
     proc = _run(*[str(bad_plan) if a == "PLAN" else a for a in args], "--epochs", "1")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m child_trainer: error: ") and needle in lines[0], \
+    assert len(lines) == 1 and lines[0].startswith("python -m child_trainer: error: ") and needle in lines[0], (
         proc.stderr
+    )
     assert "Traceback" not in proc.stderr and proc.stdout == ""

@@ -1,4 +1,5 @@
 """Split discipline and on-device augmentation of child_trainer.data / augment."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,7 +39,7 @@ def test_digits_normalised_with_train_statistics() -> None:
 
 def test_train_size_subset_keeps_validation_and_is_stratified() -> None:
     full, small = load_data("digits"), load_data("digits", train_size=100)
-    assert len(small.train_y) == 100 and torch.equal(full.val_x, small.val_x[:len(full.val_y)])
+    assert len(small.train_y) == 100 and torch.equal(full.val_x, small.val_x[: len(full.val_y)])
     assert torch.bincount(small.train_y, minlength=10).min() >= 9
     assert _rows(small.train_x) <= _rows(full.train_x)
     with pytest.raises(DataError, match="train_size"):
@@ -81,7 +82,7 @@ def test_random_crop_is_a_shift_with_zero_fill() -> None:
         for dy in range(-2, 3):
             for dx in range(-2, 3):
                 padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
-                ref = padded[:, 2 + dy:8 + dy, 2 + dx:8 + dx]
+                ref = padded[:, 2 + dy : 8 + dy, 2 + dx : 8 + dx]
                 found |= torch.equal(out[i], ref)
         assert found
 
@@ -107,7 +108,7 @@ def test_unused_training_images_join_validation_never_test():
     sub = load_data("digits", train_size=200, seed=0, with_test=True)
     assert len(sub.train_y) == 200 and len(sub.val_y) == len(full.val_y) + len(full.train_y) - 200
     assert torch.equal(sub.test_x, full.test_x) and torch.equal(sub.test_y, full.test_y)
-    assert torch.equal(sub.val_x[:len(full.val_y)], full.val_x)  # the fixed validation images come first
+    assert torch.equal(sub.val_x[: len(full.val_y)], full.val_x)  # the fixed validation images come first
 
     def bag(*xs):
         return Counter(bytes(row.numpy().tobytes()) for x in xs for row in x)

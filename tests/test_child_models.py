@@ -1,4 +1,5 @@
 """Every child model: site naming for the search, forward pass under a random plan."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,14 @@ from child_trainer.models import build_model
 from search_space import SearchSpace, apply_plan, find_sites
 
 # (name, in_channels, input side): big models get a tiny input so the test stays cheap.
-MODELS = [("digits_cnn", 1, 8), ("resnet20", 3, 16), ("resnet56", 3, 8), ("wrn28_2", 3, 8),
-          ("wrn28_10", 3, 8), ("tv:resnet18", 3, 32)]
+MODELS = [
+    ("digits_cnn", 1, 8),
+    ("resnet20", 3, 16),
+    ("resnet56", 3, 8),
+    ("wrn28_2", 3, 8),
+    ("wrn28_10", 3, 8),
+    ("tv:resnet18", 3, 32),
+]
 
 
 @pytest.mark.parametrize("name,in_ch,side", MODELS)

@@ -1,4 +1,5 @@
 """Language-model children: text loaders (layouts, errors, tokens), LM training, metric contract."""
+
 from __future__ import annotations
 
 import json
@@ -39,13 +40,16 @@ def test_tokenize_lines_is_whitespace_words_with_eos_per_line() -> None:
     assert tokenize_lines(["a  b", "", " c\t"]) == ["a", "b", EOS, EOS, "c", EOS]
 
 
-@pytest.mark.parametrize("name,folder,names", [
-    ("ptb", "", ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
-    ("ptb", "simple-examples/data", ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
-    ("ptb", "", ("train.txt", "valid.txt", "test.txt")),
-    ("wikitext2", "wikitext-2", ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")),
-    ("wikitext2", "", ("train.txt", "valid.txt", "test.txt")),
-])
+@pytest.mark.parametrize(
+    "name,folder,names",
+    [
+        ("ptb", "", ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
+        ("ptb", "simple-examples/data", ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")),
+        ("ptb", "", ("train.txt", "valid.txt", "test.txt")),
+        ("wikitext2", "wikitext-2", ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")),
+        ("wikitext2", "", ("train.txt", "valid.txt", "test.txt")),
+    ],
+)
 def test_local_layouts_load_word_level_with_training_vocabulary(tmp_path, name, folder, names) -> None:
     _write(tmp_path / folder, names)
     data = load_text(name, tmp_path)
@@ -61,8 +65,13 @@ def test_local_layouts_load_word_level_with_training_vocabulary(tmp_path, name, 
     assert decode(small.train) == ["the", "cat", "sat", "on"] and small.vocab.words == words
 
 
-@pytest.mark.parametrize("name,expected", [("ptb", "ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
-                                           ("wikitext2", "wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("ptb", "ptb.train.txt, ptb.valid.txt, ptb.test.txt"),
+        ("wikitext2", "wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens"),
+    ],
+)
 def test_missing_files_one_line_error_naming_paths(tmp_path, name, expected) -> None:
     (tmp_path / "train.txt").write_text(TRAIN)  # an incomplete renamed layout is still missing
     with pytest.raises(DataError) as err:
@@ -108,8 +117,15 @@ def test_config_validates_text_dataset_and_model() -> None:
     assert task_metric("vit_tiny") == task_metric("digits_cnn") == ("val_acc", "max")
 
 
-LM = dict(model="transformer_lm", dataset="builtin_text", train_size=6000, seq_len=32, batch_size=16,
-          num_threads=1, amp="none")
+LM = dict(
+    model="transformer_lm",
+    dataset="builtin_text",
+    train_size=6000,
+    seq_len=32,
+    batch_size=16,
+    num_threads=1,
+    amp="none",
+)
 
 
 def test_short_lm_training_perplexity_falls_and_reports_the_contract() -> None:
@@ -128,9 +144,15 @@ def test_short_lm_training_perplexity_falls_and_reports_the_contract() -> None:
 
 
 def test_lm_with_sequence_plan_is_deterministic_and_test_on_request() -> None:
-    plan = Plan({"embed": SiteSpec("seq_pattern", {"drop_prob": 0.2, "size": 2, "stride": 4, "share_t": True,
-                                                   "share_c": True}),
-                 "blocks.0.mlp.act": SiteSpec("dropout", {"drop_prob": 0.1})}, model="transformer_lm")
+    plan = Plan(
+        {
+            "embed": SiteSpec(
+                "seq_pattern", {"drop_prob": 0.2, "size": 2, "stride": 4, "share_t": True, "share_c": True}
+            ),
+            "blocks.0.mlp.act": SiteSpec("dropout", {"drop_prob": 0.1}),
+        },
+        model="transformer_lm",
+    )
     a, b = (train_child(TrainConfig(epochs=1, eval_test=True, **LM), plan.to_json()) for _ in range(2))
     plain = train_child(TrainConfig(epochs=1, **LM))
     assert a["status"] == "ok" and a["val_loss"] == b["val_loss"] and a["train_loss"] != plain["train_loss"]
@@ -143,9 +165,30 @@ def test_too_little_text_is_a_config_error() -> None:
 
 
 def test_cli_reports_perplexity() -> None:
-    proc = subprocess.run([sys.executable, "-m", "child_trainer", "--model", "transformer_lm", "--dataset",
-                           "builtin_text", "--epochs", "1", "--train-size", "3000", "--seq-len", "32",
-                           "--threads", "1", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "child_trainer",
+            "--model",
+            "transformer_lm",
+            "--dataset",
+            "builtin_text",
+            "--epochs",
+            "1",
+            "--train-size",
+            "3000",
+            "--seq-len",
+            "32",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "ok" and result["val_ppl"] > 1

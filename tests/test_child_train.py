@@ -1,4 +1,5 @@
 """train_child: real learning, determinism, divergence/failure statuses, plans, config errors."""
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,11 @@ def test_plan_schedulers_stepped_once_per_iteration(monkeypatch) -> None:
     calls = []
     real = apply_mod.step_schedulers
     monkeypatch.setattr(apply_mod, "step_schedulers", lambda m: (calls.append(1), real(m)))
-    plan = Plan({"layer1.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})},
-                model="digits_cnn", ramp_fraction=0.5)
+    plan = Plan(
+        {"layer1.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})},
+        model="digits_cnn",
+        ramp_fraction=0.5,
+    )
     result = train_child(TrainConfig(**SMALL), plan.to_json())  # JSON text, as Ray trial configs carry it
     assert result["status"] == "ok" and len(calls) == 2 * (200 // 50)
 

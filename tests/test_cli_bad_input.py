@@ -1,5 +1,6 @@
 """Every flag of every command through bad values: one line on stderr naming the flag and the
 value, exit status 2, no traceback, and nothing written (issue 14's 189-case probe, as a table)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def places(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "bad_plan.json").write_text('{"sites": {"bn1": {"method": "teleport", "params": {}}}}')
     (tmp_path / "a_dir").mkdir()
-    return {"FILE": str(tmp_path / "a_file"), "DIR": str(tmp_path / "a_dir"), "BIN": str(tmp_path / "binary.json"),
-            "BADPLAN": str(tmp_path / "bad_plan.json"), "MISSING": str(tmp_path / "missing.json")}
+    return {
+        "FILE": str(tmp_path / "a_file"),
+        "DIR": str(tmp_path / "a_dir"),
+        "BIN": str(tmp_path / "binary.json"),
+        "BADPLAN": str(tmp_path / "bad_plan.json"),
+        "MISSING": str(tmp_path / "missing.json"),
+    }
 
 
 def _fill(args: list[str], places: dict[str, str]) -> list[str]:
@@ -87,8 +93,11 @@ LAUNCH = [
     (["--storage-path", "FILE"], "--storage-path: bad value"),
     (["--storage-path", "/proc/sys/no_such_place"], "--storage-path: bad value '/proc/sys/no_such_place'"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
-] + ([(["--amp", "fp16"], "--amp: bad value 'fp16'"),
-      (["--gpus-per-trial", "0.5"], "--gpus-per-trial: bad value 0.5")] if NO_CUDA else [])
+] + (
+    [(["--amp", "fp16"], "--amp: bad value 'fp16'"), (["--gpus-per-trial", "0.5"], "--gpus-per-trial: bad value 0.5")]
+    if NO_CUDA
+    else []
+)
 
 
 @pytest.mark.parametrize("args,needle", LAUNCH, ids=[" ".join(a)[:40] for a, _ in LAUNCH])
@@ -151,8 +160,11 @@ CHILD = [
     (["--plan", "MISSING"], "--plan: bad value"),
     (["--plan", "BADPLAN"], "plan.format_version: missing"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-] + ([(["--device", "cuda"], "--device: bad value 'cuda'"), (["--amp", "fp16"], "--amp: bad value 'fp16'")]
-     if NO_CUDA else [])
+] + (
+    [(["--device", "cuda"], "--device: bad value 'cuda'"), (["--amp", "fp16"], "--amp: bad value 'fp16'")]
+    if NO_CUDA
+    else []
+)
 
 
 @pytest.mark.parametrize("args,needle", CHILD, ids=[" ".join(a)[:40] for a, _ in CHILD])
@@ -180,9 +192,17 @@ def fake_run(tmp_path: Path) -> Path:
     space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), share="stage", model_name="digits_cnn")
     run = tmp_path / "run"
     run.mkdir()
-    (run / "search_config.json").write_text(json.dumps({
-        "version": 2, "searcher": "random", "space": space.to_dict(), "objective": {"metric": "val_acc", "mode": "max"},
-        "train": TrainConfig(epochs=1, train_size=100).to_dict()}))
+    (run / "search_config.json").write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "searcher": "random",
+                "space": space.to_dict(),
+                "objective": {"metric": "val_acc", "mode": "max"},
+                "train": TrainConfig(epochs=1, train_size=100).to_dict(),
+            }
+        )
+    )
     s = RandomSearcher(space, num_samples=4, run_dir=run, seed=0)
     for i in range(4):
         s.suggest(f"t{i}")

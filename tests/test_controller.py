@@ -1,4 +1,5 @@
 """Controller: sampling follows the policy, REINFORCE learns a toy target, masks, exact restore."""
+
 from __future__ import annotations
 
 import io
@@ -113,14 +114,17 @@ def test_shared_keys_share_head_and_embedding() -> None:
     assert rows_with_grad.tolist() == [True] * 4 + [False] * 3
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"vocab_sizes": []}, "vocab_sizes"),
-    ({"vocab_sizes": [3, 0]}, "vocab_sizes[1]"),
-    ({"vocab_sizes": [3], "temperature": 0.0}, "temperature"),
-    ({"vocab_sizes": [3], "hidden_size": 2.5}, "hidden_size"),
-    ({"vocab_sizes": [3, 4], "share_keys": ["a"]}, "share_keys"),
-    ({"vocab_sizes": [3, 4], "share_keys": ["a", "a"]}, "share_keys[1]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"vocab_sizes": []}, "vocab_sizes"),
+        ({"vocab_sizes": [3, 0]}, "vocab_sizes[1]"),
+        ({"vocab_sizes": [3], "temperature": 0.0}, "temperature"),
+        ({"vocab_sizes": [3], "hidden_size": 2.5}, "hidden_size"),
+        ({"vocab_sizes": [3, 4], "share_keys": ["a"]}, "share_keys"),
+        ({"vocab_sizes": [3, 4], "share_keys": ["a", "a"]}, "share_keys[1]"),
+    ],
+)
 def test_bad_controller_arguments_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=re_field(field)):
         LSTMController(**kwargs)
@@ -259,11 +263,9 @@ def test_active_fn_removes_masked_decisions_from_the_gradient() -> None:
     assert stats["entropy"] == pytest.approx(float((entropies * mask).sum() / mask.sum()), abs=1e-6)
 
     # Masking only rows whose decision-2 token is 0 or 2 matters: without the mask they count.
-    unmasked = Reinforce(LSTMController(sizes, temperature=1.0, seed=0),
-                         active_fn=lambda t: [True, True, True, False])
+    unmasked = Reinforce(LSTMController(sizes, temperature=1.0, seed=0), active_fn=lambda t: [True, True, True, False])
     unmasked.update(tokens, rewards)
-    assert not torch.allclose(unmasked.policy.head_weight.grad[rows[2] : rows[3]],
-                              grad_w[rows[2] : rows[3]])
+    assert not torch.allclose(unmasked.policy.head_weight.grad[rows[2] : rows[3]], grad_w[rows[2] : rows[3]])
 
 
 def test_mild_prior_starts_the_policy_on_mild_plans_and_zero_is_uniform():

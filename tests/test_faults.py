@@ -1,5 +1,6 @@
 """A new user's bad day: full disks, failing bookkeeping, two drivers on one run folder, a
 resumed run whose best plan changed, a moved run folder, a killed worker (issue 14)."""
+
 from __future__ import annotations
 
 import csv
@@ -42,13 +43,30 @@ def search(tmp_path: Path, *args: str, child: str = "quick") -> int:
 
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
-    return launch_search.main(["--storage-path", str(tmp_path), "--data-dir", str(scratch),
-                               "--child", f"{CHILDREN}:{child}", "--baselines", "none", "--final-top-k", "0",
-                               "--epochs", "2", "--max-concurrent", "1", *args])
+    return launch_search.main(
+        [
+            "--storage-path",
+            str(tmp_path),
+            "--data-dir",
+            str(scratch),
+            "--child",
+            f"{CHILDREN}:{child}",
+            "--baselines",
+            "none",
+            "--final-top-k",
+            "0",
+            "--epochs",
+            "2",
+            "--max-concurrent",
+            "1",
+            *args,
+        ]
+    )
 
 
-def test_full_disk_stops_the_search_keeps_what_was_written_and_resume_finishes(ray_session, tmp_path,
-                                                                                monkeypatch, capsys):
+def test_full_disk_stops_the_search_keeps_what_was_written_and_resume_finishes(
+    ray_session, tmp_path, monkeypatch, capsys
+):
     real = rf.atomic_write_text
     full = {"on": False}
 
@@ -119,10 +137,13 @@ def test_an_error_while_recording_a_trial_is_fatal_and_loses_nothing(ray_session
 def test_a_second_driver_on_one_run_folder_is_refused_before_ray(tmp_path, capsys):
     lock = rf.RunFolderLock(tmp_path / "busy").acquire()  # the first driver
     try:
-        code = ("import sys, launch_search; sys.exit(launch_search.main(['--storage-path', sys.argv[1], "
-                "'--name', 'busy', '--num-samples', '1', '--epochs', '1']))")
-        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True,
-                              text=True, timeout=120)
+        code = (
+            "import sys, launch_search; sys.exit(launch_search.main(['--storage-path', sys.argv[1], "
+            "'--name', 'busy', '--num-samples', '1', '--epochs', '1']))"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
     finally:
         lock.release()
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -3,6 +3,7 @@
 Statistical tests use fixed seeds; tolerances are stated next to each assertion and sized at
 >= 3 standard deviations of the estimate for the sample sizes used.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,15 @@ CPU = torch.device("cpu")
 SAMPLERS = ["reference", "sparse", "dense", "pool"]  # pool: the CUDA sampler, run on CPU
 
 
-def dropped_maps(m: int, size: tuple[int, ...], kernel: tuple[int, ...], rate: float, valid_only: bool,
-                 sampler: str, seeds: torch.Tensor | None = None) -> torch.Tensor:
+def dropped_maps(
+    m: int,
+    size: tuple[int, ...],
+    kernel: tuple[int, ...],
+    rate: float,
+    valid_only: bool,
+    sampler: str,
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``m`` boolean drop masks (m, *size) from ``sampler`` (random seeds, or ``seeds``)."""
     shape = (m, 1, *size)
     if sampler == "reference":
@@ -120,7 +128,7 @@ def test_a_single_seed_drops_exactly_its_block(k: int, valid_only: bool, sampler
     off = 0 if valid_only else k // 2
     for i, (a, b) in enumerate(positions):
         seeds[i, 0, a, b] = True
-        expected[i, max(a - off, 0):a - off + k, max(b - off, 0):b - off + k] = True
+        expected[i, max(a - off, 0) : a - off + k, max(b - off, 0) : b - off + k] = True
     assert torch.equal(dropped_maps(len(positions), size, (k, k), 0.0, valid_only, sampler, seeds), expected)
 
 
@@ -170,6 +178,7 @@ def test_block_larger_than_map_is_clamped() -> None:
 
 
 # ---- Disout ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("algorithm", ["auto", "reference", "dense"])
 @pytest.mark.parametrize("p", PROBS)
@@ -226,6 +235,7 @@ def test_disout_weight_behind_scales_distortion_per_channel() -> None:
 
 
 # ---- memory layout, samplers' internals -----------------------------------------------------
+
 
 @pytest.mark.parametrize("algorithm", ["sparse", "dense", "pool"])
 @pytest.mark.parametrize("valid_only", [False, True])
@@ -304,7 +314,8 @@ def test_disout_channels_last_noise_scale_per_channel(block: int) -> None:
     layer = Disout(0.3, block, alpha=2.0).train()
     layer.weight_behind = conv.weight
     x = torch.randn(128, 8, 12, 12, generator=torch.Generator().manual_seed(18)).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     torch.manual_seed(19)
     y = layer(x)
     torch.manual_seed(19)

@@ -1,5 +1,6 @@
 """Properties every regularizer layer shares: identity in eval and at probability 0, dtypes,
 reproducibility, statelessness, argument/rank errors, LinearScheduler, and CUDA."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -108,8 +109,14 @@ def test_bad_arguments_raise_value_error_naming_parameter_and_value(build, name:
 
 @pytest.mark.parametrize(
     ("layer", "shape", "rank"),
-    [(DropBlock2d(), (2, 3, 8), "3"), (DropBlock3d(), (2, 3, 8, 8), "4"), (Disout(), (4, 8), "2"),
-     (PatternDropout(), (2, 3, 4, 4, 4), "5"), (SpatialDropout(), (4, 8), "2"), (Dropout(), (8,), "1")],
+    [
+        (DropBlock2d(), (2, 3, 8), "3"),
+        (DropBlock3d(), (2, 3, 8, 8), "4"),
+        (Disout(), (4, 8), "2"),
+        (PatternDropout(), (2, 3, 4, 4, 4), "5"),
+        (SpatialDropout(), (4, 8), "2"),
+        (Dropout(), (8,), "1"),
+    ],
 )
 def test_wrong_input_rank_is_named(layer: nn.Module, shape: tuple[int, ...], rank: str) -> None:
     with pytest.raises(ValueError, match=f"rank {rank}"):
@@ -180,13 +187,19 @@ def auto_and_reference(name: str, x: torch.Tensor, device: str) -> tuple[torch.T
         seeds = reference_seeds((n, m, *size), kernel, seed_rate(p, kernel, tuple(size), valid_only), valid_only, cpu)
         if valid_only:
             noise = torch.randn(x.shape)
-            return (layer.distort(xd, p, layer.block_size, seeds=seeds.to(device), noise=noise.to(device)),
-                    layer.distort(x, p, layer.block_size, route=ref, seeds=seeds, noise=noise))
-        return (drop_block(xd, p, layer.block_size, layer.share_channels, seeds=seeds.to(device)),
-                drop_block(x, p, layer.block_size, layer.share_channels, route=ref, seeds=seeds))
+            return (
+                layer.distort(xd, p, layer.block_size, seeds=seeds.to(device), noise=noise.to(device)),
+                layer.distort(x, p, layer.block_size, route=ref, seeds=seeds, noise=noise),
+            )
+        return (
+            drop_block(xd, p, layer.block_size, layer.share_channels, seeds=seeds.to(device)),
+            drop_block(x, p, layer.block_size, layer.share_channels, route=ref, seeds=seeds),
+        )
     if isinstance(layer, PatternDropout):
         offsets = layer.offsets(n * (1 if layer.share_channels else c), (size[0], size[1]), cpu)
-        return layer.drop(xd, offsets=offsets.to(device)), layer.drop(x, route=Route("gather", "reference"), offsets=offsets)
+        return layer.drop(xd, offsets=offsets.to(device)), layer.drop(
+            x, route=Route("gather", "reference"), offsets=offsets
+        )
     if isinstance(layer, Dropout) and device == "cpu":
         from search_space.layers._dispatch import dropout_path
         from search_space.layers.simple import drop_units
@@ -208,6 +221,7 @@ def test_auto_route_equals_the_reference_from_the_same_draws(name: str) -> None:
 
 
 # ---- CUDA -----------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -251,5 +265,7 @@ def test_cuda_dropblock_realizes_rate(algorithm: str, share: bool) -> None:
                 rate = float(np.mean([float((layer(x) == 0).float().mean()) for _ in range(20)]))
                 assert abs(rate - p) <= 0.01, (p, bs, hw, rate)
     d = Disout(0.1, 3).cuda().train()
-    rate = float(np.mean([float((d(torch.ones(256, 8, 16, 16, device="cuda")) == 0).float().mean()) for _ in range(20)]))
+    rate = float(
+        np.mean([float((d(torch.ones(256, 8, 16, 16, device="cuda")) == 0).float().mean()) for _ in range(20)])
+    )
     assert abs(rate - 0.1) <= 0.01

@@ -1,5 +1,6 @@
 """Mask-free drops (`_drop_ops.scale_and_zero`): exact forward/backward, and the layers that use it
 give the same result as the masked multiply they replace."""
+
 from __future__ import annotations
 
 import pytest
@@ -86,12 +87,15 @@ def test_storage_level_helpers_reject_layouts_that_would_scramble_masks() -> Non
         kept_count(torch.ones(8, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("layer, shape, cl", [
-    (DropBlock2d(0.2, 3, share_channels=True), (8, 16, 12, 12), CL),
-    (DropBlock3d(0.2, 3, share_channels=True), (4, 8, 6, 6, 6), torch.channels_last_3d),
-    (PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8), (8, 16, 12, 12), CL),
-    (PatternDropout(2, 3, 2, shear_x=0.2, share_channels=False, apply_prob=0.8), (8, 16, 12, 12), CL),
-])
+@pytest.mark.parametrize(
+    "layer, shape, cl",
+    [
+        (DropBlock2d(0.2, 3, share_channels=True), (8, 16, 12, 12), CL),
+        (DropBlock3d(0.2, 3, share_channels=True), (4, 8, 6, 6, 6), torch.channels_last_3d),
+        (PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8), (8, 16, 12, 12), CL),
+        (PatternDropout(2, 3, 2, shear_x=0.2, share_channels=False, apply_prob=0.8), (8, 16, 12, 12), CL),
+    ],
+)
 def test_channels_last_paths_equal_the_contiguous_path(layer, shape, cl) -> None:
     """Same seed, same masks: the channels_last paths (shared: rows zeroed; per-channel
     pattern: masks gathered in channels_last order) and the contiguous path (a multiply by
@@ -135,12 +139,15 @@ def test_disout_gradient_is_zero_exactly_where_noise_was_written() -> None:
     assert float(x.grad[~written][0]) == pytest.approx(1 / (1 - float(written.double().mean())))
 
 
-@pytest.mark.parametrize("mask_shape, mask_format", [
-    ((4, 6, 5, 7), torch.contiguous_format),  # full size, other layout than x: copied into x's
-    ((4, 6, 5, 7), CL),
-    ((4, 1, 5, 7), torch.contiguous_format),  # one mask per example (broadcast over channels)
-    ((4, 6, 1, 1), torch.contiguous_format),  # one per channel (spatial dropout)
-])
+@pytest.mark.parametrize(
+    "mask_shape, mask_format",
+    [
+        ((4, 6, 5, 7), torch.contiguous_format),  # full size, other layout than x: copied into x's
+        ((4, 6, 5, 7), CL),
+        ((4, 1, 5, 7), torch.contiguous_format),  # one mask per example (broadcast over channels)
+        ((4, 6, 1, 1), torch.contiguous_format),  # one per channel (spatial dropout)
+    ],
+)
 def test_mask_and_scale_is_one_rounding_of_x_times_mask_times_scale(mask_shape, mask_format) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 6, 5, 7, generator=g, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
@@ -199,8 +206,10 @@ def test_mask_and_scale_with_written_values_equals_scale_and_zero() -> None:
     values = torch.randn(len(index), generator=g, dtype=torch.float64)
     grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
     outs = []
-    for apply in (lambda t: mask_and_scale(t, keep, 1.4, index, values),
-                  lambda t: scale_and_zero(t, 1.4, index, values=values)):
+    for apply in (
+        lambda t: mask_and_scale(t, keep, 1.4, index, values),
+        lambda t: scale_and_zero(t, 1.4, index, values=values),
+    ):
         xi = x.clone(memory_format=CL).requires_grad_()
         y = apply(xi)
         y.backward(grad)
@@ -220,8 +229,13 @@ def test_kept_count_counts_ones_of_a_uint8_mask(numel: int, offset: int) -> None
     assert int(kept_count(keep)) == int(keep.sum())
 
 
-@pytest.mark.parametrize("layer", [DropBlock2d(0.2, 3, share_channels=True),
-                                   PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8)])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        DropBlock2d(0.2, 3, share_channels=True),
+        PatternDropout(2, 4, 2, rotate=30.0, share_channels=True, apply_prob=0.8),
+    ],
+)
 def test_shared_masks_in_an_unusual_channels_innermost_order_equal_the_contiguous_path(layer) -> None:
     """Stored (N, W, H, C): channels innermost but not channels_last, so pixels are not the
     shared mask's rows in order; the result must still equal the contiguous path's."""
@@ -235,8 +249,10 @@ def test_shared_masks_in_an_unusual_channels_innermost_order_equal_the_contiguou
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("layer", [Dropout(0.1), Dropout(0.5), DropBlock2d(0.1, 3), DropBlock2d(0.3, 3, True),
-                                   Disout(0.1, 3), PatternDropout()])
+@pytest.mark.parametrize(
+    "layer",
+    [Dropout(0.1), Dropout(0.5), DropBlock2d(0.1, 3), DropBlock2d(0.3, 3, True), Disout(0.1, 3), PatternDropout()],
+)
 def test_empty_batch_passes_through(layer) -> None:
     x = torch.randn(0, 4, 8, 8).contiguous(memory_format=CL).requires_grad_()
     y = layer.train()(x)

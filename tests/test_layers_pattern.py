@@ -1,4 +1,5 @@
 """PatternDropout: exact tiled geometry, transforms, offsets, apply_prob, rescaling."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -90,9 +91,15 @@ def test_full_cover_gives_zeros_not_nan() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"size": 0}, "size"), ({"stride": (1, 0)}, "stride"), ({"repeat": -1}, "repeat"),
-     ({"apply_prob": 1.5}, "apply_prob"), ({"shear_x": 1.0, "shear_y": 1.0}, "shear_x"),
-     ({"rotate": float("nan")}, "rotate"), ({"size": (1, 2, 3)}, "size")],
+    [
+        ({"size": 0}, "size"),
+        ({"stride": (1, 0)}, "stride"),
+        ({"repeat": -1}, "repeat"),
+        ({"apply_prob": 1.5}, "apply_prob"),
+        ({"shear_x": 1.0, "shear_y": 1.0}, "shear_x"),
+        ({"rotate": float("nan")}, "rotate"),
+        ({"size": (1, 2, 3)}, "size"),
+    ],
 )
 def test_bad_arguments_name_the_parameter(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
@@ -106,8 +113,9 @@ def test_offset_table_matches_per_unit_indexing(monkeypatch: pytest.MonkeyPatch,
     gives the same output whichever the dispatch picks (incl. channels_last)."""
     from search_space.layers import _dispatch
 
-    layer = PatternDropout(size=(2, 3), stride=(4, 5), repeat=(2, 2), rotate=30.0, shear_x=0.2,
-                           apply_prob=apply_prob).train()
+    layer = PatternDropout(
+        size=(2, 3), stride=(4, 5), repeat=(2, 2), rotate=30.0, shear_x=0.2, apply_prob=apply_prob
+    ).train()
     torch.manual_seed(5)
     offsets = layer.offsets(30, (9, 11), torch.device("cpu"))
     assert (int((offsets == 99).sum()) > 0) == (apply_prob < 1.0)  # some masks without the pattern

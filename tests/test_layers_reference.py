@@ -8,6 +8,7 @@ outputs and gradients: bit-equal in fp64/fp32 where both round once, within stat
 tolerances where a path rounds differently (bf16 scale on the device branch, Disout's fp32
 noise).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,7 +55,7 @@ def inputs(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool, seed
 
 def assert_equal(a, b, dtype: torch.dtype, what: str) -> None:
     if dtype == torch.bfloat16:  # the device branch rounds the scale to bf16 first: <= 2 ulps
-        torch.testing.assert_close(a, b, rtol=2 ** -7, atol=0, msg=what)
+        torch.testing.assert_close(a, b, rtol=2**-7, atol=0, msg=what)
     else:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=what)
 
@@ -62,15 +63,17 @@ def assert_equal(a, b, dtype: torch.dtype, what: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("shape, k, p", [((4, 6, 9, 11), 3, 0.2), ((4, 6, 8, 8), 4, 0.3),
-                                         ((3, 5, 7, 9), 1, 0.2), ((2, 4, 5, 6, 7), 3, 0.2)])
+@pytest.mark.parametrize(
+    "shape, k, p", [((4, 6, 9, 11), 3, 0.2), ((4, 6, 8, 8), 4, 0.3), ((3, 5, 7, 9), 1, 0.2), ((2, 4, 5, 6, 7), 3, 0.2)]
+)
 def test_dropblock_fast_routes_equal_the_reference(shape, k, p, shared, channels_last, dtype) -> None:
     x, grad = inputs(shape, dtype, channels_last)
     size = shape[2:]
     kernel = tuple(min(k, s) for s in size)
     torch.manual_seed(1)
-    seeds = reference_seeds((shape[0], 1 if shared else shape[1], *size), kernel,
-                            seed_rate(p, kernel, size, False), False, CPU)
+    seeds = reference_seeds(
+        (shape[0], 1 if shared else shape[1], *size), kernel, seed_rate(p, kernel, size, False), False, CPU
+    )
     ref = forward_backward(lambda t: drop_block(t, p, k, shared, route=REFERENCE, seeds=seeds), x, grad)
     assert 0.05 < float((ref[0] == 0).double().mean()) < 0.6  # blocks were dropped, not all
     for route in block_routes(k, shared, channels_last):
@@ -83,8 +86,9 @@ def test_dropblock_fast_routes_equal_the_reference(shape, k, p, shared, channels
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("with_weight", [False, True])
 @pytest.mark.parametrize("k", [3, 1])
-def test_disout_fast_routes_equal_the_reference(k: int, with_weight: bool, channels_last: bool, zero_again: bool,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disout_fast_routes_equal_the_reference(
+    k: int, with_weight: bool, channels_last: bool, zero_again: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same seeds and the same standard-normal field: the sparse/hits routes write it on the
     listed cells only, the dense/pool routes mask it. Noise is drawn in fp32 on the fast
     routes (rtol 1e-6); kept units and gradients agree to fp64 rounding of the scale."""
@@ -105,8 +109,9 @@ def test_disout_fast_routes_equal_the_reference(k: int, with_weight: bool, chann
         routes.append(Route("hits", "cells", True))
     for route in routes:
         torch.manual_seed(5)  # the weight's random signs
-        outs[route] = forward_backward(lambda t, route=route: layer.distort(t, p, k, route=route, seeds=seeds, noise=noise),
-                                        x, grad)
+        outs[route] = forward_backward(
+            lambda t, route=route: layer.distort(t, p, k, route=route, seeds=seeds, noise=noise), x, grad
+        )
     ref = outs.pop(REFERENCE)
     dropped = float((ref[1] == 0).double().mean())
     assert 0.1 < dropped < 0.35
@@ -133,8 +138,9 @@ def test_dropout_fast_routes_equal_the_reference(p: float, shape, channels_last:
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
 def test_pattern_fast_routes_equal_the_reference(shared: bool, channels_last: bool, dtype) -> None:
-    layer = PatternDropout(size=(2, 3), stride=(4, 5), repeat=(2, 2), rotate=30.0, shear_x=0.2,
-                           share_channels=shared, apply_prob=0.8).train()
+    layer = PatternDropout(
+        size=(2, 3), stride=(4, 5), repeat=(2, 2), rotate=30.0, shear_x=0.2, share_channels=shared, apply_prob=0.8
+    ).train()
     shape = (4, 6, 9, 11)
     x, grad = inputs(shape, dtype, channels_last, seed=8)
     torch.manual_seed(9)
@@ -149,8 +155,9 @@ def test_pattern_fast_routes_equal_the_reference(shared: bool, channels_last: bo
         assert_equal(out[1], ref[1], dtype, f"gradient {route}")
 
 
-@pytest.mark.parametrize("layer", [PatternDropout(2, 4, 2, rotate=15.0, apply_prob=0.7),
-                                   PatternDropout(2, 4, 2, share_channels=True)])
+@pytest.mark.parametrize(
+    "layer", [PatternDropout(2, 4, 2, rotate=15.0, apply_prob=0.7), PatternDropout(2, 4, 2, share_channels=True)]
+)
 def test_pattern_layer_equals_its_reference_under_the_same_seed(layer: PatternDropout) -> None:
     """Both algorithms draw the offsets the same way, so whole layers agree seed for seed."""
     x = torch.randn(4, 6, 9, 11).contiguous(memory_format=torch.channels_last)
@@ -167,9 +174,13 @@ def test_reference_algorithm_is_selectable_on_every_layer() -> None:
     from search_space.layers import DropBlock2d, DropBlock3d
 
     x = torch.ones(64, 4, 12, 12)
-    for layer in [DropBlock2d(0.2, 3, algorithm="reference"), DropBlock3d(0.2, 3, algorithm="reference"),
-                  Disout(0.2, 3, algorithm="reference"), Dropout(0.2, algorithm="reference"),
-                  PatternDropout(algorithm="reference")]:
+    for layer in [
+        DropBlock2d(0.2, 3, algorithm="reference"),
+        DropBlock3d(0.2, 3, algorithm="reference"),
+        Disout(0.2, 3, algorithm="reference"),
+        Dropout(0.2, algorithm="reference"),
+        PatternDropout(algorithm="reference"),
+    ]:
         xi = torch.ones(16, 4, 6, 6, 6) if isinstance(layer, DropBlock3d) else x
         torch.manual_seed(11)
         y = layer.train()(xi)

@@ -1,4 +1,5 @@
 """SequenceDropout (AutoDropout's Transformer pattern): rates, geometry, sharing, contract."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,8 +10,11 @@ import torch
 
 from search_space.layers import LinearScheduler, SequenceDropout
 
-SETTINGS = [(size, stride, st, sc) for size, stride in [(1, 1), (1, 3), (2, 4), (3, 5), (4, 2), (8, 8)]
-            for st, sc in itertools.product((False, True), repeat=2)]
+SETTINGS = [
+    (size, stride, st, sc)
+    for size, stride in [(1, 1), (1, 3), (2, 4), (3, 5), (4, 2), (8, 8)]
+    for st, sc in itertools.product((False, True), repeat=2)
+]
 
 
 def _rate_tolerance(layer: SequenceDropout, n: int, t: int, c: int, draws: int) -> float:
@@ -89,15 +93,24 @@ def test_fast_path_equals_reference(shape, batch_first, size, stride, share_t, s
     x = torch.randn(shape)
     out = {}
     for algorithm in ("auto", "reference"):
-        layer = SequenceDropout(0.25, size, stride, share_t, share_c, batch_first=batch_first,
-                                algorithm=algorithm, generator=torch.Generator().manual_seed(11))
+        layer = SequenceDropout(
+            0.25,
+            size,
+            stride,
+            share_t,
+            share_c,
+            batch_first=batch_first,
+            algorithm=algorithm,
+            generator=torch.Generator().manual_seed(11),
+        )
         out[algorithm] = layer(x)
     assert torch.equal(out["auto"], out["reference"])
 
 
 def test_batch_first_false_tiles_along_dim0() -> None:
-    layer = SequenceDropout(0.9, 2, 5, share_t=True, share_c=True, batch_first=False,
-                            generator=torch.Generator().manual_seed(0))
+    layer = SequenceDropout(
+        0.9, 2, 5, share_t=True, share_c=True, batch_first=False, generator=torch.Generator().manual_seed(0)
+    )
     m = layer.drop_mask(torch.zeros(30, 4, 3))
     assert m.shape == (30, 4, 1)
     assert torch.allclose(m.float().mean(0).squeeze(-1), torch.full((4,), 2 / 5), atol=0.05)
@@ -145,6 +158,8 @@ def test_cuda_rate_and_reference(dtype) -> None:
     layer = SequenceDropout(0.2, 3, 5, share_t=True, share_c=False)
     rate = sum((layer(x) == 0).float().mean().item() for _ in range(50)) / 50
     assert abs(rate - 0.2) < 0.01 and layer(x).dtype == dtype
-    outs = [SequenceDropout(0.2, 3, 5, True, False, algorithm=a,
-                            generator=torch.Generator("cuda").manual_seed(1))(x) for a in ("auto", "reference")]
+    outs = [
+        SequenceDropout(0.2, 3, 5, True, False, algorithm=a, generator=torch.Generator("cuda").manual_seed(1))(x)
+        for a in ("auto", "reference")
+    ]
     assert torch.equal(*outs)

@@ -1,4 +1,5 @@
 """Plans: JSON round trip, stable output, atomic save, and every validation error."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,17 @@ def _space() -> SearchSpace:
 
 def _good() -> dict:
     return {
-        "format_version": PLAN_FORMAT_VERSION, "space_version": SPACE_VERSION,
-        "model": "tv:resnet18", "ramp_fraction": 0.25, "metadata": {"val_acc": 0.9},
+        "format_version": PLAN_FORMAT_VERSION,
+        "space_version": SPACE_VERSION,
+        "model": "tv:resnet18",
+        "ramp_fraction": 0.25,
+        "metadata": {"val_acc": 0.9},
         "sites": {
-            "layer1.0.bn1": {"method": "dropblock",
-                             "params": {"drop_prob": 0.1, "block_size": 5, "share_channels": False}},
-            "layer2.0.bn2": {"method": "disout",
-                             "params": {"dist_prob": 0.09, "block_size": 6, "alpha": 5}},
+            "layer1.0.bn1": {
+                "method": "dropblock",
+                "params": {"drop_prob": 0.1, "block_size": 5, "share_channels": False},
+            },
+            "layer2.0.bn2": {"method": "disout", "params": {"dist_prob": 0.09, "block_size": 6, "alpha": 5}},
             "layer3.1.bn1": {"method": "none", "params": {}},
         },
     }
@@ -45,9 +50,10 @@ def test_json_is_sorted_indented_and_human_readable() -> None:
     d = json.loads(text)
     assert text == json.dumps(d, sort_keys=True, indent=2) + "\n"
     assert '\n  "format_version": 1,' in text
-    assert d["sites"]["layer2.0.bn2"] == {"method": "disout",  # the plan-wide ramp_fraction made explicit
-                                          "params": {"alpha": 5.0, "block_size": 6, "dist_prob": 0.09,
-                                                     "ramp": 0.25}}
+    assert d["sites"]["layer2.0.bn2"] == {
+        "method": "disout",  # the plan-wide ramp_fraction made explicit
+        "params": {"alpha": 5.0, "block_size": 6, "dist_prob": 0.09, "ramp": 0.25},
+    }
 
 
 def test_int_for_float_param_is_canonicalised() -> None:
@@ -79,10 +85,10 @@ def test_save_load_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_summary_methods_and_none() -> None:
     plan = Plan.from_dict(_good())
-    assert plan.summary() == ("layer1.0.bn1=dropblock(p=.1,b=5,sc=0,ramp=.25) "
-                              "layer2.0.bn2=disout(p=.09,b=6,a=5,ramp=.25)")
-    assert plan.methods() == {"layer1.0.bn1": "dropblock", "layer2.0.bn2": "disout",
-                              "layer3.1.bn1": "none"}
+    assert plan.summary() == (
+        "layer1.0.bn1=dropblock(p=.1,b=5,sc=0,ramp=.25) layer2.0.bn2=disout(p=.09,b=6,a=5,ramp=.25)"
+    )
+    assert plan.methods() == {"layer1.0.bn1": "dropblock", "layer2.0.bn2": "disout", "layer3.1.bn1": "none"}
     none = Plan.none(SITES, model="m")
     assert none.summary() == "none" and set(none.methods().values()) == {"none"}
     assert none.model == "m" and none.space_version == SPACE_VERSION
@@ -119,7 +125,7 @@ BAD = {
     "ramp fraction": (("ramp_fraction",), 1.5, ["ramp_fraction", "1.5", "[0, 1]"]),
     "unknown top field": (("plans",), {}, ["plans", "unknown", "'sites'"]),
     "sites not object": (("sites",), ["layer1.0.bn1"], ["sites", "['layer1.0.bn1']", "object"]),
-    "spec without method": (_DB, {"params": {}}, ["layer1.0.bn1", "{'params': {}}", "\"method\""]),
+    "spec without method": (_DB, {"params": {}}, ["layer1.0.bn1", "{'params': {}}", '"method"']),
     "params not object": (_DB + ("params",), [0.1], ["params", "[0.1]", "object"]),
     "bad site path": (("sites", "layer1..bn1"), {"method": "none", "params": {}}, ["'layer1..bn1'", "dotted"]),
     "metadata": (("metadata",), [], ["metadata", "[]", "object"]),

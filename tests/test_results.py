@@ -4,6 +4,7 @@ One module-scoped ``launch_search.py`` run (4 trials, 1 epoch, 200 digits images
 expected numbers are recomputed here from trials.csv with the csv module, independently of
 the pandas code under test.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,10 +35,34 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny controller search: 2 baselines, 3 sampled plans, then the best sampled plan and
     both baselines re-trained with 2 fresh seeds (1 epoch each)."""
     storage = tmp_path_factory.mktemp("runs")
-    proc = subprocess.run([sys.executable, "launch_search.py", "--num-samples", str(SAMPLED), "--epochs", "1",
-                           "--train-size", "200", "--storage-path", str(storage), "--name", "tiny", "--seed", "0",
-                           "--baselines", ",".join(BASELINES), "--final-top-k", "1", "--final-seeds", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch_search.py",
+            "--num-samples",
+            str(SAMPLED),
+            "--epochs",
+            "1",
+            "--train-size",
+            "200",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "tiny",
+            "--seed",
+            "0",
+            "--baselines",
+            ",".join(BASELINES),
+            "--final-top-k",
+            "1",
+            "--final-seeds",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage / "tiny"
 
@@ -88,7 +113,7 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
     sampled = [r for r in all_rows if not r["baseline"]]
     assert len(sampled) == SAMPLED and sorted(r["baseline"] for r in all_rows if r["baseline"]) == sorted(BASELINES)
     stats = sections["methods per site"]
-    for site in (c[len("site:"):] for c in all_rows[0] if c.startswith("site:")):
+    for site in (c[len("site:") :] for c in all_rows[0] if c.startswith("site:")):
         chosen = [r[f"site:{site}"] for r in sampled]
         assert sum(int(s["count"]) for s in stats if s["site"] == site) == len(sampled)
         for m in set(chosen):
@@ -103,8 +128,11 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
     seconds = sum(float(r["seconds"]) for r in all_rows)
     assert float(cost["cpu_hours"]) == pytest.approx(seconds * float(cost["cpus_per_trial"]) / 3600, rel=1e-6)
     gpus = float(cost["gpus_per_trial"] or "nan")  # NaN (empty) when the search left the GPU share on "auto" unrecorded
-    assert math.isnan(gpus) and cost["gpu_hours"] == "" or \
-        float(cost["gpu_hours"]) == pytest.approx(seconds * gpus / 3600, abs=1e-12)
+    assert (
+        math.isnan(gpus)
+        and cost["gpu_hours"] == ""
+        or float(cost["gpu_hours"]) == pytest.approx(seconds * gpus / 3600, abs=1e-12)
+    )
 
 
 def test_summarize_text_and_markdown(run_dir: Path, capsys) -> None:
@@ -135,8 +163,9 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     assert rc == 0, err
     block = next(b for b in out.split("\n\n") if b.startswith("# controller vs random"))
     table = {r["searcher"]: r for r in csv.DictReader(io.StringIO(block.split("\n", 1)[1]))}
-    assert set(table) == {"controller", "random"} | {f"{run}:baseline:{b}" for run in ("tiny", "random_run")
-                                                     for b in BASELINES}
+    assert set(table) == {"controller", "random"} | {
+        f"{run}:baseline:{b}" for run in ("tiny", "random_run") for b in BASELINES
+    }
     for name, src in (("controller", _rows(run_dir)), ("random", rows)):
         src = [r for r in src if not r["baseline"]]
         rewards = [float(r["reward"]) for r in sorted(src, key=lambda r: int(r["order"]))]
@@ -145,10 +174,12 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
         assert float(table[name]["mean_reward"]) == pytest.approx(statistics.mean(rewards))
         assert int(table[name]["trials"]) == len(rewards)
     assert (table["random"]["failed"], table["controller"]["failed"]) == ("1", "0")
-    sections = {b.split("\n", 1)[0]: list(csv.DictReader(io.StringIO(b.split("\n", 1)[1])))
-                for b in out.strip().split("\n\n")}
-    assert [(r["trial_id"], r["searcher"], r["error"]) for r in sections["# failed or diverged trials"]] == \
-        [(failed["trial_id"], "random", "RuntimeError: out of memory")]
+    sections = {
+        b.split("\n", 1)[0]: list(csv.DictReader(io.StringIO(b.split("\n", 1)[1]))) for b in out.strip().split("\n\n")
+    }
+    assert [(r["trial_id"], r["searcher"], r["error"]) for r in sections["# failed or diverged trials"]] == [
+        (failed["trial_id"], "random", "RuntimeError: out of memory")
+    ]
     top = next(v for k, v in sections.items() if k.startswith("# top"))
     assert (failed["trial_id"], "random") not in {(r["trial_id"], r["searcher"]) for r in top}
     assert len(top) == min(5, 2 * NUM_SAMPLES - 1)
@@ -175,8 +206,9 @@ def test_export_writes_a_plan_that_loads_and_applies(run_dir: Path, tmp_path: Pa
     from child_trainer import build_model
     from search_space import Plan, apply_plan, regularizers
 
-    final = sorted(csv.DictReader(open(run_dir / "final.csv", newline="")),
-                   key=lambda f: (-int(f["chosen"]), -float(f["mean"])))
+    final = sorted(
+        csv.DictReader(open(run_dir / "final.csv", newline="")), key=lambda f: (-int(f["chosen"]), -float(f["mean"]))
+    )
     plans = []
     for rank in range(1, len(final) + 1):
         out = tmp_path / f"plan{rank}.json"
@@ -215,11 +247,19 @@ def test_bad_run_dirs_give_one_line_and_exit_2(run_dir: Path, tmp_path: Path, ca
     running = _copy_run(run_dir, tmp_path / "running")
     state = json.loads((running / "run_state.json").read_text())
     (running / "run_state.json").write_text(json.dumps({**state, "status": "running", "completed": 2}))
-    cases = {tmp_path / "missing": "not found", tmp_path / "empty": "empty",
-             tmp_path / "notrun": "not a search run", running: "still in progress"}
+    cases = {
+        tmp_path / "missing": "not found",
+        tmp_path / "empty": "empty",
+        tmp_path / "notrun": "not a search run",
+        running: "still in progress",
+    }
     for path, phrase in cases.items():
-        for cmd in (["summarize", str(path)], ["plot", str(path)], ["export", str(path), "--out", "x.json"],
-                    ["retrain", str(path)]):
+        for cmd in (
+            ["summarize", str(path)],
+            ["plot", str(path)],
+            ["export", str(path), "--out", "x.json"],
+            ["retrain", str(path)],
+        ):
             rc, out, err = _cli(cmd, capsys)
             assert rc == 2, (cmd, err)
             assert err.startswith("python -m results: error: ") and err.count("\n") == 1 and phrase in err, (cmd, err)
@@ -228,10 +268,17 @@ def test_bad_run_dirs_give_one_line_and_exit_2(run_dir: Path, tmp_path: Path, ca
 
 
 def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "results", "summarize", str(tmp_path / "nope")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "results", "summarize", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [f"python -m results: error: run directory not found: {tmp_path / 'nope'}"]
+    assert proc.stderr.strip().splitlines() == [
+        f"python -m results: error: run directory not found: {tmp_path / 'nope'}"
+    ]
 
 
 def test_interrupted_run_is_summarized_with_what_exists(run_dir: Path, tmp_path: Path, capsys) -> None:
@@ -272,8 +319,12 @@ def test_masks_drop_the_requested_fraction() -> None:
     from search_space import Plan, SiteSpec, apply_plan
 
     model = build_model("digits_cnn", 10, 1)
-    plan = Plan({"bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
-                 "layer2.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False})})
+    plan = Plan(
+        {
+            "bn1": SiteSpec("dropout", {"drop_prob": 0.3}),
+            "layer2.0.bn2": SiteSpec("dropblock", {"drop_prob": 0.2, "block_size": 3, "share_channels": False}),
+        }
+    )
     apply_plan(model, plan)
     fracs = [regularizer_masks(model, torch.randn(1, 1, 8, 8), seed=s)["bn1"].mean() for s in range(3)]
     assert float(np.mean(fracs)) == pytest.approx(0.3, abs=0.02)  # >= 3 x 16x16x16 units: sd of the mean < 0.005
@@ -295,8 +346,7 @@ def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
     assert set(plans["none"].methods().values()) == {"none"}
     db = {s: spec for s, spec in plans["dropblock"].sites.items() if spec.method != "none"}
     # both stages (16x16 and 8x8) are "the last two"; BN outputs incl. the projection shortcut's BN
-    assert set(db) == {"bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2",
-                       "layer2.0.shortcut.1"}
+    assert set(db) == {"bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1", "layer2.0.bn2", "layer2.0.shortcut.1"}
     assert {spec.params["block_size"] for spec in db.values()} == {7}
     assert all(spec.params["drop_prob"] == 0.1 for spec in db.values()) and plans["dropblock"].ramp_fraction == 1.0
     do = {s for s, spec in plans["dropout"].sites.items() if spec.method == "dropout"}
@@ -307,14 +357,31 @@ def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
 
 
 def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, capsys) -> None:
-    rc, out, err = _cli(["retrain", str(run_dir), "--top", "1", "--seeds", "2", "--epochs", "1",
-                         "--train-size", "search", "--baselines", "disout", "--out", str(tmp_path),
-                         "--num-threads", "1"], capsys)
+    rc, out, err = _cli(
+        [
+            "retrain",
+            str(run_dir),
+            "--top",
+            "1",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--train-size",
+            "search",
+            "--baselines",
+            "disout",
+            "--out",
+            str(tmp_path),
+            "--num-threads",
+            "1",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     with open(tmp_path / "retrain.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout")
-                                                    for s in ("0", "1")]
+    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout") for s in ("0", "1")]
     assert all(r["status"] == "ok" and 0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
     with open(tmp_path / "retrain_summary.csv", newline="") as f:
         summary = {r["plan"]: r for r in csv.DictReader(f)}
@@ -345,8 +412,16 @@ def test_best_plan_and_export_rank_1_agree_when_a_stopped_trial_scores_highest(t
     run = tmp_path / "asha"
     s = RandomSearcher(space, num_samples=4, run_dir=run, seed=0)
     run.mkdir()
-    (run / "search_config.json").write_text(json.dumps({"version": 2, "searcher": "random", "space": space.to_dict(),
-                                                         "objective": {"metric": "val_acc", "mode": "max"}}))
+    (run / "search_config.json").write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "searcher": "random",
+                "space": space.to_dict(),
+                "objective": {"metric": "val_acc", "mode": "max"},
+            }
+        )
+    )
     for i, (final, acc) in enumerate([(True, 0.7), (False, 0.95), (True, 0.8), (False, 0.5)]):
         s.suggest(f"t{i}")
         s.on_trial_complete(f"t{i}", {"final": final, "status": "ok", "val_acc": acc, "epoch": 3 if final else 1})
@@ -360,8 +435,9 @@ def test_best_plan_and_export_rank_1_agree_when_a_stopped_trial_scores_highest(t
     assert exported.metadata["trial_id"] == "t2" and exported.sites == best.sites
 
 
-def test_a_truncated_last_row_is_dropped_with_a_warning_never_misread(run_dir: Path, tmp_path: Path, capsys,
-                                                                       caplog) -> None:
+def test_a_truncated_last_row_is_dropped_with_a_warning_never_misread(
+    run_dir: Path, tmp_path: Path, capsys, caplog
+) -> None:
     part = _copy_run(run_dir, tmp_path / "cut")
     text = (part / "trials.csv").read_text()
     rows = _rows(part)

@@ -1,5 +1,6 @@
 """Searchers without Ray (batches, out-of-order completion, save/restore) and launch_search
 end to end on one shared local Ray session (controller, random, failures, bad arguments)."""
+
 from __future__ import annotations
 
 import csv
@@ -42,23 +43,42 @@ def none_baseline(space: SearchSpace) -> dict[str, Plan]:
 
 
 def ok(val: float) -> dict:
-    return {"final": True, "status": "ok", "val_acc": val, "best_val_acc": val, "epoch": 2,
-            "seconds": 1.0, "node": "n1"}
+    return {
+        "final": True,
+        "status": "ok",
+        "val_acc": val,
+        "best_val_acc": val,
+        "epoch": 2,
+        "seconds": 1.0,
+        "node": "n1",
+    }
 
 
 # ----------------------------------------------------------------------- outcomes
-@pytest.mark.parametrize("result,errored,expect", [
-    (ok(0.8), False, ("ok", 0.8, "")),
-    ({"final": False, "val_acc": 0.4, "epoch": 1}, False, ("stopped", 0.4, "")),  # ASHA stop
-    ({"final": True, "status": "diverged", "val_acc": 0.2, "message": "loss nan"}, False,
-     ("diverged", PENALTY, "loss nan")),
-    ({"final": True, "status": "failed", "error": "ValueError: x", "val_acc": float("nan")}, False,
-     ("failed", PENALTY, "ValueError: x")),
-    ({"final": False, "val_acc": 0.4, "epoch": 1}, True,  # a worker killed after an epoch
-     ("failed", None, PARTIAL_ERROR.format(epochs=1, metric="val_acc", value="0.4"))),
-    (None, True, ("failed", None, NO_REPORT_ERROR)),
-    (None, False, ("stopped", None, "")),  # removed before it ever reported
-])
+@pytest.mark.parametrize(
+    "result,errored,expect",
+    [
+        (ok(0.8), False, ("ok", 0.8, "")),
+        ({"final": False, "val_acc": 0.4, "epoch": 1}, False, ("stopped", 0.4, "")),  # ASHA stop
+        (
+            {"final": True, "status": "diverged", "val_acc": 0.2, "message": "loss nan"},
+            False,
+            ("diverged", PENALTY, "loss nan"),
+        ),
+        (
+            {"final": True, "status": "failed", "error": "ValueError: x", "val_acc": float("nan")},
+            False,
+            ("failed", PENALTY, "ValueError: x"),
+        ),
+        (
+            {"final": False, "val_acc": 0.4, "epoch": 1},
+            True,  # a worker killed after an epoch
+            ("failed", None, PARTIAL_ERROR.format(epochs=1, metric="val_acc", value="0.4")),
+        ),
+        (None, True, ("failed", None, NO_REPORT_ERROR)),
+        (None, False, ("stopped", None, "")),  # removed before it ever reported
+    ],
+)
 def test_trial_outcome_statuses_and_rewards(result, errored, expect):
     out = trial_outcome(result, errored, PENALTY)
     assert (out.status, out.reward, out.error) == expect
@@ -66,8 +86,15 @@ def test_trial_outcome_statuses_and_rewards(result, errored, expect):
 
 # ----------------------------------------------------------------------- searchers, no Ray
 def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
-    s = ControllerSearcher(tiny_space(), num_samples=6, controller_batch=2, run_dir=tmp_path, seed=1,
-                           penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
+    s = ControllerSearcher(
+        tiny_space(),
+        num_samples=6,
+        controller_batch=2,
+        run_dir=tmp_path,
+        seed=1,
+        penalty_reward=PENALTY,
+        baselines=none_baseline(tiny_space()),
+    )
     configs = {f"t{i}": s.suggest(f"t{i}") for i in range(7)}
     assert s.suggest("t7") == s.FINISHED
     ref = configs["t0"]["plan"]
@@ -81,7 +108,7 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
     hist = read_csv(tmp_path / "controller_history.csv")
     rows = read_csv(tmp_path / "trials.csv")
     assert list(hist[0]) == HISTORY_COLUMNS
-    assert list(rows[0])[:len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
+    assert list(rows[0])[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
     assert [r["trial_id"] for r in rows] == ["t3", "t1", "t0", "t5", "t2", "t6", "t4"]
     assert [r["update"] for r in rows] == ["0", "0", "", "1", "1", "2", "2"]
     assert [int(h["step"]) for h in hist] == [1, 2, 3]
@@ -97,14 +124,19 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
 
 
 def test_errored_trial_without_report_is_recorded_but_not_learned(tmp_path):
-    s = ControllerSearcher(tiny_space(), num_samples=2, controller_batch=1, run_dir=tmp_path,
-                           penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
+    s = ControllerSearcher(
+        tiny_space(),
+        num_samples=2,
+        controller_batch=1,
+        run_dir=tmp_path,
+        penalty_reward=PENALTY,
+        baselines=none_baseline(tiny_space()),
+    )
     for tid in ("a", "b", "c"):
         s.suggest(tid)
     s.on_trial_result("b", {"final": False, "val_acc": 0.3, "epoch": 1, "node": "n2"})
     s.on_trial_complete("b", None, error=True)  # what Ray sends when the worker died
-    s.on_trial_complete("c", {"final": True, "status": "failed", "error": "KeyError: 'x'",
-                              "val_acc": float("nan")})
+    s.on_trial_complete("c", {"final": True, "status": "failed", "error": "KeyError: 'x'", "val_acc": float("nan")})
     s.on_trial_complete("a", ok(0.9))  # the baseline: recorded, never learned from
     rows = {r["trial_id"]: r for r in read_csv(tmp_path / "trials.csv")}
     assert (rows["b"]["status"], rows["b"]["reward"], rows["b"]["node"]) == ("failed", "", "n2")
@@ -173,8 +205,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     ours = not ray.is_initialized()
     if ours:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
     if ours:
         ray.shutdown()
@@ -191,14 +222,28 @@ def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[in
         hook += ["--baselines", "none"]
     if "--final-top-k" not in args:
         hook += ["--final-top-k", "0"]
-    rc = launch_search.main(["--storage-path", str(tmp_path), "--name", "run",
-                             "--data-dir", str(scratch), *hook, *args])
+    rc = launch_search.main(
+        ["--storage-path", str(tmp_path), "--name", "run", "--data-dir", str(scratch), *hook, *args]
+    )
     return rc, tmp_path / "run"
 
 
 def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path, capsys):
-    rc, run = run_search(monkeypatch, tmp_path, None, "--num-samples", "5", "--epochs", "1",
-                         "--train-size", "100", "--controller-batch", "2", "--max-concurrent", "2")
+    rc, run = run_search(
+        monkeypatch,
+        tmp_path,
+        None,
+        "--num-samples",
+        "5",
+        "--epochs",
+        "1",
+        "--train-size",
+        "100",
+        "--controller-batch",
+        "2",
+        "--max-concurrent",
+        "2",
+    )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
     assert config["searcher"] == "controller" and config["version"] == 2
@@ -232,8 +277,21 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
 
 
 def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "quick", "--search", "random", "--num-samples", "4",
-                         "--epochs", "2", "--seed", "3", "--sites", "layer1.*")
+    rc, run = run_search(
+        monkeypatch,
+        tmp_path,
+        "quick",
+        "--search",
+        "random",
+        "--num-samples",
+        "4",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--sites",
+        "layer1.*",
+    )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
     space = SearchSpace.from_dict(config["space"])
@@ -251,8 +309,19 @@ def test_random_search_samples_the_seeded_uniform_plans(ray_session, monkeypatch
 
 
 def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "flaky", "--num-samples", "6", "--epochs", "1",
-                         "--controller-batch", "2", "--max-concurrent", "1")
+    rc, run = run_search(
+        monkeypatch,
+        tmp_path,
+        "flaky",
+        "--num-samples",
+        "6",
+        "--epochs",
+        "1",
+        "--controller-batch",
+        "2",
+        "--max-concurrent",
+        "1",
+    )
     assert rc == 0
     rows = read_csv(run / "trials.csv")
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "failed", "diverged")}
@@ -270,8 +339,21 @@ def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, m
 
 
 def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, monkeypatch, tmp_path):
-    rc, run = run_search(monkeypatch, tmp_path, "noisy", "--scheduler", "asha", "--num-samples", "7",
-                         "--epochs", "4", "--max-concurrent", "1", "--controller-batch", "3")
+    rc, run = run_search(
+        monkeypatch,
+        tmp_path,
+        "noisy",
+        "--scheduler",
+        "asha",
+        "--num-samples",
+        "7",
+        "--epochs",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--controller-batch",
+        "3",
+    )
     assert rc == 0
     rows = read_csv(run / "trials.csv")
     stopped = [r for r in rows if r["status"] == "stopped"]
@@ -282,23 +364,26 @@ def test_asha_stops_weak_trials_and_rewards_their_last_accuracy(ray_session, mon
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--num-samples", "0"], "--num-samples: bad value 0"),
-    (["--epochs", "-2"], "--epochs: bad value -2"),
-    (["--controller-batch", "0"], "--controller-batch"),
-    (["--cpus-per-trial", "0"], "--cpus-per-trial"),
-    (["--model", "resnet7"], "--model"),
-    (["--dataset", "imagenet"], "--dataset"),
-    (["--sites", "nosuchlayer"], "--sites: bad value 'nosuchlayer' (matches no site)"),
-    (["--address", "127.0.0.1:1"], "--address: bad value '127.0.0.1:1'; cannot reach Ray"),
-    (["--resume", "--name", "never-ran"], "--resume: no resumable run"),
-    (["--resume"], "--resume: needs --name"),
-    (["--search", "bayes"], "--search: bad value 'bayes'; allowed: controller, random, tpe"),
-    (["--batch-size", "0"], "--batch-size: bad value 0"),
-    (["--lr", "nan"], "--lr: bad value nan"),
-    (["--controller-lr", "-0.1"], "--controller-lr: bad value -0.1"),
-    (["--amp", "fp8"], "--amp: bad value 'fp8'; allowed: auto, none, bf16, fp16"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--num-samples", "0"], "--num-samples: bad value 0"),
+        (["--epochs", "-2"], "--epochs: bad value -2"),
+        (["--controller-batch", "0"], "--controller-batch"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+        (["--model", "resnet7"], "--model"),
+        (["--dataset", "imagenet"], "--dataset"),
+        (["--sites", "nosuchlayer"], "--sites: bad value 'nosuchlayer' (matches no site)"),
+        (["--address", "127.0.0.1:1"], "--address: bad value '127.0.0.1:1'; cannot reach Ray"),
+        (["--resume", "--name", "never-ran"], "--resume: no resumable run"),
+        (["--resume"], "--resume: needs --name"),
+        (["--search", "bayes"], "--search: bad value 'bayes'; allowed: controller, random, tpe"),
+        (["--batch-size", "0"], "--batch-size: bad value 0"),
+        (["--lr", "nan"], "--lr: bad value nan"),
+        (["--controller-lr", "-0.1"], "--controller-lr: bad value -0.1"),
+        (["--amp", "fp8"], "--amp: bad value 'fp8'; allowed: auto, none, bf16, fp16"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     import launch_search
 
@@ -332,12 +417,20 @@ def test_existing_run_folder_needs_resume(tmp_path, capsys):
 def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
     """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
     env = dict(os.environ)
-    child = [] if "--resume" in extra else ["--child", f"{CHILDREN}:quick", "--baselines", "none",
-                                             "--final-top-k", "0"]
-    cmd = [sys.executable, str(REPO / "launch_search.py"), "--storage-path", str(tmp_path),
-           "--name", "run", "--address", address, *child, *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    child = [] if "--resume" in extra else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0"]
+    cmd = [
+        sys.executable,
+        str(REPO / "launch_search.py"),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "run",
+        "--address",
+        address,
+        *child,
+        *extra,
+    ]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -345,8 +438,20 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     run, scratch, total = tmp_path / "run", tmp_path / "scratch", 10
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
-    proc = launch(tmp_path, ray_session, "--num-samples", str(total - 1), "--epochs", "2",
-                  "--controller-batch", "2", "--max-concurrent", "1", "--data-dir", str(scratch))
+    proc = launch(
+        tmp_path,
+        ray_session,
+        "--num-samples",
+        str(total - 1),
+        "--epochs",
+        "2",
+        "--controller-batch",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--data-dir",
+        str(scratch),
+    )
     try:
         deadline = time.time() + 120
         while len(read_csv(run / "trials.csv")) < 4 and proc.poll() is None and time.time() < deadline:
@@ -371,14 +476,15 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     hist = read_csv(run / "controller_history.csv")
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
     assert len(rows) == total and len({r["trial_id"] for r in rows}) == total
-    assert rows[:len(first)] == [{**r, "update": rows[i]["update"]} for i, r in enumerate(first)]
-    starts = Counter(line.split()[0] for line in (scratch / "calls.log").read_text().splitlines()
-                     if line.endswith(" start"))
+    assert rows[: len(first)] == [{**r, "update": rows[i]["update"]} for i, r in enumerate(first)]
+    starts = Counter(
+        line.split()[0] for line in (scratch / "calls.log").read_text().splitlines() if line.endswith(" start")
+    )
     assert set(starts) == {r["trial_id"] for r in rows}
     assert all(starts[r["trial_id"]] == 1 for r in first)  # finished trials never ran again
     assert sum(starts.values()) <= total + 1  # at most the one interrupted trial ran twice
     # The controller went on from its saved step: the history extends the first run's rows.
-    assert hist[:len(hist1)] == hist1
+    assert hist[: len(hist1)] == hist1
     assert [int(h["step"]) for h in hist] == list(range(1, len(hist) + 1))
     assert [int(h["update"]) for h in hist] == list(range(len(hist)))
     assert len(hist) == 5  # 9 sampled trials, batch 2: 4 full batches + the last one

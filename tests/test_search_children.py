@@ -7,6 +7,7 @@ digits data) names a scratch folder that may hold ``sleep`` (seconds per epoch),
 ``calls.log`` (one line "trial_id start|end" per call) and ``counter`` (numbers the calls
 across workers for `flaky`).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -47,8 +48,15 @@ def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
         if report is not None:
             report(epoch, {"epoch": epoch, "val_acc": acc * epoch / train.epochs, "train_loss": 1.0})
     _log(train, "end")
-    return {"val_acc": acc, "best_val_acc": acc, "train_loss": 1.0, "epochs": train.epochs,
-            "seconds": pause * train.epochs, "status": "ok", "message": ""}
+    return {
+        "val_acc": acc,
+        "best_val_acc": acc,
+        "train_loss": 1.0,
+        "epochs": train.epochs,
+        "seconds": pause * train.epochs,
+        "status": "ok",
+        "message": "",
+    }
 
 
 def noisy(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
@@ -60,16 +68,30 @@ def noisy(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
     for epoch in range(1, train.epochs + 1):
         if report is not None:
             report(epoch, {"epoch": epoch, "val_acc": acc * epoch / train.epochs, "train_loss": 1.0})
-    return {"val_acc": acc, "best_val_acc": acc, "train_loss": 1.0, "epochs": train.epochs,
-            "seconds": 0.0, "status": "ok", "message": ""}
+    return {
+        "val_acc": acc,
+        "best_val_acc": acc,
+        "train_loss": 1.0,
+        "epochs": train.epochs,
+        "seconds": 0.0,
+        "status": "ok",
+        "message": "",
+    }
 
 
 def trivial(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
     """No work at all: what is left of a trial's time is the search machinery's overhead."""
     if report is not None:
         report(1, {"epoch": 1, "val_acc": 0.5, "train_loss": 1.0})
-    return {"val_acc": 0.5, "best_val_acc": 0.5, "train_loss": 1.0, "epochs": 1, "seconds": 0.0,
-            "status": "ok", "message": ""}
+    return {
+        "val_acc": 0.5,
+        "best_val_acc": 0.5,
+        "train_loss": 1.0,
+        "epochs": 1,
+        "seconds": 0.0,
+        "status": "ok",
+        "message": "",
+    }
 
 
 def _next_call(train: Any) -> int:
@@ -92,6 +114,13 @@ def flaky(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
             report(1, {"epoch": 1, "val_acc": 0.3, "train_loss": 2.0})
         raise RuntimeError(f"child {n} exploded on purpose")
     if n % 3 == 2:
-        return {"val_acc": 0.1, "best_val_acc": 0.1, "train_loss": float("nan"), "epochs": 1,
-                "seconds": 0.0, "status": "diverged", "message": "epoch 1: loss is nan"}
+        return {
+            "val_acc": 0.1,
+            "best_val_acc": 0.1,
+            "train_loss": float("nan"),
+            "epochs": 1,
+            "seconds": 0.0,
+            "status": "diverged",
+            "message": "epoch 1: loss is nan",
+        }
     return quick(train, plan, report)

@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on this machine (`ray start --head` + a second `ray start`,
 each with its own temp dir), searched with --address: trials run on both nodes.
 Only the Ray processes this test started are stopped (found by their temp dirs)."""
+
 from __future__ import annotations
 
 import csv
@@ -66,8 +67,13 @@ def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
     address = f"127.0.0.1:{port}"
 
     def ray_start(*args: str) -> None:
-        subprocess.run(["ray", "start", "--num-cpus=1", "--disable-usage-stats", *args],
-                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["ray", "start", "--num-cpus=1", "--disable-usage-stats", *args],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     try:
         ray_start("--head", f"--port={port}", f"--temp-dir={dirs[0]}", "--include-dashboard=false")
@@ -78,11 +84,29 @@ def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
 
         def search(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(
-                [sys.executable, str(REPO / "launch_search.py"), "--address", address,
-                 "--storage-path", str(tmp_path), "--data-dir", str(scratch), "--child", f"{CHILDREN}:quick",
-                 "--baselines", "none", "--final-top-k", "0", *args],
-                cwd=REPO, env=env,
-                capture_output=True, text=True, timeout=240)
+                [
+                    sys.executable,
+                    str(REPO / "launch_search.py"),
+                    "--address",
+                    address,
+                    "--storage-path",
+                    str(tmp_path),
+                    "--data-dir",
+                    str(scratch),
+                    "--child",
+                    f"{CHILDREN}:quick",
+                    "--baselines",
+                    "none",
+                    "--final-top-k",
+                    "0",
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
 
         bad = search("--name", "gpu", "--gpus-per-trial", "1")
         assert bad.returncode == 2 and "has no GPUs" in bad.stderr, bad.stderr[-2000:]

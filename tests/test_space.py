@@ -1,4 +1,5 @@
 """Search space: token layout, encode/decode inverses, active masks, sharing, serialisation."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,7 @@ def test_active_mask_matches_method_params(space: SearchSpace) -> None:
 def test_stage_sharing(resnet18) -> None:
     space = SearchSpace.for_model(resnet18, share="stage")
     assert [k for k, _ in space.groups] == ["bn1", "layer1.*", "layer2.*", "layer3.*", "layer4.*"]
-    assert dict(space.groups)["layer2.*"] == tuple(s for s in find_sites(resnet18)
-                                                   if s.startswith("layer2."))
+    assert dict(space.groups)["layer2.*"] == tuple(s for s in find_sites(resnet18) if s.startswith("layer2."))
     for seed in range(20):
         plan = space.random_plan(seed)
         for _key, members in space.groups:
@@ -97,14 +97,11 @@ def test_stage_sharing(resnet18) -> None:
 
 
 def test_restricted_methods_and_explicit_sites(resnet18) -> None:
-    space = SearchSpace.for_model(resnet18, sites=["layer3.0.bn1", "layer4.1"],
-                                  methods=["none", "dropblock"])
+    space = SearchSpace.for_model(resnet18, sites=["layer3.0.bn1", "layer4.1"], methods=["none", "dropblock"])
     assert space.sites == ["layer3.0.bn1", "layer4.1"]
-    assert [d.param for d in space.decisions[:5]] == ["method", "drop_prob", "block_size",
-                                                     "share_channels", "ramp"]
+    assert [d.param for d in space.decisions[:5]] == ["method", "drop_prob", "block_size", "share_channels", "ramp"]
     assert space.vocab_sizes == [2, 11, 7, 2, 4] * 2
-    plan = Plan({"layer3.0.bn1": SiteSpec("dropout", {"drop_prob": 0.1}),
-                 "layer4.1": SiteSpec("none", {})})
+    plan = Plan({"layer3.0.bn1": SiteSpec("dropout", {"drop_prob": 0.1}), "layer4.1": SiteSpec("none", {})})
     with pytest.raises(PlanError, match=r"method: bad value 'dropout'; allowed in this space: \['none', 'dropblock'\]"):
         space.encode(plan)
     with pytest.raises(PlanError, match=r"methods: bad value 'cutout'; allowed: \['none'"):
@@ -117,9 +114,13 @@ def test_encode_rejects_foreign_plans(space: SearchSpace) -> None:
     plan = space.random_plan(3)
     off_vocab = dict(plan.sites)
     off_vocab[space.sites[0]] = SiteSpec("dropout", {"drop_prob": 0.12})
-    off_vocab = {s: (off_vocab[space.sites[0]] if s in dict(space.groups).get(space.groups[0][0], ())
-                     else sp) for s, sp in off_vocab.items()}
-    with pytest.raises(PlanError, match=r"drop_prob: bad value 0.12 is not in the search vocabulary; allowed: \[0.0, 0.05"):
+    off_vocab = {
+        s: (off_vocab[space.sites[0]] if s in dict(space.groups).get(space.groups[0][0], ()) else sp)
+        for s, sp in off_vocab.items()
+    }
+    with pytest.raises(
+        PlanError, match=r"drop_prob: bad value 0.12 is not in the search vocabulary; allowed: \[0.0, 0.05"
+    ):
         space.encode(Plan(off_vocab))
     missing = {s: sp for s, sp in plan.sites.items() if s != space.sites[-1]}
     with pytest.raises(PlanError, match=f"site '{space.sites[-1]}' is missing"):
@@ -187,8 +188,14 @@ def test_the_schedule_is_a_searched_decision_per_stage() -> None:
     # half-way ramp on one stage, constant on the other: only the first gets a scheduler
     half = dict(db.params, ramp=0.5)
     const = dict(db.params, ramp=0.0)
-    plan2 = Plan({s: SiteSpec("dropblock", half if stage_of(s) == "layer2.*" else const)
-                  if stage_of(s) in late else SiteSpec("none", {}) for s in space.sites})
+    plan2 = Plan(
+        {
+            s: SiteSpec("dropblock", half if stage_of(s) == "layer2.*" else const)
+            if stage_of(s) in late
+            else SiteSpec("none", {})
+            for s in space.sites
+        }
+    )
     model2 = apply_plan(build_model("resnet20", 10, 3), plan2, total_steps=200)
     for site, reg in regularizers(model2).items():
         if stage_of(site) == "layer2.*":
@@ -198,8 +205,14 @@ def test_the_schedule_is_a_searched_decision_per_stage() -> None:
 
 
 def test_plans_without_a_ramp_and_version_1_plans_still_load() -> None:
-    old = {"format_version": 1, "space_version": "1", "model": "m", "ramp_fraction": 1.0, "metadata": {},
-           "sites": {"a": {"method": "dropout", "params": {"drop_prob": 0.1}}}}
+    old = {
+        "format_version": 1,
+        "space_version": "1",
+        "model": "m",
+        "ramp_fraction": 1.0,
+        "metadata": {},
+        "sites": {"a": {"method": "dropout", "params": {"drop_prob": 0.1}}},
+    }
     plan = Plan.from_dict(old)
     assert plan.sites["a"].params == {"drop_prob": 0.1, "ramp": 1.0} and plan.space_version == "2"
     space = SearchSpace([("a", ["a"])], model="m")

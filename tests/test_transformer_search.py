@@ -1,5 +1,6 @@
 """A Transformer language-model search end to end on the offline corpus: launch_search.py with
 transformer_lm, perplexity as the metric, the Transformer baselines, then results on it."""
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,30 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if ours:
         ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        rc = launch_search.main(["--model", "transformer_lm", "--train-size", "3000", "--seq-len", "16",
-                                 "--epochs", "2", "--num-samples", "3", "--sites", "stage", "--final-top-k", "1",
-                                 "--final-seeds", "2", "--storage-path", str(storage), "--name", "lm"])
+        rc = launch_search.main(
+            [
+                "--model",
+                "transformer_lm",
+                "--train-size",
+                "3000",
+                "--seq-len",
+                "16",
+                "--epochs",
+                "2",
+                "--num-samples",
+                "3",
+                "--sites",
+                "stage",
+                "--final-top-k",
+                "1",
+                "--final-seeds",
+                "2",
+                "--storage-path",
+                str(storage),
+                "--name",
+                "lm",
+            ]
+        )
     finally:
         if ours:
             ray.shutdown()
@@ -66,8 +88,27 @@ def test_results_on_an_lm_run_show_perplexity(lm_run: Path, tmp_path: Path, caps
     top = list(csv.DictReader(io.StringIO(out.split("# top 5 plans")[1].split("\n\n")[0].split("\n", 1)[1])))
     values = [float(r["val_ppl"]) for r in top]
     assert values == sorted(values)
-    assert results_main(["retrain", str(lm_run), "--top", "1", "--seeds", "2", "--epochs", "1",
-                         "--baselines", "none", "--train-size", "search", "--out", str(tmp_path)]) == 0
+    assert (
+        results_main(
+            [
+                "retrain",
+                str(lm_run),
+                "--top",
+                "1",
+                "--seeds",
+                "2",
+                "--epochs",
+                "1",
+                "--baselines",
+                "none",
+                "--train-size",
+                "search",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     summary = {r["plan"]: r for r in _rows(tmp_path / "retrain_summary.csv")}
     assert set(summary) == {"searched#1", "none"}
     assert all(float(r["test_ppl_mean"]) > 1 for r in summary.values())

@@ -1,4 +1,5 @@
 """Transformer sites: our vit_tiny / transformer_lm and torch's nn.TransformerEncoder(Layer)."""
+
 from __future__ import annotations
 
 import copy
@@ -107,8 +108,9 @@ def test_unfused_attention_equals_stock_module_in_training(batch_first: bool, no
     """With q/k/v regularizers active but never dropping, training outputs equal torch's own,
     with key padding and causal masks (the unfused path reproduces MultiheadAttention)."""
     plain, model = _encoder(batch_first, norm_first), _encoder(batch_first, norm_first)
-    plan = Plan({f"1.layers.{i}.self_attn:{x}": SiteSpec("dropout", {"drop_prob": 0.1})
-                 for i in range(2) for x in "qkv"})
+    plan = Plan(
+        {f"1.layers.{i}.self_attn:{x}": SiteSpec("dropout", {"drop_prob": 0.1}) for i in range(2) for x in "qkv"}
+    )
     apply_plan(model, plan)
     for reg in regularizers(model).values():
         unwrap_regularizer(reg).drop_prob = 1e-12  # active (unfused path), drops nothing
@@ -118,6 +120,7 @@ def test_unfused_attention_equals_stock_module_in_training(batch_first: bool, no
     pad[0, 5:] = True
     causal = nn.Transformer.generate_square_subsequent_mask(7)
     plain.train(), model.train()
+
     def run(m: nn.Module, kwargs: dict) -> torch.Tensor:
         return m[1](m[0](ids if batch_first else ids.T), **kwargs)
 
@@ -163,8 +166,16 @@ def test_batch_first_false_sites_tile_along_dim0() -> None:
 
 def test_methods_that_do_not_fit_the_site_fail_at_apply() -> None:
     with pytest.raises(PlanError, match=r"blocks.0.mlp.act.*dropblock.*allowed: \['none', 'dropout', 'seq_pattern'\]"):
-        apply_plan(_lm(), Plan({"blocks.0.mlp.act": SiteSpec("dropblock", {"drop_prob": 0.1, "block_size": 3,
-                                                                            "share_channels": False})}))
+        apply_plan(
+            _lm(),
+            Plan(
+                {
+                    "blocks.0.mlp.act": SiteSpec(
+                        "dropblock", {"drop_prob": 0.1, "block_size": 3, "share_channels": False}
+                    )
+                }
+            ),
+        )
     cnn = build_model("digits_cnn", 10, 1)
     with pytest.raises(PlanError, match="bn1.*seq_pattern"):
         apply_plan(cnn, Plan({"bn1": SEQ}))

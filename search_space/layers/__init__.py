@@ -3,6 +3,7 @@
 All layers are stateless ``nn.Module``s (no parameters or buffers), identity in ``eval()`` and
 at probability 0, and expose ``prob_attr`` naming the probability a ``LinearScheduler`` ramps.
 """
+
 from search_space.layers._blocks import seed_rate
 from search_space.layers.disout import Disout
 from search_space.layers.dropblock import DropBlock2d, DropBlock3d
@@ -11,8 +12,15 @@ from search_space.layers.scheduler import LinearScheduler
 from search_space.layers.simple import Dropout, SpatialDropout
 
 __all__ = [
-    "Disout", "DropBlock2d", "DropBlock3d", "Dropout", "LinearScheduler", "PatternDropout",
-    "SpatialDropout", "seed_rate", "tiled_pattern",
+    "Disout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "Dropout",
+    "LinearScheduler",
+    "PatternDropout",
+    "SpatialDropout",
+    "seed_rate",
+    "tiled_pattern",
 ]
 from search_space.layers.sequence import SequenceDropout  # noqa: E402, F401 (Transformer pattern)
 

@@ -31,6 +31,7 @@ uint8 *keep* mask (1 = kept) laid out like the input:
 ``seeds`` (bool, shape (N, M, *seed grid)) can be injected instead of drawn, so tests drive
 every route and the reference from the same seeds.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,8 +98,10 @@ def seed_rate(drop_prob: float, kernel: tuple[int, ...], size: tuple[int, ...], 
 
 # ---- the reference: Bernoulli seeds, max-pool dilation --------------------------------------
 
-def reference_seeds(shape: tuple[int, ...], kernel: tuple[int, ...], rate: float, valid_only: bool,
-                    device: torch.device) -> torch.Tensor:
+
+def reference_seeds(
+    shape: tuple[int, ...], kernel: tuple[int, ...], rate: float, valid_only: bool, device: torch.device
+) -> torch.Tensor:
     """Bernoulli(``rate``) seeds, bool (N, M, *seed grid), for masks of ``shape = (N, M, *size)``."""
     n, m, *size = shape
     return torch.rand((n, m, *seed_grid(tuple(size), kernel, valid_only)), device=device) < rate
@@ -124,6 +127,7 @@ def grow_blocks(seeds: torch.Tensor, size: tuple[int, ...], kernel: tuple[int, .
 
 
 # ---- the fast routes ------------------------------------------------------------------------
+
 
 @dataclass
 class BlockSample:
@@ -163,8 +167,11 @@ def sample_blocks(
     if path == "pool":
         grid = (*shape[:2], *seed_grid(size, kernel, valid_only))
         # fp16 seeds: half the traffic of fp32, and max-pool has half-precision kernels
-        fp16 = (torch.empty(grid, dtype=torch.float16, device=device).bernoulli_(rate) if seeds is None
-                else seeds.to(torch.float16))
+        fp16 = (
+            torch.empty(grid, dtype=torch.float16, device=device).bernoulli_(rate)
+            if seeds is None
+            else seeds.to(torch.float16)
+        )
         keep = torch.empty_strided(shape, strides, dtype=torch.bool, device=device)
         torch.eq(grow_blocks(fp16, size, kernel, valid_only), 0, out=keep)
         return BlockSample(keep.view(torch.uint8))
@@ -239,8 +246,9 @@ def _sparse(shape, strides, kernel, rate, valid_only, device, seeds) -> BlockSam
     n, mc, *size = shape
     keep = torch.ones(math.prod(shape), dtype=torch.uint8, device=device)
     per_mask = math.prod(seed_grid(tuple(size), kernel, valid_only))
-    seed = (sparse_hits(n * mc * per_mask, rate, device) if seeds is None
-            else seeds.reshape(-1).nonzero().view(-1))  # occupied seed positions
+    seed = (
+        sparse_hits(n * mc * per_mask, rate, device) if seeds is None else seeds.reshape(-1).nonzero().view(-1)
+    )  # occupied seed positions
     mask_id = torch.div(seed, per_mask, rounding_mode="floor")
     pos = seed - mask_id * per_mask
     if mc == 1:

@@ -11,6 +11,7 @@ it moves; each threshold sits where a scattered write per dropped cell starts to
 than one more streaming pass over the map (or the other way round). Moving one only moves
 work between exact paths: results keep the same distribution.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,13 @@ class Route(NamedTuple):
 
 @lru_cache(maxsize=1024)  # called per forward with few distinct arguments
 def block_path(
-    algorithm: str, device: torch.device, rate: float, kernel: tuple[int, ...], size: tuple[int, ...],
-    valid_only: bool, want_cells: bool,
+    algorithm: str,
+    device: torch.device,
+    rate: float,
+    kernel: tuple[int, ...],
+    size: tuple[int, ...],
+    valid_only: bool,
+    want_cells: bool,
 ) -> str:
     """The block sampler: "reference", "hits" (block 1: independent units), "sparse" (scattered
     cells), "dense" (CPU shifted maxima) or "pool" (max-pool, one launch each on CUDA).
@@ -95,8 +101,15 @@ def block_path(
     return check_algorithm(algorithm)  # "reference"
 
 
-def block_route(algorithm: str, x: torch.Tensor, rate: float, kernel: tuple[int, ...], valid_only: bool,
-                shared: bool = False, distort: bool = False) -> Route:
+def block_route(
+    algorithm: str,
+    x: torch.Tensor,
+    rate: float,
+    kernel: tuple[int, ...],
+    valid_only: bool,
+    shared: bool = False,
+    distort: bool = False,
+) -> Route:
     """DropBlock's (``distort=False``) or Disout's route for input ``x``.
 
     apply: "reference"; for DropBlock one of `apply_route`'s; for Disout "cells" (noise drawn

@@ -14,6 +14,7 @@ the bytes it moves; every full-size pass costs about as much as the arithmetic o
 
 Each function checks the layout it relies on (`_layout`), so a caller cannot scramble a mask.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,14 +26,19 @@ from ._validate import bad_value
 # Values are scattered as their bit patterns: CPU ``scatter_`` on a reduced-precision float
 # converts the whole target to float and back (two full-size copies); on the same-width
 # integer it writes only the scattered units.
-_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
-         torch.float64: torch.int64}
+_BITS = {
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 def _require_dense(name: str, t: torch.Tensor) -> None:
     if not is_dense(t):
-        raise bad_value(f"{name} layout", tuple(t.stride()),
-                        f"a dense layout of shape {tuple(t.shape)} (see _layout.dense_layout)")
+        raise bad_value(
+            f"{name} layout", tuple(t.stride()), f"a dense layout of shape {tuple(t.shape)} (see _layout.dense_layout)"
+        )
 
 
 def write_units(y: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
@@ -55,8 +61,9 @@ class _ScaleAndZero(torch.autograd.Function):
     ``grad * scale`` with the same rows zeroed."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, index: torch.Tensor, width: int,
-                values: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, scale: float, index: torch.Tensor, width: int, values: torch.Tensor | None
+    ) -> torch.Tensor:
         y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         torch.mul(x, scale, out=y)
         if values is None:
@@ -77,8 +84,9 @@ class _ScaleAndZero(torch.autograd.Function):
         return out, None, None, None, None
 
 
-def scale_and_zero(x: torch.Tensor, scale: float, index: torch.Tensor,
-                   values: torch.Tensor | None = None) -> torch.Tensor:
+def scale_and_zero(
+    x: torch.Tensor, scale: float, index: torch.Tensor, values: torch.Tensor | None = None
+) -> torch.Tensor:
     """``x * scale`` with storage units ``index`` (int64, repeats allowed) zeroed, or set to
     ``values`` (one per index, no gradient). ``x`` must be dense; the result has its strides."""
     _require_dense("x", x)
@@ -105,8 +113,9 @@ class _MaskAndScale(torch.autograd.Function):
     Optionally ``values`` then overwrite storage units ``index`` (which the mask zeroes)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float, index: torch.Tensor | None,
-                values: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, mask: torch.Tensor, scale: float, index: torch.Tensor | None, values: torch.Tensor | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale, ctx.layout = scale, (x.shape, x.stride())
         y = _addcmul(x, mask, scale, x.shape, x.stride())
@@ -120,13 +129,20 @@ class _MaskAndScale(torch.autograd.Function):
         return _addcmul(grad, mask, ctx.scale, *ctx.layout), None, None, None, None
 
 
-def _addcmul(t: torch.Tensor, mask: torch.Tensor, scale: float, shape: torch.Size, strides: tuple[int, ...]) -> torch.Tensor:
+def _addcmul(
+    t: torch.Tensor, mask: torch.Tensor, scale: float, shape: torch.Size, strides: tuple[int, ...]
+) -> torch.Tensor:
     out = torch.empty_strided(shape, strides, dtype=t.dtype, device=t.device)
     return torch.addcmul(torch.zeros((), dtype=t.dtype, device=t.device), t, mask, value=scale, out=out)
 
 
-def mask_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float, index: torch.Tensor | None = None,
-                   values: torch.Tensor | None = None) -> torch.Tensor:
+def mask_and_scale(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    scale: float,
+    index: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x * keep * scale`` for a 0/1 ``keep`` mask broadcastable to ``x`` (any dtype), in ``x``'s layout.
 
     ``x`` must be dense; a full-size mask in another layout is copied into ``x``'s (so both
@@ -139,7 +155,9 @@ def mask_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float, index: tor
         raise bad_value("index, values", (type(index).__name__, type(values).__name__), "both tensors or both None")
     if values is not None and x.dtype not in _BITS:
         raise bad_value("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
-    return _MaskAndScale.apply(x, mask_like(keep, x), float(scale), None if index is None else index.reshape(-1), values)
+    return _MaskAndScale.apply(
+        x, mask_like(keep, x), float(scale), None if index is None else index.reshape(-1), values
+    )
 
 
 def mask_like(keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -159,8 +177,13 @@ def reference_apply(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return x * keep.to(x.dtype) * (keep.numel() / max(int(keep.sum()), 1))
 
 
-def apply_keep(x: torch.Tensor, keep: torch.Tensor, how: str, kept: torch.Tensor | None = None,
-               dropped_pixels: torch.Tensor | None = None) -> torch.Tensor:
+def apply_keep(
+    x: torch.Tensor,
+    keep: torch.Tensor,
+    how: str,
+    kept: torch.Tensor | None = None,
+    dropped_pixels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x * keep * (keep.numel() / kept)``: zero the dropped units, rescale by the kept fraction.
 
     ``keep``: a dense uint8 0/1 mask, full-size or one per example (N, 1, ...); ``kept``: its

@@ -4,6 +4,7 @@ The fast paths address units by their offset in storage (a mask, a list of dropp
 one row per pixel); that is only right for the layouts these functions accept, so each one
 checks its precondition and fails loudly instead of scrambling a mask.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Every error is a ``ValueError`` in the format plans use (`search_space.plan`):
 ``field: bad value X; allowed: Y``, so a bad plan fails loudly at construction (or at the
 first forward after a scheduler step) and says what to write instead.
 """
+
 from __future__ import annotations
 
 import math

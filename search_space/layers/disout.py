@@ -1,4 +1,5 @@
 """Disout (Tang et al., AAAI 2020): replace blocks of units by scaled Gaussian distortion."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,15 @@ from ._validate import bad_value, check_int, check_prob, check_rank
 Scale = torch.Tensor | float  # per input channel, (1, C, 1, 1), or one number
 
 
-def disout_reference(x: torch.Tensor, kernel: tuple[int, int], rate: float, weight: Scale, alpha: float,
-                     seeds: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def disout_reference(
+    x: torch.Tensor,
+    kernel: tuple[int, int],
+    rate: float,
+    weight: Scale,
+    alpha: float,
+    seeds: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The paper's Disout with our exact seed ``rate``: Bernoulli seeds where a whole block
     fits, blocks grown by max-pool, selected units replaced by ``alpha * weight * std(x) *
     N(0, 1)``, everything divided by the kept fraction. ``seeds`` (bool, (N, C, *seed grid))
@@ -53,8 +61,11 @@ def _distort_cells(x: torch.Tensor, sample: BlockSample, scale: Scale, noise: to
         seed_scale = scale.reshape(c).index_select(0, unit.remainder(c)).mul_(inv_kept_frac)[:, None]
     else:
         seed_scale = scale * inv_kept_frac
-    noise = (torch.randn(cells.shape, device=x.device, dtype=torch.float32) if noise is None
-             else noise.to(torch.float32, copy=True))
+    noise = (
+        torch.randn(cells.shape, device=x.device, dtype=torch.float32)
+        if noise is None
+        else noise.to(torch.float32, copy=True)
+    )
     values = noise.mul_(seed_scale).view(-1)
     if zero_cells_again(cells.numel(), x.numel()):
         return scale_and_zero(x, inv_kept_frac, cells, values=values)
@@ -115,7 +126,9 @@ class Disout(nn.Module):
 
     prob_attr: ClassVar[str] = "dist_prob"
 
-    def __init__(self, dist_prob: float = 0.09, block_size: int = 6, alpha: float = 1.0, *, algorithm: str = "auto") -> None:
+    def __init__(
+        self, dist_prob: float = 0.09, block_size: int = 6, alpha: float = 1.0, *, algorithm: str = "auto"
+    ) -> None:
         super().__init__()
         self.dist_prob = check_prob("dist_prob", dist_prob)
         self.block_size = check_int("block_size", block_size)
@@ -140,8 +153,11 @@ class Disout(nn.Module):
         if w is None or w.numel() == 0:
             return 0.01
         if w.dim() != 4 or w.shape[1] != x.shape[1]:
-            raise bad_value("weight_behind shape", tuple(w.shape),
-                            f"a conv weight (out, {x.shape[1]}, kh, kw) matching the input channels")
+            raise bad_value(
+                "weight_behind shape",
+                tuple(w.shape),
+                f"a conv weight (out, {x.shape[1]}, kh, kw) matching the input channels",
+            )
         w_max = w.to(device=x.device, dtype=torch.float32).amax(dim=0, keepdim=True)
         sign = torch.where(torch.rand_like(w_max) < 0.5, -1.0, 1.0)
         w_mean = (w_max * sign).mean(dim=(2, 3), keepdim=True)
@@ -157,8 +173,16 @@ class Disout(nn.Module):
             return x
         return self.distort(x, p, bs)
 
-    def distort(self, x: torch.Tensor, dist_prob: float, block_size: int, *, route: Route | None = None,
-                seeds: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def distort(
+        self,
+        x: torch.Tensor,
+        dist_prob: float,
+        block_size: int,
+        *,
+        route: Route | None = None,
+        seeds: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Train-mode output: the layer's one decision and its paths.
 
         ``route`` (default: `_dispatch.block_route`), ``seeds`` (bool, (N, C, *seed grid)) and

@@ -1,4 +1,5 @@
 """DropBlock (Ghiasi et al. 2018) that realizes the requested drop rate exactly."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -13,8 +14,9 @@ from ._layout import contiguous_strides, dense_layout
 from ._validate import check_int, check_prob, check_rank
 
 
-def dropblock_reference(x: torch.Tensor, kernel: tuple[int, ...], rate: float, share_channels: bool,
-                        seeds: torch.Tensor | None = None) -> torch.Tensor:
+def dropblock_reference(
+    x: torch.Tensor, kernel: tuple[int, ...], rate: float, share_channels: bool, seeds: torch.Tensor | None = None
+) -> torch.Tensor:
     """The paper's DropBlock with our exact seed ``rate``: a Bernoulli seed per unit and mask
     (one mask per example when ``share_channels``), blocks grown by max-pool, one masked
     multiply rescaled by the realized kept fraction. ``seeds`` replace the random draw."""
@@ -24,9 +26,16 @@ def dropblock_reference(x: torch.Tensor, kernel: tuple[int, ...], rate: float, s
     return reference_apply(x, grow_blocks(seeds.float(), tuple(size), kernel, False) == 0)
 
 
-def drop_block(x: torch.Tensor, drop_prob: float, block_size: int, share_channels: bool = False,
-               algorithm: str = "auto", *, route: Route | None = None,
-               seeds: torch.Tensor | None = None) -> torch.Tensor:
+def drop_block(
+    x: torch.Tensor,
+    drop_prob: float,
+    block_size: int,
+    share_channels: bool = False,
+    algorithm: str = "auto",
+    *,
+    route: Route | None = None,
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Train-mode DropBlock of ``x`` (N, C, *spatial): the layer's one decision and its paths.
 
     ``route`` (default: `_dispatch.block_route`) and ``seeds`` (bool, (N, C or 1, *spatial))

@@ -1,4 +1,5 @@
 """AutoDropout's ConvNet dropout pattern (Pham & Le 2021): tiled rectangles, transformed."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
     shear = np.array([[1.0, shear_y], [shear_x, 1.0]])
     fwd = rot @ shear
     if abs(np.linalg.det(fwd)) < 1e-6:
-        raise bad_value("shear_x, shear_y", (shear_x, shear_y), "shear_x * shear_y != 1 (else the transform is singular)")
+        raise bad_value(
+            "shear_x, shear_y", (shear_x, shear_y), "shear_x * shear_y != 1 (else the transform is singular)"
+        )
     inv = np.linalg.inv(fwd)
     centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
@@ -69,8 +72,14 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
 
 @lru_cache(maxsize=32)
 def _offset_table(
-    shape: tuple[int, int], size: tuple[int, int], stride: tuple[int, int], repeat: tuple[int, int],
-    rotate: float, shear_x: float, shear_y: float, device: torch.device,
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    stride: tuple[int, int],
+    repeat: tuple[int, int],
+    rotate: float,
+    shear_x: float,
+    shear_y: float,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every mask the layer can draw on an (H, W) map, as one uint8 keep table.
 
@@ -141,8 +150,12 @@ class PatternDropout(nn.Module):
             offset = offset.masked_fill_(torch.rand((m,), device=device) >= self.apply_prob, cells)
         return offset
 
-    def keep_masks(self, offsets: torch.Tensor, shape: tuple[int, int], sampler: str = "gather",
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def keep_masks(
+        self,
+        offsets: torch.Tensor,
+        shape: tuple[int, int],
+        sampler: str = "gather",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 keep masks (1 = kept) for ``offsets``: shape (m, H, W), and the total kept count.
 
         "gather" (the reference) reads each unit's pattern cell: the unit's source under the
@@ -152,8 +165,9 @@ class PatternDropout(nn.Module):
         h, w = shape
         cells, m, device = h * w, offsets.numel(), offsets.device
         if sampler == "table":
-            table, kept = _offset_table(shape, self.size, self.stride, self.repeat, self.rotate, self.shear_x,
-                                        self.shear_y, device)
+            table, kept = _offset_table(
+                shape, self.size, self.stride, self.repeat, self.rotate, self.shear_x, self.shear_y, device
+            )
             return table.index_select(0, offsets).view(m, h, w), kept.index_select(0, offsets).sum()
         check_choice("sampler", sampler, ("gather", "table"))
         base = torch.as_tensor(np.append(~self.pattern(shape).reshape(-1), True).astype(np.uint8), device=device)

@@ -1,4 +1,5 @@
 """Linear ramp of any regularizer's probability (the ``dropblock`` package's scheduler, generalised)."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,7 @@ class LinearScheduler(nn.Module):
         # value exactly stop) rather than stored: a list of nr_steps floats per layer reached
         # hundreds of MB for a long CIFAR schedule with dozens of ramped sites.
         self.start_value, self.stop_value = float(start_value), float(stop_value)
-        self._delta = ((self.stop_value - self.start_value) / (self.nr_steps - 1)
-                       if self.nr_steps > 1 else 0.0)
+        self._delta = (self.stop_value - self.start_value) / (self.nr_steps - 1) if self.nr_steps > 1 else 0.0
         self.i = 0
         self._set(self.stop_value if self.nr_steps == 0 else self.start_value)
 

@@ -33,6 +33,7 @@ The random draws (offsets, then uniform noise) are made by `draws`; the fast pat
 into a mask with broadcast index arithmetic, ``algorithm="reference"`` with plain Python loops
 over examples and tokens, so the two are compared exactly on the same draws.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -61,9 +62,17 @@ class SequenceDropout(nn.Module):
 
     prob_attr: ClassVar[str] = "drop_prob"
 
-    def __init__(self, drop_prob: float = 0.1, size: int = 2, stride: int = 4, share_t: bool = False,
-                 share_c: bool = False, batch_first: bool = True, algorithm: str = "auto",
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        drop_prob: float = 0.1,
+        size: int = 2,
+        stride: int = 4,
+        share_t: bool = False,
+        share_c: bool = False,
+        batch_first: bool = True,
+        algorithm: str = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.drop_prob = check_prob("drop_prob", drop_prob)
         self.size = check_int("size", size)
@@ -104,8 +113,9 @@ class SequenceDropout(nn.Module):
         """Noise units along the token axis: blocks that can touch ``tokens`` tokens, or tokens."""
         return (tokens - 1) // self.stride + 2 if self.share_t else tokens
 
-    def draws(self, n: int, tokens: int, channels: tuple[int, ...],
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def draws(
+        self, n: int, tokens: int, channels: tuple[int, ...], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The random numbers of one forward: offsets (n,) in [0, stride) and uniform noise
         (n, units, *channels) with channels of size 1 when ``share_c``."""
         chans = tuple(1 for _ in channels) if self.share_c else tuple(channels)
@@ -156,5 +166,7 @@ class SequenceDropout(nn.Module):
         return x * keep.to(x.dtype).mul_((keep.numel() / kept).to(x.dtype))  # no host sync on CUDA
 
     def extra_repr(self) -> str:
-        return (f"drop_prob={self.drop_prob}, size={self.size}, stride={self.stride}, share_t={self.share_t}, "
-                f"share_c={self.share_c}, batch_first={self.batch_first}, algorithm={self.algorithm!r}")
+        return (
+            f"drop_prob={self.drop_prob}, size={self.size}, stride={self.stride}, share_t={self.share_t}, "
+            f"share_c={self.share_c}, batch_first={self.batch_first}, algorithm={self.algorithm!r}"
+        )

@@ -1,4 +1,5 @@
 """Plain element-wise and channel-wise dropout with the same interface as the block layers."""
+
 from __future__ import annotations
 
 from typing import ClassVar
