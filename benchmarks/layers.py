@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import platform
 import random
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from _machine import cpu_model  # noqa: E402 (benchmarks/ is the script's folder)
 from torch import nn
 
 import search_space.layers as ours
@@ -51,17 +51,6 @@ class FixedMask(nn.Module):
             shape = (x.shape[0], 1 if self.shared else x.shape[1], *x.shape[2:])
             self.mask = (torch.rand(shape, device=x.device) >= P).to(x.dtype) / (1 - P)
         return x * self.mask
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), for the figures' context."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_layers_at(rev: str, name: str = "layers_before") -> ModuleType:

@@ -23,28 +23,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from _machine import cpu_model  # noqa: E402 (benchmarks/ is the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEARCHES = ("controller", "random", "tpe")
 BASELINES = ("none", "dropout", "dropblock", "disout")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_search(search: str, args: argparse.Namespace, out: Path) -> Path:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _machine import cpu_model  # noqa: E402 (benchmarks/ is the script's folder)
 from torch import nn
 
 from search_space.layers import SequenceDropout
@@ -29,16 +28,6 @@ log = logging.getLogger("benchmarks.sequence")
 P = 0.1
 RATE_SHAPE = (32, 64, 64)
 SPEED_SHAPES = [(32, 64, 128), (16, 256, 256)]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def rate_table(draws: int, device: torch.device) -> list[str]:

@@ -366,23 +366,17 @@ class _Run:
             cfg.model, self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_shape[-1]
         )
 
-    def train_epoch(self) -> float:
-        """One pass over a fresh permutation; returns the mean training loss."""
-        data, model = self.data, self.model
-        model.train()
+    def _epoch(self, n: int, batch_loss: Callable[[torch.Tensor], torch.Tensor], units: int = 1) -> float:
+        """One pass over a fresh permutation of ``n`` examples, ``batch_loss(indices)`` per step;
+        returns the mean training loss. The NaN/inf check syncs with the host only every
+        CHECK_EVERY steps. ``units``: what one example counts for the throughput (tokens)."""
+        self.model.train()
         start = time.perf_counter()
-        perm = torch.randperm(len(data.train_y), device=self.device, generator=self.generator)
+        perm = torch.randperm(n, device=self.device, generator=self.generator)
         loss_sum = torch.zeros((), device=self.device)
         checked = torch.zeros((), device=self.device)
         for step in range(self.steps_per_epoch):
-            idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
-            xb = augment_batch(data.train_x[idx], self.augment, self.generator)
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-            ):
-                loss = self.loss_fn(self.forward(xb), data.train_y[idx])
+            loss = batch_loss(perm[step * self.batch_size : (step + 1) * self.batch_size])
             self._step(loss)
             loss_sum += loss.detach().float()
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
@@ -391,8 +385,23 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
-        self.images_seen += self.steps_per_epoch * self.batch_size
+        self.images_seen += self.steps_per_epoch * self.batch_size * units
         return loss_sum.item() / self.steps_per_epoch
+
+    def train_epoch(self) -> float:
+        """One pass over a fresh permutation; returns the mean training loss."""
+        data = self.data
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            xb = augment_batch(data.train_x[idx], self.augment, self.generator)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
+                return self.loss_fn(self.forward(xb), data.train_y[idx])
+
+        return self._epoch(len(data.train_y), batch_loss)
 
     def _step(self, loss: torch.Tensor) -> None:
         """Backward, optional gradient clipping, optimizer and schedule steps."""
@@ -485,35 +494,23 @@ class _LMRun(_Run):
         return build_model(cfg.model, self.text.vocab_size, max_len=cfg.seq_len)
 
     def train_epoch(self) -> float:
-        cfg, model, length = self.cfg, self.model, self.cfg.seq_len
-        model.train()
-        start = time.perf_counter()
+        """Windows of seq_len tokens from a random offset (a new tiling each epoch)."""
+        cfg, length = self.cfg, self.cfg.seq_len
         offset = int(torch.randint(0, length, (1,), generator=self.generator, device=self.device))
         n = self.windows
         stream = self.text.train[offset : offset + n * length + 1]
         inputs, targets = stream[:-1].view(n, length), stream[1:].view(n, length)
-        perm = torch.randperm(n, device=self.device, generator=self.generator)
-        loss_sum = torch.zeros((), device=self.device)
-        checked = torch.zeros((), device=self.device)
-        for step in range(self.steps_per_epoch):
-            idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
                 logits = self.forward(inputs[idx])
-            loss = nn.functional.cross_entropy(
+            return nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), targets[idx].flatten(), label_smoothing=cfg.label_smoothing
             )
-            self._step(loss)
-            loss_sum += loss.detach()
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == self.steps_per_epoch:
-                self._check_finite(loss_sum - checked, step)
-                checked = loss_sum.clone()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.train_seconds += time.perf_counter() - start
-        self.images_seen += self.steps_per_epoch * self.batch_size * length
-        return loss_sum.item() / self.steps_per_epoch
+
+        return self._epoch(n, batch_loss, units=length)
 
     def _split_metrics(self, split: str) -> dict[str, float]:
         # eval_batch_size counts images; here windows, capped at ~2**24 logits (64 MB) per batch
