@@ -13,3 +13,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for a test module's searches (starting Ray costs ~10 s); subprocess
+    drivers join it with --address, which also exercises shipping the code to a cluster."""
+    ray = pytest.importorskip("ray")
+    ours = not ray.is_initialized()
+    if ours:
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    if ours:
+        ray.shutdown()

@@ -27,17 +27,6 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    if ours:
-        ray.shutdown()
-
-
 def search(tmp_path: Path, *args: str, child: str = "quick") -> int:
     import launch_search
 

@@ -198,19 +198,6 @@ def test_searcher_rejects_bad_counts():
 
 
 # ----------------------------------------------------------------------- launch_search + Ray
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for every search here (starting Ray costs ~10 s); subprocess drivers
-    join it with --address, which also exercises shipping the code to a cluster."""
-    ray = pytest.importorskip("ray")
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield ray.get_runtime_context().gcs_address
-    if ours:
-        ray.shutdown()
-
-
 def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[int, Path]:
     """launch_search.main in this process; the fake child's scratch folder is --data-dir."""
     import launch_search
