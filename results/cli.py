@@ -127,10 +127,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         plot_method_heatmap(controller_df if len(controller_df) else df, sites, out / "methods_heatmap.png"),
     ]
     plan, run = _best_regularizing_plan(runs, df)
-    if plan is not None:
-        written.append(plot_masks(plan, run.train_config, out / "masks.png", seed=args.seed))
-    else:
+    if plan is None:
         log.warning("no finished trial regularizes any site: no masks.png")
+    elif not run.train_config:  # a run_search() of the user's own model: we cannot rebuild it
+        log.warning("%s searched a model of its own (no TrainConfig saved): no masks.png", run.path)
+    else:
+        written.append(plot_masks(plan, run.train_config, out / "masks.png", seed=args.seed))
     for path in written:
         if path is not None:
             print(path)
@@ -168,6 +170,14 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     run = open_run(args.run_dir, args.allow_running)
     _need_trials([run])
+    if not run.train_config:
+        raise FieldError(
+            "RUN_DIR",
+            str(run.path),
+            "a run of our built-in children (launch_search.py); "
+            "retrain a run_search() of your own model with your own train_fn",
+            detail=f"bad value {str(run.path)!r} (it searched a model of its own)",
+        )
     cfg = RetrainConfig(
         top=args.top,
         seeds=args.seeds,

@@ -157,6 +157,16 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
     values = [float(r["val_loss"]) for r in top]
     assert len(top) == 5 and values == sorted(values)
     assert all(" +- " in r["val_loss +- se"] for r in top)  # two reward seeds: a standard error
+    # figures work without our model (no masks: the API cannot rebuild the user's network)
+    assert results_main(["plot", str(result.run_dir), "--out", str(tmp_path / "fig")]) == 0
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
+        "controller.png",
+        "methods_heatmap.png",
+        "reward.png",
+    ]
+    capsys.readouterr()
+    assert results_main(["retrain", str(result.run_dir), "--out", str(tmp_path / "re")]) == 2
+    assert "a model of its own" in capsys.readouterr().err and not (tmp_path / "re").exists()
 
 
 def test_interrupted_api_search_resumes_without_rerunning(ray_session, tmp_path, monkeypatch):

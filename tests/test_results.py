@@ -353,7 +353,7 @@ def test_baseline_plans_follow_the_papers_on_digits_cnn() -> None:
     assert do == set(db)
     ds = {s: spec for s, spec in plans["disout"].sites.items() if spec.method != "none"}
     assert set(ds) == {"layer2.0.bn1", "layer2.0.bn2"}  # last stage, after both convs, not the shortcut
-    assert all(spec.params == {"dist_prob": 0.09, "block_size": 6, "alpha": 5.0} for spec in ds.values())
+    assert all(spec.params == {"dist_prob": 0.09, "block_size": 6, "alpha": 5.0, "ramp": 1.0} for spec in ds.values())
 
 
 def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, capsys) -> None:

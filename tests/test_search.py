@@ -485,3 +485,84 @@ def test_amp_flag_reaches_every_child(flag, expected):
 
     args = launch_search.build_parser().parse_args(["--epochs", "3", *flag])
     assert launch_search.resolve(args)["amp"] == expected
+
+
+def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_session, tmp_path):
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "sleep").write_text("0.3")
+    cmd = [
+        sys.executable,
+        str(REPO / "launch_search.py"),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "run",
+        "--address",
+        ray_session,
+    ]
+    first = cmd + [
+        "--child",
+        f"{CHILDREN}:quick",
+        "--baselines",
+        "none",
+        "--num-samples",
+        "3",
+        "--epochs",
+        "2",
+        "--final-top-k",
+        "1",
+        "--final-seeds",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--data-dir",
+        str(scratch),
+    ]
+    proc = subprocess.Popen(first, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "final.csv").is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    partial = read_csv(run / "final.csv")
+    assert 1 <= sum(int(r["seeds"]) for r in partial) < 4
+    proc = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    final = read_csv(run / "final.csv")
+    assert sorted(r["label"] for r in final) == ["none", "searched#1"]
+    assert all(int(r["seeds"]) == 2 and sorted(json.loads(r["values"])) == ["1000", "1001"] for r in final)
+    starts = Counter(
+        line.split()[0] for line in (scratch / "calls.log").read_text().splitlines() if line.endswith(" start")
+    )
+    assert len(starts) == 8 and sum(starts.values()) <= 9  # 4 search + 4 final; at most one ran twice
+    assert "Verdict:" in proc.stdout
+
+
+def test_tpe_search_end_to_end(ray_session, monkeypatch, tmp_path):
+    rc, run = run_search(
+        monkeypatch,
+        tmp_path,
+        "quick",
+        "--search",
+        "tpe",
+        "--num-samples",
+        "6",
+        "--epochs",
+        "1",
+        "--max-concurrent",
+        "1",
+    )
+    assert rc == 0
+    rows = read_csv(run / "trials.csv")
+    assert len(rows) == 7 and {r["searcher"] for r in rows} == {"tpe"} and {r["status"] for r in rows} == {"ok"}
+    config = json.loads((run / "search_config.json").read_text())
+    space = SearchSpace.from_dict(config["space"])
+    for r in rows:  # every TPE plan is a plan of the conditional space
+        assert space.decode(json.loads(r["tokens"])).sites == Plan.from_json(r["plan_json"]).sites
