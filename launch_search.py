@@ -36,6 +36,9 @@ LM_DEFAULTS = {"train_size": 20000, "epochs": 30, "batch_size": 32}
 TRANSFORMERS = ("vit_tiny", "transformer_lm")
 TRAIN_FLAGS = ("dataset", "data_dir", "model", "train_size", "epochs", "batch_size", "lr", "amp", "seq_len")
 FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # API/TrainConfig names that differ
+# Flags passed to run_search under the same name.
+SAME_NAMES = ("num_samples", "search", "max_concurrent", "scheduler", "sites", "seed", "reward_seeds",
+              "final_top_k", "final_seeds", "controller_batch", "controller_lr", "address")  # fmt: skip
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
@@ -43,106 +46,52 @@ class UsageError(ValueError):
     """A bad argument: reported as one line, exit code 2, before any long work."""
 
 
+# (flag, type, default, help) of the search's own flags; the child's recipe flags come from
+# TrainConfig (TRAIN_FLAGS), as in `python -m child_trainer`.
+SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
+    ("--num-samples", int, 16, "plans the searcher samples; baselines and the final stage come on top"),
+    ("--search", str, "controller", "controller (LSTM + REINFORCE), random, or tpe (Optuna)"),
+    ("--reward-seeds", int, 1, "trainings per plan with different seeds; the reward is their mean"),
+    ("--baselines", str, None, "hand-set plans in every search (default: all 4; none,dropout for Transformers)"),
+    ("--final-top-k", int, 2, "best sampled plans re-trained at the end with fresh seeds (0: no final stage)"),
+    ("--final-seeds", int, 2, "fresh seeds per plan in the final stage"),
+    ("--max-concurrent", int, None, "trials at once (default: what the cluster's resources allow)"),
+    ("--cpus-per-trial", float, 1.0, "CPUs per trial, also its torch threads"),
+    ("--gpus-per-trial", float, None, "fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)"),
+    ("--scheduler", str, "fifo", "fifo or asha (stops weak trials early; their last value is the reward)"),
+    ("--controller-batch", int, 4, "finished trials per REINFORCE update"),
+    ("--controller-lr", float, 0.05, "controller Adam learning rate in (0, 1] (0.01 suits hundreds of trials)"),
+    ("--sites", str, "stage", "stage (one decision set per stage or block), all, or module paths / globs"),
+    ("--child", str, None, "module:function or file.py:function with train_child's signature (config, plan, report)"),
+    ("--address", str, None, "join a running Ray cluster (host:port or auto); default: local Ray"),
+    ("--storage-path", str, "runs", "parent folder of the run folder"),
+    ("--name", str, None, "run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)"),
+    ("--seed", int, 0, "seed of the searcher and the children"),
+]
+TRAIN_HELP = {
+    "dataset": "digits; builtin_text for transformer_lm",
+    "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
+    "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole training split otherwise",
+    "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
+    "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
+    "seq_len": "64",
+    "lr": "the trainer's, 0.1 (SGD) or 3e-3 (AdamW)",
+    "data_dir": "./data",
+    "amp": "auto",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from child_trainer.flags import add_train_flags
     from search_space.errors import OneLineParser, typed
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    add_train_flags(
-        p,
-        TRAIN_FLAGS,
-        defaults={k: None for k in TRAIN_FLAGS},
-        help_defaults={
-            "dataset": "digits; builtin_text for transformer_lm",
-            "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
-            "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole training split otherwise",
-            "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
-            "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
-            "seq_len": "64",
-            "lr": "the trainer's, 0.1",
-            "data_dir": "./data",
-            "amp": "auto",
-        },
-    )
-    p.add_argument(
-        "--num-samples",
-        type=typed(int),
-        default=16,
-        help="plans the searcher samples (default 16); baselines and the final stage come on top",
-    )
-    p.add_argument(
-        "--search", default="controller", help="controller (LSTM + REINFORCE, default), random, or tpe (Optuna)"
-    )
-    p.add_argument(
-        "--reward-seeds",
-        type=typed(int),
-        default=1,
-        help="trainings per plan with different seeds; the reward is their mean (default 1)",
-    )
-    p.add_argument(
-        "--baselines",
-        default=None,
-        help="hand-set plans trained in every search, never learned from (default "
-        f"{','.join(BASELINE_NAMES)}; none,dropout for Transformers; '' for none)",
-    )
-    p.add_argument(
-        "--final-top-k",
-        type=typed(int),
-        default=2,
-        help="best sampled plans re-trained at the end with fresh seeds (default 2; 0: no final stage)",
-    )
-    p.add_argument(
-        "--final-seeds", type=typed(int), default=2, help="fresh seeds per plan in the final stage (default 2)"
-    )
-    p.add_argument(
-        "--max-concurrent",
-        type=typed(int),
-        default=None,
-        help="trials at once (default: as many as the cluster's resources allow)",
-    )
-    p.add_argument(
-        "--cpus-per-trial", type=typed(float), default=1.0, help="CPUs per trial, also its torch threads (default 1)"
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        type=typed(float),
-        default=None,
-        help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)",
-    )
-    p.add_argument(
-        "--scheduler",
-        default="fifo",
-        help="fifo (default) or asha: stops weak trials early, their last value is the reward",
-    )
-    p.add_argument(
-        "--controller-batch", type=typed(int), default=4, help="finished trials per REINFORCE update (default 4)"
-    )
-    p.add_argument(
-        "--controller-lr",
-        type=typed(float),
-        default=0.05,
-        help="controller Adam learning rate in (0, 1] (default 0.05: budgets of tens of trials; 0.01 suits hundreds)",
-    )
-    p.add_argument(
-        "--sites",
-        default="stage",
-        help="'stage' (default: one decision set per stage or Transformer block, what a budget "
-        "of tens of trials can learn), 'all' (every site found in the model), or "
-        "comma-separated module paths / glob patterns",
-    )
-    p.add_argument(
-        "--child",
-        default=None,
-        help="module:function or path/file.py:function with child_trainer.train_child's "
-        "signature (config, plan, report), trained instead of our child",
-    )
-    p.add_argument(
-        "--address", default=None, help="join a running Ray cluster (host:port or 'auto'); default: local Ray"
-    )
-    p.add_argument("--storage-path", default="runs", help="parent folder of the run folder (default runs)")
-    p.add_argument("--name", default=None, help="run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)")
+    add_train_flags(p, TRAIN_FLAGS, defaults=dict.fromkeys(TRAIN_FLAGS), help_defaults=TRAIN_HELP)
+    for flag, kind, default, text in SEARCH_FLAGS:
+        p.add_argument(
+            flag, type=typed(kind) if kind is not str else None, default=default, help=f"{text} (default {default})"
+        )
     p.add_argument("--resume", action="store_true", help="finish the run --name; its saved settings are used")
-    p.add_argument("--seed", type=typed(int), default=0, help="seed of the searcher and the children (default 0)")
     return p
 
 
@@ -195,47 +144,28 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         args.model = {"digits": "digits_cnn"}.get(
             args.dataset, "transformer_lm" if args.dataset in TEXT_DATASETS else "resnet20"
         )
-    defaults = (
-        LM_DEFAULTS
-        if is_lm(args.model)
-        else DIGITS_DEFAULTS
-        if args.dataset == "digits"
-        else {"epochs": DEFAULT_EPOCHS}
-    )
+    defaults = LM_DEFAULTS if is_lm(args.model) else DIGITS_DEFAULTS if args.dataset == "digits" else {}
+    defaults = {"epochs": DEFAULT_EPOCHS, **defaults}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.baselines is None:
         args.baselines = "none,dropout" if args.model in TRANSFORMERS else ",".join(BASELINE_NAMES)
     recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "amp", "seq_len") if getattr(args, k) is not None}
+    threads = max(1, int(min(args.cpus_per_trial, 1024)))
     try:
-        cfg = TrainConfig(
-            model=args.model,
-            dataset=args.dataset,
-            epochs=args.epochs,
-            train_size=args.train_size,
-            data_dir=args.data_dir,
-            seed=args.seed,
-            num_threads=max(1, int(min(args.cpus_per_trial, 1024))),
-            **recipe,
-        )
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, train_size=args.train_size,
+                          data_dir=args.data_dir, seed=args.seed, num_threads=threads, **recipe)  # fmt: skip
     except ValueError as e:
         raise _usage(e) from None
-    if cfg.amp == "fp16" and not args.address:
+    if not args.address and (cfg.amp == "fp16" or (args.gpus_per_trial or 0) > 0):
         import torch
 
-        if not torch.cuda.is_available():
-            raise UsageError(
-                "--amp: bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA, and this machine has none)"
-            )
-    if (args.gpus_per_trial or 0) > 0 and not args.address:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--gpus-per-trial: bad value {args.gpus_per_trial:g}; allowed here: 0 "
-                "(this machine has no GPU; use --address to join a GPU cluster)"
-            )
+        if not torch.cuda.is_available():  # on a cluster the nodes may have what this machine lacks
+            if cfg.amp == "fp16":
+                raise UsageError("--amp: bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA)")
+            raise UsageError(f"--gpus-per-trial: bad value {args.gpus_per_trial:g}; allowed here: 0 (this machine "
+                             "has no GPU; use --address to join a GPU cluster)")  # fmt: skip
     return cfg.to_dict()
 
 
@@ -282,16 +212,8 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
             "--resume uses the run's saved settings; ignoring %s",
             ", ".join("--" + k.replace("_", "-") for k in ignored),
         )
-    return argparse.Namespace(
-        **{
-            **defaults,
-            **saved,
-            "address": args.address,
-            "resume": True,
-            "storage_path": args.storage_path,
-            "name": args.name,
-        }
-    )
+    keep = {"address": args.address, "resume": True, "storage_path": args.storage_path, "name": args.name}
+    return argparse.Namespace(**{**defaults, **saved, **keep})
 
 
 def _setup_logging() -> None:
@@ -321,35 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
             result = run_search(
-                model_fn,
-                ChildTrain(train, args.child),
-                metric=objective.metric,
-                mode=objective.mode,
-                reward_transform=objective.transform,
-                num_samples=args.num_samples,
-                search=args.search,
-                storage_path=storage,
-                name=args.name,
-                resume=args.resume,
+                model_fn, ChildTrain(train, args.child), **{k: getattr(args, k) for k in SAME_NAMES},
+                metric=objective.metric, mode=objective.mode, reward_transform=objective.transform,
+                storage_path=storage, name=args.name, resume=args.resume, max_epochs=args.epochs,
                 resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
-                max_concurrent=args.max_concurrent,
-                scheduler=args.scheduler,
-                max_epochs=args.epochs,
-                sites=args.sites,
-                model_name=args.model,
-                seed=args.seed,
-                reward_seeds=args.reward_seeds,
-                baselines=[b for b in args.baselines.split(",") if b],
-                example_input=example,
-                final_top_k=args.final_top_k,
-                final_seeds=args.final_seeds,
-                controller_batch=args.controller_batch,
-                controller_lr=args.controller_lr,
-                penalty_reward=penalty,
-                address=args.address,
-                runtime_env=_runtime_env(args, storage),
+                model_name=args.model, baselines=[b for b in args.baselines.split(",") if b],
+                example_input=example, penalty_reward=penalty, runtime_env=_runtime_env(args, storage),
                 extra_config={"args": vars(args), "train": train},
-            )
+            )  # fmt: skip
         except FieldError as e:
             raise _usage(e) from None
     except UsageError as e:
