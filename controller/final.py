@@ -21,6 +21,9 @@ from controller import run_folder as rf
 
 __all__ = ["final_rows", "write_final", "verdict"]
 
+#: Below this many seeds a standard error is itself too noisy to lean on (the verdict says so).
+FEW_SEEDS = 5
+
 
 def _se(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
@@ -124,4 +127,10 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
         f"Verdict: the best searched plan ({top['label']}, {metric} {top['mean']:.4f} +- {top['se']:.4f}) "
         f"{word} the best baseline ({base['label']}, {base['mean']:.4f} +- {base['se']:.4f}) "
         f"by {abs(diff):.4f} in paired comparison over {int(top['seeds'])} seeds, {ses}{strength}."
+        + (
+            f" With {int(top['seeds'])} seeds the standard error itself is rough: confirm with more "
+            "(--final-seeds, or python -m results retrain on the test split)."
+            if int(top["seeds"]) < FEW_SEEDS
+            else ""
+        )
     )
