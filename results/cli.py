@@ -249,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for a search run written by launch_search.py.",
     )
     sub = p.add_subparsers(dest="command", required=True)
+    p.commands = {}  # name -> its parser (whose .flags name its settings)
 
     def add(name: str, help_: str, many: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
+        p.commands[name] = sp
         sp.add_argument(
             "run_dir",
             nargs="+" if many else None,
@@ -337,10 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except FieldError as exc:  # a setting named by its flag where the command has one
         flag = "--" + exc.field.replace("_", "-")
-        known = {
-            o for a in parser._subparsers._group_actions[0].choices[args.command]._actions for o in a.option_strings
-        }
-        msg = str(exc.renamed(flag) if flag in known else exc)
+        msg = str(exc.renamed(flag) if flag in parser.commands[args.command].flags else exc)
         print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
     except (RunError, ValueError) as exc:

@@ -41,6 +41,14 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with the project's voice: a bad flag is one line, ``PROG: error: --flag: bad
     value X; allowed: Y``, exit status 2 (not the whole usage text)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.flags: set[str] = set()  # every option string added (a setting's flag, by name)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        self.flags.update(a for a in args if isinstance(a, str) and a.startswith("-"))
+        return super().add_argument(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         message = message[len("argument ") :] if message.startswith("argument ") else message
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
