@@ -706,6 +706,7 @@ def _execute(
         if active is not None and active.fatal_error:
             error = active.fatal_error
         done = active.finished if active is not None else _completed(run_dir, objective)
+        total = active.total_trials if active is not None else total
         status = "failed" if error else ("finished" if done >= total else "interrupted")
         with contextlib.suppress(OSError):
             rf.write_run_state(

@@ -234,6 +234,7 @@ class PlanSearcher(Searcher):
         self._records: list[dict[str, Any]] = []
         self._final_records: list[dict[str, Any]] = []
         self._final_queue: list[dict[str, Any]] | None = None
+        self._final_total: int | None = None
         self._buffer: list[tuple[str, list[int], float]] = []
         self._history: list[dict[str, Any]] = []
         self._suggested = 0
@@ -264,7 +265,10 @@ class PlanSearcher(Searcher):
 
     @property
     def final_trials(self) -> int:
-        """Trials of the final stage: one per (plan, seed)."""
+        """Trials of the final stage: one per (plan, seed). Planned from final_top_k until the
+        finalists are known; fewer when fewer distinct sampled plans finished ok."""
+        if self._final_total is not None:
+            return self._final_total
         return (self.final_top_k + len(self.baselines)) * len(self.final_seeds)
 
     @property
@@ -334,6 +338,7 @@ class PlanSearcher(Searcher):
             if len(self._records) < self.search_trials:
                 return None  # the final stage needs every search-stage result: ask again later
             self._final_queue = self._final_plan_queue()
+            self._final_total = len(self._final_queue) + len(self._final_records)
         if not self._final_queue:
             return Searcher.FINISHED
         item = self._final_queue.pop(0)
@@ -486,6 +491,7 @@ class PlanSearcher(Searcher):
             "records": self._records,
             "final_records": self._final_records,
             "final_queue": self._final_queue,
+            "final_total": self._final_total,
             "buffer": self._buffer,
             "history": self._history,
             "policy": self._policy_state(),
@@ -527,6 +533,7 @@ class PlanSearcher(Searcher):
         self._records = state["records"]
         self._final_records = state["final_records"]
         self._final_queue = state["final_queue"]
+        self._final_total = state["final_total"]
         self._buffer = state["buffer"]
         self._history = state["history"]
         self._load_policy_state(state["policy"])

@@ -566,3 +566,29 @@ def test_tpe_search_end_to_end(ray_session, monkeypatch, tmp_path):
     space = SearchSpace.from_dict(config["space"])
     for r in rows:  # every TPE plan is a plan of the conditional space
         assert space.decode(json.loads(r["tokens"])).sites == Plan.from_json(r["plan_json"]).sites
+
+
+def test_final_stage_shrinks_when_fewer_distinct_plans_finished(tmp_path):
+    """top-k 2 but every sampled plan is the same: one searched finalist, and the run finishes."""
+    s = RandomSearcher(
+        tiny_space(),
+        num_samples=3,
+        run_dir=tmp_path,
+        baselines=none_baseline(tiny_space()),
+        final_top_k=2,
+        final_seeds=[1000, 1001],
+    )
+    s._sample_tokens = lambda trial_id: [1] + [0] * (len(s.space.decisions) - 1)  # always one plan
+    ids = [f"t{i}" for i in range(4)]
+    for tid in ids:
+        s.suggest(tid)
+    for tid in ids:
+        s.on_trial_complete(tid, ok(0.7))
+    finals = []
+    while (cfg := s.suggest(f"f{len(finals)}")) not in (s.FINISHED, None):
+        finals.append(cfg["label"])
+    assert sorted(finals) == ["none", "none", "searched#1", "searched#1"]
+    assert s.total_trials == 4 + 4
+    for i in range(len(finals)):
+        s.on_trial_complete(f"f{i}", ok(0.7))
+    assert json.loads((tmp_path / "run_state.json").read_text())["status"] == "finished"
