@@ -114,7 +114,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
             "no baseline finished, so there is nothing to compare with."
         )
     diff, z = float(top["diff_vs_best_baseline"]), float(top["z"])
-    word = "beat" if diff > 0 else ("tied with" if diff == 0 else "did not beat")
+    word = "beat" if diff > 0 else ("tied with" if diff == 0 else "fell short of")
     ses = f"{abs(z):.1f} standard errors" if math.isfinite(z) else "an unknown number of standard errors"
     strength = (
         ""
