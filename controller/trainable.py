@@ -2,7 +2,8 @@
 
 One trial trains its plan once per seed in ``config["seeds"]`` (the reward seeds), one after
 the other, forwarding every ``report(**metrics)`` to Tune (``epoch`` counts epochs over all
-seeds, so a scheduler sees one growing curve). The last report carries ``final=True``, the
+seeds, so a scheduler sees one growing curve: the reported ``epoch`` when the child gives one,
+else one per report). The last report carries ``final=True``, the
 child's status, the metric's mean over the seeds, its standard error and every seed's value.
 
 A ``train_fn`` that raises is reported as status "failed" with its error (the traceback goes
@@ -59,14 +60,19 @@ class _SeedReporter:
 
     def __init__(self, index: int, metric: str, sign: float, node: str, state: dict[str, Any]) -> None:
         self.index, self.metric, self.sign, self.node, self.state = index, metric, sign, node, state
+        self.base = state["epoch"]  # epochs of the earlier seeds
         self.seen: dict[str, Any] = {}
         self.best = [float("nan")]
 
     def __call__(self, **metrics: Any) -> None:
         from ray import tune
 
-        self.state["epoch"] += 1
         values_now = _scalars(metrics)
+        epoch = values_now.get("epoch")  # a child that validates every few epochs says which
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and self.base + epoch > self.state["epoch"]:
+            self.state["epoch"] = self.base + epoch
+        else:
+            self.state["epoch"] += 1
         self.seen.update(values_now)
         value = values_now.get(self.metric)
         if (

@@ -111,3 +111,26 @@ def test_invalid_config_and_plan_raise_value_error() -> None:
     bad_plan = Plan({"layer9.bn1": SiteSpec("dropout", {"drop_prob": 0.1})})
     with pytest.raises(ValueError, match="layer9"):
         train_child(TrainConfig(**SMALL), bad_plan)
+
+
+def test_validation_runs_every_few_epochs_and_always_at_the_end():
+    """eval_every=0 (auto): every epoch up to 20 epochs, else about 20 validations; reports
+    carry the epoch they were measured at, and the final value is the last epoch's."""
+    calls = []
+    cfg = TrainConfig(epochs=41, train_size=50, batch_size=50, num_threads=1, amp="none")
+    result = train_child(cfg, None, lambda epoch, metrics: calls.append((epoch, metrics["epoch"])))
+    assert [e for e, _ in calls] == [3 * i for i in range(1, 14)] + [41] and all(a == b for a, b in calls)
+    calls.clear()
+    train_child(
+        TrainConfig(epochs=12, train_size=50, batch_size=50, num_threads=1, amp="none", eval_every=5),
+        None,
+        lambda epoch, metrics: calls.append(epoch),
+    )
+    assert calls == [5, 10, 12] and result["epochs"] == 41
+    calls.clear()
+    train_child(
+        TrainConfig(epochs=4, train_size=50, batch_size=50, num_threads=1, amp="none"),
+        None,
+        lambda epoch, metrics: calls.append(epoch),
+    )
+    assert calls == [1, 2, 3, 4]
