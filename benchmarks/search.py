@@ -35,10 +35,9 @@ def search(storage: Path, name: str, trials: int, child: str | None, *extra: str
     """Wall seconds of launch_search.main (Ray already running) for `trials` serial trials."""
     import launch_search
 
-    if child:
-        os.environ["AUTODROPOUT_CHILD"] = child
-    else:
-        os.environ.pop("AUTODROPOUT_CHILD", None)
+    # trials serial and nothing but the sampled plans: the overhead per trial, not the product's
+    # default stages (baselines, final re-training)
+    stages = ["--baselines", "", "--final-top-k", "0", *(["--child", child] if child else [])]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the end-of-search summary
         rc = launch_search.main(
@@ -51,6 +50,7 @@ def search(storage: Path, name: str, trials: int, child: str | None, *extra: str
                 "1",
                 "--num-samples",
                 str(trials),
+                *stages,
                 *extra,
             ]
         )
