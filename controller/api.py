@@ -404,6 +404,12 @@ def run_search(
         raise FieldError("search", search, ", ".join(SEARCHERS))
     if not callable(train_fn):
         raise FieldError("train_fn", train_fn, "a function (plan, seed, report)")
+    if penalty_reward is not None and (
+        isinstance(penalty_reward, bool)
+        or not isinstance(penalty_reward, (int, float))
+        or not math.isfinite(penalty_reward)
+    ):
+        raise FieldError("penalty_reward", penalty_reward, "a finite number or None (the worst reward so far)")
     check_resources(resources_per_trial)
     check_address(address)
     storage = check_storage(storage_path)
@@ -574,9 +580,10 @@ def _check_searcher_state(run_dir: Path, objective: rf.Objective) -> None:
             str(run_dir),
             "a run whose saved state knows every finished trial",
             detail=f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
-            f"finished trial(s), e.g. {lost[0]}, would be lost: its last save failed, "
-            "e.g. on a full disk); nothing was changed. Keep the folder as it is: "
-            "results summarize/export read it",
+            f"finished trial(s), e.g. {lost[0]}, would be lost: its last save came before them, after a "
+            "full disk or a hard kill between snapshots); nothing was changed. results summarize/export "
+            "read the folder as it is; to resume from Ray's snapshot anyway (those trials run again), "
+            "move trials.csv aside first",
         )
 
 
@@ -764,7 +771,7 @@ def _total_trials(config: Mapping[str, Any]) -> int:
 
 
 def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     if not isinstance(scheduler, str):
         return scheduler
@@ -772,10 +779,30 @@ def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
         # time_attr "epoch" counts over every reward seed; max_t beyond the last one so the
         # final report (same epoch) still reaches the searcher.
         seeds = len(config.get("reward_seeds") or [0])
-        return ASHAScheduler(
+        return _SearchStageASHA(
             time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1, grace_period=1, reduction_factor=3
         )
     return FIFOScheduler()
+
+
+def _search_stage_asha() -> type:
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class SearchStageASHA(ASHAScheduler):
+        """ASHA for the sampled plans only: a final re-training is a measurement with one fresh
+        seed, judged against nothing, so it always runs to the end (a cut seed would make its
+        plan incomplete, and the final selection wrong)."""
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if (trial.config or {}).get("stage") == "final":
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return SearchStageASHA
+
+
+def _SearchStageASHA(**kwargs: Any) -> Any:  # noqa: N802 - builds the class lazily (Ray imports)
+    return _search_stage_asha()(**kwargs)
 
 
 def _trial_name(trial: Any) -> str:

@@ -30,7 +30,10 @@ def _se(values: Sequence[float]) -> float:
 
 
 def final_rows(
-    records: Sequence[Mapping[str, Any]], objective: rf.Objective, baselines: Sequence[str]
+    records: Sequence[Mapping[str, Any]],
+    objective: rf.Objective,
+    baselines: Sequence[str],
+    expected_seeds: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per finalist (``run_folder.FINAL_COLUMNS``), in the order they were queued.
 
@@ -60,7 +63,7 @@ def final_rows(
                 "mean": statistics.fmean(vals) if vals else float("nan"),
                 "se": _se(vals),
                 "values": json.dumps({str(k): v for k, v in seeds.items()}),
-                "complete": len(vals) == len(seeds),
+                "complete": len(vals) == (expected_seeds or len(seeds)),
                 "methods": e["methods"],
                 "plan_json": e["plan_json"],
                 "_seeds": seeds,

@@ -135,8 +135,8 @@ def trial_outcome(
         if status not in rf.CHILD_STATUSES:
             error = error or f"unknown child status {status!r}"
             status = rf.FAILED
-        if errored and status == rf.OK:
-            status, error = rf.FAILED, error or "trial raised after its final report"
+        if errored and status == rf.OK:  # the child finished; its worker failed afterwards
+            error = error or "the worker failed after the child's final report (value kept)"
     elif errored:
         status = rf.FAILED
         if not error:
@@ -578,7 +578,7 @@ class PlanSearcher(Searcher):
         """One row per final plan (see ``controller.final.final_rows``)."""
         from controller.final import final_rows
 
-        return final_rows(self._final_records, self.objective, list(self.baselines))
+        return final_rows(self._final_records, self.objective, list(self.baselines), len(self.final_seeds))
 
     # ---- internals
     def _consume(self, n: int) -> None:
@@ -620,9 +620,14 @@ class PlanSearcher(Searcher):
             final = self.final_table() if self._final_records else []
             if final:
                 write_final(self.run_dir, final)
-            best = self._best_plan(final)
+            else:  # e.g. restored from a snapshot taken before the final stage
+                (self.run_dir / rf.FINAL).unlink(missing_ok=True)
+            done = self.finished >= self.total_trials
+            best = self._best_plan(final if done else [])  # the final means only once all are in
             if best is not None:
                 best.save(self.run_dir / rf.BEST_PLAN)
+            else:
+                (self.run_dir / rf.BEST_PLAN).unlink(missing_ok=True)
             rf.write_run_state(
                 self.run_dir,
                 "finished" if self.finished >= self.total_trials else "running",

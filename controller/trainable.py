@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import statistics
 import traceback
 from collections.abc import Callable, Mapping
@@ -32,11 +33,17 @@ TrainFn = Callable[[Any, int, Callable[..., None]], "Mapping[str, Any] | None"]
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: (float(v) if isinstance(v, float) else v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float, str, bool)) or v is None
-    }
+    """The reportable values: numbers (numpy and 0-d torch numbers too, as Python numbers),
+    strings, booleans and None; anything else is left out."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item") and getattr(v, "ndim", getattr(v, "dim", lambda: 0)) in (0, ()):
+            v = v.item()  # np.float32(0.9), torch.tensor(0.9)
+        elif not isinstance(v, (bool, str)) and isinstance(v, numbers.Real):
+            v = int(v) if isinstance(v, numbers.Integral) else float(v)
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = float(v) if isinstance(v, float) else v
+    return out
 
 
 def _node_name() -> str:

@@ -592,3 +592,35 @@ def test_final_stage_shrinks_when_fewer_distinct_plans_finished(tmp_path):
     for i in range(len(finals)):
         s.on_trial_complete(f"f{i}", ok(0.7))
     assert json.loads((tmp_path / "run_state.json").read_text())["status"] == "finished"
+
+
+def test_review_fixes_final_stage_asha_partial_finalists_numpy_metrics_and_late_worker_errors():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from controller.api import _scheduler
+    from controller.final import final_rows
+    from controller.trainable import _scalars
+
+    # ASHA never cuts a final re-training (one fresh seed, judged against nothing)
+    asha = _scheduler("asha", {"max_epochs": 4, "reward_seeds": [0]})
+    final = SimpleNamespace(config={"stage": "final"}, trial_id="f")
+    assert asha.on_trial_result(None, final, {"epoch": 1, "val_acc": 0.0}) == TrialScheduler.CONTINUE
+    # a finalist with 1 of its 3 seeds is incomplete and cannot be chosen
+    rec = [
+        {"label": "a", "plan_json": "{}", "methods": "", "status": "ok", "val_acc": 0.9, "seed": 1000},
+        *(
+            {"label": "b", "plan_json": "{}", "methods": "", "status": "ok", "val_acc": 0.8, "seed": s}
+            for s in (1000, 1001, 1002)
+        ),
+    ]
+    rows = {r["label"]: r for r in final_rows(rec, Objective(), [], expected_seeds=3)}
+    assert not rows["a"]["complete"] and not rows["a"]["chosen"] and rows["b"]["chosen"]
+    # numpy and 0-d torch numbers are metrics like Python's
+    import torch
+
+    assert _scalars({"v": np.float32(0.5), "e": np.int64(3), "t": torch.tensor(0.25)}) == {"v": 0.5, "e": 3, "t": 0.25}
+    # a worker that fails after the child's final ok report: the value stands
+    out = trial_outcome(ok(0.8), True, PENALTY)
+    assert (out.status, out.reward) == ("ok", 0.8) and "after the child's final report" in out.error
