@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from search_space.errors import FieldError
+from search_space.errors import SEED_MAX, FieldError, check_number
 
 from .allocator import keep_freed_memory
 from .augment import AUGMENTATIONS, augment_batch
@@ -139,8 +139,8 @@ class TrainConfig:
             )
         if lm and self.augment not in ("auto", "none"):
             raise FieldError("augment", self.augment, "auto, none (a language model)")
-        _check_number("seq_len", self.seq_len, 2, 4096, integer=True)
-        _check_number("eval_every", self.eval_every, 0, 100000, integer=True)
+        check_number("seq_len", self.seq_len, 2, 4096, integer=True)
+        check_number("eval_every", self.eval_every, 0, 100000, integer=True)
         if self.lr is None:
             self.lr = DEFAULT_LR[self.resolved_optimizer]
         if self.label_smoothing is None:
@@ -152,16 +152,16 @@ class TrainConfig:
             "eval_batch_size": (self.eval_batch_size, True),
         }
         for name, (value, integer) in positive.items():
-            _check_number(name, value, 0.0, None, integer=integer, low_open=True)
-        _check_number("synthetic_classes", self.synthetic_classes, 2, 1000, integer=True)
+            check_number(name, value, 0.0, None, integer=integer, low_open=True)
+        check_number("synthetic_classes", self.synthetic_classes, 2, 1000, integer=True)
         if self.train_size is not None:
-            _check_number("train_size", self.train_size, 1, None, integer=True)
+            check_number("train_size", self.train_size, 1, None, integer=True)
         for name in ("seed", "split_seed"):
-            _check_number(name, getattr(self, name), 0, SEED_MAX, integer=True)
+            check_number(name, getattr(self, name), 0, SEED_MAX, integer=True)
         for name in ("weight_decay", "label_smoothing", "momentum", "warmup_fraction"):
-            _check_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
+            check_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
         if self.num_threads is not None:
-            _check_number("num_threads", self.num_threads, 1, MAX_THREADS, integer=True)
+            check_number("num_threads", self.num_threads, 1, MAX_THREADS, integer=True)
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
@@ -192,34 +192,7 @@ class TrainConfig:
         return out
 
 
-SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all take seeds up to here
 MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
-
-
-def _check_number(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None,
-    *,
-    integer: bool = False,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """FieldError unless ``value`` is a finite number (an int if ``integer``) in the range."""
-    kind = "an integer" if integer else "a number"
-    lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
-    fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
-    allowed = f"{kind} in {lo}{fmt(low)}, {'inf' if high is None else fmt(high)}{hi}"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-        raise FieldError(name, value, allowed)
-    if (
-        value < low
-        or (low_open and value == low)
-        or (high is not None and (value > high or (high_open and value == high)))
-    ):
-        raise FieldError(name, value, allowed)
 
 
 class Diverged(RuntimeError):

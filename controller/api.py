@@ -38,7 +38,7 @@ from typing import Any
 
 from controller import run_folder as rf
 from controller.trainable import TrainFn, make_trainable
-from search_space.errors import FieldError
+from search_space.errors import SEED_MAX, FieldError, check_number
 
 __all__ = [
     "run_search",
@@ -81,13 +81,8 @@ class SearchResult:
 
 # ----------------------------------------------------------------------------- checks
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise FieldError(name, value, allowed)
+    check_number(name, value, low, high, integer=True)
     return value
-
-
-SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all accept seeds up to here
 
 
 def check_seed(name: str, value: Any) -> int:
@@ -504,15 +499,19 @@ def run_search(
         lock.release()
 
 
+def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
+    """The one-line refusal of ``resume`` for ``run_dir``: what it lacks and what it needs."""
+    return FieldError("resume", str(run_dir), allowed, detail=why)
+
+
 def check_resumable(run_dir: Path) -> None:
     """Refuse (ValueError) a resume whose state cannot be read, before anything is touched."""
     missing = [f for f in (rf.SEARCH_CONFIG, "tuner.pkl") if not (run_dir / f).is_file()]
     if missing:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "a run folder with search_config.json and tuner.pkl",
-            detail=f"no resumable run at {run_dir} (missing {', '.join(missing)})",
+            f"no resumable run at {run_dir} (missing {', '.join(missing)})",
         )
     try:
         config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
@@ -520,28 +519,25 @@ def check_resumable(run_dir: Path) -> None:
             raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
         rf.Objective.from_config(config)
     except (OSError, ValueError, TypeError) as exc:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
-            detail=f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({exc}); nothing was changed",
+            f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({exc}); nothing was changed",
         ) from None
     states = sorted(run_dir.glob("experiment_state-*.json"))
     if not states:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "a run folder Ray has saved a state in",
-            detail=f"no Ray experiment state in {run_dir}; nothing was changed",
+            f"no Ray experiment state in {run_dir}; nothing was changed",
         )
     try:
         json.loads(states[-1].read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "an intact Ray experiment state",
-            detail=f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
+            f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
             f"({type(exc).__name__}); nothing was changed",
         ) from None
     _check_searcher_state(run_dir, rf.Objective.from_config(config))
@@ -555,31 +551,28 @@ def _check_searcher_state(run_dir: Path, objective: rf.Objective) -> None:
 
     snaps = sorted(run_dir.glob("searcher-state-*.pkl"))
     if not snaps:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "a run folder holding the searcher's saved state",
-            detail=f"no searcher state in {run_dir}; nothing was changed",
+            f"no searcher state in {run_dir}; nothing was changed",
         )
     try:
         with snaps[-1].open("rb") as f:
             state = pickle.load(f)
         known = {r["trial_id"] for r in state["records"]} | set(state.get("pending") or {})
     except Exception as exc:  # noqa: BLE001 - any damage means: do not touch the run
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "an intact searcher state",
-            detail=f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); nothing was changed",
+            f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); nothing was changed",
         ) from None
     table = rf.read_trials(run_dir / rf.TRIALS, objective)
     lost = [t for t in table["trial_id"] if t not in known]
     if lost:
-        raise FieldError(
-            "resume",
-            str(run_dir),
+        raise _refused_resume(
+            run_dir,
             "a run whose saved state knows every finished trial",
-            detail=f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
+            f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
             f"finished trial(s), e.g. {lost[0]}, would be lost: its last save came before them, after a "
             "full disk or a hard kill between snapshots); nothing was changed. results summarize/export "
             "read the folder as it is; to resume from Ray's snapshot anyway (those trials run again), "

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_space.errors import FieldError, OneLineParser, choice_of, typed
+from search_space.errors import SEED_MAX, FieldError, OneLineParser, check_number, choice_of, typed
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
@@ -235,8 +235,7 @@ def _writable_file(flag: str, text: str) -> Path:
 
 
 def _int_in(flag: str, value: int, low: int, high: int | None = None) -> int:
-    if value < low or (high is not None and value > high):
-        raise FieldError(flag, value, f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
+    check_number(flag, value, low, high, integer=True)
     return value
 
 
@@ -309,7 +308,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.command == "summarize":
         _int_in("--top", args.top, 1)
     elif args.command == "plot":
-        _int_in("--seed", args.seed, 0, 2**31 - 1)
+        _int_in("--seed", args.seed, 0, SEED_MAX)
         _writable_dir("--out", args.out)
     elif args.command == "export":
         _int_in("--rank", args.rank, 1)
@@ -317,7 +316,7 @@ def _check(args: argparse.Namespace) -> None:
     elif args.command == "retrain":
         _int_in("--top", args.top, 0)
         _int_in("--seeds", args.seeds, 1, 1000)
-        _int_in("--seed-offset", args.seed_offset, 0, 2**31 - 1001)
+        _int_in("--seed-offset", args.seed_offset, 0, SEED_MAX - 1000)
         if args.epochs is not None:
             _int_in("--epochs", args.epochs, 1)
         if args.num_threads is not None:

@@ -8,10 +8,13 @@ name its own flag (``--epochs``) without parsing the message.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["FieldError", "OneLineParser", "choice_of", "short_repr", "typed"]
+__all__ = ["FieldError", "OneLineParser", "SEED_MAX", "check_number", "choice_of", "short_repr", "typed"]
+
+SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all take seeds up to here
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
@@ -79,3 +82,29 @@ def choice_of(values: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return convert
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """FieldError unless ``value`` is a finite number (an int if ``integer``) in the range."""
+    kind = "an integer" if integer else "a number"
+    lo, hi = "(" if low_open else "[", ")" if high_open or high is None else "]"
+    fmt = (lambda v: str(int(v))) if integer else (lambda v: f"{v:g}")
+    allowed = f"{kind} in {lo}{fmt(low)}, {'inf' if high is None else fmt(high)}{hi}"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise FieldError(name, value, allowed)
+    if (
+        value < low
+        or (low_open and value == low)
+        or (high is not None and (value > high or (high_open and value == high)))
+    ):
+        raise FieldError(name, value, allowed)

@@ -420,6 +420,21 @@ def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def interrupt_when(proc: subprocess.Popen, ready, sig: int = signal.SIGINT) -> str:
+    """Send ``sig`` to a running launch_search.py once ``ready()`` holds; its output."""
+    try:
+        deadline = time.time() + 120
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, tmp_path, sig):
     run, scratch, total = tmp_path / "run", tmp_path / "scratch", 10
@@ -439,16 +454,7 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
         "--data-dir",
         str(scratch),
     )
-    try:
-        deadline = time.time() + 120
-        while len(read_csv(run / "trials.csv")) < 4 and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = interrupt_when(proc, lambda: len(read_csv(run / "trials.csv")) >= 4, sig)
     assert proc.returncode == 130, out[-3000:]
     state = json.loads((run / "run_state.json").read_text())
     first = read_csv(run / "trials.csv")
@@ -491,50 +497,16 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
     run, scratch = tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
-    cmd = [
-        sys.executable,
-        str(REPO / "launch_search.py"),
-        "--storage-path",
-        str(tmp_path),
-        "--name",
-        "run",
-        "--address",
-        ray_session,
-    ]
-    first = cmd + [
-        "--child",
-        f"{CHILDREN}:quick",
-        "--baselines",
-        "none",
-        "--num-samples",
-        "3",
-        "--epochs",
-        "2",
-        "--final-top-k",
-        "1",
-        "--final-seeds",
-        "2",
-        "--max-concurrent",
-        "1",
-        "--data-dir",
-        str(scratch),
-    ]
-    proc = subprocess.Popen(first, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        while not (run / "final.csv").is_file() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # launch() turns the final stage off; the later flags turn it back on (argparse: last one wins)
+    proc = launch(tmp_path, ray_session, "--num-samples", "3", "--epochs", "2", "--final-top-k", "1",
+                  "--final-seeds", "2", "--max-concurrent", "1", "--data-dir", str(scratch))  # fmt: skip
+    out = interrupt_when(proc, lambda: (run / "final.csv").is_file())
     assert proc.returncode == 130, out[-3000:]
     partial = read_csv(run / "final.csv")
     assert 1 <= sum(int(r["seeds"]) for r in partial) < 4
-    proc = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = launch(tmp_path, ray_session, "--resume")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out[-3000:]
     final = read_csv(run / "final.csv")
     assert sorted(r["label"] for r in final) == ["none", "searched#1"]
     assert all(int(r["seeds"]) == 2 and sorted(json.loads(r["values"])) == ["1000", "1001"] for r in final)
@@ -542,7 +514,7 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
         line.split()[0] for line in (scratch / "calls.log").read_text().splitlines() if line.endswith(" start")
     )
     assert len(starts) == 8 and sum(starts.values()) <= 9  # 4 search + 4 final; at most one ran twice
-    assert "Verdict:" in proc.stdout
+    assert "Verdict:" in out
 
 
 def test_tpe_search_end_to_end(ray_session, monkeypatch, tmp_path):
