@@ -772,30 +772,12 @@ def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
         # time_attr "epoch" counts over every reward seed; max_t beyond the last one so the
         # final report (same epoch) still reaches the searcher.
         seeds = len(config.get("reward_seeds") or [0])
-        return _SearchStageASHA(
+        from controller.schedulers import SearchStageASHA
+
+        return SearchStageASHA(
             time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1, grace_period=1, reduction_factor=3
         )
     return FIFOScheduler()
-
-
-def _search_stage_asha() -> type:
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    class SearchStageASHA(ASHAScheduler):
-        """ASHA for the sampled plans only: a final re-training is a measurement with one fresh
-        seed, judged against nothing, so it always runs to the end (a cut seed would make its
-        plan incomplete, and the final selection wrong)."""
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            if (trial.config or {}).get("stage") == "final":
-                return TrialScheduler.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
-
-    return SearchStageASHA
-
-
-def _SearchStageASHA(**kwargs: Any) -> Any:  # noqa: N802 - builds the class lazily (Ray imports)
-    return _search_stage_asha()(**kwargs)
 
 
 def _trial_name(trial: Any) -> str:

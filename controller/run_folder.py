@@ -63,7 +63,6 @@ __all__ = [
     "RunFolderBusy",
     "DiskFullError",
     "atomic_write_text",
-    "search_metric",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,10 +163,6 @@ class Objective:
         """The objective a run folder's search_config.json records (val_acc/max before it did)."""
         saved = config.get("objective") or {}
         return cls(**{k: saved[k] for k in ("metric", "mode", "transform") if k in saved})
-
-
-def search_metric(config: Mapping[str, Any]) -> Objective:
-    return Objective.from_config(config)
 
 
 def trial_columns(objective: Objective) -> list[str]:
