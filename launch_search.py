@@ -38,7 +38,8 @@ TRAIN_FLAGS = ("dataset", "data_dir", "model", "train_size", "epochs", "batch_si
 FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # API/TrainConfig names that differ
 # Flags passed to run_search under the same name.
 SAME_NAMES = ("num_samples", "search", "max_concurrent", "scheduler", "sites", "seed", "reward_seeds",
-              "final_top_k", "final_seeds", "controller_batch", "controller_lr", "address")  # fmt: skip
+              "final_top_k", "final_seeds", "controller_batch", "controller_lr", "address",
+              "tuned_trials")  # fmt: skip
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
@@ -49,12 +50,25 @@ class UsageError(ValueError):
 # (flag, type, default, help) of the search's own flags; the child's recipe flags come from
 # TrainConfig (TRAIN_FLAGS), as in `python -m child_trainer`.
 SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
-    ("--num-samples", int, 16, "plans the searcher samples; baselines and the final stage come on top"),
+    (
+        "--num-samples",
+        int,
+        16,
+        "trainings of the search: tuned global recipes + sampled plans "
+        "(hand-set baselines and the final stage come on top)",
+    ),
     ("--search", str, "controller", "controller (LSTM + REINFORCE), random, or tpe (Optuna)"),
     ("--reward-seeds", int, 1, "trainings per plan with different seeds; the reward is their mean"),
     ("--baselines", str, None, "hand-set plans in every search (default: all 4; none,dropout for Transformers)"),
+    (
+        "--tuned-trials",
+        str,
+        "auto",
+        "trainings of --num-samples that tune one method at every site (dropout, "
+        "DropBlock or the sequence pattern) on a small grid; auto: a quarter; 0: off",
+    ),
     ("--final-top-k", int, 2, "best sampled plans re-trained at the end with fresh seeds (0: no final stage)"),
-    ("--final-seeds", int, 2, "fresh seeds per plan in the final stage"),
+    ("--final-seeds", int, 3, "fresh seeds per plan in the final stage (3 or more for a paired interval)"),
     ("--max-concurrent", int, None, "trials at once (default: what the cluster's resources allow)"),
     ("--cpus-per-trial", float, 1.0, "CPUs per trial, also its torch threads"),
     ("--gpus-per-trial", float, None, "fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)"),
@@ -121,6 +135,11 @@ def check_args(args: argparse.Namespace) -> None:
             if len(set(baselines)) != len(baselines):
                 raise FieldError("baselines", args.baselines, "distinct names")
             args.baselines = ",".join(baselines)
+        if args.tuned_trials != "auto":
+            try:
+                args.tuned_trials = int(args.tuned_trials)
+            except (TypeError, ValueError):
+                raise FieldError("tuned_trials", args.tuned_trials, "auto or an integer >= 0") from None
         if args.child is not None:
             from child_trainer.trial import load_function
 

@@ -336,6 +336,7 @@ def run_search(
     seed: int = 0,
     reward_seeds: int = 1,
     baselines: Mapping[str, Any] | Sequence[str] = ("none",),
+    tuned_trials: int | str = "auto",
     example_input: Any = None,
     final_top_k: int = 0,
     final_seeds: int = 0,
@@ -359,7 +360,9 @@ def run_search(
             ok / diverged / failed). Runs in Ray workers: it must be picklable.
         metric, mode: what to optimise (``"val_loss", "min"`` works); reward_transform:
             how a value becomes the controller's reward (``run_folder.Objective``).
-        num_samples: plans the searcher samples (baselines and the final stage come on top).
+        num_samples: trainings of the search stage (the hand-set baselines and the final stage
+            come on top): ``tuned_trials`` of them tune the global recipes, the rest are
+            sampled plans.
         search: "controller" (LSTM + REINFORCE), "random" or "tpe" (Optuna TPE).
         storage_path, name: the run folder is ``storage_path/name``; resume: finish it.
         resources_per_trial: ``{"cpu": 1, "gpu": 0.25}``; fractional GPUs share a device.
@@ -370,8 +373,16 @@ def run_search(
         baselines: hand-set plans trained first at the same fidelity, recorded, never learned
             from: name -> Plan, or names from ``search_space.baselines.BASELINES`` (those
             other than "none" need ``example_input``, one input batch of the model).
-        final_top_k, final_seeds: re-train the K best sampled plans and every baseline with S
-            fresh seeds (final.csv); ``best_plan.json`` is then chosen from those means.
+        tuned_trials: trainings spent tuning "one method at every site" (dropout and DropBlock
+            for ConvNets, dropout and the sequence pattern for Transformers) on a small grid
+            (``search_space.baselines.TUNED_GRIDS``), split evenly between the methods; each
+            method's best enters the final stage as ``tuned-<method>``, and the controller
+            and TPE start from the best. "auto": a quarter of ``num_samples`` when that gives
+            every method a trial and leaves sampled plans (16 -> 2 per method); 0: none.
+        final_top_k, final_seeds: re-train the K best distinct sampled plans, every baseline
+            and every tuned recipe with S fresh seeds (final.csv); ``best_plan.json`` holds a
+            searched plan only if its paired 95% interval against the best baseline lies
+            wholly on the better side, else that baseline (``controller.final``).
         extra_config: saved in search_config.json (e.g. the command line that started it).
     """
     objective = rf.Objective(metric, mode, reward_transform)
@@ -443,6 +454,8 @@ def run_search(
         if not callable(model_fn):
             raise FieldError("model_fn", model_fn, "a function returning an nn.Module")
         space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines, example_input)
+        tuned = tuned_recipes(space, tuned_trials, num_samples, exclude=list(baseline_plans.values()))
+        n_tuned = sum(len(v) for v in tuned.values())
         config = {
             "version": CONFIG_VERSION,
             "searcher": search,
@@ -454,6 +467,7 @@ def run_search(
             "final_top_k": final_top_k,
             "final_seeds": [seed + 1000 + i for i in range(final_seeds)],
             "baselines": {k: p.to_dict() for k, p in baseline_plans.items()},
+            "tuned": {m: [p.to_dict() for p in plans] for m, plans in tuned.items()},
             "controller_batch": controller_batch,
             "controller_lr": controller_lr,
             "controller_kwargs": dict(controller_kwargs or {}),
@@ -467,7 +481,8 @@ def run_search(
         }
         searcher_kwargs = dict(
             objective=objective,
-            num_samples=num_samples,
+            num_samples=num_samples - n_tuned,
+            tuned=tuned,
             seed=seed,
             run_dir=run_dir,
             controller_batch=controller_batch,
@@ -497,6 +512,35 @@ def run_search(
         )
     finally:
         lock.release()
+
+
+def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude: Any = ()) -> dict[str, list[Any]]:
+    """Method -> grid plans of the tuned global recipes, within ``num_samples`` trainings."""
+    from search_space.baselines import TUNED_GRIDS, tuned_grid, tuned_methods
+
+    methods = tuned_methods(tuple(space.methods))
+    if tuned_trials == "auto":
+        per = int(0.25 * num_samples / len(methods)) if methods and num_samples >= 4 * len(methods) else 0
+    else:
+        _check_int("tuned_trials", tuned_trials, 0, max(0, num_samples - 1))
+        if tuned_trials and (not methods or tuned_trials < len(methods)):
+            raise FieldError(
+                "tuned_trials",
+                tuned_trials,
+                f"0, auto, or at least one per tuned method ({', '.join(methods) or 'none fit this space'})",
+            )
+        per = tuned_trials // len(methods) if methods else 0
+    per = min(per, *(len(TUNED_GRIDS[m]) for m in methods)) if per else 0
+    out = {m: tuned_grid(space, m, per, exclude) for m in methods} if per else {}
+    if out:
+        log.info(
+            "tuned global recipes: %d of %d trainings (%s; %d grid points each)",
+            per * len(methods),
+            num_samples,
+            ", ".join(methods),
+            per,
+        )
+    return out
 
 
 def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
@@ -709,11 +753,15 @@ def _execute(
         total = active.total_trials if active is not None else total
         status = "failed" if error else ("finished" if done >= total else "interrupted")
         with contextlib.suppress(OSError):
+            exported = {}
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                exported = rf.read_json(run_dir / rf.RUN_STATE).get("exported") or {}
             rf.write_run_state(
                 run_dir,
                 status if status != "failed" else "interrupted",
                 total,
                 done,
+                **({"exported": exported} if exported else {}),
                 **({"error": error} if error else {}),
                 **({"seconds_this_session": round(time.time() - start, 1)} if status == "finished" else {}),
             )
@@ -759,7 +807,7 @@ def _ship_by_value(*functions: Any) -> None:
 def _total_trials(config: Mapping[str, Any]) -> int:
     n_base = len(config.get("baselines") or {})
     top_k = int(config.get("final_top_k", 0))
-    finalists = top_k + n_base if top_k else 0
+    finalists = top_k + n_base + len(config.get("tuned") or {}) if top_k else 0
     return n_base + int(config["num_samples"]) + finalists * len(config.get("final_seeds") or [])
 
 

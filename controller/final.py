@@ -1,11 +1,15 @@
-"""The final, honest selection: the top searched plans and every baseline, re-trained with
-fresh seeds on the validation split, compared in pairs, and the best plan chosen from means.
+"""The final, honest selection: the top searched plans and every baseline (hand-set and tuned),
+re-trained with fresh seeds on the validation split, compared in pairs, and the plan to export
+chosen so that it does no harm.
 
 A search-stage value is the maximum of many noisy draws, so it is biased upwards (the
 winner's curse); re-training the finalists with seeds none of them was selected on removes
-that bias. Every finalist trains on the same seeds, so differences are paired: the seed's
-own luck (initialisation, batch order) cancels, and the standard error of a difference is
-smaller than that of either mean.
+that bias. Every finalist trains on the same seeds, so differences are paired
+(``controller.stats.paired``: Student's t at n - 1 degrees of freedom).
+
+**Do no harm.** ``best_plan.json`` holds a searched plan only when its paired 95% interval
+against the best baseline (by mean, tuned ones included) lies wholly on the better side;
+otherwise it holds that best baseline, and the verdict says so.
 """
 
 from __future__ import annotations
@@ -18,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
+from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of
 
-__all__ = ["final_rows", "write_final", "verdict"]
+__all__ = ["final_rows", "write_final", "verdict", "kind_of", "SEARCHED", "BASELINE", "TUNED"]
 
-#: Below this many seeds a standard error is itself too noisy to lean on (the verdict says so).
-FEW_SEEDS = 5
+SEARCHED, BASELINE, TUNED = "searched", "baseline", "tuned"
+TUNED_PREFIX = "tuned-"
+
+
+def kind_of(label: str, baselines: Sequence[str]) -> str:
+    """searched, baseline (hand-set) or tuned (a global recipe tuned inside the budget)."""
+    if label.startswith(TUNED_PREFIX):
+        return TUNED
+    return BASELINE if label in baselines else SEARCHED
 
 
 def _se(values: Sequence[float]) -> float:
@@ -38,9 +50,9 @@ def final_rows(
     """One row per finalist (``run_folder.FINAL_COLUMNS``), in the order they were queued.
 
     ``values`` holds each seed's final metric (seed order); a seed that did not end ok counts
-    as missing and the plan cannot be chosen. The paired comparison is against the best
-    baseline by mean (over the seeds both finished); ``z`` = mean difference / its standard
-    error, signed so that positive means better than that baseline.
+    as missing and the plan cannot be chosen. Every row but the best baseline's carries the
+    paired comparison against the best baseline (``controller.stats.paired``, positive =
+    better); ``chosen`` marks the plan best_plan.json holds (see the module docstring).
     """
     by_label: dict[str, dict[str, Any]] = {}
     for r in records:
@@ -48,8 +60,8 @@ def final_rows(
             r["label"],
             {"plan_json": r["plan_json"], "methods": r["methods"], "trial_id": r.get("source", ""), "seeds": {}},
         )
-        ok = r["status"] == rf.OK and math.isfinite(float(r[objective.metric]))
-        entry["seeds"][int(r["seed"])] = float(r[objective.metric]) if ok else float("nan")
+        value = rf.as_float(r.get(objective.metric))
+        entry["seeds"][int(r["seed"])] = value if r["status"] == rf.OK and math.isfinite(value) else float("nan")
     rows = []
     for label, e in by_label.items():
         seeds = dict(sorted(e["seeds"].items()))
@@ -57,7 +69,7 @@ def final_rows(
         rows.append(
             {
                 "label": label,
-                "kind": "baseline" if label in baselines else "searched",
+                "kind": kind_of(label, baselines),
                 "trial_id": e["trial_id"],
                 "seeds": len(seeds),
                 "mean": statistics.fmean(vals) if vals else float("nan"),
@@ -69,29 +81,40 @@ def final_rows(
                 "_seeds": seeds,
             }
         )
-    sign = 1.0 if objective.mode == "max" else -1.0
-    base = [r for r in rows if r["kind"] == "baseline" and r["complete"]]
+    sign = sign_of(objective.mode)
+    base = [r for r in rows if r["kind"] != SEARCHED and r["complete"]]
     best_base = max(base, key=lambda r: sign * r["mean"]) if base else None
     for r in rows:
-        r.update(diff_vs_best_baseline=float("nan"), diff_se=float("nan"), z=float("nan"))
+        r.update(
+            best_baseline=best_base["label"] if best_base else "",
+            diff_vs_best_baseline=float("nan"),
+            diff_se=float("nan"),
+            diff_ci95_low=float("nan"),
+            diff_ci95_high=float("nan"),
+            p_value=float("nan"),
+            paired_seeds=0,
+            comparison="",
+        )
         if best_base is None or r is best_base:
             continue
-        common = [
-            s
-            for s, v in r["_seeds"].items()
-            if math.isfinite(v) and math.isfinite(best_base["_seeds"].get(s, float("nan")))
-        ]
-        diffs = [sign * (r["_seeds"][s] - best_base["_seeds"][s]) for s in common]
-        if diffs:
-            r["diff_vs_best_baseline"] = statistics.fmean(diffs)
-            r["diff_se"] = _se(diffs)
-            if r["diff_se"] > 0:
-                r["z"] = r["diff_vs_best_baseline"] / r["diff_se"]
-    complete = [r for r in rows if r["complete"]]
-    chosen = max(complete, key=lambda r: sign * r["mean"]) if complete else None
+        cmp = paired(r["_seeds"], best_base["_seeds"], objective.mode)
+        r.update(
+            diff_vs_best_baseline=cmp.mean,
+            diff_se=cmp.se,
+            diff_ci95_low=cmp.ci95_low,
+            diff_ci95_high=cmp.ci95_high,
+            p_value=cmp.p_value,
+            paired_seeds=cmp.n,
+            comparison=cmp.word,
+        )
+    searched = [r for r in rows if r["kind"] == SEARCHED and r["complete"]]
+    if best_base is None:  # nothing to compare with: the best searched plan, and the verdict says so
+        chosen = max(searched, key=lambda r: sign * r["mean"]) if searched else None
+    else:
+        winners = [r for r in searched if r["comparison"] == BETTER]
+        chosen = max(winners, key=lambda r: sign * r["mean"]) if winners else best_base
     for r in rows:
         r["chosen"] = r is chosen
-        r["best_baseline"] = best_base["label"] if best_base else ""
         del r["_seeds"]
     return rows
 
@@ -100,40 +123,66 @@ def write_final(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     rf.atomic_write_text(run_dir / rf.FINAL, rf.csv_text(rf.FINAL_COLUMNS, rows))
 
 
+def _num(value: Any) -> float:
+    return rf.as_float(value)
+
+
+def _interval(r: Mapping[str, Any]) -> str:
+    low, high = _num(r.get("diff_ci95_low")), _num(r.get("diff_ci95_high"))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval"
+    return f"95% interval [{low:+.4f}, {high:+.4f}]"
+
+
 def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
-    """One sentence: did the best searched plan beat the best baseline, by how many SEs."""
+    """Plain words: which plan best_plan.json holds, and why (the paired interval's words)."""
     metric = objective.metric
+    sign = sign_of(objective.mode)
+    chosen = next((r for r in rows if _true(r.get("chosen"))), None)
     searched = [
-        r for r in rows if r["kind"] == "searched" and r.get("complete", True) and math.isfinite(float(r["mean"]))
+        r for r in rows if r["kind"] == SEARCHED and _true(r.get("complete", True)) and math.isfinite(_num(r["mean"]))
     ]
-    base = next((r for r in rows if r["kind"] == "baseline" and r["label"] == r.get("best_baseline")), None)
-    if not searched:
-        return "Verdict: no searched plan finished the final re-training; nothing to compare."
-    sign = 1.0 if objective.mode == "max" else -1.0
-    top = max(searched, key=lambda r: sign * float(r["mean"]))
+    base = next((r for r in rows if r["kind"] != SEARCHED and r["label"] == r.get("best_baseline")), None)
+    if chosen is None:
+        return "Verdict: no plan finished the final re-training; nothing is exported."
     if base is None:
         return (
-            f"Verdict: the best searched plan ({top['label']}) has {metric} {top['mean']:.4f}; "
-            "no baseline finished, so there is nothing to compare with."
+            f"Verdict: no baseline finished the final re-training, so nothing tells whether the best searched plan "
+            f"({chosen['label']}, {metric} {_num(chosen['mean']):.4f}) helps; best_plan.json holds it unproven."
         )
-    diff, z = float(top["diff_vs_best_baseline"]), float(top["z"])
-    word = "beat" if diff > 0 else ("tied with" if diff == 0 else "fell short of")
-    ses = f"{abs(z):.1f} standard errors" if math.isfinite(z) else "an unknown number of standard errors"
-    strength = (
-        ""
-        if not math.isfinite(z)
-        else " (a clear difference)"
-        if abs(z) >= 2
-        else " (within noise: not a reliable difference)"
+    head = f"best baseline {base['label']} ({metric} {_num(base['mean']):.4f} +- {_num(base['se']):.4f})"
+    if chosen["kind"] == SEARCHED:
+        return (
+            f"Verdict: the searched plan {chosen['label']} ({metric} {_num(chosen['mean']):.4f} +- "
+            f"{_num(chosen['se']):.4f}) is better than the {head}: difference "
+            f"{_num(chosen['diff_vs_best_baseline']):+.4f} (positive = better), {_interval(chosen)} over "
+            f"{int(_num(chosen['paired_seeds']))} paired seeds (p = {_num(chosen['p_value']):.3g}). "
+            "best_plan.json holds the searched plan."
+        )
+    if not searched:
+        return (
+            f"Verdict: no searched plan finished the final re-training; best_plan.json holds the {head} (do no harm)."
+        )
+    top = max(searched, key=lambda r: sign * _num(r["mean"]))
+    word = str(top.get("comparison") or TOO_FEW)
+    n = int(_num(top.get("paired_seeds")) or 0)
+    advice = (
+        f" ({MIN_SEEDS} or more paired seeds are needed: raise --final-seeds)"
+        if word == TOO_FEW
+        else " (more final seeds narrow the interval)"
+        if word != "worse"
+        else ""
     )
     return (
-        f"Verdict: the best searched plan ({top['label']}, {metric} {top['mean']:.4f} +- {top['se']:.4f}) "
-        f"{word} the best baseline ({base['label']}, {base['mean']:.4f} +- {base['se']:.4f}) "
-        f"by {abs(diff):.4f} in paired comparison over {int(top['seeds'])} seeds, {ses}{strength}."
-        + (
-            f" With {int(top['seeds'])} seeds the standard error itself is rough: confirm with more "
-            "(--final-seeds, or python -m results retrain on the test split)."
-            if int(top["seeds"]) < FEW_SEEDS
-            else ""
-        )
+        f"Verdict: no searched plan is better than the {head}. The best searched plan ({top['label']}, "
+        f"{metric} {_num(top['mean']):.4f} +- {_num(top['se']):.4f}) differs by "
+        f"{_num(top['diff_vs_best_baseline']):+.4f} (positive = better), {_interval(top)} over {n} paired seeds: "
+        f"{word}{advice}. best_plan.json holds the baseline {base['label']} (do no harm)."
     )
+
+
+def _true(value: Any) -> bool:
+    """A bool from a row read back from CSV (pandas gives numpy bools, a string if mixed)."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value) if value is not None and value == value else False

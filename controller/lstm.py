@@ -145,6 +145,12 @@ class LSTMController(nn.Module):
                 target = torch.atanh(target.clamp(-limit, limit) / self.tanh_constant)
             self.head_bias[start : start + size] += target * self.temperature
 
+    @torch.no_grad()
+    def add_prior(self, prior_logits: Sequence[Sequence[float]]) -> None:
+        """Shift the policy by extra starting logits (one list per decision), e.g. towards a
+        recipe known to work (``controller.prior.recipe_prior``); training goes on from there."""
+        self._set_prior(prior_logits, self._offset_t.tolist())
+
     @property
     def num_decisions(self) -> int:
         return len(self.vocab_sizes)

@@ -55,6 +55,7 @@ __all__ = [
     "trial_columns",
     "is_better",
     "best_row",
+    "as_float",
     "csv_text",
     "read_json",
     "now_iso",
@@ -97,7 +98,11 @@ FINAL_COLUMNS = [
     "best_baseline",
     "diff_vs_best_baseline",
     "diff_se",
-    "z",
+    "diff_ci95_low",
+    "diff_ci95_high",
+    "p_value",
+    "paired_seeds",
+    "comparison",
     "chosen",
     "methods",
     "plan_json",
@@ -215,11 +220,15 @@ def best_row(rows: Sequence[Mapping[str, Any]], objective: Objective) -> Mapping
     return best
 
 
-def _float(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A number from a cell or a reported value; NaN for anything that is not one."""
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
+
+
+_float = as_float
 
 
 # ------------------------------------------------------------------------- writing

@@ -4,10 +4,17 @@ Why it looks like this:
 - Ray Tune owns scheduling, resources, fault tolerance and resume; a `Searcher` is the one
   place it lets us decide *what* to train next and hear about every finished trial, so the
   controller lives here, on the driver.
-- A search has three stages, all ordinary Tune trials: the **baselines** (hand-set plans,
-  suggested first, recorded and never learned from), the **sampled plans**, and the
-  **final re-training** of the ``final_top_k`` best sampled plans and every baseline with
-  fresh seeds (``final.csv``; ``best_plan.json`` is chosen from its means).
+- A search has four stages, all ordinary Tune trials: the **baselines** (hand-set plans,
+  suggested first, recorded and never learned from), the **tuned global recipes** (one
+  method at every site on a small grid of rates, ``search_space.baselines.tuned_grid``;
+  recorded, never learned from), the **sampled plans**, and the **final re-training** of
+  the ``final_top_k`` best distinct sampled plans, every baseline and each method's best
+  tuned recipe (``tuned-<method>``) with fresh seeds (``final.csv``; ``best_plan.json`` is a
+  searched plan only when it is better than the best baseline, ``controller.final``).
+- Searches start from the best global recipe: the controller adds a prior towards its tokens
+  (``controller.prior.recipe_prior``) and TPE is told every tuned result, once the tuned
+  trials are in (sampled plans wait for them). A sampled plan that was already trained or
+  is being trained is drawn again (up to ``MAX_REDRAWS`` times), so no trial repeats one.
 - Trials finish out of order and concurrently: a suggested trial waits in ``pending`` with
   its tokens; finished ones go, in completion order, into a buffer that is turned into one
   REINFORCE update per ``controller_batch`` rewards (and a last, smaller one at the end).
@@ -46,9 +53,10 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from controller import run_folder as rf
+from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX
 from controller.lstm import LSTMController
 from controller.reinforce import Reinforce
-from search_space.plan import Plan
+from search_space.plan import Plan, plan_key
 from search_space.space import SearchSpace
 
 __all__ = [
@@ -75,6 +83,9 @@ PARTIAL_ERROR = (
     "error.txt in the trial directory"
 )
 SEARCH, FINAL = "search", "final"
+#: Draws of a sampler to find a plan not trained yet before training a repeat (a policy that
+#: has converged keeps proposing its plan: that repeat is then worth a trial).
+MAX_REDRAWS = 25
 OWN_FILES = (rf.TRIALS, rf.HISTORY, rf.FINAL, rf.BEST_PLAN, rf.RUN_STATE)
 
 # The searcher of the search running in this (driver) process, by run folder: Tune restores
@@ -182,9 +193,14 @@ class PlanSearcher(Searcher):
         num_samples: sampled plans (the baselines come on top).
         run_dir: where trials.csv & co. are written (None: keep them in memory only).
         baselines: name -> hand-set Plan, trained first, recorded, never learned from.
-        reward_seeds: the seeds every search-stage trial trains with (reward = mean).
+        tuned: method -> grid plans (``search_space.baselines.tuned_grid``): global recipes
+            trained after the baselines, recorded, never learned from; each method's best
+            enters the final stage as ``tuned-<method>``.
+        reward_seeds: the seeds every search-stage trial trains with (reward = mean), or
+            their number (seeds 0..K-1).
         final_top_k, final_seeds: the final re-training of the top-k sampled plans and every
-            baseline with these seeds (top-k 0 or no seeds: no final stage).
+            baseline with these seeds, or their number (seeds 1000..); top-k 0 or no seeds:
+            no final stage.
         penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
     """
 
@@ -200,9 +216,10 @@ class PlanSearcher(Searcher):
         controller_batch: int = 4,
         penalty_reward: float | None = None,
         baselines: Mapping[str, Plan] | None = None,
-        reward_seeds: Sequence[int] = (0,),
+        tuned: Mapping[str, Sequence[Plan]] | None = None,
+        reward_seeds: Sequence[int] | int = (0,),
         final_top_k: int = 0,
-        final_seeds: Sequence[int] = (),
+        final_seeds: Sequence[int] | int = (),
     ) -> None:
         self.objective = objective or rf.Objective()
         super().__init__(metric=self.objective.metric, mode=self.objective.mode)
@@ -213,6 +230,8 @@ class PlanSearcher(Searcher):
             raise ValueError(f"final_top_k: bad value {final_top_k!r}; allowed: an integer >= 0")
         if penalty_reward is not None and not math.isfinite(float(penalty_reward)):
             raise ValueError(f"penalty_reward: bad value {penalty_reward!r}; allowed: a finite number")
+        reward_seeds = _seed_list("reward_seeds", reward_seeds, first=0)
+        final_seeds = _seed_list("final_seeds", final_seeds, first=1000)
         if not reward_seeds:
             raise ValueError("reward_seeds: bad value []; allowed: a non-empty list of seeds")
         self.space = space
@@ -224,6 +243,13 @@ class PlanSearcher(Searcher):
         for label, plan in self.baselines.items():
             if not isinstance(plan, Plan):
                 raise ValueError(f"baselines[{label!r}]: bad value {type(plan).__name__}; allowed: a Plan")
+        self.tuned: dict[str, list[Plan]] = {}
+        for method, plans in dict(tuned or {}).items():
+            plans = list(plans)
+            if not plans or not all(isinstance(p, Plan) for p in plans):
+                raise ValueError(f"tuned[{method!r}]: bad value {plans!r}; allowed: a non-empty list of Plans")
+            self.tuned[str(method)] = plans
+        self._tuned_trials = [(f"{TUNED_PREFIX}{m}", p) for m, plans in self.tuned.items() for p in plans]
         self.reward_seeds = [int(s) for s in reward_seeds]
         self.final_top_k = final_top_k
         self.final_seeds = [int(s) for s in final_seeds] if final_top_k else []  # top-k 0: no final stage
@@ -238,6 +264,8 @@ class PlanSearcher(Searcher):
         self._buffer: list[tuple[str, list[int], float]] = []
         self._history: list[dict[str, Any]] = []
         self._suggested = 0
+        self._warmed = False
+        self._seen: set[str] | None = None  # plan keys of every search-stage trial (lazy)
         self._session: dict[str, float] | None = None
         if self.run_dir is not None:
             _ACTIVE[self.run_dir] = self
@@ -257,11 +285,20 @@ class PlanSearcher(Searcher):
     def _load_policy_state(self, state: Any) -> None:
         raise NotImplementedError
 
+    #: Whether sampled plans wait for the tuned recipes to start from the best of them.
+    warm_starts: ClassVar[bool] = False
+
+    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
+        """Start from known (tokens, reward) recipes, best first (the tuned global ones)."""
+
+    def _discard(self, trial_id: str, tokens: list[int], reward: float | None) -> None:
+        """A draw not trained because its plan was trained (``reward``) or is running (None)."""
+
     # ---- sizes
     @property
     def search_trials(self) -> int:
-        """Trials of the first two stages: the baselines, then the sampled plans."""
-        return len(self.baselines) + self.num_samples
+        """Trials of the first three stages: the baselines, the tuned recipes, the sampled plans."""
+        return len(self.baselines) + len(self._tuned_trials) + self.num_samples
 
     @property
     def final_trials(self) -> int:
@@ -269,7 +306,7 @@ class PlanSearcher(Searcher):
         finalists are known; fewer when fewer distinct sampled plans finished ok."""
         if self._final_total is not None:
             return self._final_total
-        return (self.final_top_k + len(self.baselines)) * len(self.final_seeds)
+        return (self.final_top_k + len(self.baselines) + len(self.tuned)) * len(self.final_seeds)
 
     @property
     def total_trials(self) -> int:
@@ -296,23 +333,30 @@ class PlanSearcher(Searcher):
             return self._suggest_search(trial_id)
         return self._suggest_final(trial_id)
 
-    def _suggest_search(self, trial_id: str) -> dict:
+    def _suggest_search(self, trial_id: str) -> dict | None:
         names = list(self.baselines)
-        baseline = names[self._suggested] if self._suggested < len(names) else ""
-        if baseline:
-            plan = self.baselines[baseline]
+        i, nb = self._suggested, len(self.baselines)
+        if i < nb:
+            baseline, kind, plan = names[i], BASELINE, self.baselines[names[i]]
+            tokens = self._tokens_of(plan)
+        elif i < nb + len(self._tuned_trials):
+            (baseline, plan), kind = self._tuned_trials[i - nb], TUNED
             tokens = self._tokens_of(plan)
         else:
-            tokens = [int(t) for t in self._sample_tokens(trial_id)]
-            plan = self.space.decode(tokens)
+            if not self._ready_to_sample():
+                return None  # the tuned recipes are still training: ask again later
+            baseline, kind = "", SEARCHED
+            tokens, plan = self._draw(trial_id)
         self._pending[trial_id] = {
             "stage": SEARCH,
             "tokens": tokens,
             "plan": plan,
             "baseline": baseline,
+            "kind": kind,
             "suggested_at": time.time(),
             "last": None,
         }
+        self._seen_keys().add(plan_key(plan))
         self._suggested += 1
         return {
             "plan": plan,
@@ -322,6 +366,51 @@ class PlanSearcher(Searcher):
             "label": baseline or "searched",
             "tokens": list(tokens),
         }
+
+    def _ready_to_sample(self) -> bool:
+        """Warm-starting searchers sample once every tuned recipe is recorded (then start from
+        them, once); the others right away."""
+        if self._warmed or not self.warm_starts or not self._tuned_trials:
+            return True
+        tuned = [r for r in self._records if r.get("kind") == TUNED]
+        if len(tuned) < len(self._tuned_trials):
+            return False
+        ok = [r for r in tuned if r["status"] == rf.OK and r.get("reward") is not None and json.loads(r["tokens"])]
+        ok.sort(key=lambda r: (-float(r["reward"]), r["order"]))
+        self._warm_start([(json.loads(r["tokens"]), float(r["reward"])) for r in ok])
+        self._warmed = True
+        if ok:
+            log.info("%s starts from the best tuned recipe (%s): %s", self.name, ok[0]["baseline"], ok[0]["methods"])
+        return True
+
+    def _draw(self, trial_id: str) -> tuple[list[int], Plan]:
+        """A sampled plan no search-stage trial has trained or is training, if one comes up in
+        ``MAX_REDRAWS`` draws; else the last draw (the policy keeps proposing it)."""
+        seen = self._seen_keys()
+        for attempt in range(MAX_REDRAWS + 1):
+            tokens = [int(t) for t in self._sample_tokens(trial_id)]
+            plan = self.space.decode(tokens)
+            key = plan_key(plan)
+            if key not in seen or attempt == MAX_REDRAWS:
+                if key in seen:
+                    log.info("trial %s repeats a plan already trained: the %s keeps proposing it", trial_id, self.name)
+                return tokens, plan
+            self._discard(trial_id, tokens, self._known_reward(key))
+        raise AssertionError("unreachable")
+
+    def _seen_keys(self) -> set[str]:
+        if self._seen is None:
+            plans = [r["plan"] for r in self._records] + [
+                p["plan"] for p in self._pending.values() if p["stage"] == SEARCH
+            ]
+            self._seen = {plan_key(p) for p in plans}
+        return self._seen
+
+    def _known_reward(self, key: str) -> float | None:
+        for r in reversed(self._records):
+            if r.get("reward") is not None and plan_key(r["plan"]) == key:
+                return float(r["reward"])
+        return None
 
     def _tokens_of(self, plan: Plan) -> list[int]:
         """A baseline's tokens, for the record; [] when the space cannot say it (a hand-set plan
@@ -354,28 +443,50 @@ class PlanSearcher(Searcher):
         }
 
     def _final_plan_queue(self) -> list[dict[str, Any]]:
-        """(label, plan, seed) of every final trial still to run: the top searched plans (by
-        search-stage value, distinct plans only) and every baseline, each with every seed."""
+        """(label, plan, seed) of every final trial still to run, each finalist with every seed:
+        the hand-set baselines, each tuned method's best recipe (``tuned-<method>``), then the
+        top searched plans by search-stage value. A plan equal to an earlier finalist is not
+        trained twice: a searched plan that is a baseline is that baseline (the next distinct
+        searched plan takes its place)."""
         if not self.final_seeds:
             return []
-        ranked = sorted(
-            (
+        o = self.objective
+
+        def ranked(kind: str, label: str = "") -> list[dict[str, Any]]:
+            rows = [
                 r
                 for r in self._records
-                if not r["baseline"] and r["status"] == rf.OK and math.isfinite(r[self.objective.metric])
-            ),
-            key=lambda r: (-self.objective.reward(r[self.objective.metric]), r["order"]),
-        )
+                if r.get("kind", SEARCHED if not r["baseline"] else BASELINE) == kind
+                and (not label or r["baseline"] == label)
+                and r["status"] == rf.OK
+                and math.isfinite(r[o.metric])
+            ]
+            return sorted(rows, key=lambda r: (-o.reward(r[o.metric]), r["order"]))
+
         plans: dict[str, tuple[Plan, str]] = {}
-        for r in ranked:
-            if len(plans) >= self.final_top_k:
-                break
-            plan = r["plan"]
-            if all(plan.sites != p.sites for p, _ in plans.values()):
-                plans[f"searched#{len(plans) + 1}"] = (plan, r["trial_id"])
+        keys: set[str] = set()
+
+        def add(label: str, plan: Plan, source: str) -> bool:
+            key = plan_key(plan)
+            if key in keys:
+                log.info("final stage: %s is the same plan as an earlier finalist; trained once", label)
+                return False
+            keys.add(key)
+            plans[label] = (plan, source)
+            return True
+
         for name, plan in self.baselines.items():
-            source = next((r["trial_id"] for r in self._records if r["baseline"] == name), "")
-            plans[name] = (plan, source)
+            add(name, plan, next((r["trial_id"] for r in self._records if r["baseline"] == name), ""))
+        for method in self.tuned:
+            best = ranked(TUNED, f"{TUNED_PREFIX}{method}")
+            if best:
+                add(f"{TUNED_PREFIX}{method}", best[0]["plan"], best[0]["trial_id"])
+        n_searched = 0
+        for r in ranked(SEARCHED):
+            if n_searched >= self.final_top_k:
+                break
+            if add(f"searched#{n_searched + 1}", r["plan"], r["trial_id"]):
+                n_searched += 1
         done = {(r["label"], r["seed"]) for r in self._final_records}
         running = {(p["label"], p.get("seed")) for p in self._pending.values() if p["stage"] == FINAL}
         return [
@@ -453,6 +564,7 @@ class PlanSearcher(Searcher):
         else:
             row.update(
                 order=len(self._records),
+                kind=entry.get("kind", BASELINE if entry["baseline"] else SEARCHED),
                 baseline=entry["baseline"],
                 reference=bool(entry["baseline"]),
                 update=None,
@@ -494,6 +606,7 @@ class PlanSearcher(Searcher):
             "final_total": self._final_total,
             "buffer": self._buffer,
             "history": self._history,
+            "warmed": self._warmed,
             "policy": self._policy_state(),
         }
         with open(checkpoint_path, "wb") as f:
@@ -536,6 +649,8 @@ class PlanSearcher(Searcher):
         self._final_total = state["final_total"]
         self._buffer = state["buffer"]
         self._history = state["history"]
+        self._warmed = bool(state.get("warmed", False))
+        self._seen = None
         self._load_policy_state(state["policy"])
         self._session = None
         self._start_session()
@@ -579,6 +694,20 @@ class PlanSearcher(Searcher):
         from controller.final import final_rows
 
         return final_rows(self._final_records, self.objective, list(self.baselines), len(self.final_seeds))
+
+    def exported(self, final: list[dict[str, Any]]) -> dict[str, Any]:
+        """What best_plan.json holds: label, kind (searched | baseline | tuned) and how it was chosen."""
+        chosen = next((r for r in final if r["chosen"]), None)
+        if chosen is not None:
+            return {"label": chosen["label"], "kind": chosen["kind"], "selected_by": "final"}
+        best = self.best()
+        if best is None:
+            return {}
+        return {
+            "label": best["baseline"] or best["trial_id"],
+            "kind": best.get("kind") or (BASELINE if best["baseline"] else SEARCHED),
+            "selected_by": "search",
+        }
 
     # ---- internals
     def _consume(self, n: int) -> None:
@@ -633,6 +762,7 @@ class PlanSearcher(Searcher):
                 "finished" if self.finished >= self.total_trials else "running",
                 self.total_trials,
                 self.finished,
+                exported=self.exported(final if done else []),
             )
 
     def _best_plan(self, final: list[dict[str, Any]]) -> Plan | None:
@@ -645,9 +775,13 @@ class PlanSearcher(Searcher):
                 **plan.metadata,
                 "selected_by": "final",
                 "label": chosen["label"],
+                "kind": chosen["kind"],
                 o.metric: _finite_or_none(chosen["mean"]),
                 o.se_column: _finite_or_none(chosen["se"]),
                 "seeds": chosen["seeds"],
+                "best_baseline": chosen["best_baseline"],
+                "comparison": chosen["comparison"] or ("the best baseline" if chosen["kind"] != SEARCHED else ""),
+                "diff_ci95": [_finite_or_none(chosen["diff_ci95_low"]), _finite_or_none(chosen["diff_ci95_high"])],
                 "trial_id": chosen["trial_id"],
                 "searcher": self.name,
             }
@@ -659,6 +793,8 @@ class PlanSearcher(Searcher):
         plan.metadata = {
             **plan.metadata,
             "selected_by": "search",
+            "kind": best.get("kind") or (BASELINE if best["baseline"] else SEARCHED),
+            "comparison": "unproven: no final stage compared it with the baselines",
             o.metric: _finite_or_none(best[o.metric]),
             "trial_id": best["trial_id"],
             o.best_column: _finite_or_none(best[o.best_column]),
@@ -703,6 +839,23 @@ class PlanSearcher(Searcher):
         )
 
 
+def _seed_list(field: str, value: Any, first: int) -> list[int]:
+    """Seeds as given, or their number (``first``, ``first + 1``, ...)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{field}: bad value {value!r}; allowed: a number of seeds or a list of seeds")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{field}: bad value {value!r}; allowed: a number of seeds >= 0 or a list of seeds")
+        return list(range(first, first + value))
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{field}: bad value {value!r} of type {type(value).__name__}; allowed: a number of seeds or a list"
+        )
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError(f"{field}: bad value {list(value)!r}; allowed: seeds (integers >= 0)")
+    return [int(s) for s in value]
+
+
 def _finite_or_none(value: Any) -> float | None:
     """JSON has no NaN: a missing number is null in best_plan.json's metadata."""
     v = _num(value)
@@ -721,10 +874,13 @@ class ControllerSearcher(PlanSearcher):
 
     controller_kwargs / reinforce_kwargs go to `LSTMController` / `Reinforce`; ``seed``
     seeds both the controller's initialisation and its sampling. ``prior_strength`` sets the
-    starting preference for mild plans (``controller.prior.mild_prior``; 0 = uniform).
+    starting preference for mild plans (``controller.prior.mild_prior``; 0 = uniform);
+    ``recipe_strength`` the extra logits towards the best tuned global recipe once it is known
+    (``controller.prior.recipe_prior``; 0 = do not start from it).
     """
 
     name = "controller"
+    warm_starts = True
 
     def __init__(
         self,
@@ -735,10 +891,19 @@ class ControllerSearcher(PlanSearcher):
         controller_kwargs: Mapping[str, Any] | None = None,
         reinforce_kwargs: Mapping[str, Any] | None = None,
         prior_strength: float = 1.5,
+        recipe_strength: float = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(space, num_samples=num_samples, **kwargs)
         from controller.prior import mild_prior
+
+        if (
+            isinstance(recipe_strength, bool)
+            or not isinstance(recipe_strength, (int, float))
+            or not (math.isfinite(recipe_strength) and recipe_strength >= 0)
+        ):
+            raise ValueError(f"recipe_strength: bad value {recipe_strength!r}; allowed: a number >= 0")
+        self.recipe_strength = float(recipe_strength)
 
         policy = LSTMController(
             space.vocab_sizes,
@@ -750,6 +915,12 @@ class ControllerSearcher(PlanSearcher):
 
     def _sample_tokens(self, trial_id: str) -> list[int]:
         return self.reinforce.sample(1)[0]
+
+    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
+        from controller.prior import recipe_prior
+
+        if recipes and self.recipe_strength > 0:
+            self.reinforce.policy.add_prior(recipe_prior(self.space, recipes[0][0], self.recipe_strength))
 
     def _learn(self, batch: list[tuple[str, list[int], float]]) -> dict[str, Any]:
         return self.reinforce.update([t for _, t, _ in batch], [r for _, _, r in batch])
@@ -781,14 +952,16 @@ class RandomSearcher(PlanSearcher):
 
 
 class TPESearcher(PlanSearcher):
-    """Optuna's TPE over the same conditional plan space, through Ray Tune's OptunaSearch.
+    """Optuna's TPE over the same conditional plan space (an Optuna study driven by ask/tell).
 
     The space is written define-by-run: per group, the method first, then only the parameters
     that method uses (``SearchSpace.active_mask``), so TPE models each method's parameters
-    only where they matter. Rewards reach Optuna as the objective ("maximize").
+    only where they matter. Rewards reach Optuna as the objective ("maximize"); the tuned
+    global recipes enter the study as finished trials before the first sampled plan.
     """
 
     name = "tpe"
+    warm_starts = True
 
     def __init__(
         self, space: SearchSpace, *, num_samples: int, seed: int = 0, n_startup_trials: int = 8, **kwargs: Any
@@ -796,11 +969,11 @@ class TPESearcher(PlanSearcher):
         super().__init__(space, num_samples=num_samples, **kwargs)
         self.seed = int(seed)
         self.n_startup_trials = int(n_startup_trials)
-        self._optuna = self._make_optuna()
+        self._study = self._make_study()
+        self._open: dict[str, int] = {}  # trial_id -> Optuna trial number
 
-    def _make_optuna(self) -> Any:
+    def _make_study(self) -> Any:
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna's words
@@ -808,50 +981,82 @@ class TPESearcher(PlanSearcher):
             sampler = optuna.samplers.TPESampler(
                 seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True, group=True
             )
-        return OptunaSearch(space=_DefineByRun(self.space), metric="reward", mode="max", sampler=sampler)
+        return optuna.create_study(direction="maximize", sampler=sampler)
 
     def _sample_tokens(self, trial_id: str) -> list[int]:
-        config = self._optuna.suggest(trial_id)
-        tokens = [0] * len(self.space.decisions)
-        for key, value in config.items():
-            tokens[int(key.split(":", 1)[0])] = int(value)
-        return tokens
+        trial = self._study.ask()
+        self._open[trial_id] = trial.number
+        return _DefineByRun(self.space)(trial)
+
+    def _tell(self, trial_id: str, reward: float | None) -> None:
+        import optuna
+
+        number = self._open.pop(trial_id, None)
+        if number is None:
+            return
+        if reward is None:
+            self._study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:
+            self._study.tell(number, reward)
+
+    def _discard(self, trial_id: str, tokens: list[int], reward: float | None) -> None:
+        self._tell(trial_id, reward)  # a repeat: its known reward, or a failed ask while it runs
+
+    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
+        import optuna
+
+        for tokens, reward in recipes:
+            params, dists = _DefineByRun(self.space).params(tokens)
+            self._study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=reward))
 
     def _learn(self, batch: list[tuple[str, list[int], float]]) -> None:
         for trial_id, _, reward in batch:
-            self._optuna.on_trial_complete(trial_id, {"reward": reward})
+            self._tell(trial_id, reward)
         return None
 
     def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None, errored: bool) -> None:
         super()._record(trial_id, entry, result, errored)
         # a sampled trial that gave no reward (worker crash) must not stay open in Optuna
-        if (
-            entry["stage"] == SEARCH
-            and not entry["baseline"]
-            and trial_id not in {t for t, _, _ in self._buffer}
-            and self._records[-1].get("reward") is None
-        ):
-            self._optuna.on_trial_complete(trial_id, None, error=True)
+        if trial_id in self._open and trial_id not in {t for t, _, _ in self._buffer}:
+            self._tell(trial_id, None)
 
     def _policy_state(self) -> Any:
-        return pickle.dumps(self._optuna.__dict__)  # study, open Optuna trials, sampler RNG
+        return pickle.dumps({"study": self._study, "open": self._open})  # study, open trials, sampler RNG
 
     def _load_policy_state(self, state: Any) -> None:
-        self._optuna.__dict__.update(pickle.loads(state))
+        loaded = pickle.loads(state)
+        self._study, self._open = loaded["study"], loaded["open"]
 
 
 class _DefineByRun:
-    """Optuna's define-by-run space for a SearchSpace (a class, not a closure: it is pickled
-    with the searcher). Per group the method, then only the parameters it uses."""
+    """Optuna's define-by-run space for a SearchSpace: per group the method, then only the
+    parameters it uses (one categorical over token indices per active decision)."""
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
 
-    def __call__(self, trial: Any) -> None:
+    def __call__(self, trial: Any) -> list[int]:
         tokens = [0] * len(self.space.decisions)
         for i, d in enumerate(self.space.decisions):
             if self.space.active_mask(tokens)[i]:
-                tokens[i] = int(trial.suggest_categorical(f"{i}:{d.site}:{d.param}", list(range(len(d.choices)))))
+                tokens[i] = int(trial.suggest_categorical(self._name(i), list(range(len(d.choices)))))
+        return tokens
+
+    def _name(self, i: int) -> str:
+        d = self.space.decisions[i]
+        return f"{i}:{d.site}:{d.param}"
+
+    def params(self, tokens: list[int]) -> tuple[dict[str, int], dict[str, Any]]:
+        """The Optuna parameters and distributions of a finished plan's tokens (to add it to a study)."""
+        from optuna.distributions import CategoricalDistribution
+
+        active = self.space.active_mask(tokens)
+        names = [i for i, on in enumerate(active) if on]
+        params = {self._name(i): int(tokens[i]) for i in names}
+        dists = {
+            self._name(i): CategoricalDistribution(list(range(len(self.space.decisions[i].choices)))) for i in names
+        }
+        return params, dists
 
 
 SEARCHERS: dict[str, type[PlanSearcher]] = {
@@ -867,6 +1072,6 @@ def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearche
         raise ValueError(f"search: bad value {search!r}; allowed: {', '.join(SEARCHERS)}")
     cls = SEARCHERS[search]
     if cls is not ControllerSearcher:
-        for key in ("controller_kwargs", "reinforce_kwargs", "prior_strength"):
+        for key in ("controller_kwargs", "reinforce_kwargs", "prior_strength", "recipe_strength"):
             kwargs.pop(key, None)
     return cls(space, **kwargs)

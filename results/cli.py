@@ -47,6 +47,13 @@ def _header(runs: list[Run]) -> str:
             f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}), "
             f"model {r.train_config.get('model', '?')} on {r.train_config.get('dataset', '?')}"
         )
+        exported = st.get("exported") or {}
+        if exported:
+            kind = {"searched": "a searched plan", "baseline": "the hand-set baseline", "tuned": "the tuned baseline"}
+            parts.append(
+                f"  best_plan.json holds {kind.get(exported.get('kind'), exported.get('kind'))} "
+                f"{exported.get('label', '')} (chosen by the {exported.get('selected_by', '?')} stage)"
+            )
     return "\n".join(parts)
 
 
@@ -77,7 +84,11 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         if len(table):
             title = "final re-training" + (f" of {run.name}" if len(runs) > 1 else "")
             tables.append(
-                (f"{title} (fresh seeds, validation split; paired difference with the best baseline +- se)", table)
+                (
+                    f"{title} (fresh seeds, validation split; paired difference from the best baseline, "
+                    "95% interval by Student's t at n - 1 df, positive = better)",
+                    table,
+                )
             )
     tables += [
         ("methods per site: count, share, mean reward when chosen", stats)
@@ -156,6 +167,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain_table(summary: "pd.DataFrame", test: str) -> "pd.DataFrame":
+    """The printed retrain table: mean +- se, the paired interval against the best baseline, words."""
+    import math
+
+    def interval(low: float, high: float) -> str:
+        return f"[{low:+.4f}, {high:+.4f}]" if math.isfinite(low) and math.isfinite(high) else ""
+
+    table = summary[["plan", "kind", test, "seeds", "ok"]].copy()
+    table["vs best baseline (95%)"] = [
+        interval(lo, hi) for lo, hi in zip(summary["diff_ci95_low"], summary["diff_ci95_high"])
+    ]
+    table["p"] = [f"{p:.3g}" if math.isfinite(p) else "" for p in summary["p_value"]]
+    table["verdict"] = summary["comparison"]
+    table["summary"] = summary["summary"]
+    return table
+
+
 def _train_size(text: str) -> str | int:
     if text in ("full", "search"):
         return text
@@ -185,15 +213,36 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         baselines=tuple(args.baselines),
         seed_offset=args.seed_offset,
+        tuned=not args.no_tuned,
         device=args.device,
         num_threads=args.num_threads,
     )
     out = Path(args.out) if args.out else run.path / "results"
     log.setLevel(logging.INFO)
-    _, summary = retrain(run, cfg, out)
+    per_seed, summary = retrain(run, cfg, out)
     test = test_metric(run.objective)
-    cols = ["plan", test, "seeds", "ok", f"{run.objective.metric}_mean", "summary"]
-    print(render([(f"retrained plans: {test} mean +- standard error over {cfg.seeds} seeds", summary[cols])], "text"))
+    seeds = sorted(set(int(s) for s in per_seed["seed"]))
+    fresh = bool(per_seed["fresh"].all())
+    print(
+        render(
+            [(f"retrained plans: {test} mean +- standard error over {cfg.seeds} seeds", _retrain_table(summary, test))],
+            "text",
+        )
+    )
+    print(
+        f"seeds {seeds}: "
+        + (
+            "fresh (the search never trained with them)"
+            if fresh
+            else "NOT all fresh: the search trained with some of them"
+        )
+    )
+    best = str(summary["best_baseline"].iloc[0]) if len(summary) else ""
+    if best:
+        print(
+            f"intervals: paired 95% (Student's t, n - 1 df) of each plan's difference from {best}, "
+            "the best baseline on test; positive = better"
+        )
     print(f"wrote {out / 'retrain.csv'}, {out / 'retrain_summary.csv'}, {out / 'retrain.png'}")
     return 0
 
@@ -295,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=choice_of(BASELINES),
         help=f"baselines to include (default all: {' '.join(BASELINES)})",
     )
-    r.add_argument("--seed-offset", type=typed(int), default=0, help="first seed (seeds are offset..offset+S-1)")
+    r.add_argument(
+        "--seed-offset",
+        type=typed(int),
+        default=None,
+        help="first seed, seeds offset..offset+S-1 (default: the first S seeds the search never used)",
+    )
+    r.add_argument("--no-tuned", action="store_true", help="leave out the search's tuned global recipes")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
     r.add_argument("--num-threads", type=typed(int), default=None, help="torch CPU threads per training")
     r.add_argument("--out", help="output folder (default RUN_DIR/results)")
@@ -316,7 +371,8 @@ def _check(args: argparse.Namespace) -> None:
     elif args.command == "retrain":
         _int_in("--top", args.top, 0)
         _int_in("--seeds", args.seeds, 1, 1000)
-        _int_in("--seed-offset", args.seed_offset, 0, SEED_MAX - 1000)
+        if args.seed_offset is not None:
+            _int_in("--seed-offset", args.seed_offset, 0, SEED_MAX - 1000)
         if args.epochs is not None:
             _int_in("--epochs", args.epochs, 1)
         if args.num_threads is not None:

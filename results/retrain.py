@@ -1,8 +1,13 @@
-"""Retrain the best searched plans and the hand-set baselines with several seeds; test once.
+"""Retrain the best searched plans and the baselines with several fresh seeds; test once.
 
 The search only ever saw validation accuracy; this is where the held-out test set is used,
-once per (plan, seed), so the comparison with the baselines is honest. Every plan trains on
-the same seeds (paired comparison) with the run's own training recipe.
+once per (plan, seed), so the comparison with the baselines is honest:
+- seeds are **fresh**: by default the first integers the search never trained with (its
+  reward and final seeds, read from the run folder);
+- every plan trains on the same seeds, and each is compared in pairs with the best baseline
+  on test (hand-set or tuned; ``controller.stats.paired``: Student's t at n - 1 df);
+- a plan is trained once even when it appears under two names (a searched plan that is a
+  baseline).
 """
 
 from __future__ import annotations
@@ -15,15 +20,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from controller.final import SEARCHED, TUNED_PREFIX
 from controller.run_folder import Objective
+from controller.stats import paired, sign_of
 from search_space.baselines import BASELINES, baseline_plans
 from search_space.errors import FieldError
+from search_space.plan import plan_key
 
 from .plots import plot_retrain
 from .run import Run
 from .tables import ranked
 
-__all__ = ["RetrainConfig", "retrain", "retrain_plans", "summarize_retrain", "plan_at_rank"]
+__all__ = [
+    "RetrainConfig",
+    "retrain",
+    "retrain_plans",
+    "summarize_retrain",
+    "plan_at_rank",
+    "search_seeds",
+    "fresh_seeds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +54,8 @@ class RetrainConfig:
     epochs: int | None = None
     train_size: str | int = "full"
     baselines: tuple[str, ...] = BASELINES
-    seed_offset: int = 0
+    seed_offset: int | None = None  # None: fresh seeds (never used by the search)
+    tuned: bool = True  # retrain the search's tuned global recipes too
     device: str | None = None
     num_threads: int | None = None
 
@@ -103,6 +120,39 @@ def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
     return plan
 
 
+def search_seeds(run: Run) -> set[int]:
+    """Every seed the search trained with: its reward seeds and final seeds (search_config.json)
+    and those final.csv records."""
+    used = {int(s) for key in ("reward_seeds", "final_seeds") for s in (run.config.get(key) or [])}
+    if run.final is not None and "values" in run.final.columns:
+        import json
+
+        for text in run.final["values"].dropna():
+            try:
+                used |= {int(k) for k in json.loads(str(text))}
+            except (ValueError, TypeError):
+                continue
+    return used
+
+
+def fresh_seeds(run: Run, n: int) -> list[int]:
+    """The first ``n`` non-negative integers the search never trained with."""
+    used, out, s = search_seeds(run), [], 0
+    while len(out) < n:
+        if s not in used:
+            out.append(s)
+        s += 1
+    return out
+
+
+def retrain_seeds(run: Run, cfg: RetrainConfig) -> tuple[list[int], list[int]]:
+    """(seeds to use, those among them the search used: empty unless --seed-offset chose them)."""
+    if cfg.seed_offset is None:
+        return fresh_seeds(run, cfg.seeds), []
+    seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+    return seeds, sorted(set(seeds) & search_seeds(run))
+
+
 def _float_or_none(value: Any) -> float | None:
     return float(value) if pd.notna(value) else None
 
@@ -154,6 +204,7 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         raise ValueError(f"top: bad value {cfg.top}; the run has no finished searched trial to retrain ({run.path})")
     if len(plans) < cfg.top:
         log.warning("only %d searched plans finished; retraining those", len(plans))
+    plans.update(_tuned_plans(run) if cfg.tuned else {})
     space = run.config.get("space") or {}
     if cfg.baselines and "seq_pattern" in (space.get("methods") or []):  # a Transformer run
         from search_space import SearchSpace
@@ -174,7 +225,53 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), cfg.baselines))
     if not plans:
         raise ValueError("nothing to retrain: top is 0 and no baselines were requested")
-    return plans
+    return _distinct(plans)
+
+
+def _tuned_plans(run: Run) -> dict[str, Any]:
+    """The search's tuned global recipes: final.csv's ``tuned-*`` rows, else each tuned label's
+    best search-stage trial."""
+    from search_space import Plan
+
+    out: dict[str, Any] = {}
+    if run.final is not None and len(run.final) and "kind" in run.final.columns:
+        for label, text in zip(run.final["label"], run.final["plan_json"]):
+            if str(label).startswith(TUNED_PREFIX):
+                out[str(label)] = Plan.from_json(str(text))
+        if out:
+            return out
+    df = run.trials
+    if "baseline" not in df.columns or not len(df):
+        return out
+    table = ranked(df, run.objective)
+    for label, text in zip(table["baseline"].fillna(""), table["plan_json"]):
+        if str(label).startswith(TUNED_PREFIX) and label not in out:
+            out[str(label)] = Plan.from_json(str(text))
+    return out
+
+
+def _distinct(plans: dict[str, Any]) -> dict[str, Any]:
+    """Each plan once: a plan equal to another is trained under the baseline's name (a searched
+    plan that is a baseline is that baseline), and its other names are kept in its metadata."""
+    order = sorted(plans, key=lambda label: label.startswith("searched#"))  # baselines first, stable
+    kept: dict[str, str] = {}  # plan key -> label kept
+    out: dict[str, Any] = {}
+    for label in order:
+        key = plan_key(plans[label])
+        if key in kept:
+            first = out[kept[key]]
+            first.metadata = {**first.metadata, "same_as": [*first.metadata.get("same_as", []), label]}
+            log.info("%s is the same plan as %s: trained once", label, kept[key])
+            continue
+        kept[key] = label
+        out[label] = plans[label]
+    return {label: out[label] for label in plans if label in out}
+
+
+def _kind(label: str) -> str:
+    if label.startswith("searched#"):
+        return SEARCHED
+    return "tuned" if label.startswith(TUNED_PREFIX) else "baseline"
 
 
 def test_metric(objective: Objective) -> str:
@@ -184,19 +281,23 @@ def test_metric(objective: Objective) -> str:
 
 def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) -> pd.DataFrame:
     """Per plan, in the order plans were given: the test metric's mean, standard deviation and
-    standard error over seeds (``<test>`` shows "mean +- se"), and the validation mean."""
+    standard error over seeds (``<test>`` shows "mean +- se"), the validation mean, and the
+    paired comparison with the best baseline on test (``diff_ci95_low/high``, ``p_value``,
+    ``comparison``; positive = better for max- and min-mode metrics alike)."""
     o = objective or Objective()
     test, val = test_metric(o), o.metric
     order = list(dict.fromkeys(rows["plan"]))
+    ok = rows[rows["status"] == "ok"]
     g = rows.groupby("plan", sort=False)
+    gok = ok.groupby("plan", sort=False)
     out = pd.DataFrame(
         {
             "seeds": g.size(),
             "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
-            f"{test}_mean": g[test].mean(),
-            f"{test}_std": g[test].std(ddof=1),
-            f"{test}_se": g[test].std(ddof=1) / np.sqrt(g[test].count()),
-            f"{val}_mean": g[val].mean(),
+            f"{test}_mean": gok[test].mean(),
+            f"{test}_std": gok[test].std(ddof=1),
+            f"{test}_se": gok[test].std(ddof=1) / np.sqrt(gok[test].count()),
+            f"{val}_mean": gok[val].mean(),
             "summary": g["summary"].first(),
         }
     ).reindex(order)
@@ -209,6 +310,31 @@ def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) ->
             for m, s in zip(out[f"{test}_mean"], out[f"{test}_se"])
         ],
     )
+    values = {label: dict(zip(part["seed"], part[test])) for label, part in ok.groupby("plan", sort=False)}
+    kinds = dict(zip(rows["plan"], rows["kind"])) if "kind" in rows.columns else {}
+    complete = [
+        p
+        for p in order
+        if kinds.get(p, "baseline") != SEARCHED and len(values.get(p, {})) == out.set_index("plan").loc[p, "seeds"]
+    ]
+    sign = sign_of(o.mode)
+    best = max(complete, key=lambda p: sign * float(np.mean(list(values[p].values())))) if complete else ""
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in ("diff_vs_best_baseline", "diff_ci95_low", "diff_ci95_high", "p_value", "paired_seeds", "comparison")
+    }
+    for label in out["plan"]:
+        cmp = paired(values.get(label, {}), values.get(best, {}), o.mode) if best and label != best else None
+        cols["diff_vs_best_baseline"].append(cmp.mean if cmp else np.nan)
+        cols["diff_ci95_low"].append(cmp.ci95_low if cmp else np.nan)
+        cols["diff_ci95_high"].append(cmp.ci95_high if cmp else np.nan)
+        cols["p_value"].append(cmp.p_value if cmp else np.nan)
+        cols["paired_seeds"].append(cmp.n if cmp else 0)
+        cols["comparison"].append(cmp.word if cmp else ("best baseline" if label == best else ""))
+    out.insert(2, "kind", [kinds.get(p, "") for p in out["plan"]])
+    out["best_baseline"] = best
+    for k, v in cols.items():
+        out[k] = v
     return out
 
 
@@ -222,9 +348,13 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
 
     o = run.objective
     test, val = test_metric(o), o.metric
-    seeds = [cfg.seed_offset + i for i in range(cfg.seeds)]
+    seeds, reused = retrain_seeds(run, cfg)
     resolve_device(TrainConfig.from_dict(_train_config(run, cfg, seeds[0])).device)  # bad flags fail here
     plans = retrain_plans(run, cfg)
+    if reused:
+        log.warning("seeds %s were used by the search: those trainings are not fresh", reused)
+    else:
+        log.info("fresh seeds (never used by the search): %s", seeds)
     out_dir.mkdir(parents=True, exist_ok=True)
     for label, plan in plans.items():
         plan.save(out_dir / "plans" / f"{label.replace('#', '_')}.json")
@@ -236,6 +366,9 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
             rows.append(
                 {
                     "plan": label,
+                    "kind": _kind(label),
+                    "same_as": ",".join(plan.metadata.get("same_as", [])),
+                    "fresh": seed not in reused,
                     "seed": seed,
                     "train_size": train.get("train_size"),
                     "status": result["status"],

@@ -73,13 +73,31 @@ def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 
 def final_table(run: Run) -> pd.DataFrame:
-    """The final re-training (final.csv): mean +- standard error per finalist, the paired
-    difference with the best baseline, best first; empty when the run had no final stage."""
+    """The final re-training (final.csv): mean +- standard error per finalist, the paired 95%
+    interval of its difference from the best baseline (positive = better), the words that
+    interval allows, and which plan best_plan.json holds; best first. Empty without a final stage."""
     if run.final is None or not len(run.final):
         return pd.DataFrame()
     o = run.objective
     f = run.final.copy()
     f = f.sort_values("mean", ascending=o.mode == "min", kind="stable").reset_index(drop=True)
+
+    def col(name: str) -> pd.Series:
+        return f[name] if name in f.columns else pd.Series(np.nan, index=f.index)
+
+    interval = [
+        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        if np.isfinite(lo) and np.isfinite(hi)
+        else (f"{d:+.4f}" if np.isfinite(d) else "")
+        for d, lo, hi in zip(
+            pd.to_numeric(col("diff_vs_best_baseline"), errors="coerce"),
+            pd.to_numeric(col("diff_ci95_low"), errors="coerce"),
+            pd.to_numeric(col("diff_ci95_high"), errors="coerce"),
+        )
+    ]
+    best = f["best_baseline"].fillna("") if "best_baseline" in f.columns else pd.Series("", index=f.index)
+    words = col("comparison").fillna("").astype(str)
+    words = words.where(f["label"] != best, "best baseline")
     return pd.DataFrame(
         {
             "rank": np.arange(1, len(f) + 1),
@@ -87,9 +105,10 @@ def final_table(run: Run) -> pd.DataFrame:
             "kind": f["kind"],
             "seeds": f["seeds"],
             f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
-            "vs best baseline": _with_se(f["diff_vs_best_baseline"], f["diff_se"]),
-            "z": f["z"],
-            "chosen": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
+            "vs best baseline [95%]": interval,
+            "p": [f"{p:.3g}" if np.isfinite(p) else "" for p in pd.to_numeric(col("p_value"), errors="coerce")],
+            "verdict": words,
+            "exported": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
             "methods": f["methods"],
         }
     )

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch loads only when plans are built, so the CLI parser st
     import torch
     from torch import nn
 
-__all__ = ["BASELINES", "baseline_plans", "stage_sites", "site_shapes"]
+__all__ = ["BASELINES", "baseline_plans", "stage_sites", "site_shapes", "TUNED_GRIDS", "tuned_methods", "tuned_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +171,59 @@ def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str
             h.remove()
         model.train(was_training)
     return shapes
+
+
+# ------------------------------------------------------------------ tuned global recipes
+#: What a practitioner tunes instead of a per-site search: one method at every site, its rate
+#: (and block size) picked on a small grid. Each grid is ordered coarse-to-fine, so a budget
+#: of n trials takes the first n points (2 points: the usual rate and a stronger one).
+TUNED_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
+    "dropout": tuple({"drop_prob": p, "ramp": 0.0} for p in (0.1, 0.2, 0.05, 0.3, 0.15, 0.4, 0.25)),
+    "dropblock": tuple(
+        {"drop_prob": p, "block_size": b, "share_channels": False, "ramp": 1.0}
+        for p, b in ((0.1, 3), (0.1, 5), (0.2, 3), (0.05, 3), (0.2, 5), (0.1, 7), (0.3, 3), (0.05, 5))
+    ),
+    "seq_pattern": tuple(
+        {"drop_prob": p, "size": size, "stride": stride, "share_t": True, "share_c": share_c, "ramp": 0.0}
+        for p, size, stride, share_c in (
+            (0.1, 2, 4, True),
+            (0.2, 2, 4, True),
+            (0.1, 1, 2, False),
+            (0.3, 1, 2, True),
+            (0.2, 3, 6, True),
+            (0.05, 2, 4, True),
+        )
+    ),
+}
+
+
+def tuned_methods(space_methods: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The methods a practitioner would tune globally for this space: dropout and the sequence
+    pattern for a Transformer space, dropout and DropBlock for a ConvNet space (those the
+    space offers)."""
+    wanted = ("dropout", "seq_pattern") if "seq_pattern" in space_methods else ("dropout", "dropblock")
+    return tuple(m for m in wanted if m in space_methods)
+
+
+def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
+    """The first ``n`` grid points of ``method`` as plans with that method at every site of
+    ``space`` (a ``SearchSpace``), skipping plans equal to one in ``exclude`` (a hand-set
+    baseline trains anyway); a block size larger than a map is clamped to it by the layer."""
+    from search_space.plan import plan_key
+
+    if method not in TUNED_GRIDS:
+        raise ValueError(f"tuned method: bad value {method!r}; allowed: {', '.join(TUNED_GRIDS)}")
+    grid = TUNED_GRIDS[method]
+    if not 1 <= n <= len(grid):
+        raise ValueError(f"tuned trials per method: bad value {n!r}; allowed: 1..{len(grid)} for {method}")
+    skip = {plan_key(p) for p in exclude}
+    plans = []
+    for params in grid:
+        plan = space.uniform_plan(method, **params)
+        if plan_key(plan) in skip:
+            continue
+        plan.metadata = {"baseline": f"tuned-{method}: " + plan.summary()}
+        plans.append(plan)
+        if len(plans) == n:
+            break
+    return plans

@@ -236,3 +236,9 @@ def _fmt(v: ParamValue) -> str:
         text = f"{v:g}"
         return text[1:] if text.startswith("0.") else text
     return str(v)
+
+
+def plan_key(plan: Plan) -> str:
+    """What makes two plans the same training: every site's method and parameters (the
+    canonical form a Plan keeps, ramps included), not its metadata or name."""
+    return json.dumps({s: [spec.method, spec.params] for s, spec in plan.sites.items()}, sort_keys=True)

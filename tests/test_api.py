@@ -135,13 +135,21 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
     assert all(r["update"] == "" for r in rows if r["baseline"])  # the baseline never did
     # returned table == trials.csv
     assert list(result.trials["trial_id"]) == [r["trial_id"] for r in rows]
-    # final stage: searched#1 and none, 2 fresh seeds each; best plan = lowest final mean
+    # final stage: searched#1 and none, 2 fresh seeds each. Two paired seeds cannot show a
+    # difference (t at 1 df), so best_plan.json holds the baseline whatever the means say.
     final = _rows(tmp_path / "mine" / "final.csv")
     assert {f["label"] for f in final} == {"searched#1", "none"}
+    searched = next(f for f in final if f["label"] == "searched#1")
+    assert searched["comparison"] == "cannot tell: too few seeds" and searched["paired_seeds"] == "2"
+    assert (
+        float(searched["diff_ci95_low"]) < float(searched["diff_vs_best_baseline"]) < float(searched["diff_ci95_high"])
+    )
     chosen = [f for f in final if f["chosen"] == "1"]
-    assert len(chosen) == 1 and float(chosen[0]["mean"]) == min(float(f["mean"]) for f in final)
+    assert [f["label"] for f in chosen] == ["none"]
     assert result.best_plan.sites == Plan.from_json(chosen[0]["plan_json"]).sites
-    assert result.best_plan.metadata["selected_by"] == "final"
+    assert result.best_plan.metadata["selected_by"] == "final" and result.best_plan.metadata["kind"] == "baseline"
+    state = json.loads((tmp_path / "mine" / "run_state.json").read_text())
+    assert state["exported"] == {"label": "none", "kind": "baseline", "selected_by": "final"}
     best_searched = min((r for r in sampled), key=lambda r: float(r["val_loss"]))
     assert (
         Plan.from_json(next(f for f in final if f["label"] == "searched#1")["plan_json"]).sites
@@ -274,4 +282,4 @@ def test_tpe_searcher_proposes_valid_conditional_plans_and_learns(tmp_path):
     s.save(str(tmp_path / "state.pkl"))
     t = TPESearcher(space, num_samples=12, seed=0, n_startup_trials=4)
     t.restore(str(tmp_path / "state.pkl"))
-    assert len(t._optuna._ot_study.trials) == 12
+    assert len(t._study.trials) == 12

@@ -381,7 +381,11 @@ def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, caps
     assert rc == 0, err
     with open(tmp_path / "retrain.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout") for s in ("0", "1")]
+    # fresh seeds: the first ones the search never trained with (its reward seed was 0)
+    used = set(json.loads((run_dir / "search_config.json").read_text())["reward_seeds"])
+    assert used == {0}
+    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout") for s in ("1", "2")]
+    assert "seeds [1, 2]: fresh (the search never trained with them)" in out
     assert all(r["status"] == "ok" and 0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
     with open(tmp_path / "retrain_summary.csv", newline="") as f:
         summary = {r["plan"]: r for r in csv.DictReader(f)}

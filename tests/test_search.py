@@ -404,7 +404,11 @@ def test_existing_run_folder_needs_resume(tmp_path, capsys):
 def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
     """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
     env = dict(os.environ)
-    child = [] if "--resume" in extra else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0"]
+    child = (
+        []
+        if "--resume" in extra
+        else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0", "--tuned-trials", "0"]
+    )
     cmd = [
         sys.executable,
         str(REPO / "launch_search.py"),
