@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._dispatch import Route, pattern_route
+from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, pattern_route
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import dense_layout
 from ._validate import (
@@ -135,7 +135,7 @@ class PatternDropout(nn.Module):
         _source_grid((3, 3), self.rotate, self.shear_x, self.shear_y)  # fail early if singular
         self.share_channels = bool(share_channels)
         self.apply_prob = check_prob("apply_prob", apply_prob, allow_one=True)
-        self.algorithm = check_choice("algorithm", algorithm, ("auto", "reference"))
+        self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
 
     def pattern(self, shape: tuple[int, int]) -> np.ndarray:
         """The untransformed pattern at offset (0, 0) on an (H, W) map (True = dropped)."""
