@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_space.errors import user_error
+
 from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, pattern_route
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import dense_layout
 from ._validate import (
-    bad_value,
     check_choice,
     check_finite,
     check_pair,
@@ -59,7 +60,7 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
     shear = np.array([[1.0, shear_y], [shear_x, 1.0]])
     fwd = rot @ shear
     if abs(np.linalg.det(fwd)) < 1e-6:
-        raise bad_value(
+        raise user_error(
             "shear_x, shear_y", (shear_x, shear_y), "shear_x * shear_y != 1 (else the transform is singular)"
         )
     inv = np.linalg.inv(fwd)

@@ -43,15 +43,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from search_space.errors import user_error
+
 from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, sequence_route
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import dense_layout
-from ._validate import bad_value, check_int, check_prob, check_rank
+from ._validate import check_int, check_prob, check_rank
 
 
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise bad_value(name, value, "true or false")
+        raise user_error(name, value, "true or false")
     return value
 
 
@@ -107,7 +109,7 @@ class SequenceDropout(nn.Module):
         check_rank("SequenceDropout", x, (3, 4), "(N, T, C), (T, N, C) or (N, H, T, S)")
         if x.dim() == 4:
             if not self.batch_first:
-                raise bad_value("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
+                raise user_error("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
             return 0, 2, (1, 3)
         return (0, 1, (2,)) if self.batch_first else (1, 0, (2,))
 
