@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from search_space.errors import UserError
+
 log = logging.getLogger("launch_search")
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -43,7 +45,7 @@ SAME_NAMES = ("num_samples", "search", "max_concurrent", "scheduler", "sites", "
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A bad argument: reported as one line, exit code 2, before any long work."""
 
 

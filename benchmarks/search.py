@@ -28,7 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TRIVIAL = f"{REPO / 'tests' / 'test_search_children.py'}:trivial"
+from tests.helpers import CHILDREN  # noqa: E402 (after the path set-up)
+
+TRIVIAL = f"{CHILDREN}:trivial"  # the tests' stand-in child that does no work
 
 
 def search(storage: Path, name: str, trials: int, child: str | None, *extra: str) -> float:

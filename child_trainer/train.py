@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from search_space.errors import SEED_MAX, FieldError, check_number
+from search_space.errors import SEED_MAX, check_number, user_error
 
 from .allocator import keep_freed_memory
 from .augment import AUGMENTATIONS, augment_batch
@@ -121,24 +121,24 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise FieldError(name, getattr(self, name), ", ".join(allowed))
+                raise user_error(name, getattr(self, name), ", ".join(allowed))
         lm = is_lm(self.model)
         if lm and self.dataset not in TEXT_DATASETS:
-            raise FieldError(
+            raise user_error(
                 "dataset",
                 self.dataset,
                 ", ".join(TEXT_DATASETS),
                 detail=f"bad value {self.dataset!r} for model {self.model}",
             )
         if not lm and self.dataset in TEXT_DATASETS:
-            raise FieldError(
+            raise user_error(
                 "model",
                 self.model,
                 "transformer_lm",
                 detail=f"bad value {self.model!r} for text dataset {self.dataset}",
             )
         if lm and self.augment not in ("auto", "none"):
-            raise FieldError("augment", self.augment, "auto, none (a language model)")
+            raise user_error("augment", self.augment, "auto, none (a language model)")
         check_number("seq_len", self.seq_len, 2, 4096, integer=True)
         check_number("eval_every", self.eval_every, 0, 100000, integer=True)
         if self.lr is None:
@@ -165,7 +165,7 @@ class TrainConfig:
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
-            raise FieldError("device", self.device, "auto, cpu, cuda, cuda:N")
+            raise user_error("device", self.device, "auto, cpu, cuda, cuda:N")
 
     @property
     def resolved_optimizer(self) -> str:
@@ -180,7 +180,7 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise FieldError(
+            raise user_error(
                 unknown[0], d[unknown[0]], f"the TrainConfig fields {', '.join(names)}", detail="unknown field"
             )
         return cls(**d)
@@ -204,7 +204,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FieldError("device", name, "cpu, auto (CUDA is not available here)")
+        raise user_error("device", name, "cpu, auto (CUDA is not available here)")
     return torch.device(name)
 
 
@@ -220,7 +220,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise FieldError("amp", "fp16", "none, bf16, auto (fp16 needs CUDA)")
+        raise user_error("amp", "fp16", "none, bf16, auto (fp16 needs CUDA)")
     if cfg.amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -275,7 +275,7 @@ def _load_plan(plan: Any) -> Any:
         return Plan.from_json(plan)
     if isinstance(plan, Mapping):
         return Plan.from_dict(dict(plan))
-    raise FieldError("plan", type(plan).__name__, "a Plan, its dict, its JSON text or None")
+    raise user_error("plan", type(plan).__name__, "a Plan, its dict, its JSON text or None")
 
 
 class _Run:
@@ -462,10 +462,7 @@ class _LMRun(_Run):
         )
         windows = (len(self.text.train) - cfg.seq_len) // cfg.seq_len  # whatever the epoch's offset
         if windows < 1:
-            raise ValueError(
-                f"train_size: bad value {cfg.train_size}; allowed: at least 2 * seq_len "
-                f"= {2 * cfg.seq_len} training tokens"
-            )
+            raise user_error("train_size", cfg.train_size, f"at least 2 * seq_len = {2 * cfg.seq_len} training tokens")
         self.windows = windows
         self.batch_size = min(cfg.batch_size, windows)
         self.steps_per_epoch = windows // self.batch_size

@@ -14,7 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search_space.errors import SEED_MAX, FieldError, OneLineParser, check_number, choice_of, typed
+from search_space.errors import (
+    SEED_MAX,
+    FieldError,
+    OneLineParser,
+    UserError,
+    check_number,
+    choice_of,
+    typed,
+    user_error,
+)
 
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
@@ -59,8 +68,10 @@ def _header(runs: list[Run]) -> str:
 
 def _need_trials(runs: list[Run]) -> None:
     if not any(len(r.trials) for r in runs):
-        raise RunError(
-            f"no finished trials yet in {', '.join(str(r.path) for r in runs)} (trials.csv empty or missing)"
+        raise user_error(
+            detail=f"no finished trials yet in {', '.join(str(r.path) for r in runs)} (trials.csv empty or missing)",
+            hint="wait for the search to finish a trial, or resume it with launch_search.py --resume",
+            cls=RunError,
         )
 
 
@@ -199,12 +210,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     run = open_run(args.run_dir, args.allow_running)
     _need_trials([run])
     if not run.train_config:
-        raise FieldError(
+        raise user_error(
             "RUN_DIR",
             str(run.path),
-            "a run of our built-in children (launch_search.py); "
-            "retrain a run_search() of your own model with your own train_fn",
+            "a run of our built-in children (launch_search.py)",
             detail=f"bad value {str(run.path)!r} (it searched a model of its own)",
+            hint="retrain a run_search() of your own model with your own train_fn",
         )
     cfg = RetrainConfig(
         top=args.top,
@@ -255,18 +266,18 @@ def _writable_dir(flag: str, text: str | None) -> Path | None:
     if text is None:
         return None
     if text == "":
-        raise FieldError(flag, text, "a folder path")
+        raise user_error(flag, text, "a folder path")
     path = Path(text)
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise FieldError(flag, text, "a folder (created if missing)", detail=f"bad value {text!r} ({probe} is a file)")
+        raise user_error(flag, text, "a folder (created if missing)", detail=f"bad value {text!r} ({probe} is a file)")
     try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise FieldError(
+        raise user_error(
             flag, text, "a writable folder", detail=f"bad value {text!r} ({probe} is not writable: {exc.strerror})"
         ) from None
     return path
@@ -275,10 +286,10 @@ def _writable_dir(flag: str, text: str | None) -> Path | None:
 def _writable_file(flag: str, text: str) -> Path:
     """--out of export: a file path whose folder exists or can be created."""
     if text == "" or text.endswith(("/", os.sep)):
-        raise FieldError(flag, text, "a file path such as plan.json")
+        raise user_error(flag, text, "a file path such as plan.json")
     path = Path(text)
     if path.is_dir():
-        raise FieldError(flag, text, "a file path such as plan.json", detail=f"bad value {text!r} (a folder)")
+        raise user_error(flag, text, "a file path such as plan.json", detail=f"bad value {text!r} (a folder)")
     _writable_dir(flag, str(path.parent) if str(path.parent) else ".")
     return path
 
@@ -380,7 +391,7 @@ def _check(args: argparse.Namespace) -> None:
         if args.device is not None and not (
             args.device in ("auto", "cpu", "cuda") or (args.device.startswith("cuda:") and args.device[5:].isdigit())
         ):
-            raise FieldError("--device", args.device, "auto, cpu, cuda, cuda:N")
+            raise user_error("--device", args.device, "auto, cpu, cuda, cuda:N")
         _writable_dir("--out", args.out)
 
 
@@ -397,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc.renamed(flag) if flag in parser.commands[args.command].flags else exc)
         print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
-    except (RunError, ValueError) as exc:
+    except (UserError, ValueError) as exc:  # ValueError: results/retrain.py's own checks, for now
         msg = " ".join(str(exc).split())
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from controller import run_folder as rf
+from search_space.errors import UserError, user_error
 
 __all__ = [
     "RunError",
@@ -39,8 +40,16 @@ BASELINE_GROUP = "baseline:{}"  # group label of a baseline trial (hand-set, not
 _HISTORY_COLUMNS = tuple(rf.HISTORY_COLUMNS)
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """RUN_DIR cannot be used: the message is one line meant for the user."""
+
+
+_WHERE = "pass the folder launch_search.py wrote (--storage-path/--name, e.g. runs/NAME)"
+
+
+def _unusable(detail: str, hint: str = "") -> UserError:
+    """A `RunError` worded as a sentence (no field applies: the folder is the problem)."""
+    return user_error(detail=detail, hint=hint, cls=RunError)
 
 
 @dataclass
@@ -92,9 +101,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
+        raise _unusable(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise RunError(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
+        raise _unusable(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -105,7 +114,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         return pd.read_csv(path, keep_default_na=True)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise RunError(f"cannot read {path}: {exc}") from None
+        raise _unusable(f"cannot read {path}: {exc}") from None
 
 
 def _clean_trials(df: pd.DataFrame, objective: rf.Objective) -> pd.DataFrame:
@@ -131,22 +140,22 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
     """
     path = Path(run_dir)
     if not path.exists():
-        raise RunError(f"run directory not found: {path}")
+        raise _unusable(f"run directory not found: {path}", _WHERE)
     if not path.is_dir():
-        raise RunError(f"not a directory: {path}")
+        raise _unusable(f"not a directory: {path}", _WHERE)
     if not any(path.iterdir()):
-        raise RunError(f"run directory is empty: {path}")
+        raise _unusable(f"run directory is empty: {path}", _WHERE)
     if not (path / "search_config.json").is_file():
-        raise RunError(f"not a search run (no search_config.json): {path}")
+        raise _unusable(f"not a search run (no search_config.json): {path}", _WHERE)
     config = _read_json(path / "search_config.json")
     state_path = path / "run_state.json"
     state = _read_json(state_path) if state_path.is_file() else {"status": "unknown"}
     status = state.get("status", "unknown")
     if status == "running" and not allow_running:
-        raise RunError(
+        raise _unusable(
             f"run still in progress ({state.get('completed', '?')}/{state.get('num_samples', '?')} "
-            f"trials, run_state.json updated {state.get('updated_at', '?')}): {path}; wait for it "
-            "to finish, or pass --allow-running if its process is gone"
+            f"trials, run_state.json updated {state.get('updated_at', '?')}): {path}",
+            "wait for it to finish, or pass --allow-running if its process is gone",
         )
     if status not in ("finished", "running"):
         log.warning("run %s has status %r: summarizing the trials it finished", path, status)
@@ -154,7 +163,7 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
         objective = rf.Objective.from_config(config)
         trials = _clean_trials(rf.read_trials(path / rf.TRIALS, objective), objective)
     except (OSError, ValueError) as exc:
-        raise RunError(f"cannot read {path / rf.TRIALS}: {exc}") from None
+        raise _unusable(f"cannot read {path / rf.TRIALS}: {exc}") from None
     if "run" not in trials.columns:
         trials.insert(0, "run", path.name)
     history = _read_csv(path / rf.HISTORY, _HISTORY_COLUMNS)
@@ -167,13 +176,13 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
 def open_runs(run_dirs: list[str | Path], allow_running: bool = False) -> list[Run]:
     """Open several runs (e.g. a controller search and a random search of the same budget)."""
     if not run_dirs:
-        raise RunError("no RUN_DIR given")
+        raise _unusable("no RUN_DIR given", _WHERE)
     runs = [open_run(p, allow_running) for p in run_dirs]
     metrics = {(r.objective.metric, r.objective.mode) for r in runs}
     if len(metrics) > 1:
-        raise RunError(
-            f"runs optimise different metrics ({', '.join(f'{m} {d}' for m, d in sorted(metrics))}); "
-            "compare runs of one metric"
+        raise _unusable(
+            f"runs optimise different metrics ({', '.join(f'{m} {d}' for m, d in sorted(metrics))})",
+            "compare runs of one metric",
         )
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same leaf name from different storage paths: disambiguate

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from controller import run_folder as rf
+from search_space.errors import user_error
 
 from .run import FAILED_STATUSES, OK_STATUSES, SITE_PREFIX, Run
 
@@ -59,7 +60,7 @@ def top_plans(df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     """The ``k`` best plans: rank, trial, searcher (or baseline), the metric +- its standard
     error over the reward seeds, epochs and the compact per-site methods."""
     if k < 1:
-        raise ValueError(f"top: bad value {k}; allowed: an integer >= 1")
+        raise user_error("top", k, "an integer >= 1")
     o = objective_of(df)
     out = ranked(df, o).head(k)
     if "group" in out.columns:  # says "baseline:<name>" for the baselines
@@ -302,7 +303,7 @@ def _text(df: pd.DataFrame) -> str:
 def render(tables: list[tuple[str, pd.DataFrame]], fmt: str = "text") -> str:
     """Render titled tables as plain text, GitHub markdown, or CSV blocks separated by ``# title``."""
     if fmt not in FORMATS:
-        raise ValueError(f"format: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        raise user_error("format", fmt, ", ".join(FORMATS))
     parts = []
     for title, df in tables:
         if fmt == "csv":

@@ -1,8 +1,12 @@
-"""One voice for bad input: ``field: bad value X; allowed: Y``.
+"""One voice for every error a user can cause: ``field: bad value X; allowed: Y``.
 
-Every check in the project (plans, layers, configs, the search API, the CLIs) raises a
-``FieldError`` (a ValueError) that also carries the field's name, so a command line can
-name its own flag (``--epochs``) without parsing the message.
+Every such error is a `UserError` (the classes: `FieldError` for a named field, and
+``PlanError``, ``RunError``, ``UsageError``, ``DataError``, all ValueErrors too), built by one
+helper, `user_error`, whose text is ``field: bad value X; allowed: Y`` or, where no field
+applies, a plain sentence, followed by what to do next where that is known. The commands
+print it as one line, ``PROG: error: TEXT``, and exit 2; the Python API raises it. The error
+carries the field's name, so a command line can name its own flag (``--epochs``) without
+parsing the message.
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["FieldError", "OneLineParser", "SEED_MAX", "check_number", "choice_of", "short_repr", "typed"]
+__all__ = [
+    "FieldError",
+    "OneLineParser",
+    "SEED_MAX",
+    "UserError",
+    "check_number",
+    "choice_of",
+    "say",
+    "short_repr",
+    "typed",
+    "user_error",
+]
 
 SEED_MAX = 2**31 - 1  # torch, numpy and Optuna all take seeds up to here
 
@@ -22,22 +37,59 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class FieldError(ValueError):
-    """``field: bad value X; allowed: Y`` (``detail`` replaces "bad value X" when given)."""
+def say(field: str, value: Any = None, allowed: str = "", *, detail: str = "", hint: str = "") -> str:
+    """The one wording: ``field: bad value X; allowed: Y`` (``detail`` replaces "bad value X";
+    without a field, ``detail`` is the whole sentence), then ``; hint`` (what to do next)."""
+    head = detail or f"bad value {short_repr(value)}"
+    text = f"{field}: {head}" if field else head
+    return text + (f"; allowed: {allowed}" if allowed else "") + (f"; {hint}" if hint else "")
 
-    def __init__(self, field: str, value: Any = None, allowed: str = "", *, detail: str = "") -> None:
-        self.field = field
-        self.value = value
-        self.allowed = allowed
-        head = detail or f"bad value {short_repr(value)}"
-        super().__init__(f"{field}: {head}" + (f"; allowed: {allowed}" if allowed else ""))
+
+class UserError(Exception):
+    """Base of every error a user can cause (an argument, a plan, a run folder, a data set),
+    as opposed to a bug: one line for the user, worded by `say`. Catch this to report any of
+    them; every subclass in the project is also a ValueError."""
+
+    field: str = ""
+    value: Any = None
+    allowed: str = ""
+    detail: str = ""
+    hint: str = ""
+
+
+class FieldError(UserError, ValueError):
+    """``field: bad value X; allowed: Y`` (``detail`` replaces "bad value X" when given;
+    ``hint`` says what to do next)."""
+
+    def __init__(self, field: str, value: Any = None, allowed: str = "", *, detail: str = "", hint: str = "") -> None:
+        self.field, self.value, self.allowed, self.detail, self.hint = field, value, allowed, detail, hint
+        super().__init__(say(field, value, allowed, detail=detail, hint=hint))
 
     def renamed(self, field: str) -> "FieldError":
         """The same error under another name (e.g. a command-line flag)."""
-        text = str(self)[len(self.field) :]
-        err = FieldError(field, self.value, self.allowed)
-        err.args = (field + text,)
-        return err
+        return FieldError(field, self.value, self.allowed, detail=self.detail, hint=self.hint)
+
+
+def user_error(
+    field: str = "",
+    value: Any = None,
+    allowed: str = "",
+    *,
+    detail: str = "",
+    hint: str = "",
+    cls: type[UserError] = FieldError,
+) -> UserError:
+    """The one way to build (then ``raise``) an error a user caused, worded by `say`, as
+    ``cls`` (default `FieldError`; e.g. ``PlanError`` for a plan). With no ``field``,
+    ``detail`` is a plain sentence, e.g. ``user_error(detail="run directory not found: x",
+    hint="...", cls=RunError)``."""
+    if not field and not detail:
+        raise TypeError("user_error needs a field or a detail sentence")
+    if issubclass(cls, FieldError):
+        return cls(field, value, allowed, detail=detail, hint=hint)
+    err = cls(say(field, value, allowed, detail=detail, hint=hint))
+    err.field, err.value, err.allowed, err.detail, err.hint = field, value, allowed, detail, hint
+    return err
 
 
 class OneLineParser(argparse.ArgumentParser):

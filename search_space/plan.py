@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from search_space.errors import UserError, short_repr, user_error
 from search_space.files import atomic_write_text
 from search_space.vocab import (
     COMPATIBLE_SPACE_VERSIONS,
@@ -30,7 +31,7 @@ PLAN_FORMAT_VERSION = 1
 _TOP_KEYS = ("format_version", "metadata", "model", "ramp_fraction", "sites", "space_version")
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """An invalid plan; the message names the field, the bad value and the allowed values."""
 
 
@@ -69,33 +70,26 @@ class Plan:
     @classmethod
     def from_dict(cls, d: Any) -> "Plan":
         if not isinstance(d, dict):
-            raise PlanError(f"plan: bad value {_short(d)}; allowed: a JSON object with keys {list(_TOP_KEYS)}")
+            raise _bad("plan", d, f"a JSON object with keys {list(_TOP_KEYS)}")
         unknown = sorted(set(d) - set(_TOP_KEYS))
         if unknown:
-            raise PlanError(f"plan.{unknown[0]}: unknown field; allowed: {list(_TOP_KEYS)}")
+            raise _bad(f"plan.{unknown[0]}", allowed=f"{list(_TOP_KEYS)}", detail="unknown field")
         for key in ("format_version", "sites"):
             if key not in d:
-                raise PlanError(f"plan.{key}: missing; allowed: {list(_TOP_KEYS)}")
+                raise _bad(f"plan.{key}", allowed=f"{list(_TOP_KEYS)}", detail="missing")
         version = d["format_version"]
         if version != PLAN_FORMAT_VERSION or isinstance(version, bool):
-            raise PlanError(f"plan.format_version: bad value {version!r}; allowed: {PLAN_FORMAT_VERSION}")
+            raise _bad("plan.format_version", version, str(PLAN_FORMAT_VERSION))
         sites = d["sites"]
         if not isinstance(sites, dict):
-            raise PlanError(
-                f"plan.sites: bad value {_short(sites)}; allowed: an object "
-                'mapping site paths to {"method": ..., "params": {...}}'
-            )
+            raise _bad("plan.sites", sites, 'an object mapping site paths to {"method": ..., "params": {...}}')
         specs = {}
         for site, spec in sites.items():
             if not isinstance(spec, dict) or set(spec) - {"method", "params"} or "method" not in spec:
-                raise PlanError(
-                    f'sites[{site!r}]: bad value {_short(spec)}; allowed: an object with keys "method" and "params"'
-                )
+                raise _bad(f"sites[{site!r}]", spec, 'an object with keys "method" and "params"')
             params = spec.get("params", {})
             if not isinstance(params, dict):
-                raise PlanError(
-                    f"sites[{site!r}].params: bad value {_short(params)}; allowed: an object of parameter values"
-                )
+                raise _bad(f"sites[{site!r}].params", params, "an object of parameter values")
             specs[site] = SiteSpec(spec["method"], dict(params))
         return cls(
             specs,
@@ -110,19 +104,20 @@ class Plan:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PlanError(
-                f"plan JSON: malformed ({e.msg} at line {e.lineno} column {e.colno});"
-                " allowed: a JSON object as written by Plan.to_json()"
+            raise _bad(
+                "plan JSON",
+                allowed="a JSON object as written by Plan.to_json()",
+                detail=f"malformed ({e.msg} at line {e.lineno} column {e.colno})",
             ) from None
         return cls.from_dict(d)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Plan":
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")  # OSError as it is: the callers word it
         try:
             return cls.from_json(text)
         except PlanError as e:
-            raise PlanError(f"{path}: {e}") from None
+            raise _bad(detail=f"{path}: {e}") from None
 
     # ----------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
@@ -163,33 +158,34 @@ class Plan:
 # --------------------------------------------------------------------- validation
 def _validate(plan: Plan) -> None:
     if plan.space_version not in COMPATIBLE_SPACE_VERSIONS:
-        raise PlanError(
-            f"plan.space_version: bad value {plan.space_version!r}; allowed: "
-            f"{', '.join(map(repr, COMPATIBLE_SPACE_VERSIONS))} (this code's search-space versions)"
+        raise _bad(
+            "plan.space_version",
+            plan.space_version,
+            f"{', '.join(map(repr, COMPATIBLE_SPACE_VERSIONS))} (this code's search-space versions)",
         )
     plan.space_version = SPACE_VERSION  # older plans mean the same today
     if not isinstance(plan.model, str):
-        raise PlanError(f"plan.model: bad value {_short(plan.model)}; allowed: a string")
+        raise _bad("plan.model", plan.model, "a string")
     rf = plan.ramp_fraction
     if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0.0 <= rf <= 1.0:
-        raise PlanError(f"plan.ramp_fraction: bad value {rf!r}; allowed: a number in [0, 1]")
+        raise _bad("plan.ramp_fraction", rf, "a number in [0, 1]")
     plan.ramp_fraction = float(rf)
     if not isinstance(plan.metadata, dict):
-        raise PlanError(f"plan.metadata: bad value {_short(plan.metadata)}; allowed: an object")
+        raise _bad("plan.metadata", plan.metadata, "an object")
     try:
         json.dumps(plan.metadata, allow_nan=False)
     except (TypeError, ValueError):
-        raise PlanError(
-            f"plan.metadata: bad value {_short(plan.metadata)}; allowed: JSON values only (no NaN/inf, no objects)"
-        ) from None
+        raise _bad("plan.metadata", plan.metadata, "JSON values only (no NaN/inf, no objects)") from None
     if not isinstance(plan.sites, dict):
-        raise PlanError(f"plan.sites: bad value {_short(plan.sites)}; allowed: a dict of site path -> SiteSpec")
+        raise _bad("plan.sites", plan.sites, "a dict of site path -> SiteSpec")
     sites = {}
     for site, spec in plan.sites.items():
         if not isinstance(site, str) or not site or any(not p for p in site.split(".")):
-            raise PlanError(f"plan.sites: bad site path {site!r}; allowed: a dotted module path such as 'layer1.0.bn1'")
+            raise _bad(
+                "plan.sites", allowed="a dotted module path such as 'layer1.0.bn1'", detail=f"bad site path {site!r}"
+            )
         if not isinstance(spec, SiteSpec):
-            raise PlanError(f"sites[{site!r}]: bad value {_short(spec)}; allowed: a SiteSpec")
+            raise _bad(f"sites[{site!r}]", spec, "a SiteSpec")
         # a new SiteSpec: the caller's (maybe shared by several plans) stays as it was
         sites[site] = SiteSpec(spec.method, _validate_params(site, spec, plan.ramp_fraction))
     plan.sites = sites
@@ -197,21 +193,23 @@ def _validate(plan: Plan) -> None:
 
 def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[str, ParamValue]:
     if spec.method not in VOCAB:
-        raise PlanError(f"sites[{site!r}].method: bad value {spec.method!r}; allowed: {list(METHODS)}")
+        raise _bad(f"sites[{site!r}].method", spec.method, str(list(METHODS)))
     table = VOCAB[spec.method]
     if not isinstance(spec.params, dict):
-        raise PlanError(f"sites[{site!r}].params: bad value {_short(spec.params)}; allowed: a dict of parameter values")
+        raise _bad(f"sites[{site!r}].params", spec.params, "a dict of parameter values")
     unknown = sorted(set(spec.params) - set(table), key=str)
     if unknown:
-        raise PlanError(
-            f"sites[{site!r}].params.{unknown[0]}: unknown parameter of method {spec.method!r}; allowed: {list(table)}"
+        raise _bad(
+            f"sites[{site!r}].params.{unknown[0]}",
+            allowed=str(list(table)),
+            detail=f"unknown parameter of method {spec.method!r}",
         )
     missing = [p for p in table if p not in spec.params and p not in OPTIONAL_PARAMS]
     if missing:
-        raise PlanError(
-            f"sites[{site!r}].params.{missing[0]}: missing for method "
-            f"{spec.method!r}; allowed: {list(table[missing[0]])} (required: "
-            f"{list(table)})"
+        raise _bad(
+            f"sites[{site!r}].params.{missing[0]}",
+            allowed=f"{list(table[missing[0]])} (required: {list(table)})",
+            detail=f"missing for method {spec.method!r}",
         )
     # A site without its own ramp follows the plan-wide ramp_fraction (plans from before the
     # schedule was searched): canonical form = every parameter present, in table order, so
@@ -224,9 +222,11 @@ def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[st
     }
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _bad(field: str = "", value: Any = None, allowed: str = "", *, detail: str = "", hint: str = "") -> UserError:
+    """A `PlanError` in the project's voice (`search_space.errors.user_error`); long values
+    are cut to 60 characters, as a plan can be large."""
+    detail = detail or (f"bad value {short_repr(value, 60)}" if field else "")
+    return user_error(field, value, allowed, detail=detail, hint=hint, cls=PlanError)
 
 
 def _fmt(v: ParamValue) -> str:

@@ -17,7 +17,7 @@ from controller import run_folder as rf
 from search_space import Plan
 
 REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).with_name("test_search_children.py")
+CHILDREN = Path(__file__).parent / "helpers" / "children.py"
 
 
 def rows(run: Path) -> list[dict[str, str]]:

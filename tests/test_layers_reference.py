@@ -16,7 +16,7 @@ import itertools
 import pytest
 import torch
 
-from search_space.layers import Disout, Dropout, PatternDropout, _dispatch
+from search_space.layers import Disout, Dropout, PatternDropout, SequenceDropout, SpatialDropout, _dispatch
 from search_space.layers._blocks import reference_seeds, seed_rate
 from search_space.layers._dispatch import Route
 from search_space.layers.dropblock import drop_block
@@ -169,6 +169,35 @@ def test_pattern_layer_equals_its_reference_under_the_same_seed(layer: PatternDr
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,channels_last", [((4, 6, 5, 7), False), ((4, 6, 5, 7), True), ((3, 4, 2, 3, 5), True)])
+def test_spatial_fast_route_equals_the_reference(shape, channels_last: bool, dtype) -> None:
+    x, grad = inputs(shape, dtype, channels_last)
+    dropped = torch.rand(shape[:2] + (1,) * (len(shape) - 2), generator=torch.Generator().manual_seed(2)) < 0.4
+    assert dropped.any() and not dropped.all()
+    layer = SpatialDropout(0.4).train()
+    route, reference = _dispatch.spatial_route("auto"), _dispatch.spatial_route("reference")
+    want = forward_backward(lambda t: layer.drop(t, route=reference, dropped=dropped), x, grad)
+    got = forward_backward(lambda t: layer.drop(t, route=route, dropped=dropped), x, grad)
+    for a, b, what in zip(got, want, ("output", "gradient")):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"{route} {what}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("apply", ["masked", "device"])
+@pytest.mark.parametrize("shape,batch_first,share_c", [((5, 19, 7), True, False), ((19, 5, 7), False, True)])
+def test_sequence_fast_routes_equal_the_reference(shape, batch_first: bool, share_c: bool, apply: str, dtype) -> None:
+    x, grad = inputs(shape, dtype, False)
+    layer = SequenceDropout(0.3, 2, 3, share_t=True, share_c=share_c, batch_first=batch_first).train()
+    n, t = (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
+    draws = layer.draws(n, t, (shape[2],), CPU)
+    want = forward_backward(lambda z: layer.drop(z, route=Route("loops", "reference"), draws=draws), x, grad)
+    got = forward_backward(lambda z: layer.drop(z, route=Route("index", apply), draws=draws), x, grad)
+    assert 0 < float((want[0] == 0).double().mean()) < 0.6
+    for a, b, what in zip(got, want, ("output", "gradient")):
+        assert_equal(a, b, dtype if apply == "device" else torch.float32, f"{apply} {what}")
+
+
 def test_reference_algorithm_is_selectable_on_every_layer() -> None:
     """``algorithm="reference"`` reaches the reference function of each layer."""
     from search_space.layers import DropBlock2d, DropBlock3d
@@ -180,8 +209,12 @@ def test_reference_algorithm_is_selectable_on_every_layer() -> None:
         Disout(0.2, 3, algorithm="reference"),
         Dropout(0.2, algorithm="reference"),
         PatternDropout(algorithm="reference"),
+        SpatialDropout(0.2, algorithm="reference"),
+        SequenceDropout(0.2, size=2, stride=4, algorithm="reference"),
     ]:
         xi = torch.ones(16, 4, 6, 6, 6) if isinstance(layer, DropBlock3d) else x
+        xi = torch.ones(64, 12, 48) if isinstance(layer, SequenceDropout) else xi
+        xi = torch.ones(64, 64, 2, 2) if isinstance(layer, SpatialDropout) else xi  # 4096 channels
         torch.manual_seed(11)
         y = layer.train()(xi)
         zeros = float((y == 0).double().mean())
@@ -223,5 +256,13 @@ def test_dispatch_picks_the_documented_route() -> None:
     assert pattern_route("auto", cl, True) == Route("table", "rows")
     assert pattern_route("auto", torch.zeros(1, 1, 65, 64), False) == Route("gather", "masked")
     assert pattern_route("reference", cl, True) == Route("gather", "reference")
+    assert _dispatch.spatial_route("auto") == Route("channels", "masked")
+    assert _dispatch.spatial_route("reference") == Route("channels", "reference")
+    assert _dispatch.sequence_route("auto", x) == Route("index", "masked")
+    assert _dispatch.sequence_route("auto", torch.zeros(2, 3, 4, device="meta")) == Route("index", "device")
+    assert _dispatch.sequence_route("reference", x) == Route("loops", "reference")
+    for bad in (lambda: SpatialDropout(algorithm="sparse"), lambda: SequenceDropout(algorithm="dense")):
+        with pytest.raises(ValueError, match=r"algorithm: bad value '\w+'; allowed: one of \['auto', 'reference'\]"):
+            bad()
     with pytest.raises(ValueError, match=r"algorithm: bad value 'fast'; allowed: one of \['auto', 'reference'"):
         block_path("fast", CPU, few, (3, 3), (16, 16), False, False)

@@ -162,4 +162,6 @@ def test_cuda_rate_and_reference(dtype) -> None:
         SequenceDropout(0.2, 3, 5, True, False, algorithm=a, generator=torch.Generator("cuda").manual_seed(1))(x)
         for a in ("auto", "reference")
     ]
-    assert torch.equal(*outs)
+    # the device route rounds the scale to the dtype first: bf16 within 2 ulps
+    tol = {"rtol": 2**-7, "atol": 0} if dtype == torch.bfloat16 else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(outs[0], outs[1], **tol)

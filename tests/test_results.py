@@ -277,7 +277,8 @@ def test_cli_entry_point_exit_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        f"python -m results: error: run directory not found: {tmp_path / 'nope'}"
+        f"python -m results: error: run directory not found: {tmp_path / 'nope'}; pass the folder "
+        "launch_search.py wrote (--storage-path/--name, e.g. runs/NAME)"
     ]
 
 

@@ -22,7 +22,7 @@ from search_space.plan import Plan
 from search_space.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).with_name("test_search_children.py")
+CHILDREN = Path(__file__).parent / "helpers" / "children.py"
 PENALTY = 0.1
 TRIAL_COLUMNS = trial_columns(Objective())
 

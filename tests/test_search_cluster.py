@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).with_name("test_search_children.py")
+CHILDREN = Path(__file__).parent / "helpers" / "children.py"
 
 
 def free_port() -> int:

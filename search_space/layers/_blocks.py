@@ -42,9 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search_space.errors import user_error
+
 from ._dispatch import WORDS_MIN_UNITS, hits_are_sparse
 from ._layout import storage_offsets, storage_view
-from ._validate import bad_value
 
 
 def _geometry(size: int, k: int, valid_only: bool) -> tuple[int, int]:
@@ -163,7 +164,7 @@ def sample_blocks(
     """
     size = tuple(shape[2:])
     if seeds is not None and tuple(seeds.shape) != (*shape[:2], *seed_grid(size, kernel, valid_only)):
-        raise bad_value("seeds", tuple(seeds.shape), f"shape {(*shape[:2], *seed_grid(size, kernel, valid_only))}")
+        raise user_error("seeds", tuple(seeds.shape), f"shape {(*shape[:2], *seed_grid(size, kernel, valid_only))}")
     if path == "pool":
         grid = (*shape[:2], *seed_grid(size, kernel, valid_only))
         # fp16 seeds: half the traffic of fp32, and max-pool has half-precision kernels
@@ -177,13 +178,13 @@ def sample_blocks(
         return BlockSample(keep.view(torch.uint8))
     if path == "hits":
         if any(k != 1 for k in kernel):
-            raise bad_value("kernel", kernel, "all ones for the hits route")
+            raise user_error("kernel", kernel, "all ones for the hits route")
         return _hits(shape, strides, rate, device, want_cells, seeds)
     if path == "sparse":
         return _sparse(shape, strides, kernel, rate, valid_only, device, seeds)
     if path == "dense":
         return BlockSample(_dense(shape, strides, kernel, rate, valid_only, device, seeds))
-    raise bad_value("path", path, "'pool', 'hits', 'sparse' or 'dense'")
+    raise user_error("path", path, "'pool', 'hits', 'sparse' or 'dense'")
 
 
 def _dense(shape, strides, kernel, rate, valid_only, device, seeds) -> torch.Tensor:
@@ -325,7 +326,7 @@ def kept_count(keep: torch.Tensor) -> torch.Tensor:
     widens every byte to int32 and ``count_nonzero`` tests byte by byte.
     """
     if keep.dtype != torch.uint8:
-        raise bad_value("keep dtype", keep.dtype, "torch.uint8 (a 0/1 mask)")
+        raise user_error("keep dtype", keep.dtype, "torch.uint8 (a 0/1 mask)")
     flat = storage_view(keep)  # checks that the layout is dense
     if flat.numel() < WORDS_MIN_UNITS:
         return torch.count_nonzero(flat)

@@ -23,8 +23,12 @@ import torch
 from ._layout import pixels_are_rows
 from ._validate import check_choice
 
-#: the values of the layers' ``algorithm`` argument ("auto" picks by device and density)
+#: the values of the block layers' and Dropout's ``algorithm`` argument ("auto" picks by
+#: device and density; "sparse"/"dense" force a sampler)
 ALGORITHMS = ("auto", "reference", "sparse", "dense")
+#: the ``algorithm`` values of the layers with one fast path (PatternDropout, SequenceDropout,
+#: SpatialDropout): nothing to force, so only "auto" or the reference
+ONE_FAST_PATH = ("auto", "reference")
 
 #: Block sampler: below this many dropped cells per map unit (block repeats included) the
 #: sparse sampler scatters each seed's cells into a kept-everywhere mask; above it the dense
@@ -51,9 +55,9 @@ WORDS_MIN_UNITS = 1 << 18
 TABLE_MAX_UNITS = 4096
 
 
-def check_algorithm(algorithm: object) -> str:
-    """Return ``algorithm`` if the layers know it."""
-    return check_choice("algorithm", algorithm, ALGORITHMS)
+def check_algorithm(algorithm: object, choices: tuple[str, ...] = ALGORITHMS) -> str:
+    """Return ``algorithm`` if it is one of ``choices`` (`ALGORITHMS` or `ONE_FAST_PATH`)."""
+    return check_choice("algorithm", algorithm, choices)
 
 
 def hits_are_sparse(drop_prob: float) -> bool:
@@ -129,11 +133,31 @@ def block_route(
 def pattern_route(algorithm: str, x: torch.Tensor, shared: bool) -> Route:
     """PatternDropout's route: sampler "table" (maps up to `TABLE_MAX_UNITS`: one cached row
     per offset) or "gather" (per-unit indexing, as the reference); apply as `apply_route`."""
-    check_choice("algorithm", algorithm, ("auto", "reference"))
+    check_algorithm(algorithm, ONE_FAST_PATH)
     small = math.prod(x.shape[2:]) <= TABLE_MAX_UNITS
     if algorithm == "reference":
         return Route("gather", "reference")
     return Route("table" if small else "gather", apply_route(x, shared, True))
+
+
+def sequence_route(algorithm: str, x: torch.Tensor) -> Route:
+    """SequenceDropout's route: sampler "index" (broadcast index arithmetic on the offsets) or
+    "loops" (the reference: plain Python loops over examples and tokens); apply "reference"
+    (`_drop_ops.reference_apply`) or as `apply_route` for a mask that is never a pixel row
+    ("device" or "masked"). Both rescale by the realized kept fraction."""
+    if check_algorithm(algorithm, ONE_FAST_PATH) == "reference":
+        return Route("loops", "reference")
+    return Route("index", apply_route(x, False, False))
+
+
+def spatial_route(algorithm: str) -> Route:
+    """SpatialDropout's route: one Bernoulli draw per (example, channel) either way ("channels");
+    apply "reference" (`simple.dropout_reference`, the textbook multiply) or "masked" (one fused
+    masked multiply forward and backward, `_drop_ops.mask_and_scale`, on every device: the
+    scale ``1 / (1 - p)`` is a constant, so there is no host sync to avoid)."""
+    if check_algorithm(algorithm, ONE_FAST_PATH) == "reference":
+        return Route("channels", "reference")
+    return Route("channels", "masked")
 
 
 def dropout_path(algorithm: str, device: torch.device, drop_prob: float) -> str:

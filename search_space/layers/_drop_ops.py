@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from search_space.errors import user_error
+
 from ._blocks import kept_count
 from ._layout import channels_last_format, flat_storage, is_dense, pixels_are_rows
-from ._validate import bad_value
 
 # Values are scattered as their bit patterns: CPU ``scatter_`` on a reduced-precision float
 # converts the whole target to float and back (two full-size copies); on the same-width
@@ -36,7 +37,7 @@ _BITS = {
 
 def _require_dense(name: str, t: torch.Tensor) -> None:
     if not is_dense(t):
-        raise bad_value(
+        raise user_error(
             f"{name} layout", tuple(t.stride()), f"a dense layout of shape {tuple(t.shape)} (see _layout.dense_layout)"
         )
 
@@ -46,7 +47,7 @@ def write_units(y: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> N
     ``scatter_`` on a 1-D tensor runs serially on CPU). ``y`` must be dense, a float dtype."""
     _require_dense("y", y)
     if y.dtype not in _BITS:
-        raise bad_value("y dtype", y.dtype, f"one of {list(_BITS)}")
+        raise user_error("y dtype", y.dtype, f"one of {list(_BITS)}")
     _write_bits(y, index, values)
 
 
@@ -91,7 +92,7 @@ def scale_and_zero(
     ``values`` (one per index, no gradient). ``x`` must be dense; the result has its strides."""
     _require_dense("x", x)
     if values is not None and x.dtype not in _BITS:
-        raise bad_value("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
+        raise user_error("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
     return _ScaleAndZero.apply(x, float(scale), index.reshape(-1), 1, values)
 
 
@@ -103,7 +104,7 @@ def scale_and_zero_pixels(x: torch.Tensor, scale: float, pixels: torch.Tensor) -
     storage row ``r`` of C units. Any other layout would zero the wrong units.
     """
     if not pixels_are_rows(x):
-        raise bad_value("x layout", tuple(x.stride()), f"channels_last strides for shape {tuple(x.shape)}")
+        raise user_error("x layout", tuple(x.stride()), f"channels_last strides for shape {tuple(x.shape)}")
     return _ScaleAndZero.apply(x, float(scale), pixels.reshape(-1), x.shape[1], None)
 
 
@@ -152,9 +153,9 @@ def mask_and_scale(
     """
     _require_dense("x", x)
     if (index is None) != (values is None):
-        raise bad_value("index, values", (type(index).__name__, type(values).__name__), "both tensors or both None")
+        raise user_error("index, values", (type(index).__name__, type(values).__name__), "both tensors or both None")
     if values is not None and x.dtype not in _BITS:
-        raise bad_value("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
+        raise user_error("x dtype", x.dtype, f"one of {list(_BITS)} when values are written")
     return _MaskAndScale.apply(
         x, mask_like(keep, x), float(scale), None if index is None else index.reshape(-1), values
     )
@@ -203,4 +204,4 @@ def apply_keep(
         return scale_and_zero_pixels(x, scale, dropped_pixels)
     if how == "masked":
         return mask_and_scale(x, keep, scale)
-    raise bad_value("how", how, "'device', 'rows' or 'masked'")
+    raise user_error("how", how, "'device', 'rows' or 'masked'")

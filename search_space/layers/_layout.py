@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import bad_value
+from search_space.errors import user_error
 
 
 def is_dense(x: torch.Tensor) -> bool:
@@ -36,7 +36,7 @@ def dense_layout(x: torch.Tensor) -> torch.Tensor:
 def storage_view(t: torch.Tensor) -> torch.Tensor:
     """1-D view of ``t`` in memory order; ``t`` must be dense (`is_dense`)."""
     if not is_dense(t):
-        raise bad_value("layout", tuple(t.stride()), f"the strides of a dense layout of shape {tuple(t.shape)}")
+        raise user_error("layout", tuple(t.stride()), f"the strides of a dense layout of shape {tuple(t.shape)}")
     return flat_storage(t)
 
 

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from search_space.errors import user_error
+
 from ._blocks import (
     BlockSample,
     grow_blocks,
@@ -19,7 +21,7 @@ from ._blocks import (
 from ._dispatch import Route, block_route, check_algorithm, zero_cells_again
 from ._drop_ops import mask_and_scale, scale_and_zero
 from ._layout import dense_layout, laid_out, storage_view
-from ._validate import bad_value, check_int, check_prob, check_rank
+from ._validate import check_int, check_prob, check_rank
 
 Scale = torch.Tensor | float  # per input channel, (1, C, 1, 1), or one number
 
@@ -134,14 +136,14 @@ class Disout(nn.Module):
         self.block_size = check_int("block_size", block_size)
         self.alpha = float(alpha)
         if not self.alpha >= 0.0:
-            raise bad_value("alpha", alpha, "a number >= 0")
+            raise user_error("alpha", alpha, "a number >= 0")
         self.algorithm = check_algorithm(algorithm)
         self.weight_behind: torch.Tensor | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "weight_behind":
             if value is not None and not isinstance(value, torch.Tensor):
-                raise bad_value("weight_behind", type(value).__name__, "a Tensor or None")
+                raise user_error("weight_behind", type(value).__name__, "a Tensor or None")
             object.__setattr__(self, name, None if value is None else value.detach())
             return
         super().__setattr__(name, value)
@@ -153,7 +155,7 @@ class Disout(nn.Module):
         if w is None or w.numel() == 0:
             return 0.01
         if w.dim() != 4 or w.shape[1] != x.shape[1]:
-            raise bad_value(
+            raise user_error(
                 "weight_behind shape",
                 tuple(w.shape),
                 f"a conv weight (out, {x.shape[1]}, kh, kw) matching the input channels",

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._dispatch import Route, pattern_route
+from search_space.errors import user_error
+
+from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, pattern_route
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import dense_layout
 from ._validate import (
-    bad_value,
     check_choice,
     check_finite,
     check_pair,
@@ -59,7 +60,7 @@ def _source_grid(shape: tuple[int, int], rotate: float, shear_x: float, shear_y:
     shear = np.array([[1.0, shear_y], [shear_x, 1.0]])
     fwd = rot @ shear
     if abs(np.linalg.det(fwd)) < 1e-6:
-        raise bad_value(
+        raise user_error(
             "shear_x, shear_y", (shear_x, shear_y), "shear_x * shear_y != 1 (else the transform is singular)"
         )
     inv = np.linalg.inv(fwd)
@@ -135,7 +136,7 @@ class PatternDropout(nn.Module):
         _source_grid((3, 3), self.rotate, self.shear_x, self.shear_y)  # fail early if singular
         self.share_channels = bool(share_channels)
         self.apply_prob = check_prob("apply_prob", apply_prob, allow_one=True)
-        self.algorithm = check_choice("algorithm", algorithm, ("auto", "reference"))
+        self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
 
     def pattern(self, shape: tuple[int, int]) -> np.ndarray:
         """The untransformed pattern at offset (0, 0) on an (H, W) map (True = dropped)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._validate import bad_value, check_int
+from search_space.errors import user_error
+
+from ._validate import check_int
 
 
 class LinearScheduler(nn.Module):
@@ -22,7 +24,7 @@ class LinearScheduler(nn.Module):
         super().__init__()
         attr = getattr(layer, "prob_attr", None)
         if attr is None:
-            raise bad_value("layer", type(layer).__name__, "a regularizer layer (one that defines prob_attr)")
+            raise user_error("layer", type(layer).__name__, "a regularizer layer (one that defines prob_attr)")
         self.layer = layer
         self.nr_steps = check_int("nr_steps", nr_steps, minimum=0)
         # The ramp is derived per step (as np.linspace computes it: start + i * delta, the last

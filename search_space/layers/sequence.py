@@ -1,6 +1,6 @@
 """AutoDropout's Transformer dropout pattern (Pham & Le 2021) for (batch, tokens, channels) states.
 
-Pattern, in REFERENCES.md terms: along the token axis the sequence is tiled with period
+The pattern: along the token axis the sequence is tiled with period
 ``stride``; in every period the first ``size`` consecutive tokens form a *block* (tokens outside
 blocks are never dropped). The tiling starts at a random offset drawn uniformly from
 ``[0, stride)`` per example and per forward pass (one offset per example, shared by all
@@ -13,7 +13,7 @@ So ``share_t and share_c`` drops whole spans of ``size`` tokens (word-dropout-li
 ``share_t`` alone drops one channel over a whole span (variational-style along time),
 ``share_c`` alone drops whole tokens, neither is element-wise dropout restricted to blocks.
 
-Choices where the paper's text is not specific (documented, see REFERENCES.md):
+Choices where the paper's text is not specific (documented in docs/layers.md):
 
 * ``drop_prob`` is the **expected fraction of dropped units**, as for every other layer, so a
   search compares patterns at equal amounts of noise. With the uniform offset every token lies
@@ -29,9 +29,11 @@ Choices where the paper's text is not specific (documented, see REFERENCES.md):
   ``nn.TransformerEncoderLayer(batch_first=False)`` produces), or (N, H, T, S) attention
   probabilities, where tokens are the query axis T and "channels" are (head, key) pairs.
 
-The random draws (offsets, then uniform noise) are made by `draws`; the fast path turns them
-into a mask with broadcast index arithmetic, ``algorithm="reference"`` with plain Python loops
-over examples and tokens, so the two are compared exactly on the same draws.
+The random draws (offsets, then uniform noise) are made by `draws`; which path turns them into
+an output is `_dispatch.sequence_route`'s decision, as for every layer: the fast path builds
+the mask with broadcast index arithmetic and applies it with `_drop_ops.apply_keep`,
+``algorithm="reference"`` with plain Python loops over examples and tokens and
+`_drop_ops.reference_apply`, so the two are compared exactly on the same draws.
 """
 
 from __future__ import annotations
@@ -41,15 +43,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._validate import bad_value, check_choice, check_int, check_prob, check_rank
+from search_space.errors import user_error
 
-#: "auto": the vectorised mask (index arithmetic on the offsets); "reference": plain loops.
-ALGORITHMS = ("auto", "reference")
+from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, sequence_route
+from ._drop_ops import apply_keep, reference_apply
+from ._layout import dense_layout
+from ._validate import check_int, check_prob, check_rank
 
 
 def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise bad_value(name, value, "true or false")
+        raise user_error(name, value, "true or false")
     return value
 
 
@@ -80,7 +84,7 @@ class SequenceDropout(nn.Module):
         self.share_t = _check_bool("share_t", share_t)
         self.share_c = _check_bool("share_c", share_c)
         self.batch_first = _check_bool("batch_first", batch_first)
-        self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
+        self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
         self.generator = generator
 
     # ------------------------------------------------------------------ rates
@@ -105,7 +109,7 @@ class SequenceDropout(nn.Module):
         check_rank("SequenceDropout", x, (3, 4), "(N, T, C), (T, N, C) or (N, H, T, S)")
         if x.dim() == 4:
             if not self.batch_first:
-                raise bad_value("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
+                raise user_error("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
             return 0, 2, (1, 3)
         return (0, 1, (2,)) if self.batch_first else (1, 0, (2,))
 
@@ -144,12 +148,17 @@ class SequenceDropout(nn.Module):
                     drop[i, t] = noise[i, unit].cpu() < q
         return drop.to(offsets.device)
 
-    def drop_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """Boolean mask (True = dropped) broadcastable to ``x``, in x's axis order."""
+    def drop_mask(
+        self, x: torch.Tensor, sampler: str | None = None, draws: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Boolean mask (True = dropped) broadcastable to ``x``, in x's axis order. ``sampler``
+        ("index" or "loops", default the dispatch's) and ``draws`` replace the choice and draw."""
         b, t, chan_axes = self._axes(x)
-        offsets, noise = self.draws(x.shape[b], x.shape[t], tuple(x.shape[a] for a in chan_axes), x.device)
-        build = self._drop_fast if self.algorithm == "auto" else self._drop_reference
-        drop = build(offsets, noise, x.shape[t])  # axes (b, t, *chan_axes)
+        sampler = sampler or sequence_route(self.algorithm, x).sampler
+        if draws is None:
+            draws = self.draws(x.shape[b], x.shape[t], tuple(x.shape[a] for a in chan_axes), x.device)
+        build = self._drop_reference if sampler == "loops" else self._drop_fast
+        drop = build(*draws, x.shape[t])  # axes (b, t, *chan_axes)
         order = (b, t, *chan_axes)
         return drop.permute(*[order.index(a) for a in range(x.dim())])
 
@@ -158,12 +167,24 @@ class SequenceDropout(nn.Module):
         p = check_prob("drop_prob", self.drop_prob)
         if not self.training or p == 0.0 or x.numel() == 0:
             return x
-        keep = ~self.drop_mask(x)
-        if x.device.type == "cpu":  # host scalar: cheap here
-            scale = keep.numel() / max(int(keep.sum()), 1)
-            return x * keep.to(x.dtype).mul_(scale)
-        kept = keep.sum(dtype=torch.int64).clamp_min(1).double()
-        return x * keep.to(x.dtype).mul_((keep.numel() / kept).to(x.dtype))  # no host sync on CUDA
+        return self.drop(x)
+
+    def drop(
+        self,
+        x: torch.Tensor,
+        *,
+        route: Route | None = None,
+        draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Train-mode output: ``x * keep * numel / kept``. ``route`` (default
+        `_dispatch.sequence_route`) and ``draws`` (offsets, noise) replace the dispatch's
+        choice and the draw."""
+        x = dense_layout(x)
+        route = route or sequence_route(self.algorithm, x)
+        drop = self.drop_mask(x, route.sampler, draws)
+        if route.apply == "reference":
+            return reference_apply(x, ~drop)
+        return apply_keep(x, (~drop).to(torch.uint8), route.apply)
 
     def extra_repr(self) -> str:
         return (

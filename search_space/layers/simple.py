@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._blocks import bernoulli_keep, sparse_hits
-from ._dispatch import check_algorithm, dropout_path
+from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, dropout_path, spatial_route
 from ._drop_ops import mask_and_scale, scale_and_zero
 from ._layout import dense_layout, laid_out, storage_offsets
 from ._validate import check_prob, check_rank
@@ -74,13 +74,34 @@ class Dropout(_ProbLayer):
 
 
 class SpatialDropout(_ProbLayer):
-    """Drop whole channels per example (input (N, C, H, W) or (N, C, D, H, W)), scale 1/(1-p)."""
+    """Drop whole channels per example (input (N, C, H, W) or (N, C, D, H, W)), scale 1/(1-p).
+
+    ``algorithm``: "reference" (`dropout_reference` with one drop per channel) or "auto" (one
+    fused masked multiply, `_dispatch.spatial_route`); both draw the same numbers, so a
+    seeded layer gives the same output either way.
+    """
+
+    def __init__(self, drop_prob: float = 0.1, *, algorithm: str = "auto") -> None:
+        super().__init__(drop_prob)
+        self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_rank("SpatialDropout", x, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
         p = check_prob("drop_prob", self.drop_prob)
         if not self.training or p == 0.0:
             return x
-        shape = x.shape[:2] + (1,) * (x.dim() - 2)
-        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p).div_(1.0 - p)
-        return x * mask
+        return self.drop(x)
+
+    def drop(self, x: torch.Tensor, *, route: Route | None = None, dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """Train-mode output. ``route`` (default `_dispatch.spatial_route`) and ``dropped``
+        (bool, (N, C, 1, ...)) replace the dispatch's choice and the draw."""
+        p = check_prob("drop_prob", self.drop_prob)
+        route = route or spatial_route(self.algorithm)
+        if dropped is None:
+            dropped = torch.rand(x.shape[:2] + (1,) * (x.dim() - 2), device=x.device) < p
+        if route.apply == "reference":
+            return dropout_reference(x, p, dropped)
+        return mask_and_scale(dense_layout(x), (~dropped).to(torch.uint8), 1.0 / (1.0 - p))
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}, algorithm={self.algorithm!r}"

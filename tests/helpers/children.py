@@ -1,5 +1,6 @@
-"""Fast stand-ins for `child_trainer.train.train_child`, loaded by the search tests and the
-benchmark through ``launch_search.py --child "<this file>:<function>"``. No tests here.
+"""Fast stand-ins for `child_trainer.train.train_child`, loaded by the search tests and
+benchmarks/search.py through ``launch_search.py --child "<this file>:<function>"`` (the path
+is ``tests.helpers.CHILDREN``).
 
 The reward is a deterministic function of the plan, so a search has something to learn.
 Settings travel in the trial config, not the environment: ``train.data_dir`` (unused by the
