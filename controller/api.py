@@ -899,7 +899,14 @@ def summary_text(result: SearchResult) -> str:
             f"{_plan_summary(best['plan_json'])}"
         )
         for name, part in ok[ok["baseline"].fillna("") != ""].groupby("baseline", sort=False):
-            lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
+            if str(name).startswith("tuned-"):  # a grid: its best point is the recipe
+                top = part.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
+                lines.append(
+                    f"Baseline {name} (best of {len(part)} grid points): {o.metric} {top[o.metric]:.4f}, "
+                    f"{_plan_summary(top['plan_json'])}"
+                )
+            else:
+                lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
         if ref is None:
             lines.append("No regularization: no finished 'none' baseline to compare with")
         else:
@@ -909,10 +916,20 @@ def summary_text(result: SearchResult) -> str:
     if result.final is not None and len(result.final) and result.status == "finished":
         rows = result.final.to_dict("records")
         chosen = next((r for r in rows if r.get("chosen")), None)
-        lines.append(f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split):")
+        lines.append(
+            f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
+            "difference from the best baseline, positive = better):"
+        )
         for r in rows:
+            low, high = rf.as_float(r.get("diff_ci95_low")), rf.as_float(r.get("diff_ci95_high"))
+            word = r.get("comparison") if isinstance(r.get("comparison"), str) else ""
+            versus = (
+                f"  [{low:+.4f}, {high:+.4f}] {word}"
+                if math.isfinite(low) and math.isfinite(high)
+                else ("  best baseline" if r["label"] == r.get("best_baseline") else f"  {word}")
+            )
             lines.append(
-                f"  {r['label']:<12} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}"
+                f"  {r['label']:<16} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}{versus.rstrip()}"
                 + ("   <- best_plan.json" if r is chosen else "")
             )
         lines.append(verdict(rows, o))
