@@ -861,7 +861,8 @@ def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -
 
 
 def summary_text(result: SearchResult) -> str:
-    """The end-of-search lines: counts, best plan vs no regularization and the baselines, verdict."""
+    """The end-of-search lines: counts, the search stage's best and the baselines (values only),
+    the final re-training's paired intervals, and the verdict."""
     from controller.final import verdict
 
     o, df = result.objective, result.trials
@@ -879,14 +880,6 @@ def summary_text(result: SearchResult) -> str:
     ref = float(plain[o.metric].mean()) if len(plain) else None
     if len(ok):
         best = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
-        versus = ""
-        if ref is not None:
-            diff = float(best[o.metric]) - ref
-            versus = (
-                f", {100 * diff:+.2f} points vs no regularization"
-                if o.metric.endswith("acc")
-                else f", {diff:+.4g} vs no regularization"
-            )
         label = (
             f"baseline {best['baseline']}"
             if str(best.get("baseline") or "") not in ("", "nan")
@@ -895,7 +888,8 @@ def summary_text(result: SearchResult) -> str:
         se = best.get(o.se_column)
         se_text = f" +- {se:.4f}" if isinstance(se, float) and math.isfinite(se) else ""
         lines.append(
-            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}{versus}): "
+            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}; the best of {len(ok)} draws, "
+            "so biased upwards: the final re-training compares fairly): "
             f"{_plan_summary(best['plan_json'])}"
         )
         for name, part in ok[ok["baseline"].fillna("") != ""].groupby("baseline", sort=False):
