@@ -240,7 +240,7 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for name in ("launch_search", "controller.searcher", "controller.api"):
+    for name in ("launch_search", "controller.searcher", "controller.policies", "controller.api"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 

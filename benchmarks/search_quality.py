@@ -1,7 +1,7 @@
 """Does a search earn its compute? Controller vs random vs TPE at an equal number of trainings,
 then every search's exported plan against tuned global baselines on the test split (issue 19).
 
-    python benchmarks/search_quality.py                      # digits200, lm, digits500 (~100 min, 2 cores)
+    python benchmarks/search_quality.py                      # digits200, lm, digits500 (~2 h on 2 shared cores)
     python benchmarks/search_quality.py --tasks digits200 --num-samples 16 --seeds 5   # a quick look
     python benchmarks/search_quality.py --report-only        # re-print the tables from --out
 
@@ -50,7 +50,7 @@ SEARCHES = ("controller", "random", "tpe")
 # The product's flags per task; num_samples / epochs / seeds are the benchmark's defaults
 # (sized for ~100 minutes on 2 cores), each overridable with --num-samples etc.
 TASKS: dict[str, dict[str, Any]] = {
-    "digits200": {"flags": ["--dataset", "digits", "--train-size", "200"], "num_samples": 24, "epochs": 150},
+    "digits200": {"flags": ["--dataset", "digits", "--train-size", "200"], "num_samples": 16, "epochs": 150},
     # 500 images x 60 epochs: about the 1,000 SGD steps of digits200's 150 epochs
     "digits500": {"flags": ["--dataset", "digits", "--train-size", "500"], "num_samples": 16, "epochs": 60},
     "lm": {"flags": ["--model", "transformer_lm", "--dataset", "builtin_text"], "num_samples": 12, "epochs": 20},
@@ -188,7 +188,7 @@ def collect_plans(runs: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], dic
         plan = Plan.load(path / "best_plan.json")
         kind = info.get("kind", "?")
         label = f"{search} exported" if kind == "searched" else info.get("label", "?")
-        key = _add(plans, plan, label, "searched" if kind == "searched" else kind, search)
+        key = _add(plans, plan, label, {"searched": "searched", "tuned": "tuned"}.get(kind, "hand-set"), search)
         exported[search] = {**info, "key": key}
     return plans, exported
 
@@ -299,6 +299,7 @@ def _search_facts(run: Path) -> dict[str, Any]:
     final = run / "final.csv"
     if final.is_file():
         facts["final"] = pd.read_csv(final, keep_default_na=True).to_dict("records")
+        facts["final_trainings"] = int(sum(int(r["seeds"]) for r in facts["final"]))
     return facts
 
 
@@ -331,9 +332,10 @@ def report(task: str, data: dict[str, Any], out: Path) -> dict[str, Any]:
     for s in SEARCHES:
         run = Path(data["runs"][s])
         f = _search_facts(run)
-        wall = searches.get(s, {}).get("seconds")
+        wall = searches.get(s, {}).get("seconds") or f.get("seconds")  # run_state's when run elsewhere
         print(
-            f"  search {s:<10} wall {wall / 60 if wall else float('nan'):5.1f} min ({f.get('trials', '?')} trainings); "
+            f"  search {s:<10} wall {wall / 60 if wall else float('nan'):5.1f} min "
+            f"({f.get('trials', '?')} + {f.get('final_trainings', '?')} final trainings); "
             f"sampled plans {f.get('sampled', '?')}, distinct {f.get('distinct', '?')}; exported "
             f"{data['exported'][s].get('kind', '?')} {data['exported'][s].get('label', '?')} "
             f"(by the {data['exported'][s].get('selected_by', '?')} stage)"

@@ -20,10 +20,11 @@ _EXPORTS = {
     "state_to_json": "controller.reinforce",
     "run_search": "controller.api",
     "SearchResult": "controller.api",
-    "ControllerSearcher": "controller.searcher",
-    "RandomSearcher": "controller.searcher",
-    "TPESearcher": "controller.searcher",
-    "make_searcher": "controller.searcher",
+    "SEARCHERS": "controller.policies",
+    "ControllerSearcher": "controller.policies",
+    "RandomSearcher": "controller.policies",
+    "TPESearcher": "controller.policies",
+    "make_searcher": "controller.policies",
     "Objective": "controller.run_folder",
 }
 

@@ -57,7 +57,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = 2
+#: 3: the run folder is a ledger (trials, history, final_trials appended) plus searcher_state.json;
+#: a run of version 2 (Ray's pickles) can still be summarized and exported, not resumed.
+CONFIG_VERSION = 3
 SCHEDULERS = ("fifo", "asha")
 
 
@@ -404,7 +406,7 @@ def run_search(
             raise FieldError("scheduler", scheduler, f"{', '.join(SCHEDULERS)} or a ray.tune TrialScheduler")
         if scheduler == "asha":
             _check_int("max_epochs", max_epochs, 1)
-    from controller.searcher import SEARCHERS
+    from controller.policies import SEARCHERS
 
     if search not in SEARCHERS:
         raise FieldError("search", search, ", ".join(SEARCHERS))
@@ -434,10 +436,12 @@ def run_search(
         if resume:
             check_resumable(run_dir)
             config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
+            searcher = searcher_from_config(config, run_dir)
+            searcher.resume()  # the ledger and the JSON state; refuses what it did not write
             return _execute(
                 run_dir,
                 config,
-                None,
+                searcher,
                 train_fn,
                 resume=True,
                 resources=resources_per_trial,
@@ -455,7 +459,6 @@ def run_search(
             raise FieldError("model_fn", model_fn, "a function returning an nn.Module")
         space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines, example_input)
         tuned = tuned_recipes(space, tuned_trials, num_samples, exclude=list(baseline_plans.values()))
-        n_tuned = sum(len(v) for v in tuned.values())
         config = {
             "version": CONFIG_VERSION,
             "searcher": search,
@@ -479,26 +482,7 @@ def run_search(
             "started_at": rf.now_iso(),
             **dict(extra_config or {}),
         }
-        searcher_kwargs = dict(
-            objective=objective,
-            num_samples=num_samples - n_tuned,
-            tuned=tuned,
-            seed=seed,
-            run_dir=run_dir,
-            controller_batch=controller_batch,
-            penalty_reward=penalty_reward,
-            baselines=baseline_plans,
-            reward_seeds=config["reward_seeds"],
-            final_top_k=final_top_k,
-            final_seeds=config["final_seeds"],
-        )
-        if search == "controller":
-            searcher_kwargs["controller_kwargs"] = dict(controller_kwargs or {})
-            if controller_lr is not None:
-                searcher_kwargs["reinforce_kwargs"] = {"lr": controller_lr}
-        from controller.searcher import make_searcher
-
-        searcher = make_searcher(search, space, **searcher_kwargs)
+        searcher = searcher_from_config(config, run_dir)
         return _execute(
             run_dir,
             config,
@@ -549,79 +533,61 @@ def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
 
 
 def check_resumable(run_dir: Path) -> None:
-    """Refuse (ValueError) a resume whose state cannot be read, before anything is touched."""
-    missing = [f for f in (rf.SEARCH_CONFIG, "tuner.pkl") if not (run_dir / f).is_file()]
-    if missing:
+    """Refuse (FieldError, one line) a resume this code cannot do, before anything is touched.
+
+    Only JSON is read here (search_config.json, searcher_state.json); Ray's pickles in the
+    folder are never read, so a folder from someone else cannot run code on resume. The
+    searcher's own ``resume()`` then checks the state against the run's space and objective.
+    """
+    from controller.run_folder.snapshot import read_snapshot
+
+    if not (run_dir / rf.SEARCH_CONFIG).is_file():
         raise _refused_resume(
             run_dir,
-            "a run folder with search_config.json and tuner.pkl",
-            f"no resumable run at {run_dir} (missing {', '.join(missing)})",
+            "a run folder with search_config.json",
+            f"no resumable run at {run_dir} (missing search_config.json)",
         )
     try:
         config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
         if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
             raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
         rf.Objective.from_config(config)
-    except (OSError, ValueError, TypeError) as exc:
+        searcher_from_config(config, None)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise _refused_resume(
             run_dir,
             f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
-            f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({exc}); nothing was changed",
+            f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({type(exc).__name__}: {exc}); "
+            "nothing was changed (python -m results summarize/export still read the run)",
         ) from None
-    states = sorted(run_dir.glob("experiment_state-*.json"))
-    if not states:
-        raise _refused_resume(
-            run_dir,
-            "a run folder Ray has saved a state in",
-            f"no Ray experiment state in {run_dir}; nothing was changed",
-        )
-    try:
-        json.loads(states[-1].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _refused_resume(
-            run_dir,
-            "an intact Ray experiment state",
-            f"Ray's experiment state {states[-1].name} in {run_dir} is damaged "
-            f"({type(exc).__name__}); nothing was changed",
-        ) from None
-    _check_searcher_state(run_dir, rf.Objective.from_config(config))
+    read_snapshot(run_dir)
 
 
-def _check_searcher_state(run_dir: Path, objective: rf.Objective) -> None:
-    """The searcher snapshot Ray will restore must know every trial trials.csv holds: a
-    snapshot older than the table (its save failed, e.g. on a full disk) would rewrite the table
-    with fewer rows. Refuse such a resume before anything is touched."""
-    import pickle
+def searcher_from_config(config: Mapping[str, Any], run_dir: Path | None) -> Any:
+    """The run's searcher, built from search_config.json alone (a new run and a resume alike)."""
+    from controller.policies import make_searcher
+    from search_space.plan import Plan
+    from search_space.space import SearchSpace
 
-    snaps = sorted(run_dir.glob("searcher-state-*.pkl"))
-    if not snaps:
-        raise _refused_resume(
-            run_dir,
-            "a run folder holding the searcher's saved state",
-            f"no searcher state in {run_dir}; nothing was changed",
-        )
-    try:
-        with snaps[-1].open("rb") as f:
-            state = pickle.load(f)
-        known = {r["trial_id"] for r in state["records"]} | set(state.get("pending") or {})
-    except Exception as exc:  # noqa: BLE001 - any damage means: do not touch the run
-        raise _refused_resume(
-            run_dir,
-            "an intact searcher state",
-            f"the searcher state {snaps[-1].name} is damaged ({type(exc).__name__}); nothing was changed",
-        ) from None
-    table = rf.read_trials(run_dir / rf.TRIALS, objective)
-    lost = [t for t in table["trial_id"] if t not in known]
-    if lost:
-        raise _refused_resume(
-            run_dir,
-            "a run whose saved state knows every finished trial",
-            f"Ray's saved state in {run_dir} is older than trials.csv ({len(lost)} "
-            f"finished trial(s), e.g. {lost[0]}, would be lost: its last save came before them, after a "
-            "full disk or a hard kill between snapshots); nothing was changed. results summarize/export "
-            "read the folder as it is; to resume from Ray's snapshot anyway (those trials run again), "
-            "move trials.csv aside first",
-        )
+    tuned = {str(m): [Plan.from_dict(p) for p in plans] for m, plans in (config.get("tuned") or {}).items()}
+    kwargs: dict[str, Any] = dict(
+        objective=rf.Objective.from_config(config),
+        num_samples=int(config["num_samples"]) - sum(len(v) for v in tuned.values()),
+        seed=int(config["seed"]),
+        run_dir=run_dir,
+        controller_batch=int(config["controller_batch"]),
+        penalty_reward=config.get("penalty_reward"),
+        baselines={str(k): Plan.from_dict(v) for k, v in (config.get("baselines") or {}).items()},
+        tuned=tuned,
+        reward_seeds=list(config["reward_seeds"]),
+        final_top_k=int(config["final_top_k"]),
+        final_seeds=list(config["final_seeds"]),
+    )
+    if config["searcher"] == "controller":
+        kwargs["controller_kwargs"] = dict(config.get("controller_kwargs") or {})
+        if config.get("controller_lr") is not None:
+            kwargs["reinforce_kwargs"] = {"lr": float(config["controller_lr"])}
+    return make_searcher(str(config["searcher"]), SearchSpace.from_dict(config["space"]), **kwargs)
 
 
 def _space_and_baselines(
@@ -674,10 +640,10 @@ def _execute(
     runtime_env: Mapping[str, Any] | None,
     scheduler: Any = "fifo",
 ) -> SearchResult:
+    """Run ``searcher``'s trials with a Ray Tune Tuner. A resume is a new Tuner over the same
+    run folder, its searcher already rebuilt from the ledger: Ray's snapshot is not needed."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-
-    from controller import searcher as searchers
 
     objective = rf.Objective.from_config(config)
     _quiet_tune()
@@ -689,27 +655,41 @@ def _execute(
         res = _resources(resources)
         _ship_by_value(train_fn)
         trainable = tune.with_resources(make_trainable(train_fn, objective), res)
-        total = _total_trials(config)
-        if resume:
-            searchers.resume_into(run_dir)
-            tuner = tune.Tuner.restore(
-                str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
-            )
-        else:
+        if not resume:
             run_dir.mkdir(parents=True, exist_ok=False)
             with rf.disk_full_is_fatal(run_dir):
-                rf.atomic_write_text(run_dir / rf.SEARCH_CONFIG, json.dumps(config, indent=2) + "\n")
+                rf.atomic_write_text(run_dir / rf.SEARCH_CONFIG, json.dumps(config, indent=2) + "\n", fsync=True)
+        remaining = max(0, searcher.total_trials - searcher.finished)
+        log.info(
+            "%s %s search: %d trials (%d baselines, %d tuned, %d sampled, %d final), %d to run, on %g CPU, "
+            "%g GPU per trial -> %s",
+            "resuming" if resume else "starting",
+            config["searcher"],
+            searcher.total_trials,
+            len(searcher.baselines),
+            len(searcher._tuned_trials),
+            searcher.num_samples,
+            searcher.final_trials,
+            remaining,
+            res["cpu"],
+            res["gpu"],
+            run_dir,
+        )
+        rf.write_run_state(run_dir, "running", searcher.total_trials, searcher.finished)
+        start = time.time()
+        error = ""
+        if remaining:
             limiter = ConcurrencyLimiter(
-                searcher, max_concurrent=_max_concurrent(config.get("max_concurrent"), res, total)
+                searcher, max_concurrent=_max_concurrent(config.get("max_concurrent"), res, remaining)
             )
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=limiter,
-                    scheduler=_scheduler(scheduler, config),
+                    scheduler=_scheduler(scheduler if not resume else config.get("scheduler", "fifo"), config),
                     metric=objective.metric,
                     mode=objective.mode,
-                    num_samples=total,
+                    num_samples=remaining,
                     reuse_actors=True,
                     trial_name_creator=_trial_name,
                     trial_dirname_creator=_trial_name,
@@ -722,35 +702,20 @@ def _execute(
                     sync_config=tune.SyncConfig(sync_period=5),
                 ),
             )
-        log.info(
-            "%s %s search: %d trials (%d baselines, %d sampled, %d final) on %g CPU, %g GPU per trial -> %s",
-            "resuming" if resume else "starting",
-            config["searcher"],
-            total,
-            len(config.get("baselines") or {}),
-            config["num_samples"],
-            total - len(config.get("baselines") or {}) - config["num_samples"],
-            res["cpu"],
-            res["gpu"],
-            run_dir,
-        )
-        rf.write_run_state(run_dir, "running", total, _completed(run_dir, objective))
-        start = time.time()
-        signals.in_tune = True
-        error = ""
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            pass
-        except Exception as e:  # noqa: BLE001 - the run stays resumable; say so
-            error = f"{type(e).__name__}: {e}"
-        finally:
-            signals.in_tune = False
-        active = searchers.active_searcher(run_dir)
-        if active is not None and active.fatal_error:
-            error = active.fatal_error
-        done = active.finished if active is not None else _completed(run_dir, objective)
-        total = active.total_trials if active is not None else total
+            signals.in_tune = True
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                pass
+            except Exception as e:  # noqa: BLE001 - the run stays resumable; say so
+                error = f"{type(e).__name__}: {e}"
+            finally:
+                signals.in_tune = False
+        else:
+            searcher._write_summaries()  # stopped after its last trial, before saying so
+        if searcher.fatal_error:
+            error = searcher.fatal_error
+        done, total = searcher.finished, searcher.total_trials
         status = "failed" if error else ("finished" if done >= total else "interrupted")
         with contextlib.suppress(OSError):
             exported = {}
@@ -804,13 +769,6 @@ def _ship_by_value(*functions: Any) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def _total_trials(config: Mapping[str, Any]) -> int:
-    n_base = len(config.get("baselines") or {})
-    top_k = int(config.get("final_top_k", 0))
-    finalists = top_k + n_base + len(config.get("tuned") or {}) if top_k else 0
-    return n_base + int(config["num_samples"]) + finalists * len(config.get("final_seeds") or [])
-
-
 def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
     from ray.tune.schedulers import FIFOScheduler
 
@@ -830,18 +788,6 @@ def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
 
 def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
-
-
-def _completed(run_dir: Path, objective: rf.Objective) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        n = len(rf.read_trials(run_dir / rf.TRIALS, objective))
-        if (run_dir / rf.FINAL).is_file():
-            import pandas as pd
-
-            final = pd.read_csv(run_dir / rf.FINAL)
-            n += int(final["seeds"].sum()) if len(final) else 0
-        return n
-    return 0
 
 
 def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -> SearchResult:

@@ -24,7 +24,7 @@ from typing import Any
 from controller import run_folder as rf
 from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of
 
-__all__ = ["final_rows", "write_final", "verdict", "kind_of", "SEARCHED", "BASELINE", "TUNED"]
+__all__ = ["final_rows", "write_final", "verdict", "kind_of", "best_plan_of", "SEARCHED", "BASELINE", "TUNED"]
 
 SEARCHED, BASELINE, TUNED = "searched", "baseline", "tuned"
 TUNED_PREFIX = "tuned-"
@@ -117,6 +117,57 @@ def final_rows(
         r["chosen"] = r is chosen
         del r["_seeds"]
     return rows
+
+
+def best_plan_of(
+    final: Sequence[Mapping[str, Any]], best_trial: Mapping[str, Any] | None, objective: rf.Objective, searcher: str
+) -> tuple[Any, dict[str, Any]]:
+    """(best_plan.json's Plan with its metadata, run_state.json's ``exported``): the final
+    stage's chosen row once the stage is complete (``final``), else the best search-stage
+    trial, marked unproven (no final stage compared it with the baselines)."""
+    from search_space.plan import Plan
+
+    o = objective
+
+    def num(value: Any) -> float | None:
+        v = rf.as_float(value)
+        return v if math.isfinite(v) else None
+
+    chosen = next((r for r in final if _true(r.get("chosen"))), None)
+    if chosen is not None:
+        plan = Plan.from_json(str(chosen["plan_json"]))
+        plan.metadata = {
+            **plan.metadata,
+            "selected_by": "final",
+            "label": chosen["label"],
+            "kind": chosen["kind"],
+            o.metric: num(chosen["mean"]),
+            o.se_column: num(chosen["se"]),
+            "seeds": int(chosen["seeds"]),
+            "best_baseline": chosen["best_baseline"],
+            "comparison": chosen["comparison"] or ("the best baseline" if chosen["kind"] != SEARCHED else ""),
+            "diff_ci95": [num(chosen["diff_ci95_low"]), num(chosen["diff_ci95_high"])],
+            "trial_id": chosen["trial_id"],
+            "searcher": searcher,
+        }
+        return plan, {"label": chosen["label"], "kind": chosen["kind"], "selected_by": "final"}
+    if best_trial is None:
+        return None, {}
+    kind = best_trial.get("kind") or (BASELINE if best_trial.get("baseline") else SEARCHED)
+    plan = Plan.from_json(str(best_trial["plan_json"]))
+    plan.metadata = {
+        **plan.metadata,
+        "selected_by": "search",
+        "kind": kind,
+        "comparison": "unproven: no final stage compared it with the baselines",
+        o.metric: num(best_trial[o.metric]),
+        "trial_id": best_trial["trial_id"],
+        o.best_column: num(best_trial.get(o.best_column)),
+        "baseline": best_trial.get("baseline") or "",
+        "searcher": searcher,
+    }
+    exported = {"label": best_trial.get("baseline") or best_trial["trial_id"], "kind": kind, "selected_by": "search"}
+    return plan, exported
 
 
 def write_final(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:

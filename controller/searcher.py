@@ -18,21 +18,13 @@ Why it looks like this:
 - Trials finish out of order and concurrently: a suggested trial waits in ``pending`` with
   its tokens; finished ones go, in completion order, into a buffer that is turned into one
   REINFORCE update per ``controller_batch`` rewards (and a last, smaller one at the end).
-- Ray resumes a run from its own experiment snapshot, which holds this searcher's `save()`
-  state; the bookkeeping files are rewritten from that state on `restore()`, so they always
-  agree with the trials Ray will (re-)run.
-- Recording a trial must not lose it: the row is kept before anything that can fail
-  (controller update, disk writes); such a failure stops the search (``fatal_error``).
-
-Reward of a finished trial (``trial_outcome``; the run's ``Objective`` turns a metric value
-into a reward, e.g. minus the loss for ``mode="min"``):
-- ``ok``: the final value of the metric (last epoch, mean over the reward seeds);
-- ``stopped`` (ended early by a scheduler, e.g. ASHA): its last reported value, a natural
-  penalty since it trained fewer epochs;
-- ``diverged``, or ``failed`` inside the child: the penalty reward (default: the worst
-  reward seen so far), error recorded;
-- ``failed`` without any report (worker crash, node lost): recorded but left out of the
-  update, because it says nothing about the plan.
+- Recording a trial must not lose it: the row is appended to the run folder's ledger before
+  anything that can fail (controller update, other writes); such a failure stops the search
+  (``fatal_error``). The searcher's state is saved as data after every change
+  (``controller.run_folder.store.RunStore``), and ``resume()`` rebuilds the search from the
+  ledger and that state: Ray's own pickles are never read back.
+- How a finished trial is rewarded: ``controller.outcome``. Where plans come from (LSTM,
+  random, TPE): ``controller.policies``. What is exported: ``controller.final``.
 """
 
 from __future__ import annotations
@@ -43,134 +35,29 @@ import math
 import os
 import pickle
 import time
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 from ray.tune.search import Searcher
 
 from controller import run_folder as rf
-from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX
-from controller.lstm import LSTMController
-from controller.reinforce import Reinforce
+from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_of
+from controller.outcome import trial_outcome
+from controller.run_folder.snapshot import SnapshotError
+from controller.run_folder.store import RunStore
 from search_space.plan import Plan, plan_key
 from search_space.space import SearchSpace
 
-__all__ = [
-    "ControllerSearcher",
-    "RandomSearcher",
-    "TPESearcher",
-    "PlanSearcher",
-    "SEARCHERS",
-    "make_searcher",
-    "TrialOutcome",
-    "trial_outcome",
-    "NO_REPORT_ERROR",
-]
+__all__ = ["PlanSearcher", "SEARCH", "FINAL", "MAX_REDRAWS"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-NO_REPORT_ERROR = (
-    "trial errored in Ray before the child reported (worker crash or node loss); see error.txt in the trial directory"
-)
-PARTIAL_ERROR = (
-    "trial errored in Ray after the child reported {epochs} epoch(s) (worker "
-    "crash or node loss); {metric} {value} is the last, partial value; see "
-    "error.txt in the trial directory"
-)
 SEARCH, FINAL = "search", "final"
 #: Draws of a sampler to find a plan not trained yet before training a repeat (a policy that
 #: has converged keeps proposing its plan: that repeat is then worth a trial).
 MAX_REDRAWS = 25
-OWN_FILES = (rf.TRIALS, rf.HISTORY, rf.FINAL, rf.BEST_PLAN, rf.RUN_STATE)
-
-# The searcher of the search running in this (driver) process, by run folder: Tune restores
-# a searcher from its own snapshot, and the API needs it afterwards (fatal errors, counts).
-_ACTIVE: dict[Path, "PlanSearcher"] = {}
-_RESUME_INTO: list[Path] = []
-
-
-def resume_into(run_dir: str | os.PathLike[str]) -> None:
-    """Tell the searcher Tune is about to restore which run folder it now writes to (a run
-    folder may have been moved or copied since its snapshot was taken)."""
-    _RESUME_INTO[:] = [Path(run_dir)]
-
-
-def active_searcher(run_dir: str | os.PathLike[str]) -> "PlanSearcher | None":
-    return _ACTIVE.get(Path(run_dir))
-
-
-# ------------------------------------------------------------------------- rewards
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How one finished trial is recorded and rewarded (see the module docstring)."""
-
-    status: str
-    value: float
-    best_value: float
-    reward: float | None  # None: recorded but not used by the controller
-    error: str
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-_DEFAULT_OBJECTIVE = rf.Objective()
-
-
-def trial_outcome(
-    result: Mapping[str, Any] | None, errored: bool, penalty: float | None, objective: rf.Objective = _DEFAULT_OBJECTIVE
-) -> TrialOutcome:
-    """Status and reward of a trial from its last result and whether Ray saw it error.
-
-    The trainable marks its last report with ``final=True`` and a child status (ok,
-    diverged, failed); a trial whose last result is not final was stopped early.
-    """
-    res = dict(result or {})
-    if res and "final" not in res and not errored:
-        # a plain trainable (not ours: no final report) that ended normally: its last result is final
-        res = {**res, "final": True, "status": rf.OK}
-    final = bool(res.get("final"))
-    val, best = _num(res.get(objective.metric)), _num(res.get(objective.best_column))
-    error = str(res.get("error") or res.get("message") or "")
-    if final:
-        status = str(res.get("status", rf.OK))
-        if status not in rf.CHILD_STATUSES:
-            error = error or f"unknown child status {status!r}"
-            status = rf.FAILED
-        if errored and status == rf.OK:  # the child finished; its worker failed afterwards
-            error = error or "the worker failed after the child's final report (value kept)"
-    elif errored:
-        status = rf.FAILED
-        if not error:
-            error = (
-                PARTIAL_ERROR.format(epochs=res.get("epoch"), metric=objective.metric, value=f"{val:.6g}")
-                if res.get("epoch") and math.isfinite(val)
-                else NO_REPORT_ERROR
-            )
-    else:
-        status = rf.STOPPED
-    if not math.isfinite(best):
-        best = val
-    reward: float | None
-    if status in (rf.OK, rf.STOPPED):
-        r = objective.reward(val) if math.isfinite(val) else float("nan")
-        reward = r if math.isfinite(r) else (penalty if final else None)
-    elif final:  # diverged, or the child itself failed: the plan's fault as far as we know
-        reward = penalty
-    else:
-        reward = None
-    if status == rf.DIVERGED and not error:
-        error = "loss became NaN/inf"
-    return TrialOutcome(status, val, best, reward, error)
 
 
 def _stop_tune() -> None:
@@ -256,6 +143,12 @@ class PlanSearcher(Searcher):
         if not self.final_seeds:
             self.final_top_k = 0
         self.fatal_error: str | None = None
+        self.store = (
+            RunStore(self.run_dir, self.objective, [f"{rf.SITE_PREFIX}{s}" for s in space.sites])
+            if self.run_dir is not None
+            else None
+        )
+        self._requeue: list[dict[str, Any]] = []  # resumed trials that were running: run them again
         self._pending: dict[str, dict[str, Any]] = {}
         self._records: list[dict[str, Any]] = []
         self._final_records: list[dict[str, Any]] = []
@@ -267,8 +160,9 @@ class PlanSearcher(Searcher):
         self._warmed = False
         self._seen: set[str] | None = None  # plan keys of every search-stage trial (lazy)
         self._session: dict[str, float] | None = None
-        if self.run_dir is not None:
-            _ACTIVE[self.run_dir] = self
+        self._best: dict[str, Any] | None = None  # running tallies: the driver's cost per trial stays flat
+        self._failed = 0
+        self._worst_ok_reward: float | None = None
 
     # ---- subclass hooks
     def _sample_tokens(self, trial_id: str) -> list[int]:
@@ -284,6 +178,27 @@ class PlanSearcher(Searcher):
 
     def _load_policy_state(self, state: Any) -> None:
         raise NotImplementedError
+
+    def policy_json(self) -> dict[str, Any]:
+        """The policy's state for searcher_state.json (JSON values; tensors via ``self.store``)."""
+        return {}
+
+    def load_policy_json(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``policy_json`` on resume (the records are loaded already); raise
+        ValueError/TypeError/KeyError on a state this searcher did not write."""
+
+    def _rebuild_buffer(self) -> None:
+        """On resume: the sampled rewards no controller update has used yet (the history says
+        which trials each update used)."""
+        used = {t for h in self._history for t in h.get("trials") or []}
+        self._buffer = [
+            (r["trial_id"], json.loads(r["tokens"]), float(r["reward"]))
+            for r in self._records
+            if r["kind"] == SEARCHED and r["reward"] is not None and r["trial_id"] not in used
+        ]
+
+    def _requeued(self, trial_id: str, entry: dict[str, Any]) -> None:
+        """A resumed trial runs again under ``trial_id`` (e.g. TPE opens a trial for it)."""
 
     #: Whether sampled plans wait for the tuned recipes to start from the best of them.
     warm_starts: ClassVar[bool] = False
@@ -329,9 +244,28 @@ class PlanSearcher(Searcher):
         if self.fatal_error is not None:
             return None  # not FINISHED: Tune would save that, and a resumed run could never go on
         self._start_session()
-        if self._suggested < self.search_trials:
-            return self._suggest_search(trial_id)
-        return self._suggest_final(trial_id)
+        if self._requeue:
+            config = self._suggest_again(trial_id)
+        elif self._suggested < self.search_trials:
+            config = self._suggest_search(trial_id)
+        else:
+            config = self._suggest_final(trial_id)
+        if isinstance(config, dict):
+            self._save_state()  # before Tune starts it: a resume knows every trial that may be running
+        return config
+
+    def _suggest_again(self, trial_id: str) -> dict:
+        entry = {**self._requeue.pop(0), "suggested_at": time.time(), "last": None}
+        self._pending[trial_id] = entry
+        self._requeued(trial_id, entry)
+        return {
+            "plan": entry["plan"],
+            "seeds": list(self.reward_seeds),
+            "searcher": self.name,
+            "stage": SEARCH,
+            "label": entry["baseline"] or "searched",
+            "tokens": list(entry["tokens"]),
+        }
 
     def _suggest_search(self, trial_id: str) -> dict | None:
         names = list(self.baselines)
@@ -547,7 +481,7 @@ class PlanSearcher(Searcher):
             "error": outcome.error,
             "node": res.get("node") or "",
             "precision": res.get("precision") or "",  # amp=auto: bf16 or fp32 depending on the node's CPU
-            "seconds": _num(res.get("seconds"))
+            "seconds": rf.as_float(res.get("seconds"))
             if res.get("seconds") is not None
             else time.time() - entry["suggested_at"],
             "epochs": res.get("epoch"),
@@ -558,7 +492,15 @@ class PlanSearcher(Searcher):
         if outcome.status in rf.FAILED_STATUSES:
             log.warning("trial %s %s: %s", trial_id, outcome.status, outcome.error)
         if entry["stage"] == FINAL:
-            row.update(label=entry["label"], seed=entry["seed"], source=entry["source"], order=len(self._final_records))
+            row.update(
+                label=entry["label"],
+                seed=entry["seed"],
+                source=entry["source"],
+                order=len(self._final_records),
+                searcher=self.name,
+            )
+            if self.store is not None:
+                self.store.final(row)  # on disk before anything that can fail
             self._final_records.append(row)
             del self._pending[trial_id]
         else:
@@ -567,37 +509,58 @@ class PlanSearcher(Searcher):
                 kind=entry.get("kind", BASELINE if entry["baseline"] else SEARCHED),
                 baseline=entry["baseline"],
                 reference=bool(entry["baseline"]),
-                update=None,
                 tokens=json.dumps(entry["tokens"]),
                 **{f"{rf.SITE_PREFIX}{s}": m for s, m in plan.methods().items()},
             )
+            if self.store is not None:
+                self.store.trial(row)  # on disk before anything that can fail
             self._records.append(row)
             del self._pending[trial_id]
+            self._tally(row)
             if outcome.reward is not None and not entry["baseline"]:
                 self._buffer.append((trial_id, entry["tokens"], float(outcome.reward)))
+        self._failed += outcome.status in rf.FAILED_STATUSES
         try:
             while len(self._buffer) >= self.controller_batch:
                 self._consume(self.controller_batch)
             if len(self._records) >= self.search_trials and self._buffer:
                 self._consume(len(self._buffer))  # the last, partial batch
         finally:
-            self._write_files()
+            self._save_state()
+            self._write_summaries()
         self._log_progress(row)
+
+    def _tally(self, row: dict[str, Any]) -> None:
+        """Keep the best ok trial and the worst ok reward up to date (``run_folder.best_row``'s
+        rule: ok, finite, best by the mode; ties go to the earlier trial)."""
+        o = self.objective
+        value = rf.as_float(row.get(o.metric))
+        if row["status"] not in rf.RANKED_STATUSES or not math.isfinite(value):
+            return
+        if self._best is None or rf.is_better(value, self._best[o.metric], o.mode):
+            self._best = row
+        if row.get("reward") is not None:
+            r = float(row["reward"])
+            self._worst_ok_reward = r if self._worst_ok_reward is None else min(self._worst_ok_reward, r)
 
     def _penalty(self) -> float | None:
         if self.penalty_reward is not None:
             return self.penalty_reward
-        seen = [r["reward"] for r in self._records if r["reward"] is not None and r["status"] == rf.OK]
-        return min(seen) if seen else None
+        return self._worst_ok_reward
 
     def save(self, checkpoint_path: str) -> None:
+        """Ray's checkpoint of this searcher. With a run folder it is a pointer: the state is in
+        the folder (searcher_state.json and the ledger), and ``resume()`` reads it from there;
+        without one (a searcher in your own Tuner) it is the state itself, for Tune's restore."""
+        if self.store is not None:
+            Path(checkpoint_path).write_text(
+                json.dumps({"searcher": self.name, "state": f"{rf.SNAPSHOT} and the ledger in {self.run_dir}"})
+            )
+            return
         state = {
             "version": STATE_VERSION,
             "searcher": self.name,
             "space": self.space.to_dict(),
-            "objective": self.objective.to_dict(),
-            "num_samples": self.num_samples,
-            "controller_batch": self.controller_batch,
             "suggested": self._suggested,
             "pending": self._pending,
             "records": self._records,
@@ -613,54 +576,111 @@ class PlanSearcher(Searcher):
             pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Load a `save()` state and rewrite the run folder's files from it.
-
-        On Tune's resume ``checkpoint_path`` lies in Ray's driver staging folder, which Ray
-        filled with a copy of the run folder. Our own files are deleted from that copy, or
-        Ray's periodic sync would write those stale copies back over the current ones."""
+        """Tune's restore of a searcher without a run folder (a run folder resumes with
+        ``resume()``, which never reads Ray's files)."""
+        if self.store is not None:
+            raise RuntimeError(
+                "a searcher with a run folder resumes from that folder (PlanSearcher.resume, or "
+                "run_search(..., resume=True)), not from Ray's checkpoint"
+            )
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
-        staging = Path(checkpoint_path).parent
-        if _RESUME_INTO and self.run_dir is not None:
-            self.run_dir = _RESUME_INTO.pop()
-            _ACTIVE[self.run_dir] = self
-        if self.run_dir is not None and staging.resolve() != self.run_dir.resolve():
-            for name in OWN_FILES:
-                (staging / name).unlink(missing_ok=True)
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"searcher state version: bad value {state.get('version')!r}; allowed: {STATE_VERSION}")
-        if state["searcher"] != self.name:
-            raise ValueError(
-                f"searcher: bad value {state['searcher']!r} in {checkpoint_path}; "
-                f"allowed: {self.name!r} (the searcher being restored)"
-            )
+        if state.get("version") != STATE_VERSION or state.get("searcher") != self.name:
+            raise ValueError(f"searcher state: bad value {checkpoint_path}; allowed: a {self.name} searcher's save()")
         if state["space"] != self.space.to_dict():
-            raise ValueError(
-                f"space: the saved search space in {checkpoint_path} differs from "
-                "this searcher's; allowed: the space the run started with"
-            )
-        self.num_samples = state["num_samples"]
-        self.controller_batch = state["controller_batch"]
-        self._suggested = state["suggested"]
-        self._pending = state["pending"]
-        self._records = state["records"]
-        self._final_records = state["final_records"]
-        self._final_queue = state["final_queue"]
-        self._final_total = state["final_total"]
-        self._buffer = state["buffer"]
-        self._history = state["history"]
-        self._warmed = bool(state.get("warmed", False))
-        self._seen = None
+            raise ValueError("space: the saved search space differs; allowed: the space the run started with")
+        for key in ("suggested", "pending", "records", "final_records", "final_queue", "final_total", "buffer"):
+            setattr(self, f"_{key}", state[key])
+        self._history, self._warmed, self._seen = state["history"], state["warmed"], None
         self._load_policy_state(state["policy"])
-        self._session = None
-        self._start_session()
-        self._write_files()
+        self._retally()
+
+    def resume(self) -> None:
+        """Continue the search of ``run_dir`` from its ledger and searcher_state.json.
+
+        The ledger is the truth: the trials it holds are done (never re-run); the trials the
+        snapshot knew as running that the ledger lacks run again first. Nothing is unpickled:
+        the snapshot is JSON and the controller's tensors load with ``weights_only=True``.
+        Raises ``SnapshotError`` (one line) on state this product did not write."""
+        if self.store is None:
+            raise ValueError("resume: this searcher has no run folder (run_dir=None)")
+        records, finals, history, state = self.store.load()
+        if state is None:
+            if records or finals:
+                raise SnapshotError(self.run_dir, f"{rf.SNAPSHOT} is missing but the ledger holds trials")
+            return  # stopped before its first suggestion: start as new
+        try:
+            self._load_state(state, records, finals, history)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, SnapshotError):
+                raise
+            raise SnapshotError(
+                self.run_dir, f"{rf.SNAPSHOT} does not hold a state this searcher wrote ({type(exc).__name__}: {exc})"
+            ) from None
         log.info(
-            "searcher restored: %d trials finished, %d to re-run, %d controller updates",
-            len(self._records) + len(self._final_records),
-            len(self._pending),
+            "searcher resumed: %d trials finished, %d to run again, %d controller updates",
+            self.finished,
+            len(self._requeue),
             len(self._history),
         )
+
+    def _load_state(self, state: Mapping[str, Any], records: list, finals: list, history: list) -> None:
+        if state.get("searcher") != self.name:
+            raise SnapshotError(
+                self.run_dir, f"{rf.SNAPSHOT} is a {state.get('searcher')!r} searcher's, not {self.name!r}"
+            )
+        if state.get("space") != self.space.to_dict() or state.get("objective") != self.objective.to_dict():
+            raise SnapshotError(self.run_dir, f"the search space or objective in {rf.SNAPSHOT} differs from the run's")
+        suggested = state["suggested"]
+        if isinstance(suggested, bool) or not isinstance(suggested, int) or suggested < len(records):
+            raise ValueError(f"suggested: bad value {suggested!r}")
+        self._records, self._final_records, self._history = records, finals, history
+        self._suggested = suggested
+        self._warmed = bool(state["warmed"])
+        total = state["final_total"]
+        self._final_total = None if total is None else int(total)
+        done = {r["trial_id"] for r in records} | {r["trial_id"] for r in finals}
+        pending = state["pending"]
+        if not isinstance(pending, dict):
+            raise TypeError("pending is not an object")
+        self._requeue = [
+            _entry_from_json(e)
+            for tid, e in pending.items()
+            if tid not in done and isinstance(e, dict) and e.get("stage") == SEARCH
+        ]
+        self._pending = {}
+        self._seen = None
+        self.load_policy_json(state["policy"])
+        self._final_queue = self._final_plan_queue() if state["final_started"] else None
+        self._rebuild_buffer()
+        self._retally()
+
+    def _retally(self) -> None:
+        self._best, self._worst_ok_reward = None, None
+        for r in self._records:
+            self._tally(r)
+        self._failed = sum(r["status"] in rf.FAILED_STATUSES for r in self._records + self._final_records)
+
+    def _state_json(self) -> dict[str, Any]:
+        """searcher_state.json: what the ledger does not hold (its size does not grow with the run)."""
+        return {
+            "searcher": self.name,
+            "space": self.space.to_dict(),
+            "objective": self.objective.to_dict(),
+            "suggested": self._suggested,
+            "warmed": self._warmed,
+            "final_started": self._final_queue is not None,
+            "final_total": self._final_total,
+            "pending": {tid: _entry_to_json(e) for tid, e in self._pending.items()},
+            "updates": len(self._history),
+            "last_update": self._history[-1] if self._history else None,
+            "policy": self.policy_json(),
+            "saved_at": time.time(),
+        }
+
+    def _save_state(self) -> None:
+        if self.store is not None:
+            self.store.snapshot(self._state_json())
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -685,9 +705,8 @@ class PlanSearcher(Searcher):
         return len(self._records) + len(self._final_records)
 
     def best(self) -> dict[str, Any] | None:
-        """The best search-stage trial (``run_folder.best_row``: ok, best metric)."""
-        best = rf.best_row(self._records, self.objective)
-        return dict(best) if best is not None else None
+        """The best search-stage trial (``run_folder.best_row``'s rule: ok, best metric)."""
+        return dict(self._best) if self._best is not None else None
 
     def final_table(self) -> list[dict[str, Any]]:
         """One row per final plan (see ``controller.final.final_rows``)."""
@@ -695,118 +714,55 @@ class PlanSearcher(Searcher):
 
         return final_rows(self._final_records, self.objective, list(self.baselines), len(self.final_seeds))
 
-    def exported(self, final: list[dict[str, Any]]) -> dict[str, Any]:
-        """What best_plan.json holds: label, kind (searched | baseline | tuned) and how it was chosen."""
-        chosen = next((r for r in final if r["chosen"]), None)
-        if chosen is not None:
-            return {"label": chosen["label"], "kind": chosen["kind"], "selected_by": "final"}
-        best = self.best()
-        if best is None:
-            return {}
-        return {
-            "label": best["baseline"] or best["trial_id"],
-            "kind": best.get("kind") or (BASELINE if best["baseline"] else SEARCHED),
-            "selected_by": "search",
-        }
-
     # ---- internals
     def _consume(self, n: int) -> None:
+        """One update on the next ``n`` rewards. Its order makes any stop recoverable: the
+        policy and a snapshot naming this update are saved first, then the history line is
+        appended (a resume appends it if the stop came between the two), and only then do the
+        rewards leave the buffer."""
         batch = self._buffer[:n]
         stats = self._learn([(tid, list(t), r) for tid, t, r in batch])
-        self._buffer = self._buffer[n:]  # only once the update went through
         if stats is None:
+            self._buffer = self._buffer[n:]
             return
-        update = len(self._history)
-        self._history.append(
-            {
-                "update": update,
-                "step": stats["step"],
-                "trials_seen": len(self._records),
-                **{k: stats[k] for k in ("mean_reward", "baseline", "entropy", "loss")},
-                "time": time.time(),
-            }
-        )
-        ids = {tid for tid, _, _ in batch}
-        for row in self._records:
-            if row["trial_id"] in ids:
-                row["update"] = update
+        row = {
+            "update": len(self._history),
+            "step": stats["step"],
+            "trials_seen": len(self._records),
+            **{k: stats[k] for k in ("mean_reward", "baseline", "entropy", "loss")},
+            "time": time.time(),
+            "trials": [tid for tid, _, _ in batch],
+        }
+        self._history.append(row)
+        self._save_state()
+        if self.store is not None:
+            self.store.update(row)
+        self._buffer = self._buffer[n:]  # only once the update went through
 
     def _start_session(self) -> None:
         if self._session is None:
             self._session = {"start": time.time(), "done_at_start": float(self.finished)}
 
-    def _write_files(self) -> None:
-        if self.run_dir is None:
+    def _write_summaries(self) -> None:
+        """best_plan.json and run_state.json after every trial; final.csv once the final stage is done."""
+        if self.store is None:
             return
-        from controller.final import write_final
-
-        site_cols = [f"{rf.SITE_PREFIX}{s}" for s in self.space.sites]
-        with rf.disk_full_is_fatal(self.run_dir):
-            rf.atomic_write_text(
-                self.run_dir / rf.TRIALS, rf.csv_text(rf.trial_columns(self.objective) + site_cols, self._records)
-            )
-            rf.atomic_write_text(self.run_dir / rf.HISTORY, rf.csv_text(rf.HISTORY_COLUMNS, self._history))
-            final = self.final_table() if self._final_records else []
-            if final:
-                write_final(self.run_dir, final)
-            else:  # e.g. restored from a snapshot taken before the final stage
-                (self.run_dir / rf.FINAL).unlink(missing_ok=True)
-            done = self.finished >= self.total_trials
-            best = self._best_plan(final if done else [])  # the final means only once all are in
-            if best is not None:
-                best.save(self.run_dir / rf.BEST_PLAN)
-            else:
-                (self.run_dir / rf.BEST_PLAN).unlink(missing_ok=True)
-            rf.write_run_state(
-                self.run_dir,
-                "finished" if self.finished >= self.total_trials else "running",
-                self.total_trials,
-                self.finished,
-                exported=self.exported(final if done else []),
-            )
-
-    def _best_plan(self, final: list[dict[str, Any]]) -> Plan | None:
-        """best_plan.json: the chosen row of the final stage once it ran, else the best trial."""
-        o = self.objective
-        chosen = next((r for r in final if r["chosen"]), None)
-        if chosen is not None:
-            plan = Plan.from_json(chosen["plan_json"])
-            plan.metadata = {
-                **plan.metadata,
-                "selected_by": "final",
-                "label": chosen["label"],
-                "kind": chosen["kind"],
-                o.metric: _finite_or_none(chosen["mean"]),
-                o.se_column: _finite_or_none(chosen["se"]),
-                "seeds": chosen["seeds"],
-                "best_baseline": chosen["best_baseline"],
-                "comparison": chosen["comparison"] or ("the best baseline" if chosen["kind"] != SEARCHED else ""),
-                "diff_ci95": [_finite_or_none(chosen["diff_ci95_low"]), _finite_or_none(chosen["diff_ci95_high"])],
-                "trial_id": chosen["trial_id"],
-                "searcher": self.name,
-            }
-            return plan
-        best = self.best()
-        if best is None:
-            return None
-        plan = Plan.from_json(best["plan_json"])
-        plan.metadata = {
-            **plan.metadata,
-            "selected_by": "search",
-            "kind": best.get("kind") or (BASELINE if best["baseline"] else SEARCHED),
-            "comparison": "unproven: no final stage compared it with the baselines",
-            o.metric: _finite_or_none(best[o.metric]),
-            "trial_id": best["trial_id"],
-            o.best_column: _finite_or_none(best[o.best_column]),
-            "baseline": best["baseline"],
-            "searcher": self.name,
-        }
-        return plan
+        done = self.finished >= self.total_trials
+        final = self.final_table() if done and self._final_records else []
+        plan, exported = best_plan_of(final, self.best(), self.objective, self.name)
+        self.store.summaries(
+            final=final,
+            best_plan=plan,
+            status="finished" if done else "running",
+            total=self.total_trials,
+            finished=self.finished,
+            exported=exported,
+        )
 
     def _log_progress(self, row: dict[str, Any]) -> None:
         done, total = self.finished, self.total_trials
-        failed = sum(r["status"] in rf.FAILED_STATUSES for r in self._records + self._final_records)
-        best = self.best()
+        failed = self._failed
+        best = self._best
         metric = self.objective.metric
         session = self._session or {"start": time.time(), "done_at_start": 0.0}
         elapsed = time.time() - session["start"]
@@ -857,9 +813,25 @@ def _seed_list(field: str, value: Any, first: int) -> list[int]:
 
 
 def _finite_or_none(value: Any) -> float | None:
-    """JSON has no NaN: a missing number is null in best_plan.json's metadata."""
-    v = _num(value)
+    """JSON has no NaN: a missing number is null."""
+    v = rf.as_float(value)
     return v if math.isfinite(v) else None
+
+
+def _entry_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A running trial as searcher_state.json keeps it (its plan as the plan's own JSON)."""
+    keep = ("stage", "tokens", "baseline", "kind", "label", "seed", "source", "suggested_at")
+    return {**{k: entry[k] for k in keep if k in entry}, "plan": entry["plan"].to_dict()}
+
+
+def _entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    tokens = entry["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise TypeError("a running trial's tokens are not a list of integers")
+    out = {k: entry[k] for k in ("stage", "baseline", "kind") if k in entry}
+    if not isinstance(out.get("baseline", ""), str):
+        raise TypeError("a running trial's baseline is not text")
+    return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
 
 
 def _hms(seconds: float) -> str:
@@ -867,211 +839,3 @@ def _hms(seconds: float) -> str:
         return "?"
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class ControllerSearcher(PlanSearcher):
-    """Plans sampled from an LSTM controller trained with REINFORCE on the trials' rewards.
-
-    controller_kwargs / reinforce_kwargs go to `LSTMController` / `Reinforce`; ``seed``
-    seeds both the controller's initialisation and its sampling. ``prior_strength`` sets the
-    starting preference for mild plans (``controller.prior.mild_prior``; 0 = uniform);
-    ``recipe_strength`` the extra logits towards the best tuned global recipe once it is known
-    (``controller.prior.recipe_prior``; 0 = do not start from it).
-    """
-
-    name = "controller"
-    warm_starts = True
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        num_samples: int,
-        seed: int = 0,
-        controller_kwargs: Mapping[str, Any] | None = None,
-        reinforce_kwargs: Mapping[str, Any] | None = None,
-        prior_strength: float = 1.5,
-        recipe_strength: float = 2.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(space, num_samples=num_samples, **kwargs)
-        from controller.prior import mild_prior
-
-        if (
-            isinstance(recipe_strength, bool)
-            or not isinstance(recipe_strength, (int, float))
-            or not (math.isfinite(recipe_strength) and recipe_strength >= 0)
-        ):
-            raise ValueError(f"recipe_strength: bad value {recipe_strength!r}; allowed: a number >= 0")
-        self.recipe_strength = float(recipe_strength)
-
-        policy = LSTMController(
-            space.vocab_sizes,
-            seed=seed,
-            prior_logits=mild_prior(space, prior_strength),
-            **dict(controller_kwargs or {}),
-        )
-        self.reinforce = Reinforce(policy, seed=seed, active_fn=space.active_mask, **dict(reinforce_kwargs or {}))
-
-    def _sample_tokens(self, trial_id: str) -> list[int]:
-        return self.reinforce.sample(1)[0]
-
-    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
-        from controller.prior import recipe_prior
-
-        if recipes and self.recipe_strength > 0:
-            self.reinforce.policy.add_prior(recipe_prior(self.space, recipes[0][0], self.recipe_strength))
-
-    def _learn(self, batch: list[tuple[str, list[int], float]]) -> dict[str, Any]:
-        return self.reinforce.update([t for _, t, _ in batch], [r for _, _, r in batch])
-
-    def _policy_state(self) -> Any:
-        return self.reinforce.state_dict()
-
-    def _load_policy_state(self, state: Any) -> None:
-        self.reinforce.load_state_dict(state)
-
-
-class RandomSearcher(PlanSearcher):
-    """Uniform samples over the same space: the baseline every controller search is compared with."""
-
-    name = "random"
-
-    def __init__(self, space: SearchSpace, *, num_samples: int, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(space, num_samples=num_samples, **kwargs)
-        self.rng = np.random.default_rng(seed)
-
-    def _sample_tokens(self, trial_id: str) -> list[int]:
-        return self.space.random_tokens(self.rng)
-
-    def _policy_state(self) -> Any:
-        return self.rng.bit_generator.state
-
-    def _load_policy_state(self, state: Any) -> None:
-        self.rng.bit_generator.state = state
-
-
-class TPESearcher(PlanSearcher):
-    """Optuna's TPE over the same conditional plan space (an Optuna study driven by ask/tell).
-
-    The space is written define-by-run: per group, the method first, then only the parameters
-    that method uses (``SearchSpace.active_mask``), so TPE models each method's parameters
-    only where they matter. Rewards reach Optuna as the objective ("maximize"); the tuned
-    global recipes enter the study as finished trials before the first sampled plan.
-    """
-
-    name = "tpe"
-    warm_starts = True
-
-    def __init__(
-        self, space: SearchSpace, *, num_samples: int, seed: int = 0, n_startup_trials: int = 8, **kwargs: Any
-    ) -> None:
-        super().__init__(space, num_samples=num_samples, **kwargs)
-        self.seed = int(seed)
-        self.n_startup_trials = int(n_startup_trials)
-        self._study = self._make_study()
-        self._open: dict[str, int] = {}  # trial_id -> Optuna trial number
-
-    def _make_study(self) -> Any:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna's words
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True, group=True
-            )
-        return optuna.create_study(direction="maximize", sampler=sampler)
-
-    def _sample_tokens(self, trial_id: str) -> list[int]:
-        trial = self._study.ask()
-        self._open[trial_id] = trial.number
-        return _DefineByRun(self.space)(trial)
-
-    def _tell(self, trial_id: str, reward: float | None) -> None:
-        import optuna
-
-        number = self._open.pop(trial_id, None)
-        if number is None:
-            return
-        if reward is None:
-            self._study.tell(number, state=optuna.trial.TrialState.FAIL)
-        else:
-            self._study.tell(number, reward)
-
-    def _discard(self, trial_id: str, tokens: list[int], reward: float | None) -> None:
-        self._tell(trial_id, reward)  # a repeat: its known reward, or a failed ask while it runs
-
-    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
-        import optuna
-
-        for tokens, reward in recipes:
-            params, dists = _DefineByRun(self.space).params(tokens)
-            self._study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=reward))
-
-    def _learn(self, batch: list[tuple[str, list[int], float]]) -> None:
-        for trial_id, _, reward in batch:
-            self._tell(trial_id, reward)
-        return None
-
-    def _record(self, trial_id: str, entry: dict[str, Any], result: Mapping[str, Any] | None, errored: bool) -> None:
-        super()._record(trial_id, entry, result, errored)
-        # a sampled trial that gave no reward (worker crash) must not stay open in Optuna
-        if trial_id in self._open and trial_id not in {t for t, _, _ in self._buffer}:
-            self._tell(trial_id, None)
-
-    def _policy_state(self) -> Any:
-        return pickle.dumps({"study": self._study, "open": self._open})  # study, open trials, sampler RNG
-
-    def _load_policy_state(self, state: Any) -> None:
-        loaded = pickle.loads(state)
-        self._study, self._open = loaded["study"], loaded["open"]
-
-
-class _DefineByRun:
-    """Optuna's define-by-run space for a SearchSpace: per group the method, then only the
-    parameters it uses (one categorical over token indices per active decision)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-
-    def __call__(self, trial: Any) -> list[int]:
-        tokens = [0] * len(self.space.decisions)
-        for i, d in enumerate(self.space.decisions):
-            if self.space.active_mask(tokens)[i]:
-                tokens[i] = int(trial.suggest_categorical(self._name(i), list(range(len(d.choices)))))
-        return tokens
-
-    def _name(self, i: int) -> str:
-        d = self.space.decisions[i]
-        return f"{i}:{d.site}:{d.param}"
-
-    def params(self, tokens: list[int]) -> tuple[dict[str, int], dict[str, Any]]:
-        """The Optuna parameters and distributions of a finished plan's tokens (to add it to a study)."""
-        from optuna.distributions import CategoricalDistribution
-
-        active = self.space.active_mask(tokens)
-        names = [i for i, on in enumerate(active) if on]
-        params = {self._name(i): int(tokens[i]) for i in names}
-        dists = {
-            self._name(i): CategoricalDistribution(list(range(len(self.space.decisions[i].choices)))) for i in names
-        }
-        return params, dists
-
-
-SEARCHERS: dict[str, type[PlanSearcher]] = {
-    "controller": ControllerSearcher,
-    "random": RandomSearcher,
-    "tpe": TPESearcher,
-}
-
-
-def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearcher:
-    """The searcher named ``search`` (controller, random or tpe)."""
-    if search not in SEARCHERS:
-        raise ValueError(f"search: bad value {search!r}; allowed: {', '.join(SEARCHERS)}")
-    cls = SEARCHERS[search]
-    if cls is not ControllerSearcher:
-        for key in ("controller_kwargs", "reinforce_kwargs", "prior_strength", "recipe_strength"):
-            kwargs.pop(key, None)
-    return cls(space, **kwargs)

@@ -186,7 +186,7 @@ def fake_run(tmp_path: Path) -> Path:
     """A finished run folder written by a searcher without Ray (4 digits_cnn trials)."""
     from child_trainer import build_model
     from child_trainer.train import TrainConfig
-    from controller.searcher import RandomSearcher
+    from controller.policies import RandomSearcher
     from search_space import SearchSpace
 
     space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), share="stage", model_name="digits_cnn")

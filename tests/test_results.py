@@ -410,7 +410,7 @@ def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, caps
 def test_best_plan_and_export_rank_1_agree_when_a_stopped_trial_scores_highest(tmp_path: Path, capsys) -> None:
     """Under ASHA a stopped trial's value comes from fewer epochs: neither the searcher's
     best_plan.json nor `results export --rank 1` may pick it (run_folder.best_row decides both)."""
-    from controller.searcher import RandomSearcher
+    from controller.policies import RandomSearcher
     from search_space import Plan, SearchSpace
 
     space = SearchSpace([("a", ["a"]), ("b", ["b"])], model="m")

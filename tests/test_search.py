@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
-from controller.searcher import NO_REPORT_ERROR, PARTIAL_ERROR, ControllerSearcher, RandomSearcher, trial_outcome
+from controller.outcome import NO_REPORT_ERROR, PARTIAL_ERROR, trial_outcome
+from controller.policies import ControllerSearcher, RandomSearcher
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 
@@ -110,7 +111,8 @@ def test_out_of_order_completions_form_batches_in_completion_order(tmp_path):
     assert list(hist[0]) == HISTORY_COLUMNS
     assert list(rows[0])[: len(TRIAL_COLUMNS)] == TRIAL_COLUMNS
     assert [r["trial_id"] for r in rows] == ["t3", "t1", "t0", "t5", "t2", "t6", "t4"]
-    assert [r["update"] for r in rows] == ["0", "0", "", "1", "1", "2", "2"]
+    update_of = {t: h["update"] for h in hist for t in json.loads(h["trials"])}
+    assert [update_of.get(r["trial_id"], "") for r in rows] == ["0", "0", "", "1", "1", "2", "2"]
     assert [int(h["step"]) for h in hist] == [1, 2, 3]
     assert [int(h["trials_seen"]) for h in hist] == [2, 5, 7]
     for h, batch in zip(hist, (["t3", "t1"], ["t5", "t2"], ["t6", "t4"])):
@@ -160,21 +162,35 @@ def _strip_time(rows):
 
 
 @pytest.mark.parametrize("cls", [ControllerSearcher, RandomSearcher])
-def test_save_restore_continues_exactly(tmp_path, cls):
+def test_resume_from_the_run_folder_continues_exactly(tmp_path, cls):
+    """A copy of the run folder taken mid-search (as a hard kill leaves it) resumes to the same
+    plans, records and controller steps as the search that went on; nothing is unpickled."""
+    import shutil
+
     vals = {f"t{i}": 0.4 + 0.03 * i for i in range(9)}
     kw = dict(num_samples=8, seed=5, penalty_reward=PENALTY, baselines=none_baseline(tiny_space()))
     if cls is ControllerSearcher:
         kw["controller_batch"] = 2
     a = cls(tiny_space(), run_dir=tmp_path / "a", **kw)
-    _drive(a, ["t0", "t1", "t2", "t3", "t4"], ["t2", "t0", "t4"], vals)  # t1, t3 pending
-    a.save(str(tmp_path / "state.pkl"))
+    first = _drive(a, ["t0", "t1", "t2", "t3", "t4"], ["t2", "t0", "t4"], vals)  # t1, t3 running
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
     b = cls(tiny_space(), run_dir=tmp_path / "b", **kw)
-    b.restore(str(tmp_path / "state.pkl"))
-    assert len(read_csv(tmp_path / "b" / "trials.csv")) == 3  # files rewritten from the state
-    rest = (["t5", "t6", "t7", "t8"], ["t1", "t5", "t3", "t6", "t8", "t7"])
-    assert _drive(a, *rest, vals) == _drive(b, *rest, vals)
-    assert _strip_time(a.records) == _strip_time(b.records)
-    assert _strip_time(a.history) == _strip_time(b.history)
+    b.resume()
+    assert [r["trial_id"] for r in b.records] == ["t2", "t0", "t4"] and b.finished == 3
+    again = [b.suggest(t)["tokens"] for t in ("r1", "r3")]  # the running trials run again first
+    assert again == [first[1], first[3]]
+    vals.update(r1=vals["t1"], r3=vals["t3"])
+    rest_a = (["t5", "t6", "t7", "t8"], ["t1", "t5", "t3", "t6", "t8", "t7"])
+    rest_b = (["t5", "t6", "t7", "t8"], ["r1", "t5", "r3", "t6", "t8", "t7"])
+    assert _drive(a, *rest_a, vals) == _drive(b, *rest_b, vals)
+
+    def same(rows):
+        return [
+            {k: v for k, v in r.items() if k not in ("time", "seconds", "trial_id", "trials", "plan")} for r in rows
+        ]
+
+    assert same(a.records) == same(b.records)
+    assert same(a.history) == same(b.history)
     if cls is ControllerSearcher:
         assert [h["step"] for h in b.history] == [1, 2, 3, 4]
         assert a.reinforce.sample(3) == b.reinforce.sample(3)
@@ -233,7 +249,7 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
-    assert config["searcher"] == "controller" and config["version"] == 2
+    assert config["searcher"] == "controller" and config["version"] == 3
     assert config["train"]["epochs"] == 1 and config["args"]["train_size"] == 100
     space = SearchSpace.from_dict(config["space"])
     rows = read_csv(run / "trials.csv")
@@ -252,7 +268,7 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     hist = read_csv(run / "controller_history.csv")  # 5 sampled trials, batch 2: 2 + 2 + 1
     assert [int(h["step"]) for h in hist] == [1, 2, 3]
     for h in hist:
-        used = [float(r["reward"]) for r in rows if r["update"] == h["update"]]
+        used = [float(r["reward"]) for r in rows if r["trial_id"] in json.loads(h["trials"])]
         assert float(h["mean_reward"]) == pytest.approx(np.mean(used), abs=1e-6)
     best = Plan.load(run / "best_plan.json")
     ok_vals = [float(r["val_acc"]) for r in rows if r["status"] == "ok"]
@@ -320,7 +336,8 @@ def test_failed_diverged_and_crashed_trials_never_stop_the_search(ray_session, m
     assert crashed[0]["reward"] == ""  # a dead worker says nothing about the plan
     assert all("loss is nan" in r["error"] for r in by_status["diverged"])
     hist = read_csv(run / "controller_history.csv")
-    learned = [r for r in rows if r["update"] != ""]
+    used = {t for h in read_csv(run / "controller_history.csv") for t in json.loads(h["trials"])}
+    learned = [r for r in rows if r["trial_id"] in used]
     assert len(learned) == 5 and sum(1 for _ in hist) == 3  # 5 rewards, batch 2: 2 + 2 + 1
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
 
@@ -473,11 +490,12 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     hist = read_csv(run / "controller_history.csv")
     assert json.loads((run / "run_state.json").read_text())["status"] == "finished"
     assert len(rows) == total and len({r["trial_id"] for r in rows}) == total
-    assert rows[: len(first)] == [{**r, "update": rows[i]["update"]} for i, r in enumerate(first)]
+    assert rows[: len(first)] == first  # appended, never rewritten
     starts = Counter(
         line.split()[0] for line in (scratch / "calls.log").read_text().splitlines() if line.endswith(" start")
     )
-    assert set(starts) == {r["trial_id"] for r in rows}
+    ids = {r["trial_id"] for r in rows}
+    assert ids <= set(starts) and len(set(starts) - ids) <= 1  # the interrupted trial ran again under a new id
     assert all(starts[r["trial_id"]] == 1 for r in first)  # finished trials never ran again
     assert sum(starts.values()) <= total + 1  # at most the one interrupted trial ran twice
     # The controller went on from its saved step: the history extends the first run's rows.
@@ -485,7 +503,8 @@ def test_interrupt_then_resume_finishes_only_the_remaining_trials(ray_session, t
     assert [int(h["step"]) for h in hist] == list(range(1, len(hist) + 1))
     assert [int(h["update"]) for h in hist] == list(range(len(hist)))
     assert len(hist) == 5  # 9 sampled trials, batch 2: 4 full batches + the last one
-    assert len([p for p in run.iterdir() if p.name.startswith("trial_")]) == total
+    dirs = {p.name for p in run.iterdir() if p.name.startswith("trial_")}
+    assert {f"trial_{i}" for i in ids} <= dirs and len(dirs) <= total + 1
     assert "Best in search" in out
 
 
@@ -504,10 +523,10 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
     # launch() turns the final stage off; the later flags turn it back on (argparse: last one wins)
     proc = launch(tmp_path, ray_session, "--num-samples", "3", "--epochs", "2", "--final-top-k", "1",
                   "--final-seeds", "2", "--max-concurrent", "1", "--data-dir", str(scratch))  # fmt: skip
-    out = interrupt_when(proc, lambda: (run / "final.csv").is_file())
+    out = interrupt_when(proc, lambda: len(read_csv(run / "final_trials.csv")) >= 1)
     assert proc.returncode == 130, out[-3000:]
-    partial = read_csv(run / "final.csv")
-    assert 1 <= sum(int(r["seeds"]) for r in partial) < 4
+    partial = read_csv(run / "final_trials.csv")  # the final stage's ledger; final.csv comes when it is done
+    assert 1 <= len(partial) < 4 and not (run / "final.csv").exists()
     proc = launch(tmp_path, ray_session, "--resume")
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out[-3000:]
@@ -517,7 +536,8 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
     starts = Counter(
         line.split()[0] for line in (scratch / "calls.log").read_text().splitlines() if line.endswith(" start")
     )
-    assert len(starts) == 8 and sum(starts.values()) <= 9  # 4 search + 4 final; at most one ran twice
+    assert all(starts[r["trial_id"]] == 1 for r in partial)  # finished re-trainings never ran again
+    assert 8 <= len(starts) <= 9 and sum(starts.values()) <= 9  # 4 search + 4 final; at most one ran twice
     assert "Verdict:" in out
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from controller.final import final_rows, verdict
 from controller.run_folder import Objective
-from controller.searcher import MAX_REDRAWS, ControllerSearcher, RandomSearcher, TPESearcher
+from controller.policies import ControllerSearcher, RandomSearcher, TPESearcher
+from controller.searcher import MAX_REDRAWS
 from controller.stats import BETTER, CANNOT_TELL, TOO_FEW, WORSE, paired
 from search_space.baselines import tuned_grid
 from search_space.plan import Plan, SiteSpec, plan_key
@@ -150,7 +151,7 @@ def test_tuned_baselines_are_recorded_and_never_reach_the_controller(tmp_path: P
         assert s.suggest(tid)["label"] == "searched"
     for tid in ids:
         s.on_trial_complete(tid, ok(0.75))
-    learned = {tid for h in s.records if h["update"] is not None for tid in [h["trial_id"]]}
+    learned = {tid for h in s.history for tid in h["trials"]}
     assert learned == set(ids)  # only sampled plans reached an update
     rows = {r["trial_id"]: r for r in s.records}
     assert [rows[f"t{i}"]["kind"] for i in range(5)] == ["baseline", "tuned", "tuned", "tuned", "tuned"]

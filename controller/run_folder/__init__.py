@@ -8,11 +8,18 @@ Layout::
 
     search_config.json      how the search was started (objective, space, settings)
     run_state.json          running | interrupted | finished, and how many trials are done
-    trials.csv              one row per finished trial (TRIAL_COLUMNS, then one column per site)
-    controller_history.csv  one row per controller update (HISTORY_COLUMNS)
-    final.csv               the final re-training of the top plans and the baselines
-    best_plan.json          the plan to take home (see ``best_plan_row``)
-    trial_*/                Ray Tune's per-trial folders
+    trials.csv              ledger: one row per finished trial (trial_columns, then one per site)
+    controller_history.csv  ledger: one row per controller update (HISTORY_COLUMNS)
+    final_trials.csv        ledger: one row per final re-training (FINAL_TRIAL_COLUMNS)
+    final.csv               the final stage's table (FINAL_COLUMNS), written once it is complete
+    best_plan.json          the plan to take home (see ``controller.final``)
+    searcher_state.json     the searcher's state as data (counters, running trials, RNG)
+    searcher_policy.pt      the controller's weights and optimizer (tensors only: weights_only)
+    trial_*/                Ray Tune's per-trial folders (never read back by this project)
+
+The three ledger files are appended one complete line at a time and never rewritten
+(``controller.run_folder.ledger``); a resume rebuilds the search from them and the state
+files, never from Ray's pickles (``controller.run_folder.resume``).
 """
 
 from __future__ import annotations
@@ -39,7 +46,11 @@ __all__ = [
     "TRIALS",
     "HISTORY",
     "FINAL",
+    "FINAL_TRIALS",
+    "FINAL_TRIAL_COLUMNS",
     "BEST_PLAN",
+    "SNAPSHOT",
+    "POLICY",
     "OK",
     "STOPPED",
     "DIVERGED",
@@ -73,7 +84,10 @@ RUN_STATE = "run_state.json"
 TRIALS = "trials.csv"
 HISTORY = "controller_history.csv"
 FINAL = "final.csv"
+FINAL_TRIALS = "final_trials.csv"
 BEST_PLAN = "best_plan.json"
+SNAPSHOT = "searcher_state.json"
+POLICY = "searcher_policy.pt"
 
 # Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that a
 # scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped trial's value was
@@ -85,7 +99,8 @@ FAILED_STATUSES = (FAILED, DIVERGED)
 RANKED_STATUSES = (OK,)
 
 SITE_PREFIX = "site:"
-HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss", "time"]
+#: ``trials``: the trial ids whose rewards this update used (JSON list).
+HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss", "time", "trials"]
 FINAL_COLUMNS = [
     "label",
     "kind",
@@ -106,6 +121,24 @@ FINAL_COLUMNS = [
     "chosen",
     "methods",
     "plan_json",
+]
+#: final_trials.csv: one final re-training (one finalist, one fresh seed).
+FINAL_TRIAL_COLUMNS = [
+    "trial_id",
+    "order",
+    "label",
+    "seed",
+    "source",
+    "searcher",
+    "status",
+    "value",
+    "error",
+    "seconds",
+    "node",
+    "precision",
+    "epochs",
+    "plan_json",
+    "methods",
 ]
 MODES = ("max", "min")
 TRANSFORMS = ("identity", "negate", "neg_log")
@@ -173,16 +206,19 @@ class Objective:
 def trial_columns(objective: Objective) -> list[str]:
     """trials.csv's columns before the per-site ones.
 
-    ``baseline`` names the hand-set plan of a baseline trial (empty for searched plans);
-    ``reference`` is 1 for baseline trials (they never enter a controller update). The
-    metric's column holds the final value (mean over the reward seeds), ``<metric>_se`` its
-    standard error and ``<metric>_seeds`` every seed's value (JSON list).
+    ``kind`` is baseline (hand-set), tuned (a global recipe's grid point) or searched;
+    ``baseline`` names a baseline's label (``tuned-<method>`` for tuned ones; empty for
+    searched plans); ``reference`` is 1 for both (they never enter a controller update; which
+    update a searched trial reached is in controller_history.csv's ``trials``). The metric's
+    column holds the final value (mean over the reward seeds), ``<metric>_se`` its standard
+    error and ``<metric>_seeds`` every seed's value (JSON list).
     """
     m = objective
     return [
         "trial_id",
         "order",
         "searcher",
+        "kind",
         "baseline",
         "status",
         m.metric,
@@ -198,7 +234,6 @@ def trial_columns(objective: Objective) -> list[str]:
         "plan_json",
         "methods",
         "reference",
-        "update",
         "tokens",
     ]
 
@@ -364,7 +399,11 @@ def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
     columns = trial_columns(objective)
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=columns)
-    with path.open(newline="", encoding="utf-8") as f:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    cut = text.rfind("\n") + 1
+    if cut < len(text):
+        log.warning("%s: a torn last line (an interrupted write) is ignored", path)
+    with io.StringIO(text[:cut], newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None) or []
         missing = [c for c in ("trial_id", "status", objective.metric, "plan_json") if c not in header]
@@ -374,12 +413,16 @@ def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
                 f"written by a search with metric {objective.metric!r}"
             )
         rows = []
+        seen: set[str] = set()
         for line_no, cells in enumerate(reader, start=2):
             row = dict(zip(header, cells))
             problem = _row_problem(row, len(cells), len(header), objective)
+            if not problem and row["trial_id"] in seen:
+                problem = f"trial {row['trial_id']} is already recorded (a duplicated row)"
             if problem:
                 log.warning("%s line %d dropped: %s", path, line_no, problem)
                 continue
+            seen.add(row["trial_id"])
             rows.append(row)
     df = pd.DataFrame(rows, columns=header)
     for col in (objective.metric, objective.se_column, objective.best_column, *NUMERIC_TRIAL_COLUMNS):
