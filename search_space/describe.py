@@ -248,13 +248,20 @@ def describe(
             {
                 "site": info.path,
                 "module": info.module_type,
-                "shape": "x".join(str(d) for d in info.shape) if info.shape else "-",
+                "shape": _shown(info) if info.shape else "-",
                 "layout": info.layout,
                 "stage": info.stage or "-",
                 "methods": ", ".join(allowed) if allowed else "-",
             }
         )
     return pd.DataFrame(rows, columns=["site", "module", "shape", "layout", "stage", "methods"])
+
+
+def _shown(info: SiteInfo) -> str:
+    """The shape with its batch axis as N (the probe may have doubled a batch of one)."""
+    axes = info.layout.split(",") if info.layout != "other" else []
+    dims = ["N" if i < len(axes) and axes[i] == "N" else str(d) for i, d in enumerate(info.shape)]
+    return f"({', '.join(dims)})"
 
 
 # ------------------------------------------------------------------ plan checks
