@@ -387,8 +387,9 @@ def run_search(
         final_top_k, final_seeds: re-train the K best sampled plans and every baseline with S
             fresh seeds (final.csv); ``best_plan.json`` is then chosen from those means.
         extra_config: saved in search_config.json (e.g. the command line that started it).
-        verbose: log one line per finished trial (logger ``controller.progress``; shown on
-            stderr when logging is not set up). Quiet by default (a notebook).
+        verbose: show the searcher's line per finished trial (``[k/N] trial ... best ... ETA``,
+            logger ``controller.searcher``) on stderr even where logging is not set up (a
+            notebook, a script); quiet by default.
         callbacks: Ray Tune ``Callback`` objects, passed to ``tune.RunConfig`` (not on resume).
 
     Raises TypeError for an argument of the wrong type and ValueError (``FieldError``) for a
@@ -527,12 +528,27 @@ def run_search(
         lock.release()
 
 
+def _show_progress() -> None:
+    """verbose=True: the searcher's and the driver's INFO lines reach stderr."""
+    import sys
+
+    for name in ("controller.searcher", "controller.api"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    parent = logging.getLogger("controller")
+    if not logging.getLogger().handlers and not parent.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        parent.addHandler(handler)
+
+
 def _check_callbacks(callbacks: Any) -> list[Any]:
     if callbacks is None:
         return []
     from ray.tune import Callback
 
-    if isinstance(callbacks, Callback) or not isinstance(callbacks, Sequence):
+    if isinstance(callbacks, (Callback, str)) or not isinstance(callbacks, Sequence):
         raise TypeError(f"callbacks: expected a list of ray.tune.Callback, got {type(callbacks).__name__}")
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
@@ -708,12 +724,8 @@ def _execute(
         _ship_by_value(train_fn)
         trainable = tune.with_resources(make_trainable(train_fn, objective), res)
         total = _total_trials(config)
-        progress = []
         if verbose:
-            from controller.progress import ProgressCallback, enable_progress_logging
-
-            enable_progress_logging()
-            progress = [ProgressCallback(objective.metric, total)]
+            _show_progress()
         if resume:
             searchers.resume_into(run_dir)
             tuner = tune.Tuner.restore(
@@ -744,7 +756,7 @@ def _execute(
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0), fail_fast=False),
                     sync_config=tune.SyncConfig(sync_period=5),
-                    callbacks=[*progress, *callbacks],
+                    callbacks=list(callbacks),
                 ),
             )
         log.info(
