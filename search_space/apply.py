@@ -32,7 +32,13 @@ holding such layers is an embedding site. Any ``nn.MultiheadAttention`` accepts 
 (same parameters, so the same state_dict), which computes attention unfused with the
 projections regularized, only in training and only while one of its regularizers is
 active; otherwise (and always in eval, fast path included) it is the stock module.
-Sequence regularizers at sites of a ``batch_first=False`` layer are told so.
+Sequence regularizers at sites of a ``batch_first=False`` layer (the model itself included)
+are told so. ``nn.TransformerDecoderLayer`` offers the same sites plus its cross-attention
+(``multihead_attn:q|k|v``, ``dropout2``) and ``dropout3``. Sites inside torch's Transformer
+layers switch their class (`RegularizedDropout`, `regularized_class`) instead of taking a
+forward hook: a hook turns off the layer's fused eval fast path, whose output differs.
+
+Shape-aware sites (any model, an example input): `search_space.describe`.
 
 Pattern ``residual=True``: the same pattern (a second, independent instance) is also
 applied to the output of the nearest enclosing residual block of the site, i.e. to the
