@@ -4,11 +4,16 @@
     python launch_search.py --dataset cifar10 --model resnet20 --data-dir data \\
         --epochs 30 --num-samples 200 --gpus-per-trial 0.25 --scheduler asha --address auto
     python launch_search.py --resume --name NAME  # finish an interrupted run
+    python launch_search.py --model mymodels:make_net --describe   # your model's sites, no Ray
 
 A thin command over the search API (``controller.run_search``) with our built-in children
 (``child_trainer.trial``) or ``--child module:function`` (train_child's signature). Every flag
 is checked before Ray starts. Everything lands in STORAGE/NAME/ (see README).
-Exit codes: 0 finished, 2 bad arguments, 130 interrupted (resume with --resume), 1 crash.
+``--model package.module:factory`` trains your own model (importable from the current folder)
+with the built-in trainer; ``--describe`` prints the model's sites (output shapes, stages,
+allowed methods) and exits without starting Ray.
+Exit codes: 0 finished, 2 bad arguments, 130 interrupted (resume with --resume), 1 crash or a
+search in which every trial failed.
 """
 
 from __future__ import annotations
@@ -78,7 +83,13 @@ SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
     ("--controller-batch", int, 4, "finished trials per REINFORCE update"),
     ("--controller-lr", float, 0.05, "controller Adam learning rate in (0, 1] (0.01 suits hundreds of trials)"),
     ("--sites", str, "stage", "stage (one decision set per stage or block), all, or module paths / globs"),
-    ("--child", str, None, "module:function or file.py:function with train_child's signature (config, plan, report)"),
+    (
+        "--child",
+        str,
+        None,
+        "module:function or file.py:function with train_child's signature (config, plan, "
+        "report); sites come from the module's child_model(config) when it has one, else from --model",
+    ),
     ("--address", str, None, "join a running Ray cluster (host:port or auto); default: local Ray"),
     ("--storage-path", str, "runs", "parent folder of the run folder"),
     ("--name", str, None, "run folder name (default DATASET-MODEL-SEARCH-DATE-TIME)"),
@@ -86,7 +97,7 @@ SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
 ]
 TRAIN_HELP = {
     "dataset": "digits; builtin_text for transformer_lm",
-    "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise",
+    "model": "digits_cnn for digits, transformer_lm for text, resnet20 otherwise; or package.module:factory",
     "train_size": "200 for digits, 20000 tokens for transformer_lm, the whole training split otherwise",
     "epochs": f"150 for digits, 30 for transformer_lm, {DEFAULT_EPOCHS} otherwise",
     "batch_size": "32 for digits and transformer_lm, the trainer's otherwise",
@@ -108,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
             flag, type=typed(kind) if kind is not str else None, default=default, help=f"{text} (default {default})"
         )
     p.add_argument("--resume", action="store_true", help="finish the run --name; its saved settings are used")
+    p.add_argument(
+        "--describe",
+        action="store_true",
+        help="print the model's candidate sites (output shape, stage, allowed methods) and exit; Ray does not start",
+    )
     return p
 
 
@@ -170,8 +186,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.baselines is None:
-        args.baselines = "none,dropout" if args.model in TRANSFORMERS else ",".join(BASELINE_NAMES)
+    if args.baselines is None and args.model in TRANSFORMERS:
+        args.baselines = "none,dropout"
+    elif args.baselines is None and ":" not in args.model and not args.child:
+        args.baselines = ",".join(BASELINE_NAMES)  # your own model: set in main, from its space
     recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "amp", "seq_len") if getattr(args, k) is not None}
     threads = max(1, int(min(args.cpus_per_trial, 1024)))
     try:
@@ -190,7 +208,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def model_and_example(train: dict[str, Any]) -> tuple[Any, Any, Any, float]:
+def model_and_example(train: dict[str, Any], child: str | None = None) -> tuple[Any, Any, Any, float]:
     """The model factory, one real input batch (the baselines place their layers by feature-map
     size), the objective and the penalty reward (the reward of chance level). Loads the data
     once on the driver, so a missing --data-dir fails here, not in every trial."""
@@ -206,7 +224,26 @@ def model_and_example(train: dict[str, Any]) -> tuple[Any, Any, Any, float]:
         penalty = objective.reward(chance_level(train))
     except ValueError as e:
         raise _usage(e) from None
-    return ChildModel(train), example, objective, penalty
+    return ChildModel(train, child, paths=[str(Path.cwd())]), example, objective, penalty
+
+
+def describe_model(model_fn: Any, example: Any) -> str:
+    """--describe: the sites table of the chosen model on one real input."""
+    import pandas as pd
+
+    from search_space.describe import describe
+
+    table = describe(model_fn(), example)
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 60, "display.width", 200):
+        return table.to_string(index=False)
+
+
+def default_baselines(model_fn: Any, example: Any) -> str:
+    """Your own model: every baseline when it has feature maps for block methods, else none,dropout."""
+    from search_space.space import SearchSpace
+
+    space = SearchSpace.for_model(model_fn(), example_input=example)
+    return ",".join(BASELINE_NAMES) if "dropblock" in space.methods else "none,dropout"
 
 
 def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
@@ -248,6 +285,8 @@ def _setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
+    if str(Path.cwd()) not in sys.path:  # --model package.module:factory, from the current folder
+        sys.path.insert(0, str(Path.cwd()))
     from controller.api import check_resumable, check_storage, run_search
     from search_space.errors import FieldError
 
@@ -259,12 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_resumable(storage / args.name)
                 args = _saved_args(args, storage / args.name)
             train = resolve(args)
-            model_fn, example, objective, penalty = model_and_example(train)
+            model_fn, example, objective, penalty = model_and_example(train, args.child)
+            if args.describe:
+                print(describe_model(model_fn, example))
+                return EXIT_OK
+            if args.baselines is None:
+                args.baselines = default_baselines(model_fn, example)
             from child_trainer.trial import ChildTrain
 
             args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
             result = run_search(
-                model_fn, ChildTrain(train, args.child), **{k: getattr(args, k) for k in SAME_NAMES},
+                model_fn, ChildTrain(train, args.child, paths=[str(Path.cwd())]),
+                **{k: getattr(args, k) for k in SAME_NAMES},
                 metric=objective.metric, mode=objective.mode, reward_transform=objective.transform,
                 storage_path=storage, name=args.name, resume=args.resume, max_epochs=args.epochs,
                 resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
@@ -289,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     print(result.summary)
+    if result.status == "failed" and result.error.startswith(("every trial failed", "no trial of")):
+        log.error("search failed: %s", result.error)
+        return EXIT_CRASH
     if result.status == "failed":
         log.error("search stopped: %s; resume with --resume --name %s once fixed", result.error, args.name)
         return EXIT_CRASH

@@ -23,7 +23,12 @@ PROG = "python -m child_trainer"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    add_train_flags(parser)
+    add_train_flags(
+        parser,
+        defaults={"dataset": None},
+        help_defaults={"dataset": "digits; builtin_text for transformer_lm", "lr": "0.1 (SGD) or 3e-3 (AdamW)",
+                       "label_smoothing": "0.1 for images, 0 for transformer_lm"},
+    )  # fmt: skip
     parser.add_argument("--threads", dest="num_threads", type=typed(int), help="alias of --num-threads")
     parser.add_argument("--plan", help="regularization plan JSON (search_space.Plan)")
     parser.add_argument("--json", action="store_true", help="print the result dict as the last stdout line")
@@ -57,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     fields = set(train_fields())
+    if args.dataset is None:  # the model's own data: a language model reads text
+        from .models import is_lm
+
+        args.dataset = "builtin_text" if is_lm(args.model) else "digits"
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         plan = load_plan_file(args.plan) if args.plan is not None else None

@@ -280,8 +280,9 @@ class Vocabulary:
             missing = next((t for t in tokens if t not in self.index), None)
             if missing is not None:
                 raise DataError(
-                    f"text: word {missing!r} of a held-out split is not in the training vocabulary "
-                    f"and the corpus has no {UNK} token"
+                    "dataset",
+                    detail=f"word {missing!r} of a held-out split is not in the training vocabulary "
+                    f"and the corpus has no {UNK} token",
                 )
             return np.fromiter((self.index[t] for t in tokens), dtype=np.int64, count=len(tokens))
         return np.fromiter((self.index.get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
@@ -322,8 +323,10 @@ def _find_text_files(name: str, data_dir: Path) -> tuple[Path, Path, Path]:
                 return paths  # type: ignore[return-value]
     where = ", ".join(str(data_dir / s) if s else str(data_dir) for s in subdirs)
     raise DataError(
-        f"{name} not found: expected {', '.join(standard)} (or {', '.join(_RENAMED)}) in one of "
-        f"{where} (from --data-dir {data_dir}); nothing is downloaded"
+        "data_dir",
+        str(data_dir),
+        f"a folder holding {name}'s {', '.join(standard)} (or {', '.join(_RENAMED)}); nothing is downloaded",
+        detail=f"bad value {str(data_dir)!r} ({name} not found in any of {where})",
     )
 
 
@@ -387,7 +390,7 @@ def load_text(
     if name not in TEXT_DATASETS:
         raise ValueError(f"dataset: bad value {name!r}; allowed: {', '.join(TEXT_DATASETS)}")
     if train_tokens is not None and train_tokens < 2:
-        raise DataError(f"train_size: bad value {train_tokens}; allowed: None or >= 2 (training tokens)")
+        raise DataError("train_size", train_tokens, "None or >= 2 (training tokens)")
     if name == "builtin_text":
         train, val, test = _builtin_splits()
         vocab = _vocabulary(train, BUILTIN_VOCAB)

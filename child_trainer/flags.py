@@ -22,8 +22,9 @@ HELP = {
     "train_size": "stratified training subset (the small-data regime); text: training tokens",
     "seq_len": "transformer_lm: tokens per window",
     "eval_test": "also evaluate the held-out test split (never during a search)",
-    "dataset": "digits (bundled), cifar10, cifar100 (from --data-dir), synthetic",
-    "data_dir": "folder holding CIFAR (torchvision layout, never downloaded)",
+    "dataset": "images: digits (bundled), cifar10, cifar100 (from --data-dir), synthetic; text (transformer_lm): "
+    "builtin_text (bundled), ptb, wikitext2 (from --data-dir)",
+    "data_dir": "folder holding CIFAR (torchvision layout) or PTB / WikiText-2 text files; never downloaded",
     "amp": "autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), none, bf16, fp16 (CUDA)",
     "lr": "peak learning rate",
     "model": "child network",
@@ -54,11 +55,14 @@ def add_train_flags(
     dataclass default (None: "not given", resolved later); ``help_defaults`` says in words
     what an unset flag means."""
     hints = typing.get_type_hints(TrainConfig)
-    base = TrainConfig()
+    # The dataclass's own defaults, not a constructed config's: construction resolves None
+    # (lr, label_smoothing) for the default model, and those values would then be passed as
+    # if given (a language model trained with the digits' lr 0.1 and label smoothing 0.1).
+    base = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     chosen = train_fields() if fields is None else list(fields)
     defaults = dict(defaults or {})
     for name in chosen:
-        default = defaults.get(name, getattr(base, name))
+        default = defaults.get(name, base[name])
         said = (help_defaults or {}).get(name, default)
         help_text = f"{HELP.get(name, '')} (default: {said})".strip()
         if hints[name] is bool:

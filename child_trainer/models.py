@@ -337,7 +337,34 @@ def model_names() -> list[str]:
         *TRANSFORMER_MODELS,
         "wrn{depth}_{k} (e.g. wrn28_10, wrn28_2)",
         "tv:<torchvision classifier, e.g. tv:resnet18>",
+        "package.module:factory (your own model, importable from the current folder)",
     ]
+
+
+def user_model(spec: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """``package.module:factory`` (or ``file.py:factory``) -> ``factory(...)``, given the
+    keyword arguments among num_classes, in_channels, image_size its signature accepts."""
+    import inspect
+
+    from .trial import load_function
+
+    factory = load_function(spec, "model")
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise FieldError(
+            "model",
+            spec,
+            "a factory returning an nn.Module",
+            detail=f"bad value {spec!r} (returned a {type(model).__name__})",
+        )
+    return model
 
 
 def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
@@ -388,8 +415,9 @@ def build_model(
     """Build a freshly initialised child network by name.
 
     ``name``: digits_cnn, resnet20/32/44/56/110 (CIFAR), wrn{depth}_{k}, vit_tiny,
-    transformer_lm, or tv:<torchvision name>. For ``transformer_lm`` ``num_classes`` is the
-    vocabulary size and ``max_len`` the longest sequence; ``image_size`` sizes vit_tiny.
+    transformer_lm, tv:<torchvision name>, or package.module:factory (`user_model`). For
+    ``transformer_lm`` ``num_classes`` is the vocabulary size and ``max_len`` the longest
+    sequence; ``image_size`` sizes vit_tiny.
     """
     if num_classes < 2:
         raise FieldError("num_classes", num_classes, "an integer >= 2")
@@ -401,6 +429,8 @@ def build_model(
         return DigitsCNN(num_classes, in_channels)
     if name.startswith("tv:"):
         return _torchvision_model(name[3:], num_classes, in_channels)
+    if ":" in name:
+        return user_model(name, num_classes, in_channels, image_size)
     if name in _CIFAR_RESNETS:
         return CifarResNet(int(_RESNET.match(name).group(1)), num_classes, in_channels)
     match = _WRN.match(name)

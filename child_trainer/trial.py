@@ -24,7 +24,38 @@ from .data import DataSplits, load_data, load_text
 from .models import build_model, is_lm
 from .train import TrainConfig, train_child
 
-__all__ = ["ChildModel", "ChildTrain", "chance_level", "load_function", "load_split", "model_and_example"]
+__all__ = [
+    "CHILD_MODEL",
+    "ChildModel",
+    "ChildTrain",
+    "chance_level",
+    "child_model_of",
+    "load_function",
+    "load_split",
+    "model_and_example",
+]
+
+#: A ``--child`` module may define ``child_model(config: TrainConfig) -> nn.Module``: the
+#: model its function trains, so the search space comes from that model's sites.
+CHILD_MODEL = "child_model"
+
+
+def _add_paths(paths: list[str]) -> None:
+    """Make the driver's folders importable in a Ray worker (``--model package.module:f``)."""
+    import sys
+
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def child_model_of(child: str) -> Callable[..., Any] | None:
+    """The ``child_model`` function of a ``--child`` spec's module, or None if it has none."""
+    target = str(child).rpartition(":")[0]
+    try:
+        return load_function(f"{target}:{CHILD_MODEL}", "child")
+    except FieldError:
+        return None
 
 
 def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
@@ -82,11 +113,24 @@ def load_split(cfg: TrainConfig | Mapping[str, Any], with_test: bool = False) ->
 
 @dataclass
 class ChildModel:
-    """``model_fn`` of the built-in children: a fresh model of the configured kind."""
+    """``model_fn`` of the built-in children: a fresh model of the configured kind, or with
+    ``child`` whose module defines ``child_model(config)``, that model."""
 
     train: dict[str, Any]
+    child: str | None = None
+    paths: list[str] = field(default_factory=list)
 
     def __call__(self) -> nn.Module:
+        _add_paths(self.paths)
+        make = child_model_of(self.child) if self.child else None
+        if make is not None:
+            model = make(TrainConfig.from_dict(self.train))
+            if not isinstance(model, nn.Module):
+                raise FieldError(
+                    "child", self.child, f"a module whose {CHILD_MODEL}(config) returns an nn.Module",
+                    detail=f"bad value {self.child!r} ({CHILD_MODEL} returned a {type(model).__name__})",
+                )  # fmt: skip
+            return model
         return model_and_example(self.train)[0]
 
 
@@ -98,8 +142,10 @@ class ChildTrain:
     train: dict[str, Any]
     child: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)  # driver folders a worker must import from
 
     def __call__(self, plan: Any, seed: int, report: Callable[..., None]) -> dict[str, Any]:
+        _add_paths(self.paths)
         cfg = TrainConfig.from_dict({**self.train, **self.overrides, "seed": int(seed)})
         fn = load_function(self.child) if self.child else train_child
         return fn(cfg, plan, lambda epoch, metrics: report(**metrics))

@@ -65,7 +65,13 @@ SCHEDULERS = ("fifo", "asha")
 
 @dataclass
 class SearchResult:
-    """What a search leaves: the plan to take home, the tables, and where everything is."""
+    """What a search leaves: the plan to take home, the tables, and where everything is.
+
+    ``best_plan`` is this project's pick (the best mean over the reward seeds among sampled
+    plans, or the final stage's best mean); Ray Tune's own ``ResultGrid.get_best_result()``
+    may name another trial: it ranks every Tune trial (baselines and final re-trainings
+    included) by its last reported epoch, not by the seeds' mean. ``status`` is "failed"
+    (with ``error`` the most common trial error) when no trial finished ok."""
 
     run_dir: Path
     status: str  # finished | interrupted | failed
@@ -174,19 +180,25 @@ def check_address(address: str | None) -> None:
         ) from None
 
 
-def resolve_sites(found: Sequence[str], sites: str | Sequence[str] = "all") -> tuple[list[str] | None, str | None]:
-    """``sites`` ("all", "stage", or paths / glob patterns) -> (site list or None, share)."""
+def resolve_sites(
+    found: Sequence[str], sites: str | Sequence[str] = "all", modules: Sequence[str] = ()
+) -> tuple[list[str] | None, str | None]:
+    """``sites`` ("all", "stage", or paths / glob patterns) -> (site list or None, share).
+    Patterns match the ``found`` sites; an exact path may also name any of ``modules``
+    (with an example input, any module whose output is a feature tensor can be a site)."""
     if isinstance(sites, str):
         if sites == "all":
             return None, None
         if sites == "stage":
             return None, "stage"
         patterns = [s.strip() for s in sites.split(",") if s.strip()]
+    elif isinstance(sites, Sequence) and all(isinstance(s, str) for s in sites):
+        patterns = list(sites)
     else:
-        patterns = [str(s) for s in sites]
+        raise TypeError(f"sites: expected 'all', 'stage' or a list of module paths, got {type(sites).__name__}")
     chosen: list[str] = []
     for pattern in patterns:
-        names = [pattern] if pattern in found else fnmatch.filter(found, pattern)
+        names = [pattern] if pattern in found or pattern in modules else fnmatch.filter(found, pattern)
         if not names:
             raise FieldError(
                 "sites",
@@ -350,6 +362,8 @@ def run_search(
     runtime_env: Mapping[str, Any] | None = None,
     max_failures: int = 0,
     extra_config: Mapping[str, Any] | None = None,
+    verbose: bool | int = False,
+    callbacks: Sequence[Any] | None = None,
 ) -> SearchResult:
     """Search a regularization plan for ``model_fn()``'s network trained by ``train_fn``.
 
@@ -386,7 +400,23 @@ def run_search(
             searched plan only if its paired 95% interval against the best baseline lies
             wholly on the better side, else that baseline (``controller.final``).
         extra_config: saved in search_config.json (e.g. the command line that started it).
+        verbose: show the searcher's line per finished trial (``[k/N] trial ... best ... ETA``,
+            logger ``controller.searcher``) on stderr even where logging is not set up (a
+            notebook, a script); quiet by default.
+        callbacks: Ray Tune ``Callback`` objects, passed to ``tune.RunConfig``.
+
+    Raises TypeError for an argument of the wrong type and ValueError (``FieldError``) for a
+    bad value, both naming the argument, before Ray starts.
     """
+    if not callable(model_fn):
+        raise TypeError(f"model_fn: expected a function returning an nn.Module, got {type(model_fn).__name__}")
+    if not callable(train_fn):
+        raise TypeError(f"train_fn: expected a function (plan, seed, report), got {type(train_fn).__name__}")
+    if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
+        raise TypeError(f"methods: expected None or a list of method names, got {methods!r}")
+    if not isinstance(verbose, (bool, int)):
+        raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
+    callbacks = _check_callbacks(callbacks)
     objective = rf.Objective(metric, mode, reward_transform)
     _check_int("num_samples", num_samples, 1)
     _check_int("reward_seeds", reward_seeds, 1, 1000)
@@ -410,8 +440,6 @@ def run_search(
 
     if search not in SEARCHERS:
         raise FieldError("search", search, ", ".join(SEARCHERS))
-    if not callable(train_fn):
-        raise FieldError("train_fn", train_fn, "a function (plan, seed, report)")
     if penalty_reward is not None and (
         isinstance(penalty_reward, bool)
         or not isinstance(penalty_reward, (int, float))
@@ -447,6 +475,8 @@ def run_search(
                 resources=resources_per_trial,
                 address=address,
                 runtime_env=runtime_env,
+                callbacks=callbacks,
+                verbose=bool(verbose),
             )
         if run_dir.exists():
             raise FieldError(
@@ -455,8 +485,6 @@ def run_search(
                 "a new name, or resume the run",
                 detail=f"bad value {name!r} (run folder {run_dir} already exists)",
             )
-        if not callable(model_fn):
-            raise FieldError("model_fn", model_fn, "a function returning an nn.Module")
         space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines, example_input)
         tuned = tuned_recipes(space, tuned_trials, num_samples, exclude=list(baseline_plans.values()))
         config = {
@@ -493,6 +521,8 @@ def run_search(
             address=address,
             runtime_env=runtime_env,
             scheduler=scheduler,
+            callbacks=callbacks,
+            verbose=bool(verbose),
         )
     finally:
         lock.release()
@@ -525,6 +555,34 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
             per,
         )
     return out
+
+
+def _show_progress() -> None:
+    """verbose=True: the searcher's and the driver's INFO lines reach stderr."""
+    import sys
+
+    for name in ("controller.searcher", "controller.api"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    parent = logging.getLogger("controller")
+    if not logging.getLogger().handlers and not parent.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        parent.addHandler(handler)
+
+
+def _check_callbacks(callbacks: Any) -> list[Any]:
+    if callbacks is None:
+        return []
+    from ray.tune import Callback
+
+    if isinstance(callbacks, (Callback, str)) or not isinstance(callbacks, Sequence):
+        raise TypeError(f"callbacks: expected a list of ray.tune.Callback, got {type(callbacks).__name__}")
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}]: expected a ray.tune.Callback, got {type(cb).__name__}")
+    return list(callbacks)
 
 
 def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
@@ -593,15 +651,32 @@ def searcher_from_config(config: Mapping[str, Any], run_dir: Path | None) -> Any
 def _space_and_baselines(
     model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str, baselines: Any, example_input: Any
 ) -> tuple[Any, dict[str, Any]]:
+    """The search space and the baseline plans, checked before Ray starts. With
+    ``example_input`` the space comes from output shapes (``search_space.describe``) and
+    every method is tried forward and backward on it (``check_plans``), so a plan that cannot
+    train is refused here, naming the site, the method and the shape."""
+    from torch import nn
+
     from search_space.apply import find_sites
     from search_space.baselines import BASELINES, baseline_plans
+    from search_space.describe import candidate_sites, check_plans
     from search_space.plan import Plan
     from search_space.space import SearchSpace
 
     model = model_fn()
-    found = find_sites(model)
-    chosen, share = resolve_sites(found, sites)
-    space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods, model_name=model_name)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_fn: returned a {type(model).__name__}; expected a function returning an nn.Module")
+    if example_input is not None:
+        found = candidate_sites(model)
+        chosen, share = resolve_sites(found, sites, modules=[n for n, _ in model.named_modules() if n])
+        space = SearchSpace.for_model(
+            model, sites=chosen, share=share, methods=methods, model_name=model_name, example_input=example_input
+        )
+        check_plans(model, space, example_input)
+    else:
+        found = find_sites(model)
+        chosen, share = resolve_sites(found, sites)
+        space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods, model_name=model_name)
     if isinstance(baselines, Mapping):
         plans = {str(k): (v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()}
     else:
@@ -609,11 +684,13 @@ def _space_and_baselines(
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
-        if "seq_pattern" in space.methods:  # a Transformer: the practitioners' recipe
+        if "seq_pattern" in space.methods or "dropblock" not in space.methods:
+            # a Transformer (the practitioners' recipe), or a model without block-sized maps
             allowed = space.baseline_plans()
             bad = [n for n in names if n not in allowed]
             if bad:
-                raise FieldError("baselines", bad[0], f"{', '.join(allowed)} (for a Transformer)")
+                kind = "a Transformer" if "seq_pattern" in space.methods else "a model without feature maps"
+                raise FieldError("baselines", bad[0], f"{', '.join(allowed)} (for {kind})")
             plans = {n: allowed[n] for n in names}
         elif any(n != "none" for n in names) and example_input is None:
             raise FieldError(
@@ -639,6 +716,8 @@ def _execute(
     address: str | None,
     runtime_env: Mapping[str, Any] | None,
     scheduler: Any = "fifo",
+    callbacks: Sequence[Any] = (),
+    verbose: bool = False,
 ) -> SearchResult:
     """Run ``searcher``'s trials with a Ray Tune Tuner. A resume is a new Tuner over the same
     run folder, its searcher already rebuilt from the ledger: Ray's snapshot is not needed."""
@@ -655,6 +734,8 @@ def _execute(
         res = _resources(resources)
         _ship_by_value(train_fn)
         trainable = tune.with_resources(make_trainable(train_fn, objective), res)
+        if verbose:
+            _show_progress()
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=False)
             with rf.disk_full_is_fatal(run_dir):
@@ -700,6 +781,7 @@ def _execute(
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0), fail_fast=False),
                     sync_config=tune.SyncConfig(sync_period=5),
+                    callbacks=list(callbacks),
                 ),
             )
             signals.in_tune = True
@@ -799,11 +881,25 @@ def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -
     trials = rf.read_trials(run_dir / rf.TRIALS, objective)
     final = pd.read_csv(run_dir / rf.FINAL) if (run_dir / rf.FINAL).is_file() else None
     best = Plan.load(run_dir / rf.BEST_PLAN) if (run_dir / rf.BEST_PLAN).is_file() else None
+    if status == "finished" and len(trials) and not trials["status"].isin(rf.RANKED_STATUSES).any():
+        error = _all_failed(trials)
+        status = "failed"
     result = SearchResult(
         run_dir=run_dir, status=status, objective=objective, best_plan=best, trials=trials, final=final, error=error
     )
     result.summary = summary_text(result)
     return result
+
+
+def _all_failed(trials: Any) -> str:
+    """The error of a search in which no trial finished ok: the most common one, counted."""
+    from search_space.describe import most_common
+
+    errors = [str(e).strip().splitlines()[0] for e in trials["error"].fillna("") if str(e).strip()]
+    text, count = most_common(errors)
+    if not text:
+        return f"no trial of {len(trials)} finished ok (statuses: {', '.join(sorted(set(trials['status'])))})"
+    return f"every trial failed; most common error ({count} of {len(trials)} trials): {text}"
 
 
 def summary_text(result: SearchResult) -> str:
@@ -877,13 +973,14 @@ def summary_text(result: SearchResult) -> str:
         lines.append(f"Stopped by an error: {result.error}")
     rel = os.path.relpath(result.run_dir)
     rel = str(result.run_dir) if rel.startswith("..") else rel
-    lines += [
-        "Next:",
-        f"  python -m results summarize {rel}",
-        f"  python -m results plot {rel}",
-        f"  python -m results export {rel} --out best_plan.json",
-        f"  python -m results retrain {rel}",
-    ]
+    lines += ["Next:", f"  python -m results summarize {rel}"]
+    if len(ok):  # the others need at least one trial that finished ok (and a best plan)
+        lines.append(f"  python -m results plot {rel}")
+        if result.best_plan is not None:
+            lines += [
+                f"  python -m results export {rel} --out best_plan.json",
+                f"  python -m results retrain {rel}",
+            ]
     return "\n".join(lines)
 
 

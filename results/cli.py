@@ -51,10 +51,13 @@ def _header(runs: list[Run]) -> str:
     parts = []
     for r in runs:
         st = r.state
+        space = r.config.get("space") if isinstance(r.config.get("space"), dict) else {}
+        model = r.train_config.get("model") or space.get("model")  # an API run: its model_name
+        data = r.train_config.get("dataset")
+        what = f", model {model}" + (f" on {data}" if data else "") if model else ""
         parts.append(
             f"{r.path}: {r.searcher} search, {r.status}, {len(r.trials)} trials finished "
-            f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}), "
-            f"model {r.train_config.get('model', '?')} on {r.train_config.get('dataset', '?')}"
+            f"(run_state: {st.get('completed', '?')}/{st.get('num_samples', '?')}){what}"
         )
         exported = st.get("exported") or {}
         if exported:

@@ -12,6 +12,7 @@ from search_space.apply import (
     step_schedulers,
     transformer_sites,
 )
+from search_space.describe import SiteInfo, candidate_sites, check_plans, describe, methods_for_shape, probe_sites
 from search_space.layers import (
     Disout,
     DropBlock2d,
@@ -68,4 +69,10 @@ __all__ = [
     "site_channels",
     "step_schedulers",
     "transformer_sites",
+    "SiteInfo",
+    "candidate_sites",
+    "check_plans",
+    "describe",
+    "methods_for_shape",
+    "probe_sites",
 ]

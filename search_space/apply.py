@@ -32,7 +32,13 @@ holding such layers is an embedding site. Any ``nn.MultiheadAttention`` accepts 
 (same parameters, so the same state_dict), which computes attention unfused with the
 projections regularized, only in training and only while one of its regularizers is
 active; otherwise (and always in eval, fast path included) it is the stock module.
-Sequence regularizers at sites of a ``batch_first=False`` layer are told so.
+Sequence regularizers at sites of a ``batch_first=False`` layer (the model itself included)
+are told so. ``nn.TransformerDecoderLayer`` offers the same sites plus its cross-attention
+(``multihead_attn:q|k|v``, ``dropout2``) and ``dropout3``. Sites inside torch's Transformer
+layers switch their class (`RegularizedDropout`, `regularized_class`) instead of taking a
+forward hook: a hook turns off the layer's fused eval fast path, whose output differs.
+
+Shape-aware sites (any model, an example input): `search_space.describe`.
 
 Pattern ``residual=True``: the same pattern (a second, independent instance) is also
 applied to the output of the nearest enclosing residual block of the site, i.e. to the
@@ -62,7 +68,19 @@ REG_ATTR = "plan_regularizers"
 QKV_ATTR = "plan_qkv_regularizers"
 _QKV = ("q", "k", "v")
 _TORCH_LAYER_SITES = ("self_attn:q", "self_attn:k", "self_attn:v", "dropout1", "dropout", "dropout2")
-_TORCH_LAYERS = (nn.TransformerEncoderLayer,)
+_TORCH_DECODER_SITES = (
+    "self_attn:q",
+    "self_attn:k",
+    "self_attn:v",
+    "dropout1",
+    "multihead_attn:q",
+    "multihead_attn:k",
+    "multihead_attn:v",
+    "dropout2",
+    "dropout",
+    "dropout3",
+)
+_TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _BEHIND = "_plan_behind_conv"
 _RESIDUAL_SUFFIX = ":residual"
 _SCHEDULERS = "_plan_schedulers"
@@ -103,7 +121,8 @@ def transformer_site_blocks(model: nn.Module) -> dict[str, str]:
     sites: dict[str, str] = {}
     for name, m in named:
         if isinstance(m, _TORCH_LAYERS):
-            sites.update((_join(name, rel), name) for rel in _TORCH_LAYER_SITES)
+            rels = _TORCH_DECODER_SITES if isinstance(m, nn.TransformerDecoderLayer) else _TORCH_LAYER_SITES
+            sites.update((_join(name, rel), name) for rel in rels)
         elif name in declared:
             sites[name] = declared[name]
         elif has_torch_layers and isinstance(m, nn.Embedding):
@@ -177,7 +196,9 @@ def _run_regularizers(module: nn.Module, args: Any, output: Any) -> Any:
     return output
 
 
-def _attach(module: nn.Module, reg: nn.Module) -> None:
+def _attach(module: nn.Module, reg: nn.Module, switch_class: bool = False) -> None:
+    """Add ``reg`` to the site's regularizers. ``switch_class``: run them from the site's
+    own forward (its class switched, `regularized_class`) instead of a forward hook."""
     holder = _holder(module)
     if holder is None:
         holder = nn.ModuleList()
@@ -185,8 +206,48 @@ def _attach(module: nn.Module, reg: nn.Module) -> None:
             module.__dict__[REG_ATTR] = holder
         else:
             module.add_module(REG_ATTR, holder)
-        module.register_forward_hook(_run_regularizers)
+        if switch_class and not isinstance(module, _CONTAINERS):
+            module.__class__ = regularized_class(type(module))
+        else:
+            module.register_forward_hook(_run_regularizers)
     holder.append(reg)
+
+
+class RegularizedDropout(nn.Dropout):
+    """``nn.Dropout`` that passes its output through the site's regularizers (training only).
+
+    Sites inside torch's Transformer layers switch to such a class instead of taking a
+    forward hook: ``nn.TransformerEncoderLayer`` leaves its fused fast path whenever any of
+    its modules has a hook, and the unfused path differs from it by ~1e-6 in eval. With a
+    class switch, eval is the plain model exactly. `remove_plan` switches the class back.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = super().forward(input)
+        regularized = _run_regularizers(self, (input,), out)
+        return out if regularized is None else regularized
+
+
+RegularizedDropout._plan_base = nn.Dropout  # type: ignore[attr-defined]
+_REGULARIZED: dict[type, type] = {nn.Dropout: RegularizedDropout}
+
+
+def regularized_class(cls: type) -> type:
+    """The subclass of ``cls`` whose forward runs the site's regularizers after its own
+    (`RegularizedDropout` for ``nn.Dropout``, made once per class otherwise)."""
+    if getattr(cls, "_plan_base", None) is not None:
+        return cls
+    if cls not in _REGULARIZED:
+
+        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            out = cls.forward(self, *args, **kwargs)
+            regularized = _run_regularizers(self, args, out)
+            return out if regularized is None else regularized
+
+        _REGULARIZED[cls] = type(f"Regularized{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    new = _REGULARIZED[cls]
+    new._plan_base = cls  # type: ignore[attr-defined]
+    return new
 
 
 def _holders(model: nn.Module) -> Iterator[nn.Module]:
@@ -360,6 +421,9 @@ def remove_plan(model: nn.Module) -> nn.Module:
                 del m._forward_hooks[key]
         m._modules.pop(REG_ATTR, None)
         m.__dict__.pop(REG_ATTR, None)
+        base = type(m).__dict__.get("_plan_base")
+        if base is not None:
+            m.__class__ = base
         if m._modules.pop(QKV_ATTR, None) is not None and type(m) is RegularizedMultiheadAttention:
             m.__class__ = nn.MultiheadAttention
     model.__dict__.pop(_SCHEDULERS, None)
@@ -443,7 +507,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
             attention, part = path.rsplit(":", 1)
             _attach_qkv(modules[attention], part, reg)  # type: ignore[arg-type]
         else:
-            _attach(modules[path], reg)
+            _attach(modules[path], reg, switch_class=_torch_layer_of(modules, path) is not None)
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
@@ -472,13 +536,20 @@ def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str
 
 
 def _batch_first(modules: dict[str, nn.Module], site: str) -> bool:
-    """False for sites inside a ``batch_first=False`` nn.TransformerEncoderLayer ((T, N, C) states)."""
-    parts = site.split(".")
-    for i in range(len(parts) - 1, 0, -1):
+    """False for sites inside a ``batch_first=False`` nn.TransformerEncoderLayer or
+    DecoderLayer ((T, N, C) states), the model itself (the root) included."""
+    layer = _torch_layer_of(modules, site)
+    return True if layer is None else bool(layer.self_attn.batch_first)
+
+
+def _torch_layer_of(modules: dict[str, nn.Module], site: str) -> nn.Module | None:
+    """The nearest torch Transformer layer enclosing ``site`` (the site itself or the root included)."""
+    parts = site.rsplit(":", 1)[0].split(".")
+    for i in range(len(parts), -1, -1):
         m = modules.get(".".join(parts[:i]))
         if isinstance(m, _TORCH_LAYERS):
-            return bool(m.self_attn.batch_first)
-    return True
+            return m
+    return None
 
 
 def _ramped(layer: nn.Module, nr_steps: int | None, key: str) -> nn.Module:

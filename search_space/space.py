@@ -11,12 +11,13 @@ out of its log-probability and entropy. The controller only ever sees token indi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch.nn as nn
 
 from search_space.apply import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
+from search_space.errors import FieldError
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
@@ -68,6 +69,7 @@ class SearchSpace:
         model: str = "",
         share: str | None = None,
         ramp_fraction: float = 0.0,
+        group_methods: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         methods = tuple(CONV_METHODS if methods is None else methods)
         for m in methods:
@@ -80,22 +82,40 @@ class SearchSpace:
         self.groups: list[tuple[str, tuple[str, ...]]] = [(k, tuple(s)) for k, s in groups]
         self.sites: list[str] = [s for _, members in self.groups for s in members]
         if not self.sites or len(set(self.sites)) != len(self.sites):
-            raise PlanError(f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of distinct module paths")
+            raise PlanError(
+                f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of distinct module paths "
+                "(a model without BatchNorm2d, residual blocks or Transformer layers: pass example_input, "
+                "or name module paths in sites)"
+            )
         self.methods = methods
         self.model = model
         self.share = share
         self.ramp_fraction = float(ramp_fraction)
-        # Parameter decisions: union over allowed methods, in table order.
-        self.param_names: list[str] = []
-        for m in METHODS:
-            if m in methods:
-                self.param_names += [p for p in VOCAB[m] if p not in self.param_names]
-        self._choices = {p: c for m in methods for p, c in VOCAB[m].items()}
-        self.decisions: list[Decision] = []
+        # Per group: the methods that fit its sites' shapes (default: all of `methods`).
+        self.group_methods: dict[str, tuple[str, ...]] = {}
         for key, _ in self.groups:
-            self.decisions.append(Decision(key, METHOD_PARAM, methods))
-            self.decisions += [Decision(key, p, self._choices[p]) for p in self.param_names]
-        self._per_group = 1 + len(self.param_names)
+            allowed = tuple(group_methods[key]) if group_methods and key in group_methods else methods
+            if not allowed or any(m not in methods for m in allowed) or len(set(allowed)) != len(allowed):
+                raise PlanError(
+                    f"group_methods[{key!r}]: bad value {list(allowed)}; allowed: a subset of {list(methods)}"
+                )
+            self.group_methods[key] = allowed
+        # Parameter decisions: union over allowed methods, in table order (per group too).
+        self.param_names: list[str] = _params_of(methods)
+        self._choices = {p: c for m in methods for p, c in VOCAB[m].items()}
+        self._group_params: list[list[str]] = [_params_of(self.group_methods[k]) for k, _ in self.groups]
+        self.decisions: list[Decision] = []
+        self._offsets: list[int] = []
+        for (key, _), params in zip(self.groups, self._group_params):
+            self._offsets.append(len(self.decisions))
+            self.decisions.append(Decision(key, METHOD_PARAM, self.group_methods[key]))
+            self.decisions += [Decision(key, p, self._choices[p]) for p in params]
+        self._offsets.append(len(self.decisions))
+        self._group_of = {s: k for k, members in self.groups for s in members}
+
+    def methods_of(self, site: str) -> tuple[str, ...]:
+        """The methods searched at ``site`` (those of its group)."""
+        return self.group_methods[self._group_of[site]]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -107,6 +127,7 @@ class SearchSpace:
         methods: Sequence[str] | None = None,
         model_name: str = "",
         ramp_fraction: float = 0.0,
+        example_input: Any = None,
     ) -> "SearchSpace":
         """Space over `sites` (default `find_sites(model)`; for a model with Transformer
         layers, its Transformer sites only).
@@ -116,10 +137,27 @@ class SearchSpace:
         methods: default CONV_METHODS, or SEQUENCE_METHODS (none, dropout, seq_pattern) when
         every site is a Transformer site. model_name and ramp_fraction are copied into
         decoded plans.
+
+        With ``example_input`` (one input batch) the space comes from shapes
+        (`search_space.describe`): default sites are `candidate_sites` whose output is a
+        feature tensor (so an MLP has sites), any module path may be named, each group is
+        offered only the methods that fit its sites' shapes (default methods: every method
+        fitting some site), and "stage" groups sites by resolution. FieldError when no site
+        is left or a named method fits no site.
         """
+        if example_input is not None:
+            return _shaped_space(model, sites, share, methods, model_name, ramp_fraction, example_input)
         if sites is None:
             sites = transformer_sites(model) or find_sites(model)
         sites = list(sites)
+        if not sites:
+            raise FieldError(
+                "sites",
+                [],
+                "pass example_input (sites from output shapes: Linear, BatchNorm1d, LayerNorm ...) or name module "
+                "paths",
+                detail=f"none found in {type(model).__name__} (no BatchNorm2d, residual block or Transformer layer)",
+            )
         check_sites(model, sites)
         sequence = default_methods(model, sites) != CONV_METHODS  # every site a Transformer site
         if methods is None:
@@ -151,7 +189,7 @@ class SearchSpace:
         return {"none": self.uniform_plan("none"), "dropout": self.uniform_plan("dropout", drop_prob=0.1)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "space_version": SPACE_VERSION,
             "model": self.model,
             "share": self.share,
@@ -159,6 +197,10 @@ class SearchSpace:
             "ramp_fraction": self.ramp_fraction,
             "groups": [[k, list(members)] for k, members in self.groups],
         }
+        narrowed = {k: list(v) for k, v in self.group_methods.items() if v != self.methods}
+        if narrowed:  # only shape-aware spaces have it, so older spaces read and write the same
+            d["group_methods"] = narrowed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
@@ -173,6 +215,7 @@ class SearchSpace:
             d.get("model", ""),
             d.get("share"),
             d.get("ramp_fraction", 0.0),
+            d.get("group_methods"),
         )
 
     # ------------------------------------------------------------------ tokens
@@ -194,14 +237,15 @@ class SearchSpace:
 
     def _group_slices(self, tokens: list[int]):
         for g, (key, members) in enumerate(self.groups):
-            yield key, members, tokens[g * self._per_group : (g + 1) * self._per_group]
+            yield key, members, tokens[self._offsets[g] : self._offsets[g + 1]]
 
     def decode(self, tokens: Sequence[int]) -> Plan:
         tokens = self._check_tokens(tokens)
         sites: dict[str, SiteSpec] = {}
-        for _, members, tok in self._group_slices(tokens):
-            method = self.methods[tok[0]]
-            params = {p: self._choices[p][tok[1 + self.param_names.index(p)]] for p in VOCAB[method]}
+        for g, (key, members, tok) in enumerate(self._group_slices(tokens)):
+            method = self.group_methods[key][tok[0]]
+            names = self._group_params[g]
+            params = {p: self._choices[p][tok[1 + names.index(p)]] for p in VOCAB[method]}
             for s in members:
                 sites[s] = SiteSpec(method, dict(params))
         return Plan(sites, model=self.model, ramp_fraction=self.ramp_fraction)
@@ -220,34 +264,35 @@ class SearchSpace:
                 f"{'...' if len(self.sites) > 6 else ''}"
             )
         tokens: list[int] = []
-        for key, members, _ in self._group_slices([0] * len(self.decisions)):
+        for g, (key, members, _) in enumerate(self._group_slices([0] * len(self.decisions))):
             spec = plan.sites[members[0]]
+            names = self._group_params[g]
             for s in members[1:]:
                 if plan.sites[s] != spec:
                     raise PlanError(
                         f"sites[{s!r}]: bad value {plan.sites[s]}; allowed: the same "
                         f"spec as {members[0]!r} (both share decisions {key!r})"
                     )
-            if spec.method not in self.methods:
+            allowed = self.group_methods[key]
+            if spec.method not in allowed:
                 raise PlanError(
-                    f"sites[{members[0]!r}].method: bad value {spec.method!r}; "
-                    f"allowed in this space: {list(self.methods)}"
+                    f"sites[{members[0]!r}].method: bad value {spec.method!r}; allowed in this space: {list(allowed)}"
                 )
-            group = [self.methods.index(spec.method)] + [0] * len(self.param_names)
+            group = [allowed.index(spec.method)] + [0] * len(names)
             params = dict(spec.params)
             if "ramp" in VOCAB[spec.method] and "ramp" not in params:  # a plan-wide ramp
                 params["ramp"] = plan.ramp_fraction
             for p, v in params.items():
-                group[1 + self.param_names.index(p)] = _index(self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
+                group[1 + names.index(p)] = _index(self._choices[p], v, f"sites[{members[0]!r}].params.{p}")
             tokens += group
         return tokens
 
     def active_mask(self, tokens: Sequence[int]) -> list[bool]:
         tokens = self._check_tokens(tokens)
         mask: list[bool] = []
-        for _, _, tok in self._group_slices(tokens):
-            used = VOCAB[self.methods[tok[0]]]
-            mask += [True] + [p in used for p in self.param_names]
+        for g, (key, _, tok) in enumerate(self._group_slices(tokens)):
+            used = VOCAB[self.group_methods[key][tok[0]]]
+            mask += [True] + [p in used for p in self._group_params[g]]
         return mask
 
     def random_tokens(self, rng: np.random.Generator) -> list[int]:
@@ -262,6 +307,89 @@ class SearchSpace:
             f"SearchSpace({len(self.sites)} sites, {len(self.groups)} groups, "
             f"{len(self.decisions)} decisions, methods={list(self.methods)})"
         )
+
+
+def _params_of(methods: Sequence[str]) -> list[str]:
+    """Parameter names used by ``methods``, in table order (shared names once)."""
+    names: list[str] = []
+    for m in METHODS:
+        if m in methods:
+            names += [p for p in VOCAB[m] if p not in names]
+    return names
+
+
+def _shaped_space(
+    model: nn.Module,
+    sites: Sequence[str] | None,
+    share: str | Callable[[str], str] | None,
+    methods: Sequence[str] | None,
+    model_name: str,
+    ramp_fraction: float,
+    example_input: Any,
+) -> SearchSpace:
+    """`SearchSpace.for_model` with an example input (see its docstring)."""
+    from search_space.describe import probe_sites
+
+    infos = probe_sites(model, example_input, sites)
+    named = [i for i in infos if sites is not None and i.path in sites]
+    bad = next((i for i in named if not i.methods), None)
+    if bad is not None:
+        raise FieldError(
+            "sites",
+            bad.path,
+            "modules whose output is a (N, C), (N, T, C) or (N, C, H, W) tensor",
+            detail=f"bad value {bad.path!r} (output {bad.shape or 'not a tensor'} on the example input)",
+        )
+    infos = [i for i in infos if i.methods]
+    if not infos:
+        raise FieldError(
+            "sites",
+            [],
+            "module paths whose output is a feature tensor (see search_space.describe(model, example_input))",
+            detail=f"none found in {type(model).__name__}: no candidate module returns a (N, C), (N, T, C) or "
+            "(N, C, H, W) tensor on the example input",
+        )
+    offered = [m for m in METHODS if any(m in i.methods for i in infos)]
+    if methods is None:
+        methods = tuple(offered)
+    methods = tuple(methods)
+    for m in methods:
+        if m in VOCAB and m not in offered:
+            shapes = sorted({i.layout for i in infos})
+            raise FieldError(
+                "methods",
+                m,
+                ", ".join(offered),
+                detail=f"bad value {m!r} fits no site of {type(model).__name__} (site layouts: {', '.join(shapes)})",
+            )
+    if share is None:
+        key_fn: Callable[[str], str] = str
+    elif share == "stage":
+        stage = {i.path: i.stage for i in infos}
+        key_fn = stage.__getitem__
+    elif callable(share):
+        key_fn = share
+    else:
+        raise PlanError(f"share: bad value {share!r}; allowed: None, 'stage' or a function")
+    groups: dict[str, list[str]] = {}
+    fits: dict[str, set[str]] = {}
+    for info in infos:
+        key = key_fn(info.path)
+        groups.setdefault(key, []).append(info.path)
+        fits[key] = fits.get(key, set(methods)) & set(info.methods)
+    group_methods = {k: tuple(m for m in methods if m in fits[k]) for k in groups}
+    empty = next((k for k, v in group_methods.items() if not v), None)
+    if empty is not None:
+        site = groups[empty][0]
+        raise FieldError(
+            "methods",
+            list(methods),
+            "include 'none', or methods that fit every site",
+            detail=f"bad value {list(methods)}: none fits site {site!r} "
+            f"(output {next(i.shape for i in infos if i.path == site)})",
+        )
+    share_name = share if share in (None, "stage") else "custom"
+    return SearchSpace(list(groups.items()), methods, model_name, share_name, ramp_fraction, group_methods)
 
 
 def _index(choices: tuple, value: ParamValue, field: str) -> int:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
 from controller.outcome import NO_REPORT_ERROR, PARTIAL_ERROR, trial_outcome
 from controller.policies import ControllerSearcher, RandomSearcher
+from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
 from search_space.plan import Plan
 from search_space.space import SearchSpace
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from controller.final import final_rows, verdict
-from controller.run_folder import Objective
 from controller.policies import ControllerSearcher, RandomSearcher, TPESearcher
+from controller.run_folder import Objective
 from controller.searcher import MAX_REDRAWS
 from controller.stats import BETTER, CANNOT_TELL, TOO_FEW, WORSE, paired
 from search_space.baselines import tuned_grid
