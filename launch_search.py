@@ -260,18 +260,41 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
             f"({type(e).__name__}); nothing was changed"
         ) from None
     defaults = vars(build_parser().parse_args([]))
+    code = _code_flags(args, saved)
     ignored = [
         k
         for k, v in vars(args).items()
-        if k not in ("address", "resume", "storage_path", "name") and v != defaults.get(k) and v != saved.get(k)
+        if k not in ("address", "resume", "storage_path", "name", *code) and v != defaults.get(k) and v != saved.get(k)
     ]
     if ignored:
         log.warning(
             "--resume uses the run's saved settings; ignoring %s",
             ", ".join("--" + k.replace("_", "-") for k in ignored),
         )
-    keep = {"address": args.address, "resume": True, "storage_path": args.storage_path, "name": args.name}
+    keep = {"address": args.address, "resume": True, "storage_path": args.storage_path, "name": args.name, **code}
     return argparse.Namespace(**{**defaults, **saved, **keep})
+
+
+def _code_flags(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
+    """--child and a --model package.module:factory name code to import: on --resume they come
+    from the command line, never from the run folder (whoever can write a folder must not be
+    able to choose what a resume runs). Refused when the run used one and it is not given."""
+    out: dict[str, Any] = {}
+    for key in ("child", "model"):
+        was = saved.get(key)
+        names_code = isinstance(was, str) and (key == "child" or ":" in was)
+        if not names_code:
+            continue
+        given = getattr(args, key)
+        if not given:
+            raise UsageError(
+                f"--{key}: bad value None; allowed: the --{key} this run was started with ({was!r}), given again "
+                "(a resume never imports code that a run folder names)"
+            )
+        if given != was:
+            log.warning("--resume with --%s %s (the run started with %s)", key, given, was)
+        out[key] = given
+    return out
 
 
 def _setup_logging() -> None:

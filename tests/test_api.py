@@ -279,8 +279,9 @@ def test_tpe_searcher_proposes_valid_conditional_plans_and_learns(tmp_path):
     assert s.suggest("t12") == s.FINISHED
     rows = _rows(tmp_path / "trials.csv")
     assert len(rows) == 12 and all(r["searcher"] == "tpe" for r in rows)
-    # save/restore continues the same Optuna study
-    s.save(str(tmp_path / "state.pkl"))
-    t = TPESearcher(space, num_samples=12, seed=0, n_startup_trials=4)
-    t.restore(str(tmp_path / "state.pkl"))
-    assert len(t._study.trials) == 12
+    # a resume from the run folder rebuilds the study from the ledger: every recorded reward is in it
+    t = TPESearcher(space, num_samples=12, seed=0, n_startup_trials=4, run_dir=tmp_path)
+    t.resume()
+    told = sorted(tr.value for tr in t._study.trials)
+    assert told == sorted(float(r["reward"]) for r in rows) and t.finished == 12
+    assert t.suggest("t12") == t.FINISHED

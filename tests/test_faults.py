@@ -3,7 +3,6 @@ resumed run whose best plan changed, a moved run folder, a killed worker (issue 
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
 import shutil
@@ -21,10 +20,10 @@ CHILDREN = Path(__file__).parent / "helpers" / "children.py"
 
 
 def rows(run: Path) -> list[dict[str, str]]:
-    if not (run / "trials.csv").is_file():
-        return []
-    with (run / "trials.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
+    """trials.csv as the product reads it (a torn last line is not a row)."""
+    from controller.run_folder.ledger import read_rows
+
+    return read_rows(run / "trials.csv")
 
 
 def search(tmp_path: Path, *args: str, child: str = "quick") -> int:
@@ -56,51 +55,114 @@ def search(tmp_path: Path, *args: str, child: str = "quick") -> int:
 def test_full_disk_stops_the_search_keeps_what_was_written_and_resume_finishes(
     ray_session, tmp_path, monkeypatch, capsys
 ):
-    real = rf.atomic_write_text
+    from controller.run_folder import ledger, snapshot
+
+    real_append, real_write = ledger.Ledger.append, snapshot.atomic_write_text
     full = {"on": False}
 
-    def write(path, text, **kw):
-        if full["on"] or (Path(path).name == "trials.csv" and text.count("\n") > 4):
-            full["on"] = True  # from the 4th finished trial on, the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, text, **kw)
+    def append(self, name, row):
+        if full["on"] or (name == rf.TRIALS and len(rows(self.run_dir)) >= 3):
+            with rf.disk_full_is_fatal(self.run_dir):
+                if not full["on"]:  # a real full disk: part of the line made it, then ENOSPC
+                    with (self.run_dir / name).open("a") as f:
+                        f.write("t_torn,3,controller,searc")
+                full["on"] = True
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, name, row)
 
-    monkeypatch.setattr(rf, "atomic_write_text", write)
+    def write(path, text, **kw):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, text, **kw)
+
+    monkeypatch.setattr(ledger.Ledger, "append", append)
+    monkeypatch.setattr(snapshot, "atomic_write_text", write)
     rc = search(tmp_path, "--name", "full", "--num-samples", "7", "--controller-batch", "2")
     out, err = capsys.readouterr()
     assert rc == 1
     assert "disk full while writing the run folder" in out + err
     kept = rows(tmp_path / "full")
-    assert len(kept) == 3  # written before the disk filled, intact and parseable
-    monkeypatch.setattr(rf, "atomic_write_text", real)  # the disk was grown
+    assert len(kept) == 3  # written before the disk filled, intact; the torn line is not a row
+    assert (tmp_path / "full" / "trials.csv").read_text().endswith("searc")
+    monkeypatch.setattr(ledger.Ledger, "append", real_append)  # the disk was grown
+    monkeypatch.setattr(snapshot, "atomic_write_text", real_write)
     assert search(tmp_path, "--name", "full", "--resume") == 0
     done = rows(tmp_path / "full")
-    assert len(done) == 8 and done[:3] == kept
+    assert len(done) == 8 and done[:3] == kept and "t_torn" not in (tmp_path / "full" / "trials.csv").read_text()
 
 
-def test_resume_refuses_a_snapshot_older_than_trials_csv_and_touches_nothing(ray_session, tmp_path, capsys):
-    assert search(tmp_path, "--name", "r", "--num-samples", "3") == 0
-    run = tmp_path / "r"
-    table = rows(run)
-    # what a full disk leaves: the searcher snapshot lost its last trials, trials.csv has them
-    import pickle
+def test_a_snapshot_one_trial_behind_the_ledger_resumes_without_refusal(tmp_path):
+    """A hard kill between a trial's ledger line and the next state snapshot: the ledger wins."""
+    import shutil
 
-    snap = sorted(run.glob("searcher-state-*.pkl"))[-1]
-    state = pickle.loads(snap.read_bytes())
-    state["records"] = state["records"][:1]
-    snap.write_bytes(pickle.dumps(state))
+    from controller.policies import ControllerSearcher
+    from search_space.space import SearchSpace
+
+    space = SearchSpace([("s1", ["s1"]), ("s2", ["s2"])], model="m")
+    run = tmp_path / "run"
+    kw = dict(num_samples=6, controller_batch=2, baselines={"none": Plan.none(space.sites, model="m")}, seed=1)
+    a = ControllerSearcher(space, run_dir=run, **kw)
+    ok = {"final": True, "status": "ok", "val_acc": 0.7, "epoch": 1}
+    for t in ("t0", "t1", "t2", "t3"):
+        a.suggest(t)
+    for t in ("t0", "t1", "t2"):
+        a.on_trial_complete(t, ok)
+    behind = (run / rf.SNAPSHOT).read_bytes()
+    a.on_trial_complete("t3", ok)  # its line is in the ledger ...
+    (run / rf.SNAPSHOT).write_bytes(behind)  # ... but the kill came before the snapshot
+    shutil.rmtree(run / "unused", ignore_errors=True)
+    b = ControllerSearcher(space, run_dir=run, **kw)
+    b.resume()
+    assert [r["trial_id"] for r in b.records] == ["t0", "t1", "t2", "t3"] and not b._requeue
+    assert len(b.history) == len(a.history) and [t for t, _, _ in b._buffer] == [t for t, _, _ in a._buffer]
+
+
+class _RunsCode:
+    """Unpickling this touches a file: what a policy file from someone else could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_tampered_state_file_is_refused_without_running_it(ray_session, tmp_path, capsys):
+    import hashlib
+    import io
+    import json
+
+    import torch
+
+    assert search(tmp_path, "--name", "t", "--num-samples", "3", "--controller-batch", "2") == 0
+    run = tmp_path / "t"
+    state = json.loads((run / rf.SNAPSHOT).read_text())
+    marker = tmp_path / "code-ran"
+    buf = io.BytesIO()
+    torch.save({"policy": _RunsCode(marker)}, buf)
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()
+    name = f"searcher_policy-{digest[:16]}.pt"
+    (run / name).write_bytes(buf.getvalue())
+    (run / rf.SNAPSHOT).write_text(json.dumps({**state, "policy": {**state["policy"], "file": name, "sha256": digest}}))
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     capsys.readouterr()
-    assert search(tmp_path, "--name", "r", "--resume") == 2
+    assert search(tmp_path, "--name", "t", "--resume") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "older than trials.csv" in err and "nothing was changed" in err
+    assert len(err.splitlines()) == 1 and "--resume: " in err and "not plain tensors" in err
+    assert not marker.exists()  # nothing from the folder ran
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
-    assert len(rows(run)) == len(table)
-    # damaged Ray state: refused the same way
-    state_json = sorted(run.glob("experiment_state-*.json"))[-1]
-    state_json.write_text(state_json.read_text()[:100])
-    assert search(tmp_path, "--name", "r", "--resume") == 2
-    assert "damaged" in capsys.readouterr().err
+    for bad, words in (
+        ("{not json", "unreadable"),
+        (
+            json.dumps({**state, "pending": {"x": {"stage": "search", "tokens": "rm -rf /", "plan": {}}}}),
+            "does not hold",
+        ),
+        (json.dumps({**state, "policy": {**state["policy"], "file": "../../etc/passwd"}}), "outside the run folder"),
+    ):
+        (run / rf.SNAPSHOT).write_text(bad)
+        assert search(tmp_path, "--name", "t", "--resume") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
 
 
 def test_an_error_while_recording_a_trial_is_fatal_and_loses_nothing(ray_session, tmp_path, monkeypatch, capsys):
@@ -116,11 +178,11 @@ def test_an_error_while_recording_a_trial_is_fatal_and_loses_nothing(ray_session
     assert "FloatingPointError: controller update produced NaN" in out + err
     table = rows(tmp_path / "rec")
     assert len(table) >= 3  # the baseline and both trials of the failed batch are recorded
-    # their rewards are still waiting for an update: nothing was taken off the buffer
-    import pickle
-
-    state = pickle.loads(sorted((tmp_path / "rec").glob("searcher-state-*.pkl"))[-1].read_bytes())
-    assert len(state["buffer"]) >= 2
+    # their rewards are still waiting for an update: no update was logged
+    assert (
+        not (tmp_path / "rec" / rf.HISTORY).is_file()
+        or len((tmp_path / "rec" / rf.HISTORY).read_text().splitlines()) <= 1
+    )
 
 
 def test_a_second_driver_on_one_run_folder_is_refused_before_ray(tmp_path, capsys):

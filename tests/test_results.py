@@ -452,5 +452,5 @@ def test_a_truncated_last_row_is_dropped_with_a_warning_never_misread(
         (part / "trials.csv").write_text(text[:keep])
         df = load_run(part)
         assert last["trial_id"] not in set(df["trial_id"]) and len(df) == len(rows) - 1
-        assert any("dropped" in r.message and "line" in r.message for r in caplog.records)
+        assert any("torn last line" in r.message for r in caplog.records)  # a write cut short by a crash
         caplog.clear()

@@ -422,7 +422,7 @@ def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
     """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
     env = dict(os.environ)
     child = (
-        []
+        ["--child", f"{CHILDREN}:quick"]  # a resume takes the code from the command line, never the folder
         if "--resume" in extra
         else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0", "--tuned-trials", "0"]
     )
