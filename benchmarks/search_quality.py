@@ -303,6 +303,11 @@ def _search_facts(run: Path) -> dict[str, Any]:
     return facts
 
 
+def _true(value: Any) -> bool:
+    """final.csv's ``chosen``: 1/0 (or True/False in older run folders)."""
+    return str(value).strip().lower() in ("true", "1", "1.0")
+
+
 def report(task: str, data: dict[str, Any], out: Path) -> dict[str, Any]:
     """Print the task's table; return its targets (searcher -> word against the best tuned)."""
     from controller.stats import WORSE, paired, sign_of
@@ -382,7 +387,7 @@ def report(task: str, data: dict[str, Any], out: Path) -> dict[str, Any]:
     for s in SEARCHES:
         rows = _search_facts(Path(data["runs"][s])).get("final") or []
         text = "; ".join(
-            f"{r['label']}{'*' if str(r.get('chosen')).lower() == 'true' else ''} {fmt.format(float(r['mean']))}"
+            f"{r['label']}{'*' if _true(r.get('chosen')) else ''} {fmt.format(float(r['mean']))}"
             f"{' ' + str(r['comparison']) if isinstance(r.get('comparison'), str) and r['comparison'] else ''}"
             for r in rows
         )

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,9 +17,11 @@ from controller.policies import ControllerSearcher, RandomSearcher
 from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
 from search_space.plan import Plan
 from search_space.space import SearchSpace
+from tests.helpers import CHILDREN
+from tests.helpers.drivers import interrupt_when, launch
 
 REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).parent / "helpers" / "children.py"
+
 PENALTY = 0.1
 TRIAL_COLUMNS = trial_columns(Objective())
 
@@ -416,44 +414,6 @@ def test_existing_run_folder_needs_resume(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert launch_search.main(["--storage-path", str(tmp_path), "--name", "taken"]) == 2
     assert "already exists" in capsys.readouterr().err
-
-
-def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
-    """`python launch_search.py ...` as a user runs it, joining the test's Ray."""
-    env = dict(os.environ)
-    child = (
-        ["--child", f"{CHILDREN}:quick"]  # a resume takes the code from the command line, never the folder
-        if "--resume" in extra
-        else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0", "--tuned-trials", "0"]
-    )
-    cmd = [
-        sys.executable,
-        str(REPO / "launch_search.py"),
-        "--storage-path",
-        str(tmp_path),
-        "--name",
-        "run",
-        "--address",
-        address,
-        *child,
-        *extra,
-    ]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def interrupt_when(proc: subprocess.Popen, ready, sig: int = signal.SIGINT) -> str:
-    """Send ``sig`` to a running launch_search.py once ``ready()`` holds; its output."""
-    try:
-        deadline = time.time() + 120
-        while not ready() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
