@@ -161,6 +161,7 @@ class PlanSearcher(Searcher):
         self._seen: set[str] | None = None  # plan keys of every search-stage trial (lazy)
         self._session: dict[str, float] | None = None
         self._best: dict[str, Any] | None = None  # running tallies: the driver's cost per trial stays flat
+        self._rewards_by_plan: dict[str, float] = {}  # plan key -> its latest reward (for redraws)
         self._failed = 0
         self._worst_ok_reward: float | None = None
 
@@ -341,10 +342,7 @@ class PlanSearcher(Searcher):
         return self._seen
 
     def _known_reward(self, key: str) -> float | None:
-        for r in reversed(self._records):
-            if r.get("reward") is not None and plan_key(r["plan"]) == key:
-                return float(r["reward"])
-        return None
+        return self._rewards_by_plan.get(key)
 
     def _tokens_of(self, plan: Plan) -> list[int]:
         """A baseline's tokens, for the record; [] when the space cannot say it (a hand-set plan
@@ -534,6 +532,8 @@ class PlanSearcher(Searcher):
         """Keep the best ok trial and the worst ok reward up to date (``run_folder.best_row``'s
         rule: ok, finite, best by the mode; ties go to the earlier trial)."""
         o = self.objective
+        if row.get("reward") is not None:
+            self._rewards_by_plan[plan_key(row["plan"])] = float(row["reward"])
         value = rf.as_float(row.get(o.metric))
         if row["status"] not in rf.RANKED_STATUSES or not math.isfinite(value):
             return
@@ -656,7 +656,7 @@ class PlanSearcher(Searcher):
         self._retally()
 
     def _retally(self) -> None:
-        self._best, self._worst_ok_reward = None, None
+        self._best, self._worst_ok_reward, self._rewards_by_plan = None, None, {}
         for r in self._records:
             self._tally(r)
         self._failed = sum(r["status"] in rf.FAILED_STATUSES for r in self._records + self._final_records)
