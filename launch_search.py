@@ -213,18 +213,17 @@ def model_and_example(train: dict[str, Any], child: str | None = None) -> tuple[
     size), the objective and the penalty reward (the reward of chance level). Loads the data
     once on the driver, so a missing --data-dir fails here, not in every trial."""
     from child_trainer.train import task_metric
-    from child_trainer.trial import ChildModel, chance_level
-    from child_trainer.trial import model_and_example as example_of
+    from child_trainer.trial import ChildModel, driver_data
     from controller.run_folder import Objective
 
     metric, mode = task_metric(train["model"])
     objective = Objective(metric, mode, "neg_log" if metric == "val_ppl" else "")
     try:
-        _, example, _, _ = example_of(train)
-        penalty = objective.reward(chance_level(train))
+        data = driver_data(train)  # the driver's one load of the data
     except ValueError as e:
         raise _usage(e) from None
-    return ChildModel(train, child, paths=[str(Path.cwd())]), example, objective, penalty
+    model_fn = ChildModel(train, child, paths=[str(Path.cwd())], sizes=data.sizes)
+    return model_fn, data.example, objective, objective.reward(data.chance)
 
 
 def describe_model(model_fn: Any, example: Any) -> str:

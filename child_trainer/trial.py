@@ -30,6 +30,8 @@ __all__ = [
     "ChildTrain",
     "chance_level",
     "child_model_of",
+    "DriverData",
+    "driver_data",
     "load_function",
     "load_split",
     "model_and_example",
@@ -119,6 +121,7 @@ class ChildModel:
     train: dict[str, Any]
     child: str | None = None
     paths: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # DriverData.sizes: build without loading data
 
     def __call__(self) -> nn.Module:
         _add_paths(self.paths)
@@ -131,6 +134,17 @@ class ChildModel:
                     detail=f"bad value {self.child!r} ({CHILD_MODEL} returned a {type(model).__name__})",
                 )  # fmt: skip
             return model
+        if self.sizes:
+            cfg = TrainConfig.from_dict(self.train)
+            torch.manual_seed(0)  # as model_and_example: the same fresh model every call
+            if is_lm(cfg.model):
+                return build_model(cfg.model, self.sizes["vocab_size"], max_len=cfg.seq_len)
+            return build_model(
+                cfg.model,
+                self.sizes["num_classes"],
+                in_channels=self.sizes["in_channels"],
+                image_size=self.sizes["image_size"],
+            )
         return model_and_example(self.train)[0]
 
 
@@ -176,6 +190,29 @@ def model_and_example(
     model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels, image_size=data.image_shape[-1])
     x = data.val_x[index : index + 1].float().cpu()
     return model, x, int(data.val_y[index]), data.name
+
+
+@dataclass(frozen=True)
+class DriverData:
+    """What the driver needs from the run's data, read once: the model's sizes, one real
+    validation input (sites and baselines are placed by its shapes) and the chance level."""
+
+    sizes: dict[str, int]
+    example: torch.Tensor
+    chance: float
+
+
+def driver_data(train_config: Mapping[str, Any]) -> DriverData:
+    """One load of the run's data on the driver (a missing --data-dir fails here, not in every trial)."""
+    cfg = TrainConfig.from_dict(dict(train_config))
+    if is_lm(cfg.model):
+        text = load_text(cfg.dataset, cfg.data_dir, with_test=False)
+        return DriverData(
+            {"vocab_size": text.vocab_size}, text.val[: cfg.seq_len].view(1, -1).cpu(), float(text.vocab_size)
+        )
+    data = load_split(cfg)
+    sizes = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_shape[-1]}
+    return DriverData(sizes, data.val_x[:1].float().cpu(), 1.0 / data.num_classes)
 
 
 def chance_level(train_config: Mapping[str, Any]) -> float:
