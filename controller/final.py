@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
-from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of
+from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of, standard_error
 
 __all__ = ["final_rows", "write_final", "verdict", "kind_of", "best_plan_of", "SEARCHED", "BASELINE", "TUNED"]
 
@@ -35,10 +35,6 @@ def kind_of(label: str, baselines: Sequence[str]) -> str:
     if label.startswith(TUNED_PREFIX):
         return TUNED
     return BASELINE if label in baselines else SEARCHED
-
-
-def _se(values: Sequence[float]) -> float:
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
 def final_rows(
@@ -73,7 +69,7 @@ def final_rows(
                 "trial_id": e["trial_id"],
                 "seeds": len(seeds),
                 "mean": statistics.fmean(vals) if vals else float("nan"),
-                "se": _se(vals),
+                "se": standard_error(vals),
                 "values": json.dumps({str(k): v for k, v in seeds.items()}),
                 "complete": len(vals) == (expected_seeds or len(seeds)),
                 "methods": e["methods"],

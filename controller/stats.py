@@ -22,7 +22,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["MIN_SEEDS", "BETTER", "WORSE", "CANNOT_TELL", "TOO_FEW", "Paired", "paired", "sign_of"]
+__all__ = [
+    "MIN_SEEDS",
+    "BETTER",
+    "WORSE",
+    "CANNOT_TELL",
+    "TOO_FEW",
+    "Paired",
+    "paired",
+    "sign_of",
+    "standard_error",
+]
 
 MIN_SEEDS = 3
 BETTER, WORSE, CANNOT_TELL, TOO_FEW = "better", "worse", "cannot tell", "cannot tell: too few seeds"
@@ -47,6 +57,16 @@ class Paired:
 def sign_of(mode: str) -> float:
     """+1 when larger values are better (``mode="max"``), -1 otherwise."""
     return 1.0 if mode == "max" else -1.0
+
+
+def standard_error(values: Any) -> float:
+    """Standard error of the mean of the finite ``values`` (sample sd / sqrt(n)); NaN below 2."""
+    vals = [float(v) for v in values if _finite(v)]
+    n = len(vals)
+    if n < 2:
+        return float("nan")
+    mean = math.fsum(vals) / n
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) / math.sqrt(n)
 
 
 def _finite(value: Any) -> bool:
@@ -75,8 +95,7 @@ def paired(a: Mapping[Any, float], b: Mapping[Any, float], mode: str = "max") ->
     mean = math.fsum(diffs) / n
     if n == 1:
         return Paired(1, mean, nan, nan, nan, nan, TOO_FEW)
-    sd = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
+    se = standard_error(diffs)
     half = float(stats.t.ppf(0.975, n - 1)) * se
     low, high = mean - half, mean + half
     if se > 0:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from controller.final import SEARCHED, TUNED_PREFIX
 from controller.run_folder import Objective
-from controller.stats import paired, sign_of
+from controller.stats import paired, sign_of, standard_error
 from search_space.baselines import BASELINES, baseline_plans
 from search_space.errors import FieldError
 from search_space.plan import plan_key
@@ -296,7 +296,7 @@ def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) ->
             "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
             f"{test}_mean": gok[test].mean(),
             f"{test}_std": gok[test].std(ddof=1),
-            f"{test}_se": gok[test].std(ddof=1) / np.sqrt(gok[test].count()),
+            f"{test}_se": gok[test].apply(standard_error),
             f"{val}_mean": gok[val].mean(),
             "summary": g["summary"].first(),
         }
