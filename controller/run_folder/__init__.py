@@ -14,7 +14,7 @@ Layout::
     final.csv               the final stage's table (FINAL_COLUMNS), written once it is complete
     best_plan.json          the plan to take home (see ``controller.final``)
     searcher_state.json     the searcher's state as data (counters, running trials, RNG)
-    searcher_policy.pt      the controller's weights and optimizer (tensors only: weights_only)
+    searcher_policy-<sha>.pt  the controller's weights and optimizer (tensors only: weights_only)
     trial_*/                Ray Tune's per-trial folders (never read back by this project)
 
 The three ledger files are appended one complete line at a time and never rewritten
@@ -50,7 +50,6 @@ __all__ = [
     "FINAL_TRIAL_COLUMNS",
     "BEST_PLAN",
     "SNAPSHOT",
-    "POLICY",
     "OK",
     "STOPPED",
     "DIVERGED",
@@ -87,7 +86,6 @@ FINAL = "final.csv"
 FINAL_TRIALS = "final_trials.csv"
 BEST_PLAN = "best_plan.json"
 SNAPSHOT = "searcher_state.json"
-POLICY = "searcher_policy.pt"
 
 # Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that a
 # scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped trial's value was
