@@ -46,6 +46,7 @@ __all__ = [
     "resolve_sites",
     "summary_text",
     "check_seed",
+    "check_trial_timeout",
     "check_name",
     "check_storage",
     "check_resumable",
@@ -95,6 +96,17 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 def check_seed(name: str, value: Any) -> int:
     return _check_int(name, value, 0, SEED_MAX)
+
+
+#: The longest trial_timeout (about three years): threading's waits overflow far above it.
+TRIAL_TIMEOUT_MAX = 1e8
+
+
+def check_trial_timeout(value: Any) -> float | None:
+    """None (no limit) or a positive, finite number of seconds."""
+    if value is not None:
+        check_number("trial_timeout", value, 0, TRIAL_TIMEOUT_MAX, low_open=True)
+    return value
 
 
 def check_name(name: str) -> str:
@@ -361,6 +373,7 @@ def run_search(
     address: str | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     max_failures: int = 0,
+    trial_timeout: float | None = None,
     extra_config: Mapping[str, Any] | None = None,
     verbose: bool | int = False,
     callbacks: Sequence[Any] | None = None,
@@ -399,6 +412,10 @@ def run_search(
             and every tuned recipe with S fresh seeds (final.csv); ``best_plan.json`` holds a
             searched plan only if its paired 95% interval against the best baseline lies
             wholly on the better side, else that baseline (``controller.final``).
+        trial_timeout: seconds one trial may run (over all its reward seeds); past it the trial
+            is recorded with status "timeout" and the penalty reward, its worker process is
+            ended (so a child that hangs cannot hold the search), and the search goes on.
+            None: no limit. Saved in search_config.json, so a resume keeps it.
         extra_config: saved in search_config.json (e.g. the command line that started it).
         verbose: show the searcher's line per finished trial (``[k/N] trial ... best ... ETA``,
             logger ``controller.searcher``) on stderr even where logging is not set up (a
@@ -425,6 +442,7 @@ def run_search(
     _check_int("controller_batch", controller_batch, 1)
     _check_int("max_failures", max_failures, 0)
     check_seed("seed", seed)
+    check_trial_timeout(trial_timeout)
     if max_concurrent is not None:
         _check_int("max_concurrent", max_concurrent, 1)
     if controller_lr is not None and not (
@@ -507,6 +525,7 @@ def run_search(
             "max_epochs": max_epochs,
             "max_concurrent": max_concurrent,
             "max_failures": max_failures,
+            "trial_timeout": None if trial_timeout is None else float(trial_timeout),
             "started_at": rf.now_iso(),
             **dict(extra_config or {}),
         }
@@ -733,7 +752,10 @@ def _execute(
         signals.install()
         res = _resources(resources)
         _ship_by_value(train_fn)
-        trainable = tune.with_resources(make_trainable(train_fn, objective), res)
+        timeout = config.get("trial_timeout")
+        trainable = tune.with_resources(
+            make_trainable(train_fn, objective, None if timeout is None else float(timeout)), res
+        )
         if verbose:
             _show_progress()
         if not resume:

@@ -55,6 +55,7 @@ __all__ = [
     "STOPPED",
     "DIVERGED",
     "FAILED",
+    "TIMEOUT",
     "STATUSES",
     "CHILD_STATUSES",
     "FAILED_STATUSES",
@@ -89,13 +90,15 @@ BEST_PLAN = "best_plan.json"
 SNAPSHOT = "searcher_state.json"
 POLICY = "searcher_policy.pt"
 
-# Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that a
-# scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped trial's value was
-# measured after fewer epochs than the others', so it is recorded and rewarded, never "best".
-OK, STOPPED, DIVERGED, FAILED = "ok", "stopped", "diverged", "failed"
-STATUSES = (OK, STOPPED, DIVERGED, FAILED)
-CHILD_STATUSES = (OK, DIVERGED, FAILED)
-FAILED_STATUSES = (FAILED, DIVERGED)
+# Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that ran
+# past the search's trial_timeout is "timeout" (the trainable reports it, then ends its worker);
+# a trial that a scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped
+# trial's value was measured after fewer epochs than the others', so it is recorded and
+# rewarded, never "best".
+OK, STOPPED, DIVERGED, FAILED, TIMEOUT = "ok", "stopped", "diverged", "failed", "timeout"
+STATUSES = (OK, STOPPED, DIVERGED, FAILED, TIMEOUT)
+CHILD_STATUSES = (OK, DIVERGED, FAILED, TIMEOUT)
+FAILED_STATUSES = (FAILED, DIVERGED, TIMEOUT)
 RANKED_STATUSES = (OK,)
 
 SITE_PREFIX = "site:"
