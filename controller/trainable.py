@@ -105,6 +105,7 @@ class _SeedReporter:
         if (
             isinstance(value, (int, float))
             and math.isfinite(value)
+            and abs(value) <= rf.METRIC_MAX
             and not self.sign * self.best[0] >= self.sign * value
         ):
             self.best[0] = float(value)
@@ -219,11 +220,16 @@ def run_trial(
             final(status, error=message or status)
             return
         value = result.get(metric)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or abs(value) > rf.METRIC_MAX
+        ):
             final(
                 rf.FAILED,
                 error=f"{metric}: bad value {value!r} at the end of seed {seed}; "
-                f"allowed: a finite number reported with report({metric}=...)",
+                f"allowed: a finite number of magnitude at most {rf.METRIC_MAX:g} reported with report({metric}=...)",
             )
             return
         values.append(float(value))

@@ -255,3 +255,32 @@ def test_results_bad_input(args, needle, fake_run, places, capsys, monkeypatch):
     _one_line(capsys, "python -m results", needle)
     assert _files(root) == before
     assert not os.path.exists(root / "x.json")
+
+
+def test_a_child_reporting_1e308_is_recorded_failed_and_the_search_goes_on(tmp_path, monkeypatch):
+    """1e308 used to stop the search with OverflowError (the mean of two seeds, the batch's
+    mean reward); now the trial is recorded as failed, naming the value and the bound."""
+    from ray import tune
+
+    from child_trainer import build_model
+    from controller import run_folder as rf
+    from controller import trainable
+    from controller.policies import make_searcher
+    from search_space import SearchSpace
+
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(trainable, "_node_name", lambda: "here")
+    trainable.run_trial({"plan": None, "seeds": [0, 1]}, lambda plan, seed, report: {"val_acc": 1e308}, rf.Objective())
+    assert reports[-1]["status"] == "failed" and "1e+308" in reports[-1]["error"]
+
+    space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), share="stage", model_name="digits_cnn")
+    s = make_searcher("controller", space, num_samples=4, run_dir=tmp_path, seed=0, controller_batch=2)
+    for i in range(4):
+        s.suggest(f"t{i}")
+        value = 1e308 if i % 2 else 0.5
+        s.on_trial_complete(f"t{i}", {"final": True, "status": "ok", "val_acc": value, "epoch": 1})
+    assert s.fatal_error is None
+    trials = rf.read_trials(tmp_path / rf.TRIALS, rf.Objective())
+    assert list(trials["status"]) == ["ok", "failed", "ok", "failed"]
+    assert "val_acc: bad value 1e+308" in trials["error"][1]

@@ -60,6 +60,7 @@ __all__ = [
     "CHILD_STATUSES",
     "FAILED_STATUSES",
     "RANKED_STATUSES",
+    "METRIC_MAX",
     "SITE_PREFIX",
     "HISTORY_COLUMNS",
     "FINAL_COLUMNS",
@@ -100,6 +101,11 @@ STATUSES = (OK, STOPPED, DIVERGED, FAILED, TIMEOUT)
 CHILD_STATUSES = (OK, DIVERGED, FAILED, TIMEOUT)
 FAILED_STATUSES = (FAILED, DIVERGED, TIMEOUT)
 RANKED_STATUSES = (OK,)
+
+#: The largest magnitude a metric value may have to count as a measurement: the controller
+#: learns in float32 (at most 3.4e38) and means and sums of values near 1e308 overflow. A
+#: child reporting more (a bug, e.g. 1e308) gets status failed, never OverflowError.
+METRIC_MAX = 1e30
 
 SITE_PREFIX = "site:"
 #: ``trials``: the trial ids whose rewards this update used (JSON list).
