@@ -168,12 +168,31 @@ def check_args(args: argparse.Namespace) -> None:
         if args.child is not None:
             from child_trainer.trial import load_function
 
-            load_function(args.child, "child")
+            check_child_signature(args.child, load_function(args.child, "child"))
             target, _, fn = args.child.rpartition(":")
             if target.endswith(".py"):  # workers start elsewhere: pass the file's absolute path
                 args.child = f"{Path(target).resolve()}:{fn}"
     except FieldError as exc:
         raise _usage(exc) from None
+
+
+def check_child_signature(spec: str, fn: Any) -> None:
+    """--child must take (config, plan, report) like train_child: refused here, not in every trial."""
+    import inspect
+
+    from search_space.errors import FieldError
+
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except TypeError as exc:
+        raise FieldError(
+            "child",
+            spec,
+            "a function taking (config, plan, report) like child_trainer.train_child",
+            detail=f"bad value {spec!r} ({exc})",
+        ) from None
+    except ValueError:  # no signature to read (some builtins): the trial will say
+        pass
 
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:

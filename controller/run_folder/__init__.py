@@ -449,7 +449,7 @@ def _row_problem(row: Mapping[str, str], n_cells: int, n_columns: int, objective
         return "trial_id: empty"
     try:
         json.loads(row.get("plan_json") or "")
-    except ValueError:
+    except (ValueError, RecursionError):
         return "plan_json: not a complete JSON plan"
     if row["status"] == OK and not math.isfinite(_float(row.get(objective.metric))):
         return f"{objective.metric}: bad value {row.get(objective.metric)!r} for an ok trial"
