@@ -46,7 +46,7 @@ FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # API/T
 # Flags passed to run_search under the same name.
 SAME_NAMES = ("num_samples", "search", "max_concurrent", "scheduler", "sites", "seed", "reward_seeds",
               "final_top_k", "final_seeds", "controller_batch", "controller_lr", "address",
-              "tuned_trials")  # fmt: skip
+              "tuned_trials", "trial_timeout")  # fmt: skip
 SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
@@ -89,6 +89,13 @@ SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
         None,
         "module:function or file.py:function with train_child's signature (config, plan, "
         "report); sites come from the module's child_model(config) when it has one, else from --model",
+    ),
+    (
+        "--trial-timeout",
+        float,
+        None,
+        "seconds one trial may run (all its reward seeds); past it the trial is recorded as "
+        "timeout with the penalty reward and the search goes on (default: no limit)",
     ),
     ("--address", str, None, "join a running Ray cluster (host:port or auto); default: local Ray"),
     ("--storage-path", str, "runs", "parent folder of the run folder"),
@@ -161,12 +168,31 @@ def check_args(args: argparse.Namespace) -> None:
         if args.child is not None:
             from child_trainer.trial import load_function
 
-            load_function(args.child, "child")
+            check_child_signature(args.child, load_function(args.child, "child"))
             target, _, fn = args.child.rpartition(":")
             if target.endswith(".py"):  # workers start elsewhere: pass the file's absolute path
                 args.child = f"{Path(target).resolve()}:{fn}"
     except FieldError as exc:
         raise _usage(exc) from None
+
+
+def check_child_signature(spec: str, fn: Any) -> None:
+    """--child must take (config, plan, report) like train_child: refused here, not in every trial."""
+    import inspect
+
+    from search_space.errors import FieldError
+
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except TypeError as exc:
+        raise FieldError(
+            "child",
+            spec,
+            "a function taking (config, plan, report) like child_trainer.train_child",
+            detail=f"bad value {spec!r} ({exc})",
+        ) from None
+    except ValueError:  # no signature to read (some builtins): the trial will say
+        pass
 
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:

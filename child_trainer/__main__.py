@@ -1,7 +1,8 @@
 """``python -m child_trainer``: train one child network from the command line.
 
 Every TrainConfig field is a flag (``--batch-size``, ``--eval-test``/``--no-eval-test``, ...).
-Bad arguments give a one-line error and exit code 2; a diverged or failed run exits 1.
+Bad arguments give a one-line error and exit code 2; a diverged or failed run exits 1; Ctrl-C
+stops it with exit code 130.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc if exc.field.startswith("-") else exc.renamed(flag_of(exc.field))))
     except ValueError as exc:
         return _fail(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

@@ -146,13 +146,13 @@ class TrainConfig:
         if self.label_smoothing is None:
             self.label_smoothing = 0.0 if lm else 0.1
         positive = {
-            "epochs": (self.epochs, True),
-            "batch_size": (self.batch_size, True),
-            "lr": (self.lr, False),
-            "eval_batch_size": (self.eval_batch_size, True),
+            "epochs": (self.epochs, True, MAX_EPOCHS),
+            "batch_size": (self.batch_size, True, None),
+            "lr": (self.lr, False, MAX_LR),
+            "eval_batch_size": (self.eval_batch_size, True, None),
         }
-        for name, (value, integer) in positive.items():
-            check_number(name, value, 0.0, None, integer=integer, low_open=True)
+        for name, (value, integer, high) in positive.items():
+            check_number(name, value, 0.0, high, integer=integer, low_open=True)
         check_number("synthetic_classes", self.synthetic_classes, 2, 1000, integer=True)
         if self.train_size is not None:
             check_number("train_size", self.train_size, 1, None, integer=True)
@@ -193,6 +193,8 @@ class TrainConfig:
 
 
 MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
+MAX_EPOCHS = 1_000_000  # years of training on any data set; 2**70 would "run" until killed
+MAX_LR = 100.0  # far above any optimizer's useful rate; 1e308 overflows the first step to inf
 
 
 class Diverged(RuntimeError):

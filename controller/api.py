@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import tempfile
 import time
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_sites",
     "summary_text",
     "check_seed",
+    "check_trial_timeout",
     "check_name",
     "check_storage",
     "check_resumable",
@@ -97,6 +99,47 @@ def check_seed(name: str, value: Any) -> int:
     return _check_int(name, value, 0, SEED_MAX)
 
 
+#: The longest trial_timeout (about three years): threading's waits overflow far above it.
+TRIAL_TIMEOUT_MAX = 1e8
+
+
+def check_trial_timeout(value: Any) -> float | None:
+    """None (no limit) or a positive, finite number of seconds."""
+    if value is not None:
+        check_number("trial_timeout", value, 0, TRIAL_TIMEOUT_MAX, low_open=True)
+    return value
+
+
+#: The most trainings one search may ask for (far beyond any budget; 2**70 would never end).
+MAX_TRIALS = 1_000_000
+#: The final stage's seeds start here above the search's seed (``seed + 1000 + i``).
+FINAL_SEED_OFFSET = 1000
+
+
+def _check_seed_room(seed: int, reward_seeds: int, final_seeds: int) -> None:
+    """Every seed the run will use (seed .. seed+K-1, seed+1000 .. seed+1000+S-1) must stay
+    within SEED_MAX: refused here rather than in a trial hours later."""
+    top = max(reward_seeds - 1, FINAL_SEED_OFFSET + final_seeds - 1 if final_seeds else 0)
+    if seed + top > SEED_MAX:
+        raise FieldError(
+            "seed",
+            seed,
+            f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
+            f"reward seeds{' and the final stage' if final_seeds else ''})",
+        )
+
+
+def _check_local_cpus(resources: Mapping[str, Any] | None) -> None:
+    """A local Ray gets this machine's CPUs: more per trial could never be scheduled (Ray would
+    wait forever). Only when Ray is not running yet (a running one is checked after it starts)."""
+    import ray
+
+    cpus = dict(resources or {}).get("cpu", 1.0)
+    have = os.cpu_count() or 1
+    if not ray.is_initialized() and cpus > have:
+        raise FieldError("cpus_per_trial", cpus, f"at most {have} (this machine's CPUs; use --address for a cluster)")
+
+
 def check_name(name: str) -> str:
     if (
         not isinstance(name, str)
@@ -118,7 +161,15 @@ def check_storage(storage_path: str | os.PathLike[str]) -> Path:
     path = Path(storage_path).expanduser()
     if str(storage_path) == "":
         raise FieldError("storage_path", "", "a folder path")
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise FieldError(
+            "storage_path",
+            str(storage_path),
+            "a folder path without a symlink loop",
+            detail=f"bad value {str(storage_path)!r} ({exc})",
+        ) from None
     probe = path
     while not probe.exists():
         probe = probe.parent
@@ -361,6 +412,7 @@ def run_search(
     address: str | None = None,
     runtime_env: Mapping[str, Any] | None = None,
     max_failures: int = 0,
+    trial_timeout: float | None = None,
     extra_config: Mapping[str, Any] | None = None,
     verbose: bool | int = False,
     callbacks: Sequence[Any] | None = None,
@@ -399,6 +451,10 @@ def run_search(
             and every tuned recipe with S fresh seeds (final.csv); ``best_plan.json`` holds a
             searched plan only if its paired 95% interval against the best baseline lies
             wholly on the better side, else that baseline (``controller.final``).
+        trial_timeout: seconds one trial may run (over all its reward seeds); past it the trial
+            is recorded with status "timeout" and the penalty reward, its worker process is
+            ended (so a child that hangs cannot hold the search), and the search goes on.
+            None: no limit. Saved in search_config.json, so a resume keeps it.
         extra_config: saved in search_config.json (e.g. the command line that started it).
         verbose: show the searcher's line per finished trial (``[k/N] trial ... best ... ETA``,
             logger ``controller.searcher``) on stderr even where logging is not set up (a
@@ -418,13 +474,19 @@ def run_search(
         raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
     callbacks = _check_callbacks(callbacks)
     objective = rf.Objective(metric, mode, reward_transform)
-    _check_int("num_samples", num_samples, 1)
+    _check_int("num_samples", num_samples, 1, MAX_TRIALS)
     _check_int("reward_seeds", reward_seeds, 1, 1000)
-    _check_int("final_top_k", final_top_k, 0)
+    _check_int("final_top_k", final_top_k, 0, MAX_TRIALS)
     _check_int("final_seeds", final_seeds, 0, 1000)
+    if final_top_k and not final_seeds:
+        raise FieldError(
+            "final_seeds", final_seeds, "at least 1 when final_top_k > 0 (a final stage needs seeds), or final_top_k 0"
+        )
     _check_int("controller_batch", controller_batch, 1)
     _check_int("max_failures", max_failures, 0)
     check_seed("seed", seed)
+    _check_seed_room(seed, reward_seeds, final_seeds if final_top_k else 0)
+    check_trial_timeout(trial_timeout)
     if max_concurrent is not None:
         _check_int("max_concurrent", max_concurrent, 1)
     if controller_lr is not None and not (
@@ -448,6 +510,8 @@ def run_search(
         raise FieldError("penalty_reward", penalty_reward, "a finite number or None (the worst reward so far)")
     check_resources(resources_per_trial)
     check_address(address)
+    if address is None:
+        _check_local_cpus(resources_per_trial)
     storage = check_storage(storage_path)
     if resume and not name:
         raise FieldError("name", None, "the name of the run to resume", detail="missing")
@@ -496,7 +560,7 @@ def run_search(
             "seed": seed,
             "reward_seeds": list(range(seed, seed + reward_seeds)),
             "final_top_k": final_top_k,
-            "final_seeds": [seed + 1000 + i for i in range(final_seeds)],
+            "final_seeds": [seed + FINAL_SEED_OFFSET + i for i in range(final_seeds)],
             "baselines": {k: p.to_dict() for k, p in baseline_plans.items()},
             "tuned": {m: [p.to_dict() for p in plans] for m, plans in tuned.items()},
             "controller_batch": controller_batch,
@@ -507,6 +571,7 @@ def run_search(
             "max_epochs": max_epochs,
             "max_concurrent": max_concurrent,
             "max_failures": max_failures,
+            "trial_timeout": None if trial_timeout is None else float(trial_timeout),
             "started_at": rf.now_iso(),
             **dict(extra_config or {}),
         }
@@ -733,7 +798,10 @@ def _execute(
         signals.install()
         res = _resources(resources)
         _ship_by_value(train_fn)
-        trainable = tune.with_resources(make_trainable(train_fn, objective), res)
+        timeout = config.get("trial_timeout")
+        trainable = tune.with_resources(
+            make_trainable(train_fn, objective, None if timeout is None else float(timeout)), res
+        )
         if verbose:
             _show_progress()
         if not resume:
@@ -972,7 +1040,7 @@ def summary_text(result: SearchResult) -> str:
     if result.error:
         lines.append(f"Stopped by an error: {result.error}")
     rel = os.path.relpath(result.run_dir)
-    rel = str(result.run_dir) if rel.startswith("..") else rel
+    rel = shlex.quote(str(result.run_dir) if rel.startswith("..") else rel)  # pasteable with spaces too
     lines += ["Next:", f"  python -m results summarize {rel}"]
     if len(ok):  # the others need at least one trial that finished ok (and a best plan)
         lines.append(f"  python -m results plot {rel}")

@@ -85,7 +85,14 @@ def trial_outcome(
             )
     else:
         status = rf.STOPPED
-    if not math.isfinite(best):
+    if status in (rf.OK, rf.STOPPED) and math.isfinite(val) and abs(val) > rf.METRIC_MAX:
+        # e.g. 1e308 from a buggy child: no measurement, and its sums would overflow
+        status, final = rf.FAILED, True
+        error = (
+            f"{objective.metric}: bad value {val:g} reported by the child; "
+            f"allowed: a finite number of magnitude at most {rf.METRIC_MAX:g}"
+        )
+    if not math.isfinite(best) or abs(best) > rf.METRIC_MAX:
         best = val
     reward: float | None
     if status in (rf.OK, rf.STOPPED):

@@ -11,14 +11,27 @@ to Ray's result.json) and the function returns normally: Ray then keeps the work
 the next trial instead of paying a new one (seconds of imports) per failure. A ``train_fn``
 may return a dict of final metrics (``status`` "ok" / "diverged" / "failed", ``message``);
 returning None means "ok, and the last reported metrics are final".
+
+With a ``timeout`` (the search's ``trial_timeout``, seconds over all seeds of a trial),
+``train_fn`` runs in a daemon thread and the trial waits for it with a deadline. Past it, the
+trial reports a final ``status="timeout"`` and then ends its worker process (``os._exit``):
+Python cannot stop a thread, and a hung child left alive would hold the worker (and, through
+Ray's process-wide session, could report into the next trial). Tune's function trainable
+reports synchronously: ``tune.report`` returns only when the driver asks for the next result,
+so the final report has reached the driver before the process ends. Tune then sees the trial
+error after its final report, and ``controller.outcome`` records it as ``timeout``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
+import os
 import statistics
+import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +39,8 @@ from typing import Any
 from controller import run_folder as rf
 
 __all__ = ["make_trainable", "TrainFn"]
+
+log = logging.getLogger(__name__)
 
 #: ``train_fn(plan, seed, report)``: builds and trains the user's model under ``plan`` with
 #: ``seed``, calling ``report(**metrics)`` once per epoch.
@@ -52,11 +67,14 @@ def _node_name() -> str:
     return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
 
-def make_trainable(train_fn: TrainFn, objective: rf.Objective) -> Callable[[dict[str, Any]], None]:
-    """The function Tune runs per trial (a closure, so train_fn travels with it)."""
+def make_trainable(
+    train_fn: TrainFn, objective: rf.Objective, timeout: float | None = None
+) -> Callable[[dict[str, Any]], None]:
+    """The function Tune runs per trial (a closure, so train_fn travels with it); ``timeout``:
+    seconds a trial may run over all its seeds (None: no limit)."""
 
     def autodropout_trial(config: dict[str, Any]) -> None:
-        run_trial(config, train_fn, objective)
+        run_trial(config, train_fn, objective, timeout)
 
     return autodropout_trial
 
@@ -74,6 +92,8 @@ class _SeedReporter:
     def __call__(self, **metrics: Any) -> None:
         from ray import tune
 
+        if self.state.get("timed_out"):  # a late report of a child past its deadline: dropped
+            return
         values_now = _scalars(metrics)
         epoch = values_now.get("epoch")  # a child that validates every few epochs says which
         if isinstance(epoch, int) and not isinstance(epoch, bool) and self.base + epoch > self.state["epoch"]:
@@ -85,6 +105,7 @@ class _SeedReporter:
         if (
             isinstance(value, (int, float))
             and math.isfinite(value)
+            and abs(value) <= rf.METRIC_MAX
             and not self.sign * self.best[0] >= self.sign * value
         ):
             self.best[0] = float(value)
@@ -102,7 +123,41 @@ class _SeedReporter:
         self.state["in_report"] = False
 
 
-def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Objective) -> None:
+class _PastDeadline(Exception):
+    """train_fn was still running at the trial's deadline."""
+
+
+def _call_with_deadline(train_fn: TrainFn, plan: Any, seed: int, report: Callable[..., None], deadline: float) -> Any:
+    """``train_fn(plan, seed, report)`` in a daemon thread; its return value or its exception
+    (BaseException too: Tune ends a trial by raising SystemExit inside ``report``), or
+    _PastDeadline when it is still running at ``deadline`` (time.monotonic())."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["returned"] = train_fn(plan, seed, report)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's own thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"train_fn-seed-{seed}", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        raise _PastDeadline
+    if "error" in box:
+        raise box["error"]
+    return box.get("returned")
+
+
+def _end_worker() -> None:
+    """End this worker process: the only way to stop a child thread that runs past its deadline."""
+    logging.shutdown()
+    os._exit(0)
+
+
+def run_trial(
+    config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Objective, timeout: float | None = None
+) -> None:
     from ray import tune
 
     metric, sign = objective.metric, (1.0 if objective.mode == "max" else -1.0)
@@ -112,6 +167,7 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
     values: list[float] = []
     bests: list[float] = []
     extra: dict[str, Any] = {}
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
 
     def final(status: str, **fields: Any) -> None:
         tune.report(
@@ -130,7 +186,21 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
         report = _SeedReporter(index, metric, sign, node, state)
         seen, best = report.seen, report.best
         try:
-            returned = train_fn(plan, seed, report)
+            if deadline is None:
+                returned = train_fn(plan, seed, report)
+            else:
+                returned = _call_with_deadline(train_fn, plan, seed, report, deadline)
+        except _PastDeadline:
+            state["timed_out"] = True
+            message = (
+                f"trial_timeout: ran past the limit of {float(timeout or 0):g} s (seed {seed}, "
+                f"{state['epoch']} epoch(s) reported); its worker process was ended"
+            )
+            log.warning("trial %s: %s", tune.get_context().get_trial_id(), message)
+            try:
+                final(rf.TIMEOUT, error=message)
+            finally:  # also when Tune ends the trial inside that report: the hung thread must go
+                _end_worker()
         except Exception as exc:
             if state["in_report"]:  # Tune itself is ending the trial: not a child failure
                 raise
@@ -150,11 +220,16 @@ def run_trial(config: Mapping[str, Any], train_fn: TrainFn, objective: rf.Object
             final(status, error=message or status)
             return
         value = result.get(metric)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or abs(value) > rf.METRIC_MAX
+        ):
             final(
                 rf.FAILED,
                 error=f"{metric}: bad value {value!r} at the end of seed {seed}; "
-                f"allowed: a finite number reported with report({metric}=...)",
+                f"allowed: a finite number of magnitude at most {rf.METRIC_MAX:g} reported with report({metric}=...)",
             )
             return
         values.append(float(value))

@@ -100,21 +100,34 @@ class Run:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise _unusable(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise _unusable(f"cannot read {path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV the search writes; a missing or empty file is an empty table (nothing finished yet)."""
+#: final.csv columns the tables, plots and retrain read (others are optional, e.g. an older run's).
+FINAL_REQUIRED = ("label", "kind", "seeds", "mean", "se", "values", "chosen", "methods", "plan_json")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV the search writes; a missing or empty file is an empty table (nothing finished
+    yet). A file without one of the ``required`` columns is refused in one line (not a KeyError
+    later, deep in a table)."""
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=list(columns))
     try:
-        return pd.read_csv(path, keep_default_na=True)
+        df = pd.read_csv(path, keep_default_na=True)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise _unusable(f"cannot read {path}: {exc}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise _unusable(
+            f"cannot read {path}: column(s) {', '.join(missing)} missing; allowed: a {path.name} "
+            f"with columns {', '.join(required)}"
+        )
+    return df
 
 
 def _clean_trials(df: pd.DataFrame, objective: rf.Objective) -> pd.DataFrame:
@@ -169,7 +182,7 @@ def open_run(run_dir: str | Path, allow_running: bool = False) -> Run:
     history = _read_csv(path / rf.HISTORY, _HISTORY_COLUMNS)
     for col in history.columns:
         history[col] = pd.to_numeric(history[col], errors="coerce")
-    final = _read_csv(path / rf.FINAL, tuple(rf.FINAL_COLUMNS)) if (path / rf.FINAL).is_file() else None
+    final = _read_csv(path / rf.FINAL, tuple(rf.FINAL_COLUMNS), FINAL_REQUIRED) if (path / rf.FINAL).is_file() else None
     return Run(path=path, config=config, state=state, trials=trials, history=history, final=final)
 
 

@@ -109,7 +109,16 @@ class Plan:
                 allowed="a JSON object as written by Plan.to_json()",
                 detail=f"malformed ({e.msg} at line {e.lineno} column {e.colno})",
             ) from None
-        return cls.from_dict(d)
+        except RecursionError:  # a hostile or broken file: nested past Python's recursion limit
+            raise _bad(
+                "plan JSON", allowed="a JSON object as written by Plan.to_json()", detail="nested too deeply"
+            ) from None
+        try:
+            return cls.from_dict(d)
+        except RecursionError:
+            raise _bad(
+                "plan JSON", allowed="a JSON object as written by Plan.to_json()", detail="nested too deeply"
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Plan":

@@ -13,6 +13,7 @@ import torch
 
 NO_CUDA = not torch.cuda.is_available()
 BIG = str(2**70)
+SEED_MAX = 2**31 - 1
 
 
 def _files(root: Path) -> set[str]:
@@ -33,7 +34,11 @@ def places(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "binary.json").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "bad_plan.json").write_text('{"sites": {"bn1": {"method": "teleport", "params": {}}}}')
     (tmp_path / "a_dir").mkdir()
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     return {
+        "DEEP": str(tmp_path / "deep.json"),
+        "LOOP": str(tmp_path / "loop"),
         "FILE": str(tmp_path / "a_file"),
         "DIR": str(tmp_path / "a_dir"),
         "BIN": str(tmp_path / "binary.json"),
@@ -93,6 +98,23 @@ LAUNCH = [
     (["--storage-path", "FILE"], "--storage-path: bad value"),
     (["--storage-path", "/proc/sys/no_such_place"], "--storage-path: bad value '/proc/sys/no_such_place'"),
     (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--trial-timeout", "0"], "--trial-timeout: bad value 0"),
+    (["--trial-timeout", "inf"], "--trial-timeout: bad value inf"),
+    (["--trial-timeout", "nan"], "--trial-timeout: bad value nan"),
+    (["--storage-path", "LOOP"], "--storage-path: bad value"),
+    (["--lr", "1e308"], "--lr: bad value 1e+308"),
+    (["--num-samples", BIG], f"--num-samples: bad value {BIG}"),
+    (["--final-seeds", "0", "--final-top-k", "2"], "--final-seeds: bad value 0; allowed: at least 1"),
+    (
+        ["--seed", str(SEED_MAX - 1000)],
+        f"--seed: bad value {SEED_MAX - 1000}; allowed: an integer in [0, {SEED_MAX - 1002}]",
+    ),
+    (
+        ["--child", "os:getcwd"],
+        "--child: bad value 'os:getcwd' (too many positional arguments); allowed: a function taking (config, "
+        "plan, report)",
+    ),
+    (["--cpus-per-trial", str((os.cpu_count() or 1) + 1)], "--cpus-per-trial: bad value"),
 ] + (
     [(["--amp", "fp16"], "--amp: bad value 'fp16'"), (["--gpus-per-trial", "0.5"], "--gpus-per-trial: bad value 0.5")]
     if NO_CUDA
@@ -160,6 +182,9 @@ CHILD = [
     (["--plan", "MISSING"], "--plan: bad value"),
     (["--plan", "BADPLAN"], "plan.format_version: missing"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--epochs", BIG], f"--epochs: bad value {BIG}"),
+    (["--lr", "1e308"], "--lr: bad value 1e+308"),
+    (["--plan", "DEEP"], "nested too deeply"),
 ] + (
     [(["--device", "cuda"], "--device: bad value 'cuda'"), (["--amp", "fp16"], "--amp: bad value 'fp16'")]
     if NO_CUDA
@@ -255,3 +280,90 @@ def test_results_bad_input(args, needle, fake_run, places, capsys, monkeypatch):
     _one_line(capsys, "python -m results", needle)
     assert _files(root) == before
     assert not os.path.exists(root / "x.json")
+
+
+def test_a_child_reporting_1e308_is_recorded_failed_and_the_search_goes_on(tmp_path, monkeypatch):
+    """1e308 used to stop the search with OverflowError (the mean of two seeds, the batch's
+    mean reward); now the trial is recorded as failed, naming the value and the bound."""
+    from ray import tune
+
+    from child_trainer import build_model
+    from controller import run_folder as rf
+    from controller import trainable
+    from controller.policies import make_searcher
+    from search_space import SearchSpace
+
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    monkeypatch.setattr(trainable, "_node_name", lambda: "here")
+    trainable.run_trial({"plan": None, "seeds": [0, 1]}, lambda plan, seed, report: {"val_acc": 1e308}, rf.Objective())
+    assert reports[-1]["status"] == "failed" and "1e+308" in reports[-1]["error"]
+
+    space = SearchSpace.for_model(build_model("digits_cnn", 10, 1), share="stage", model_name="digits_cnn")
+    s = make_searcher("controller", space, num_samples=4, run_dir=tmp_path, seed=0, controller_batch=2)
+    for i in range(4):
+        s.suggest(f"t{i}")
+        value = 1e308 if i % 2 else 0.5
+        s.on_trial_complete(f"t{i}", {"final": True, "status": "ok", "val_acc": value, "epoch": 1})
+    assert s.fatal_error is None
+    trials = rf.read_trials(tmp_path / rf.TRIALS, rf.Objective())
+    assert list(trials["status"]) == ["ok", "failed", "ok", "failed"]
+    assert "val_acc: bad value 1e+308" in trials["error"][1]
+
+
+@pytest.mark.parametrize("command", ["summarize", "export"])
+def test_results_final_csv_missing_a_column_is_one_line(command, fake_run, capsys, monkeypatch):
+    from results.cli import main
+
+    monkeypatch.chdir(fake_run.parent)
+    (fake_run / "final.csv").write_text(
+        "label,kind,seeds,se,values,chosen,methods,plan_json\nnone,baseline,3,0.1,[],0,,{}\n"
+    )
+    before = _files(fake_run.parent)
+    assert main([command, str(fake_run), *(["--out", "x.json"] if command == "export" else [])]) == 2
+    _one_line(capsys, "python -m results", "column(s) mean missing")
+    assert _files(fake_run.parent) == before
+
+
+def test_results_deeply_nested_json_is_one_line(fake_run, capsys):
+    from results.cli import main
+
+    (fake_run / "search_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["summarize", str(fake_run)]) == 2
+    _one_line(capsys, "python -m results", "cannot read")
+
+
+def test_results_count_a_duplicated_trials_row_once(fake_run):
+    from results import load_run
+
+    lines = (fake_run / "trials.csv").read_text().splitlines(keepends=True)
+    (fake_run / "trials.csv").write_text("".join(lines + lines[-1:]))
+    trials = load_run(fake_run)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+
+
+def test_next_commands_are_shell_quoted(tmp_path):
+    import shlex
+
+    import pandas as pd
+
+    from controller import run_folder as rf
+    from controller.api import SearchResult, summary_text
+
+    run = tmp_path / "my runs" / "a run"
+    empty = pd.DataFrame(columns=rf.trial_columns(rf.Objective()))
+    text = summary_text(SearchResult(run, "finished", rf.Objective(), None, empty))
+    assert f"python -m results summarize {shlex.quote(str(run))}" in text
+    assert shlex.split(text.splitlines()[-1])[-1] == str(run)
+
+
+def test_child_trainer_ctrl_c_stops_with_130_and_one_line(monkeypatch, capsys):
+    import child_trainer.__main__ as child_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(child_main, "train_child", interrupted)
+    assert child_main.main(["--epochs", "1"]) == 130
+    _, err = capsys.readouterr()
+    assert err.strip() == "python -m child_trainer: interrupted"

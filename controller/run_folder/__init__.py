@@ -54,10 +54,12 @@ __all__ = [
     "STOPPED",
     "DIVERGED",
     "FAILED",
+    "TIMEOUT",
     "STATUSES",
     "CHILD_STATUSES",
     "FAILED_STATUSES",
     "RANKED_STATUSES",
+    "METRIC_MAX",
     "SITE_PREFIX",
     "HISTORY_COLUMNS",
     "FINAL_COLUMNS",
@@ -87,14 +89,21 @@ FINAL_TRIALS = "final_trials.csv"
 BEST_PLAN = "best_plan.json"
 SNAPSHOT = "searcher_state.json"
 
-# Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that a
-# scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped trial's value was
-# measured after fewer epochs than the others', so it is recorded and rewarded, never "best".
-OK, STOPPED, DIVERGED, FAILED = "ok", "stopped", "diverged", "failed"
-STATUSES = (OK, STOPPED, DIVERGED, FAILED)
-CHILD_STATUSES = (OK, DIVERGED, FAILED)
-FAILED_STATUSES = (FAILED, DIVERGED)
+# Trial statuses. A child ends ok, diverged (NaN/inf loss) or failed (raised); a trial that ran
+# past the search's trial_timeout is "timeout" (the trainable reports it, then ends its worker);
+# a trial that a scheduler ended early is "stopped". Only "ok" trials are ranked: a stopped
+# trial's value was measured after fewer epochs than the others', so it is recorded and
+# rewarded, never "best".
+OK, STOPPED, DIVERGED, FAILED, TIMEOUT = "ok", "stopped", "diverged", "failed", "timeout"
+STATUSES = (OK, STOPPED, DIVERGED, FAILED, TIMEOUT)
+CHILD_STATUSES = (OK, DIVERGED, FAILED, TIMEOUT)
+FAILED_STATUSES = (FAILED, DIVERGED, TIMEOUT)
 RANKED_STATUSES = (OK,)
+
+#: The largest magnitude a metric value may have to count as a measurement: the controller
+#: learns in float32 (at most 3.4e38) and means and sums of values near 1e308 overflow. A
+#: child reporting more (a bug, e.g. 1e308) gets status failed, never OverflowError.
+METRIC_MAX = 1e30
 
 SITE_PREFIX = "site:"
 #: ``trials``: the trial ids whose rewards this update used (JSON list).
@@ -438,7 +447,7 @@ def _row_problem(row: Mapping[str, str], n_cells: int, n_columns: int, objective
         return "trial_id: empty"
     try:
         json.loads(row.get("plan_json") or "")
-    except ValueError:
+    except (ValueError, RecursionError):
         return "plan_json: not a complete JSON plan"
     if row["status"] == OK and not math.isfinite(_float(row.get(objective.metric))):
         return f"{objective.metric}: bad value {row.get(objective.metric)!r} for an ok trial"

@@ -125,3 +125,11 @@ def flaky(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
             "message": "epoch 1: loss is nan",
         }
     return quick(train, plan, report)
+
+
+def hangs_once(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
+    """The first call (across workers) hangs forever without reporting, as a deadlocked data
+    loader would; the rest behave like `quick`. For --trial-timeout."""
+    if _next_call(train) == 0:
+        time.sleep(1e9)
+    return quick(train, plan, report)
