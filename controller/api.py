@@ -23,23 +23,47 @@ Every argument is checked before Ray starts (ValueError naming the argument and 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
 import math
 import os
-import shlex
-import signal
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
+from controller.checks import (
+    FINAL_SEED_OFFSET,
+    MAX_TRIALS,
+    _check_callbacks,
+    _check_int,
+    _check_local_cpus,
+    _check_seed_room,
+    check_address,
+    check_name,
+    check_resources,
+    check_seed,
+    check_storage,
+    check_trial_timeout,
+    resolve_sites,
+)
+from controller.ray_session import (
+    _max_concurrent,
+    _quiet_tune,
+    _resources,
+    _scheduler,
+    _ship_by_value,
+    _show_progress,
+    _Signals,
+    _start_ray,
+    _trial_name,
+)
+from controller.run_folder import CONFIG_VERSION
+from controller.run_folder.report import SearchResult, _result, summary_text
+from controller.run_folder.resume import check_resumable, searcher_from_config
 from controller.trainable import TrainFn, make_trainable
-from search_space.errors import SEED_MAX, FieldError, check_number
+from search_space.errors import FieldError
 
 __all__ = [
     "run_search",
@@ -59,323 +83,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: 3: the run folder is a ledger (trials, history, final_trials appended) plus searcher_state.json;
-#: a run of version 2 (Ray's pickles) can still be summarized and exported, not resumed.
-CONFIG_VERSION = 3
 SCHEDULERS = ("fifo", "asha")
-
-
-@dataclass
-class SearchResult:
-    """What a search leaves: the plan to take home, the tables, and where everything is.
-
-    ``best_plan`` is this project's pick (the best mean over the reward seeds among sampled
-    plans, or the final stage's best mean); Ray Tune's own ``ResultGrid.get_best_result()``
-    may name another trial: it ranks every Tune trial (baselines and final re-trainings
-    included) by its last reported epoch, not by the seeds' mean. ``status`` is "failed"
-    (with ``error`` the most common trial error) when no trial finished ok."""
-
-    run_dir: Path
-    status: str  # finished | interrupted | failed
-    objective: rf.Objective
-    best_plan: Any  # search_space.Plan or None (no trial finished ok)
-    trials: Any  # pandas DataFrame, one row per search-stage trial (trials.csv)
-    final: Any = None  # pandas DataFrame (final.csv) when a final stage ran
-    error: str = ""
-    summary: str = field(default="", repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-
-# ----------------------------------------------------------------------------- checks
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    check_number(name, value, low, high, integer=True)
-    return value
-
-
-def check_seed(name: str, value: Any) -> int:
-    return _check_int(name, value, 0, SEED_MAX)
-
-
-#: The longest trial_timeout (about three years): threading's waits overflow far above it.
-TRIAL_TIMEOUT_MAX = 1e8
-
-
-def check_trial_timeout(value: Any) -> float | None:
-    """None (no limit) or a positive, finite number of seconds."""
-    if value is not None:
-        check_number("trial_timeout", value, 0, TRIAL_TIMEOUT_MAX, low_open=True)
-    return value
-
-
-#: The most trainings one search may ask for (far beyond any budget; 2**70 would never end).
-MAX_TRIALS = 1_000_000
-#: The final stage's seeds start here above the search's seed (``seed + 1000 + i``).
-FINAL_SEED_OFFSET = 1000
-
-
-def _check_seed_room(seed: int, reward_seeds: int, final_seeds: int) -> None:
-    """Every seed the run will use (seed .. seed+K-1, seed+1000 .. seed+1000+S-1) must stay
-    within SEED_MAX: refused here rather than in a trial hours later."""
-    top = max(reward_seeds - 1, FINAL_SEED_OFFSET + final_seeds - 1 if final_seeds else 0)
-    if seed + top > SEED_MAX:
-        raise FieldError(
-            "seed",
-            seed,
-            f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
-            f"reward seeds{' and the final stage' if final_seeds else ''})",
-        )
-
-
-def _check_local_cpus(resources: Mapping[str, Any] | None) -> None:
-    """A local Ray gets this machine's CPUs: more per trial could never be scheduled (Ray would
-    wait forever). Only when Ray is not running yet (a running one is checked after it starts)."""
-    import ray
-
-    cpus = dict(resources or {}).get("cpu", 1.0)
-    have = os.cpu_count() or 1
-    if not ray.is_initialized() and cpus > have:
-        raise FieldError("cpus_per_trial", cpus, f"at most {have} (this machine's CPUs; use --address for a cluster)")
-
-
-def check_name(name: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or "/" in name
-        or "\\" in name
-        or name in (".", "..")
-        or name.startswith(".")
-        or len(name.encode()) > 200
-        or not name.isprintable()
-    ):
-        raise FieldError(
-            "name", name, "a folder name of at most 200 bytes, printable, without '/' and not starting with '.'"
-        )
-    return name
-
-
-def check_storage(storage_path: str | os.PathLike[str]) -> Path:
-    path = Path(storage_path).expanduser()
-    if str(storage_path) == "":
-        raise FieldError("storage_path", "", "a folder path")
-    try:
-        path = path.resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a folder path without a symlink loop",
-            detail=f"bad value {str(storage_path)!r} ({exc})",
-        ) from None
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a folder (created if missing)",
-            detail=f"bad value {str(storage_path)!r} ({probe} is a file)",
-        )
-    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a writable folder",
-            detail=f"bad value {str(storage_path)!r} ({probe} is not writable: {exc.strerror})",
-        ) from None
-    return path
-
-
-def check_resources(resources: Mapping[str, Any] | None) -> None:
-    """Per-trial resources that can never fit, refused before Ray starts."""
-    req = dict(resources or {})
-    unknown = sorted(set(req) - {"cpu", "gpu"})
-    if unknown:
-        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
-    cpu, gpu = req.get("cpu", 1.0), req.get("gpu")
-    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not (math.isfinite(cpu) and 0 < cpu <= 1024):
-        raise FieldError("cpus_per_trial", cpu, "a number in (0, 1024]")
-    if gpu is not None and (
-        isinstance(gpu, bool)
-        or not isinstance(gpu, (int, float))
-        or not (math.isfinite(gpu) and gpu >= 0)
-        or (gpu > 1 and gpu % 1)
-    ):
-        raise FieldError("gpus_per_trial", gpu, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
-
-
-def check_address(address: str | None) -> None:
-    """Fail fast on an unreachable cluster instead of waiting for Ray's long timeout."""
-    import socket
-
-    if address is None or address == "auto":
-        return
-    host, _, port = str(address).split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise FieldError("address", address, "host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise FieldError(
-            "address",
-            address,
-            "the address of a running Ray cluster",
-            detail=f"bad value {address!r}; cannot reach Ray ({e.strerror or e})",
-        ) from None
-
-
-def resolve_sites(
-    found: Sequence[str], sites: str | Sequence[str] = "all", modules: Sequence[str] = ()
-) -> tuple[list[str] | None, str | None]:
-    """``sites`` ("all", "stage", or paths / glob patterns) -> (site list or None, share).
-    Patterns match the ``found`` sites; an exact path may also name any of ``modules``
-    (with an example input, any module whose output is a feature tensor can be a site)."""
-    if isinstance(sites, str):
-        if sites == "all":
-            return None, None
-        if sites == "stage":
-            return None, "stage"
-        patterns = [s.strip() for s in sites.split(",") if s.strip()]
-    elif isinstance(sites, Sequence) and all(isinstance(s, str) for s in sites):
-        patterns = list(sites)
-    else:
-        raise TypeError(f"sites: expected 'all', 'stage' or a list of module paths, got {type(sites).__name__}")
-    chosen: list[str] = []
-    for pattern in patterns:
-        names = [pattern] if pattern in found or pattern in modules else fnmatch.filter(found, pattern)
-        if not names:
-            raise FieldError(
-                "sites",
-                pattern,
-                f"all, stage, or paths/patterns over {list(found)}",
-                detail=f"bad value {pattern!r} (matches no site)",
-            )
-        chosen += [n for n in names if n not in chosen]
-    if not chosen:
-        raise FieldError("sites", "", "all, stage, or comma-separated paths")
-    return chosen, None
-
-
-# ----------------------------------------------------------------------------- Ray
-def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bool:
-    """Join ``address`` or start a local Ray; True if we started it (and must shut it down)."""
-    import ray
-
-    if ray.is_initialized():  # e.g. a notebook or a test session: use it as it is
-        return False
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    if address:
-        try:
-            ray.init(address=address, runtime_env=dict(runtime_env or {}) or None, **common)
-        except (ConnectionError, RuntimeError) as e:
-            text = f"{e} {e.__cause__ or ''}"
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            hint = (
-                "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token"
-                if "auth" in text.lower() or "Failed to connect" in text
-                else ""
-            )
-            raise FieldError(
-                "address",
-                address,
-                "the address of a running Ray cluster",
-                detail=f"bad value {address!r}; cannot join Ray ({first}{hint})",
-            ) from None
-    else:
-        import torch
-
-        ray.init(
-            num_cpus=os.cpu_count() or 1,
-            num_gpus=torch.cuda.device_count(),
-            runtime_env=dict(runtime_env or {}) or None,
-            **common,
-        )
-    return True
-
-
-def _resources(requested: Mapping[str, float] | None) -> dict[str, float]:
-    """Per-trial resources checked against the cluster (ValueError when they cannot fit)."""
-    import ray
-
-    req = {"cpu": 1.0, "gpu": None, **dict(requested or {})}
-    unknown = sorted(set(req) - {"cpu", "gpu"})
-    if unknown:
-        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
-    total = ray.cluster_resources()
-    total_cpus, total_gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
-    cpus = float(req["cpu"])
-    gpus = float(req["gpu"]) if req["gpu"] is not None else (0.25 if total_gpus > 0 else 0.0)
-    if gpus > 0 and total_gpus == 0:
-        raise FieldError("gpus_per_trial", gpus, "0 (the Ray cluster has no GPUs)")
-    if gpus > total_gpus:
-        raise FieldError("gpus_per_trial", gpus, f"at most {total_gpus:g} (the Ray cluster's GPUs)")
-    if cpus > total_cpus:
-        raise FieldError("cpus_per_trial", cpus, f"at most {total_cpus:g} (the Ray cluster's CPUs)")
-    return {"cpu": cpus, "gpu": gpus}
-
-
-def _max_concurrent(requested: int | None, res: Mapping[str, float], total_trials: int) -> int:
-    import ray
-
-    if requested:
-        return requested
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 1) // max(res["cpu"], 1e-9))
-    if res["gpu"] > 0:
-        fits = min(fits, int(total.get("GPU", 0) // res["gpu"]))
-    return max(1, min(fits, total_trials))
-
-
-class _Signals:
-    """SIGTERM behaves like SIGINT: inside Tune it asks Tune to stop (Tune's SIGUSR1 handler
-    saves the experiment state); outside it raises KeyboardInterrupt. `install` again after
-    ray.init, whose core worker replaces the SIGTERM handler with one that aborts."""
-
-    def __init__(self) -> None:
-        self.in_tune = False
-        self.previous: Any = None
-
-    def install(self) -> None:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous = signal.signal(signal.SIGTERM, self._handle)
-            if self.previous is None:
-                self.previous = previous
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.in_tune and hasattr(signal, "SIGUSR1"):
-            os.kill(os.getpid(), signal.SIGUSR1)
-        else:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, self.previous)
-
-
-class _DropTuneHints(logging.Filter):
-    """Tune's end-of-run hints name Python APIs; our own log line says what to run instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        return not msg.startswith(("Experiment has been interrupted", "Trials did not complete"))
-
-
-def _quiet_tune() -> None:
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # errors go to trials.csv
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, our log lines
-    for name in ("ray", "ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    tune_log = logging.getLogger("ray.tune.tune")
-    if not any(isinstance(f, _DropTuneHints) for f in tune_log.filters):
-        tune_log.addFilter(_DropTuneHints())
 
 
 # ----------------------------------------------------------------------------- the search
@@ -622,97 +330,6 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
     return out
 
 
-def _show_progress() -> None:
-    """verbose=True: the searcher's and the driver's INFO lines reach stderr."""
-    import sys
-
-    for name in ("controller.searcher", "controller.api"):
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-    parent = logging.getLogger("controller")
-    if not logging.getLogger().handlers and not parent.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        parent.addHandler(handler)
-
-
-def _check_callbacks(callbacks: Any) -> list[Any]:
-    if callbacks is None:
-        return []
-    from ray.tune import Callback
-
-    if isinstance(callbacks, (Callback, str)) or not isinstance(callbacks, Sequence):
-        raise TypeError(f"callbacks: expected a list of ray.tune.Callback, got {type(callbacks).__name__}")
-    for i, cb in enumerate(callbacks):
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}]: expected a ray.tune.Callback, got {type(cb).__name__}")
-    return list(callbacks)
-
-
-def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
-    """The one-line refusal of ``resume`` for ``run_dir``: what it lacks and what it needs."""
-    return FieldError("resume", str(run_dir), allowed, detail=why)
-
-
-def check_resumable(run_dir: Path) -> None:
-    """Refuse (FieldError, one line) a resume this code cannot do, before anything is touched.
-
-    Only JSON is read here (search_config.json, searcher_state.json); Ray's pickles in the
-    folder are never read, so a folder from someone else cannot run code on resume. The
-    searcher's own ``resume()`` then checks the state against the run's space and objective.
-    """
-    from controller.run_folder.snapshot import read_snapshot
-
-    if not (run_dir / rf.SEARCH_CONFIG).is_file():
-        raise _refused_resume(
-            run_dir,
-            "a run folder with search_config.json",
-            f"no resumable run at {run_dir} (missing search_config.json)",
-        )
-    try:
-        config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
-        if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
-            raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
-        rf.Objective.from_config(config)
-        searcher_from_config(config, None)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise _refused_resume(
-            run_dir,
-            f"a {rf.SEARCH_CONFIG} of version {CONFIG_VERSION}",
-            f"{run_dir / rf.SEARCH_CONFIG} is unreadable or from another version ({type(exc).__name__}: {exc}); "
-            "nothing was changed (python -m results summarize/export still read the run)",
-        ) from None
-    read_snapshot(run_dir)
-
-
-def searcher_from_config(config: Mapping[str, Any], run_dir: Path | None) -> Any:
-    """The run's searcher, built from search_config.json alone (a new run and a resume alike)."""
-    from controller.policies import make_searcher
-    from search_space.plan import Plan
-    from search_space.space import SearchSpace
-
-    tuned = {str(m): [Plan.from_dict(p) for p in plans] for m, plans in (config.get("tuned") or {}).items()}
-    kwargs: dict[str, Any] = dict(
-        objective=rf.Objective.from_config(config),
-        num_samples=int(config["num_samples"]) - sum(len(v) for v in tuned.values()),
-        seed=int(config["seed"]),
-        run_dir=run_dir,
-        controller_batch=int(config["controller_batch"]),
-        penalty_reward=config.get("penalty_reward"),
-        baselines={str(k): Plan.from_dict(v) for k, v in (config.get("baselines") or {}).items()},
-        tuned=tuned,
-        reward_seeds=list(config["reward_seeds"]),
-        final_top_k=int(config["final_top_k"]),
-        final_seeds=list(config["final_seeds"]),
-    )
-    if config["searcher"] == "controller":
-        kwargs["controller_kwargs"] = dict(config.get("controller_kwargs") or {})
-        if config.get("controller_lr") is not None:
-            kwargs["reinforce_kwargs"] = {"lr": float(config["controller_lr"])}
-    return make_searcher(str(config["searcher"]), SearchSpace.from_dict(config["space"]), **kwargs)
-
-
 def _space_and_baselines(
     model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str, baselines: Any, example_input: Any
 ) -> tuple[Any, dict[str, Any]]:
@@ -887,172 +504,3 @@ def _execute(
             import ray
 
             ray.shutdown()
-
-
-_OUR_PACKAGES = ("controller", "search_space", "child_trainer", "results", "launch_search")
-
-
-def _ship_by_value(*functions: Any) -> None:
-    """Let Ray workers run functions from modules they cannot import (a script, a notebook, a
-    test file outside any package): such modules are pickled by value with the trial. Modules
-    of installed packages (site-packages) and our own stay pickled by reference."""
-    import inspect
-    import sys
-
-    from ray import cloudpickle
-
-    for fn in functions:
-        module = sys.modules.get(getattr(fn, "__module__", None) or "") or inspect.getmodule(type(fn))
-        if module is None or module.__name__ == "__main__":
-            continue
-        top = module.__name__.split(".")[0]
-        path = str(getattr(module, "__file__", "") or "")
-        if (
-            top in _OUR_PACKAGES
-            or not path
-            or "site-packages" in path
-            or "dist-packages" in path
-            or top in sys.stdlib_module_names
-        ):
-            continue
-        with contextlib.suppress(ValueError):  # already registered
-            cloudpickle.register_pickle_by_value(module)
-
-
-def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
-    from ray.tune.schedulers import FIFOScheduler
-
-    if not isinstance(scheduler, str):
-        return scheduler
-    if scheduler == "asha":
-        # time_attr "epoch" counts over every reward seed; max_t beyond the last one so the
-        # final report (same epoch) still reaches the searcher.
-        seeds = len(config.get("reward_seeds") or [0])
-        from controller.schedulers import SearchStageASHA
-
-        return SearchStageASHA(
-            time_attr="epoch", max_t=int(config["max_epochs"]) * seeds + 1, grace_period=1, reduction_factor=3
-        )
-    return FIFOScheduler()
-
-
-def _trial_name(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
-
-
-def _result(run_dir: Path, config: Mapping[str, Any], status: str, error: str) -> SearchResult:
-    import pandas as pd
-
-    from search_space.plan import Plan
-
-    objective = rf.Objective.from_config(config)
-    trials = rf.read_trials(run_dir / rf.TRIALS, objective)
-    final = pd.read_csv(run_dir / rf.FINAL) if (run_dir / rf.FINAL).is_file() else None
-    best = Plan.load(run_dir / rf.BEST_PLAN) if (run_dir / rf.BEST_PLAN).is_file() else None
-    if status == "finished" and len(trials) and not trials["status"].isin(rf.RANKED_STATUSES).any():
-        error = _all_failed(trials)
-        status = "failed"
-    result = SearchResult(
-        run_dir=run_dir, status=status, objective=objective, best_plan=best, trials=trials, final=final, error=error
-    )
-    result.summary = summary_text(result)
-    return result
-
-
-def _all_failed(trials: Any) -> str:
-    """The error of a search in which no trial finished ok: the most common one, counted."""
-    from search_space.describe import most_common
-
-    errors = [str(e).strip().splitlines()[0] for e in trials["error"].fillna("") if str(e).strip()]
-    text, count = most_common(errors)
-    if not text:
-        return f"no trial of {len(trials)} finished ok (statuses: {', '.join(sorted(set(trials['status'])))})"
-    return f"every trial failed; most common error ({count} of {len(trials)} trials): {text}"
-
-
-def summary_text(result: SearchResult) -> str:
-    """The end-of-search lines: counts, the search stage's best and the baselines (values only),
-    the final re-training's paired intervals, and the verdict."""
-    from controller.final import verdict
-
-    o, df = result.objective, result.trials
-    counts = df["status"].value_counts() if len(df) else {}
-    n_final = int(result.final["seeds"].sum()) if result.final is not None and len(result.final) else 0
-    lines = [
-        f"Search {result.status}: {len(df)} trials ("
-        + ", ".join(f"{int(counts[s])} {s}" for s in rf.STATUSES if s in counts)
-        + ")"
-        + (f" + {n_final} final re-trainings" if n_final else "")
-        + f"; run folder {result.run_dir}"
-    ]
-    ok = df[df["status"].isin(rf.RANKED_STATUSES)] if len(df) else df
-    plain = ok[ok["baseline"].fillna("") == "none"] if len(ok) else ok
-    ref = float(plain[o.metric].mean()) if len(plain) else None
-    if len(ok):
-        best = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
-        label = (
-            f"baseline {best['baseline']}"
-            if str(best.get("baseline") or "") not in ("", "nan")
-            else f"trial {best['trial_id']}"
-        )
-        se = best.get(o.se_column)
-        se_text = f" +- {se:.4f}" if isinstance(se, float) and math.isfinite(se) else ""
-        lines.append(
-            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}; the best of {len(ok)} draws, "
-            "so biased upwards: the final re-training compares fairly): "
-            f"{_plan_summary(best['plan_json'])}"
-        )
-        for name, part in ok[ok["baseline"].fillna("") != ""].groupby("baseline", sort=False):
-            if str(name).startswith("tuned-"):  # a grid: its best point is the recipe
-                top = part.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
-                lines.append(
-                    f"Baseline {name} (best of {len(part)} grid points): {o.metric} {top[o.metric]:.4f}, "
-                    f"{_plan_summary(top['plan_json'])}"
-                )
-            else:
-                lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
-        if ref is None:
-            lines.append("No regularization: no finished 'none' baseline to compare with")
-        else:
-            lines.append(f"No regularization: {o.metric} {ref:.4f} ({len(plain)} trial{'s' * (len(plain) > 1)})")
-    else:
-        lines.append("No trial finished with status ok: see the error column of trials.csv")
-    if result.final is not None and len(result.final) and result.status == "finished":
-        rows = result.final.to_dict("records")
-        chosen = next((r for r in rows if r.get("chosen")), None)
-        lines.append(
-            f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
-            "difference from the best baseline, positive = better):"
-        )
-        for r in rows:
-            low, high = rf.as_float(r.get("diff_ci95_low")), rf.as_float(r.get("diff_ci95_high"))
-            word = r.get("comparison") if isinstance(r.get("comparison"), str) else ""
-            versus = (
-                f"  [{low:+.4f}, {high:+.4f}] {word}"
-                if math.isfinite(low) and math.isfinite(high)
-                else ("  best baseline" if r["label"] == r.get("best_baseline") else f"  {word}")
-            )
-            lines.append(
-                f"  {r['label']:<16} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}{versus.rstrip()}"
-                + ("   <- best_plan.json" if r is chosen else "")
-            )
-        lines.append(verdict(rows, o))
-    if result.error:
-        lines.append(f"Stopped by an error: {result.error}")
-    rel = os.path.relpath(result.run_dir)
-    rel = shlex.quote(str(result.run_dir) if rel.startswith("..") else rel)  # pasteable with spaces too
-    lines += ["Next:", f"  python -m results summarize {rel}"]
-    if len(ok):  # the others need at least one trial that finished ok (and a best plan)
-        lines.append(f"  python -m results plot {rel}")
-        if result.best_plan is not None:
-            lines += [
-                f"  python -m results export {rel} --out best_plan.json",
-                f"  python -m results retrain {rel}",
-            ]
-    return "\n".join(lines)
-
-
-def _plan_summary(plan_json: str) -> str:
-    from search_space.plan import Plan
-
-    return Plan.from_json(str(plan_json)).summary()

@@ -555,7 +555,7 @@ def test_review_fixes_final_stage_asha_partial_finalists_numpy_metrics_and_late_
 
     from ray.tune.schedulers import TrialScheduler
 
-    from controller.api import _scheduler
+    from controller.ray_session import _scheduler
     from controller.final import final_rows
     from controller.trainable import _scalars
 

@@ -41,6 +41,7 @@ from typing import Any
 from search_space.files import atomic_write_text
 
 __all__ = [
+    "CONFIG_VERSION",
     "SEARCH_CONFIG",
     "RUN_STATE",
     "TRIALS",
@@ -79,6 +80,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: 3: the run folder is a ledger (trials, history, final_trials appended) plus searcher_state.json;
+#: a run of version 2 (Ray's pickles) can still be summarized and exported, not resumed.
+CONFIG_VERSION = 3
 
 SEARCH_CONFIG = "search_config.json"
 RUN_STATE = "run_state.json"
