@@ -20,7 +20,7 @@ from search_space.space import SearchSpace
 from tests.helpers import CHILDREN
 from tests.helpers.drivers import interrupt_when, launch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PENALTY = 0.1
 TRIAL_COLUMNS = trial_columns(Objective())
@@ -555,8 +555,8 @@ def test_review_fixes_final_stage_asha_partial_finalists_numpy_metrics_and_late_
 
     from ray.tune.schedulers import TrialScheduler
 
-    from controller.ray_session import _scheduler
     from controller.final import final_rows
+    from controller.ray_session import _scheduler
     from controller.trainable import _scalars
 
     # ASHA never cuts a final re-training (one fresh seed, judged against nothing)

@@ -24,7 +24,7 @@ import torch
 from results import load_run, open_run
 from results.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLED = 3
 BASELINES = ("none", "dropblock")
 NUM_SAMPLES = SAMPLED + len(BASELINES)  # rows of trials.csv

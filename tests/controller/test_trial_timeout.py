@@ -12,7 +12,7 @@ import pytest
 from controller import run_folder as rf
 from controller.outcome import trial_outcome
 
-CHILDREN = Path(__file__).parent / "helpers" / "children.py"
+CHILDREN = Path(__file__).resolve().parents[1] / "helpers" / "children.py"
 
 
 def test_a_hung_child_is_recorded_as_timeout_and_the_search_goes_on(ray_session, tmp_path, capsys):

@@ -15,8 +15,8 @@ import pytest
 from controller import run_folder as rf
 from search_space import Plan
 
-REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).parent / "helpers" / "children.py"
+REPO = Path(__file__).resolve().parents[2]
+CHILDREN = Path(__file__).resolve().parents[1] / "helpers" / "children.py"
 
 
 def rows(run: Path) -> list[dict[str, str]]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CHILDREN = Path(__file__).parent / "helpers" / "children.py"
+REPO = Path(__file__).resolve().parents[2]
+CHILDREN = Path(__file__).resolve().parents[1] / "helpers" / "children.py"
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from child_trainer.data import EOS, UNK, DataError, load_text, tokenize_lines
 from child_trainer.train import task_metric
 from search_space import Plan, SiteSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "the cat sat on the mat\n\nthe dog sat <unk>\n"
 VALID = "the cat ran\n"
 TEST = "a dog sat\n"
