@@ -7,7 +7,6 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,39 +96,10 @@ def check_name(name: str) -> str:
 
 
 def check_storage(storage_path: str | os.PathLike[str]) -> Path:
-    path = Path(storage_path).expanduser()
-    if str(storage_path) == "":
-        raise FieldError("storage_path", "", "a folder path")
-    try:
-        path = path.resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a folder path without a symlink loop",
-            detail=f"bad value {str(storage_path)!r} ({exc})",
-        ) from None
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a folder (created if missing)",
-            detail=f"bad value {str(storage_path)!r} ({probe} is a file)",
-        )
-    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise FieldError(
-            "storage_path",
-            str(storage_path),
-            "a writable folder",
-            detail=f"bad value {str(storage_path)!r} ({probe} is not writable: {exc.strerror})",
-        ) from None
-    return path
+    """The run folder's parent: creatable and writable (``search_space.files.writable_folder``)."""
+    from search_space.files import writable_folder
+
+    return writable_folder("storage_path", storage_path)
 
 
 def check_resources(resources: Mapping[str, Any] | None) -> None:

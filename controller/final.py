@@ -136,17 +136,17 @@ def best_plan_of(
             **plan.metadata,
             "selected_by": "final",
             "label": chosen["label"],
-            "kind": chosen["kind"],
+            "kind": chosen.get("kind") or SEARCHED,
             o.metric: num(chosen["mean"]),
-            o.se_column: num(chosen["se"]),
+            o.se_column: num(chosen.get("se")),
             "seeds": int(chosen["seeds"]),
-            "best_baseline": chosen["best_baseline"],
-            "comparison": chosen["comparison"] or ("the best baseline" if chosen["kind"] != SEARCHED else ""),
-            "diff_ci95": [num(chosen["diff_ci95_low"]), num(chosen["diff_ci95_high"])],
+            "best_baseline": chosen.get("best_baseline") or "",
+            "comparison": chosen.get("comparison") or ("the best baseline" if chosen.get("kind") != SEARCHED else ""),
+            "diff_ci95": [num(chosen.get("diff_ci95_low")), num(chosen.get("diff_ci95_high"))],
             "trial_id": chosen["trial_id"],
             "searcher": searcher,
         }
-        return plan, {"label": chosen["label"], "kind": chosen["kind"], "selected_by": "final"}
+        return plan, {"label": chosen["label"], "kind": plan.metadata["kind"], "selected_by": "final"}
     if best_trial is None:
         return None, {}
     kind = best_trial.get("kind") or (BASELINE if best_trial.get("baseline") else SEARCHED)

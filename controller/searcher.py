@@ -529,16 +529,14 @@ class PlanSearcher(Searcher):
         self._log_progress(row)
 
     def _tally(self, row: dict[str, Any]) -> None:
-        """Keep the best ok trial and the worst ok reward up to date (``run_folder.best_row``'s
-        rule: ok, finite, best by the mode; ties go to the earlier trial)."""
+        """Keep the best trial (``run_folder.best_row`` of the best so far and the new one:
+        ok, finite, best by the mode, ties to the earlier) and the worst ok reward up to date."""
         o = self.objective
         if row.get("reward") is not None:
             self._rewards_by_plan[plan_key(row["plan"])] = float(row["reward"])
-        value = rf.as_float(row.get(o.metric))
-        if row["status"] not in rf.RANKED_STATUSES or not math.isfinite(value):
-            return
-        if self._best is None or rf.is_better(value, self._best[o.metric], o.mode):
-            self._best = row
+        if rf.best_row([row], o) is None:
+            return  # not ranked: stopped, failed, or no finite value
+        self._best = rf.best_row([self._best, row] if self._best is not None else [row], o)
         if row.get("reward") is not None:
             r = float(row["reward"])
             self._worst_ok_reward = r if self._worst_ok_reward is None else min(self._worst_ok_reward, r)

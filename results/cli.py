@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,10 +171,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     plan = plan_at_rank(run, args.rank)
     out = Path(args.out)
     plan.save(out)
-    metric = run.objective.metric
+    metric, meta = run.objective.metric, plan.metadata
+    kind = {"searched": "a searched plan", "baseline": "a hand-set baseline", "tuned": "a tuned baseline"}
+    value = meta.get(metric)
     print(
-        f"wrote {out}: rank {args.rank}, {metric} {plan.metadata[metric]:.4f}, trial {plan.metadata['trial_id']}"
-        + (f" ({plan.metadata['label']}, final re-training)" if plan.metadata.get("label") else "")
+        f"wrote {out}: rank {args.rank}, {kind.get(meta.get('kind'), 'a plan')}"
+        + (f" {meta['label']}" if meta.get("label") else (f" {meta['baseline']}" if meta.get("baseline") else ""))
+        + (f", {metric} {value:.4f}" if isinstance(value, float) else "")
+        + f", trial {meta['trial_id']}"
+        + (
+            ", from the final re-training"
+            if meta.get("selected_by") == "final"
+            else " (unproven: the run has no complete final stage, so this is its best single search-stage value)"
+        )
     )
     print(plan.summary())
     return 0
@@ -266,24 +274,12 @@ PROG = "python -m results"
 
 def _writable_dir(flag: str, text: str | None) -> Path | None:
     """--out of plot/retrain: a folder that exists or can be created, and is writable."""
+    from search_space.files import writable_folder
+
     if text is None:
         return None
-    if text == "":
-        raise user_error(flag, text, "a folder path")
-    path = Path(text)
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise user_error(flag, text, "a folder (created if missing)", detail=f"bad value {text!r} ({probe} is a file)")
-    try:  # a real write, not os.access: root passes access checks on read-only or virtual file systems
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise user_error(
-            flag, text, "a writable folder", detail=f"bad value {text!r} ({probe} is not writable: {exc.strerror})"
-        ) from None
-    return path
+    writable_folder(flag, text)
+    return Path(text)
 
 
 def _writable_file(flag: str, text: str) -> Path:

@@ -76,10 +76,11 @@ class RetrainConfig:
 def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
     """The Plan ranked ``rank`` with its metadata; rank 1 is what best_plan.json holds.
 
-    A run whose final stage finished is ranked by its final.csv means (the honest selection);
-    otherwise finished (ok) trials are ranked by their value (``tables.ranked``).
+    A run whose final stage finished is ranked by its final.csv (the chosen plan first, then
+    the means); otherwise finished (ok) trials are ranked by their value (``tables.ranked``).
+    The metadata is best_plan.json's (``controller.final.best_plan_of``) plus rank and run.
     """
-    from search_space import Plan
+    from controller.final import best_plan_of
 
     if isinstance(run_or_df, Run) and _final_complete(run_or_df):
         run = run_or_df
@@ -87,37 +88,24 @@ def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
         f = run.final.sort_values(["chosen", "mean"], ascending=[False, o.mode == "min"], kind="stable")
         if not 1 <= rank <= len(f):
             raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(f)} (plans of the final stage)")
-        row = f.iloc[rank - 1]
-        plan = Plan.from_json(str(row["plan_json"]))
-        plan.metadata = {
-            **plan.metadata,
-            o.metric: float(row["mean"]),
-            o.se_column: _float_or_none(row["se"]),
-            "trial_id": str(row["trial_id"]),
-            "label": str(row["label"]),
-            "rank": int(rank),
-            "run": run.name,
-            "searcher": run.searcher,
-            "selected_by": "final",
-        }
+        row = {**_plain(f.iloc[rank - 1]), "chosen": True}
+        plan, _ = best_plan_of([row], None, o, run.searcher)
+        plan.metadata = {**plan.metadata, "rank": int(rank), "run": run.name}
         return plan
     df = run_or_df.trials if isinstance(run_or_df, Run) else run_or_df
     o = df.attrs.get("objective") or (run_or_df.objective if isinstance(run_or_df, Run) else Objective())
     table = ranked(df, o)
     if not 1 <= rank <= len(table):
         raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(table)} (the run has {len(table)} ranked trials)")
-    row = table.iloc[rank - 1]
-    plan = Plan.from_json(str(row["plan_json"]))
-    plan.metadata = {
-        **plan.metadata,
-        o.metric: float(row[o.metric]),
-        "trial_id": str(row["trial_id"]),
-        "rank": int(rank),
-        "run": str(row["run"]),
-        "searcher": str(row["searcher"]),
-        "selected_by": "search",
-    }
+    row = _plain(table.iloc[rank - 1])
+    plan, _ = best_plan_of([], row, o, str(row.get("searcher") or ""))
+    plan.metadata = {**plan.metadata, "rank": int(rank), "run": str(row.get("run") or "")}
     return plan
+
+
+def _plain(row: pd.Series) -> dict[str, Any]:
+    """A table row as plain values (NaN -> None), as best_plan_of reads rows."""
+    return {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in row.items()}
 
 
 def search_seeds(run: Run) -> set[int]:
