@@ -194,7 +194,7 @@ class TrainConfig:
 
 MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
 MAX_EPOCHS = 1_000_000  # years of training on any data set; 2**70 would "run" until killed
-MAX_LR = 100.0  # far above any optimizer's useful rate; 1e308 overflows the first step to inf
+MAX_LR = 1e6  # far above any useful rate (a diverging one is reported as diverged); 1e308 overflows
 
 
 class Diverged(RuntimeError):
