@@ -15,9 +15,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for a test module's searches (starting Ray costs ~10 s); subprocess
+    """One local Ray for the whole suite's searches (starting Ray costs ~10 s a time); subprocess
     drivers join it with --address, which also exercises shipping the code to a cluster."""
     ray = pytest.importorskip("ray")
     ours = not ray.is_initialized()

@@ -76,24 +76,6 @@ def user_train(plan: Plan, seed: int, report) -> None:
         time.sleep(float(slow))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(
-            num_cpus=2,
-            num_gpus=0,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {"USER_TRAIN_SLEEP": "0"}},
-        )
-    yield
-    if ours:
-        ray.shutdown()
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -250,7 +232,7 @@ def test_our_searcher_in_a_plain_tuner(ray_session, tmp_path):
 
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min", num_samples=6),
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min", num_samples=6, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="tuner", verbose=0),
     )
     results = tuner.fit()

@@ -16,42 +16,35 @@ from search_space import Plan
 
 
 @pytest.fixture(scope="module")
-def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ray = pytest.importorskip("ray")
+def lm_run(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
     import launch_search
 
     storage = tmp_path_factory.mktemp("lm")
-    ours = not ray.is_initialized()
-    if ours:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    try:
-        rc = launch_search.main(
-            [
-                "--model",
-                "transformer_lm",
-                "--train-size",
-                "3000",
-                "--seq-len",
-                "16",
-                "--epochs",
-                "2",
-                "--num-samples",
-                "3",
-                "--sites",
-                "stage",
-                "--final-top-k",
-                "1",
-                "--final-seeds",
-                "2",
-                "--storage-path",
-                str(storage),
-                "--name",
-                "lm",
-            ]
-        )
-    finally:
-        if ours:
-            ray.shutdown()
+    # the suite's one Ray (tests/conftest.py)
+    rc = launch_search.main(
+        [
+            "--model",
+            "transformer_lm",
+            "--train-size",
+            "3000",
+            "--seq-len",
+            "16",
+            "--epochs",
+            "2",
+            "--num-samples",
+            "3",
+            "--sites",
+            "stage",
+            "--final-top-k",
+            "1",
+            "--final-seeds",
+            "2",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "lm",
+        ]
+    )
     assert rc == 0
     return storage / "lm"
 

@@ -31,9 +31,9 @@ NUM_SAMPLES = SAMPLED + len(BASELINES)  # rows of trials.csv
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
     """A real tiny controller search: 2 baselines, 3 sampled plans, then the best sampled plan and
-    both baselines re-trained with 2 fresh seeds (1 epoch each)."""
+    both baselines re-trained with 2 fresh seeds (1 epoch each); it joins the suite's Ray."""
     storage = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
         [
@@ -57,6 +57,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "1",
             "--final-seeds",
             "2",
+            "--address",
+            ray_session,
         ],
         cwd=ROOT,
         capture_output=True,
