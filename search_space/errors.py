@@ -1,7 +1,8 @@
 """One voice for every error a user can cause: ``field: bad value X; allowed: Y``.
 
 Every such error is a `UserError` (the classes: `FieldError` for a named field, and
-``PlanError``, ``RunError``, ``UsageError``, ``DataError``, all ValueErrors too), built by one
+``PlanError``, ``RunError``, ``UsageError``, ``DataError``, all ValueErrors too, and
+`UserTypeError` for an argument of the wrong type), built by one
 helper, `user_error`, whose text is ``field: bad value X; allowed: Y`` or, where no field
 applies, a plain sentence, followed by what to do next where that is known. The commands
 print it as one line, ``PROG: error: TEXT``, and exit 2; the Python API raises it. The error
@@ -21,6 +22,7 @@ __all__ = [
     "OneLineParser",
     "SEED_MAX",
     "UserError",
+    "UserTypeError",
     "check_number",
     "choice_of",
     "say",
@@ -48,7 +50,8 @@ def say(field: str, value: Any = None, allowed: str = "", *, detail: str = "", h
 class UserError(Exception):
     """Base of every error a user can cause (an argument, a plan, a run folder, a data set),
     as opposed to a bug: one line for the user, worded by `say`. Catch this to report any of
-    them; every subclass in the project is also a ValueError."""
+    them; every subclass in the project is also a ValueError, except `UserTypeError` (a
+    TypeError: an argument of the wrong type)."""
 
     field: str = ""
     value: Any = None
@@ -68,6 +71,11 @@ class FieldError(UserError, ValueError):
     def renamed(self, field: str) -> "FieldError":
         """The same error under another name (e.g. a command-line flag)."""
         return FieldError(field, self.value, self.allowed, detail=self.detail, hint=self.hint)
+
+
+class UserTypeError(UserError, TypeError):
+    """A Python API argument of the wrong type (``model_fn: expected a function ...``): a
+    TypeError, as Python callers expect, worded like every other user error."""
 
 
 def user_error(
