@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from search_space.errors import user_error
+
 __all__ = ["LSTMController"]
 
 _PAD_LOGIT = -1e9  # finite, so p * log p stays 0 (not NaN) on padded choices
@@ -73,7 +75,7 @@ class LSTMController(nn.Module):
         _check_positive("init_range", init_range)
         keys = list(range(len(sizes))) if share_keys is None else list(share_keys)
         if len(keys) != len(sizes):
-            raise ValueError(f"share_keys: got {len(keys)} keys, expected one per decision ({len(sizes)})")
+            raise user_error("share_keys", detail=f"got {len(keys)} keys, expected one per decision ({len(sizes)})")
         self.vocab_sizes: list[int] = sizes
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -95,8 +97,8 @@ class LSTMController(nn.Module):
             start, key_size, block = key_rows[key]
             self._block_of.append(block)
             if key_size != size:
-                raise ValueError(
-                    f"share_keys[{d}]={key!r}: vocab size {size} differs from {key_size} "
+                raise user_error(
+                    detail=f"share_keys[{d}]={key!r}: vocab size {size} differs from {key_size} "
                     "of an earlier decision with the same key"
                 )
             offsets.append(start)
@@ -129,13 +131,15 @@ class LSTMController(nn.Module):
         """Head bias rows such that ``_shape_logits(bias)`` equals the prior (clipped inside
         the tanh range); decisions sharing a key take the first one's prior."""
         if len(prior) != len(self.vocab_sizes):
-            raise ValueError(
-                f"prior_logits: bad length {len(prior)}; allowed: one list per decision ({len(self.vocab_sizes)})"
+            raise user_error(
+                "prior_logits",
+                detail=f"bad length {len(prior)}",
+                allowed=f"one list per decision ({len(self.vocab_sizes)})",
             )
         done: set[int] = set()
         for d, (row, size, start) in enumerate(zip(prior, self.vocab_sizes, offsets)):
             if len(row) != size:
-                raise ValueError(f"prior_logits[{d}]: bad length {len(row)}; allowed: {size} (the choices)")
+                raise user_error(f"prior_logits[{d}]", detail=f"bad length {len(row)}", allowed=f"{size} (the choices)")
             if start in done:
                 continue
             done.add(start)
@@ -263,13 +267,13 @@ class LSTMController(nn.Module):
     def _check_tokens(self, tokens: Tensor | Sequence[Sequence[int]]) -> Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.start.device)
         if tokens.dim() != 2 or tokens.shape[1] != self.num_decisions:
-            raise ValueError(f"tokens: shape {tuple(tokens.shape)}, expected (n, {self.num_decisions})")
+            raise user_error("tokens", detail=f"shape {tuple(tokens.shape)}, expected (n, {self.num_decisions})")
         sizes = torch.tensor(self.vocab_sizes, device=tokens.device)
         bad = (tokens < 0) | (tokens >= sizes)
         if bool(bad.any()):
             row, d = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(
-                f"tokens[{row}][{d}]={int(tokens[row, d])}: decision {d} allows 0..{self.vocab_sizes[d] - 1}"
+            raise user_error(
+                detail=f"tokens[{row}][{d}]={int(tokens[row, d])}: decision {d} allows 0..{self.vocab_sizes[d] - 1}"
             )
         return tokens
 
@@ -284,14 +288,14 @@ def _score(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
 def _check_vocab_sizes(vocab_sizes: Sequence[int]) -> list[int]:
     sizes = list(vocab_sizes)
     if not sizes:
-        raise ValueError("vocab_sizes: empty, expected at least one decision")
+        raise user_error("vocab_sizes", detail="empty, expected at least one decision")
     for d, size in enumerate(sizes):
         try:
             sizes[d] = operator.index(size)
         except TypeError:
             sizes[d] = 0
         if isinstance(size, bool) or sizes[d] < 1:
-            raise ValueError(f"vocab_sizes[{d}]={size!r}: expected an int >= 1")
+            raise user_error(detail=f"vocab_sizes[{d}]={size!r}: expected an int >= 1")
     return sizes
 
 
@@ -299,4 +303,4 @@ def _check_positive(name: str, value: Any, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
         allowed = "an int >= 1" if integer else "a number > 0"
-        raise ValueError(f"{name}={value!r}: expected {allowed}")
+        raise user_error(detail=f"{name}={value!r}: expected {allowed}")

@@ -24,6 +24,7 @@ import numpy as np
 from controller.lstm import LSTMController
 from controller.reinforce import Reinforce
 from controller.searcher import PlanSearcher
+from search_space.errors import UserTypeError, user_error
 from search_space.space import SearchSpace
 
 __all__ = ["ControllerSearcher", "RandomSearcher", "TPESearcher", "SEARCHERS", "make_searcher"]
@@ -62,7 +63,7 @@ class ControllerSearcher(PlanSearcher):
             or not isinstance(recipe_strength, (int, float))
             or not (math.isfinite(recipe_strength) and recipe_strength >= 0)
         ):
-            raise ValueError(f"recipe_strength: bad value {recipe_strength!r}; allowed: a number >= 0")
+            raise user_error("recipe_strength", recipe_strength, "a number >= 0")
         self.recipe_strength = float(recipe_strength)
 
         policy = LSTMController(
@@ -103,7 +104,7 @@ class ControllerSearcher(PlanSearcher):
 
         rng = state["rng"]
         if not isinstance(rng, list) or not all(isinstance(b, int) and 0 <= b < 256 for b in rng):
-            raise TypeError("the controller's RNG state is not a list of bytes")
+            raise user_error(detail="the controller's RNG state is not a list of bytes", cls=UserTypeError)
         tensors = self.store.load_policy(state)
         self.reinforce.load_state_dict({**tensors, "rng": torch.tensor(rng, dtype=torch.uint8)})
         self._policy_ref = {"file": state["file"], "sha256": state["sha256"]}
@@ -284,7 +285,7 @@ SEARCHERS: dict[str, type[PlanSearcher]] = {
 def make_searcher(search: str, space: SearchSpace, **kwargs: Any) -> PlanSearcher:
     """The searcher named ``search`` (controller, random or tpe)."""
     if search not in SEARCHERS:
-        raise ValueError(f"search: bad value {search!r}; allowed: {', '.join(SEARCHERS)}")
+        raise user_error("search", search, ", ".join(SEARCHERS))
     cls = SEARCHERS[search]
     if cls is not ControllerSearcher:
         for key in ("controller_kwargs", "reinforce_kwargs", "prior_strength", "recipe_strength"):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from search_space.errors import user_error
+
 __all__ = ["mild_prior", "recipe_prior", "PRIOR_PARAMS"]
 
 #: Parameters whose larger values regularize harder: their logits fall linearly with the value.
@@ -28,7 +30,7 @@ def mild_prior(space: Any, strength: float = 1.5) -> list[list[float]]:
     times as likely as the largest ``p``); other decisions stay uniform.
     """
     if not strength >= 0:
-        raise ValueError(f"prior_strength: bad value {strength!r}; allowed: a number >= 0")
+        raise user_error("prior_strength", strength, "a number >= 0")
     out: list[list[float]] = []
     for d in space.decisions:
         if d.param == "method":
@@ -51,7 +53,7 @@ def recipe_prior(space: Any, tokens: list[int], strength: float = 2.0) -> list[l
     few groups of the recipe instead of starting from nothing.
     """
     if not strength >= 0:
-        raise ValueError(f"recipe_strength: bad value {strength!r}; allowed: a number >= 0")
+        raise user_error("recipe_strength", strength, "a number >= 0")
     active = space.active_mask(tokens)
     return [
         [strength if (on and c == t) else 0.0 for c in range(len(d.choices))]

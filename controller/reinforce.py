@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from search_space.errors import user_error
+
 __all__ = ["Reinforce", "ReinforceConfig", "state_from_json", "state_to_json"]
 
 log = logging.getLogger(__name__)
@@ -44,15 +46,15 @@ class ReinforceConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r}: expected a number > 0")
+            raise user_error(detail=f"lr={self.lr!r}: expected a number > 0")
         if not (isinstance(self.baseline_decay, (int, float)) and 0 <= self.baseline_decay < 1):
-            raise ValueError(f"baseline_decay={self.baseline_decay!r}: expected 0 <= value < 1")
+            raise user_error(detail=f"baseline_decay={self.baseline_decay!r}: expected 0 <= value < 1")
         if not (isinstance(self.entropy_weight, (int, float)) and self.entropy_weight >= 0):
-            raise ValueError(f"entropy_weight={self.entropy_weight!r}: expected a number >= 0")
+            raise user_error(detail=f"entropy_weight={self.entropy_weight!r}: expected a number >= 0")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip={self.grad_clip!r}: expected a number > 0 or None")
+            raise user_error(detail=f"grad_clip={self.grad_clip!r}: expected a number > 0 or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an int")
+            raise user_error(detail=f"seed={self.seed!r}: expected an int")
 
 
 class Reinforce:
@@ -81,7 +83,7 @@ class Reinforce:
         if num_threads is not None and (
             isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
         ):
-            raise ValueError(f"num_threads={num_threads!r}: expected an int >= 1 or None")
+            raise user_error(detail=f"num_threads={num_threads!r}: expected an int >= 1 or None")
         self.num_threads = num_threads
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         device = next(policy.parameters()).device
@@ -99,9 +101,10 @@ class Reinforce:
         """One REINFORCE step on finished trials; returns mean_reward, baseline, entropy
         (mean over active decisions, nats), loss and step (after the update)."""
         if len(tokens_batch) == 0 or len(tokens_batch) != len(rewards):
-            raise ValueError(
-                f"rewards: got {len(rewards)} rewards for {len(tokens_batch)} token sequences, "
-                "expected the same non-zero number"
+            raise user_error(
+                "rewards",
+                detail=f"got {len(rewards)} rewards for {len(tokens_batch)} token sequences, "
+                "expected the same non-zero number",
             )
         values = [_finite("rewards", i, r) for i, r in enumerate(rewards)]
         device = self.generator.device
@@ -159,9 +162,10 @@ class Reinforce:
         rows = [list(self.active_fn([int(t) for t in tokens])) for tokens in tokens_batch]
         for i, row in enumerate(rows):
             if len(row) != len(tokens_batch[i]):
-                raise ValueError(
-                    f"active_fn: returned {len(row)} flags for sequence {i} of "
-                    f"{len(tokens_batch[i])} tokens, expected one per decision"
+                raise user_error(
+                    "active_fn",
+                    detail=f"returned {len(row)} flags for sequence {i} of "
+                    f"{len(tokens_batch[i])} tokens, expected one per decision",
                 )
         return torch.tensor(rows, dtype=torch.float32)
 
@@ -185,13 +189,13 @@ class Reinforce:
         """Restore a :meth:`state_dict`; the policy must have the same structure."""
         version = state.get("version")
         if version != STATE_VERSION:
-            raise ValueError(f"version={version!r}: expected {STATE_VERSION}")
+            raise user_error(detail=f"version={version!r}: expected {STATE_VERSION}")
         saved = state.get("policy_config") or {}
         current_config = getattr(self.policy, "config", None)
         current = current_config() if callable(current_config) else {}
         for key in ("vocab_sizes", "hidden_size", "num_layers", "share_keys"):
             if key in saved and key in current and saved[key] != current[key]:
-                raise ValueError(f"policy_config.{key}={saved[key]!r}: this policy has {current[key]!r}")
+                raise user_error(detail=f"policy_config.{key}={saved[key]!r}: this policy has {current[key]!r}")
         if state["config"] != asdict(self.config):
             log.warning(
                 "restoring with different hyperparameters: saved %s, now %s", state["config"], asdict(self.config)
@@ -209,7 +213,7 @@ def _finite(field: str, index: int, value: Any) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number):
-        raise ValueError(f"{field}[{index}]={value!r}: expected a finite number")
+        raise user_error(detail=f"{field}[{index}]={value!r}: expected a finite number")
     return number
 
 

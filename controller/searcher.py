@@ -46,6 +46,7 @@ from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_
 from controller.outcome import trial_outcome
 from controller.run_folder.snapshot import SnapshotError
 from controller.run_folder.store import RunStore
+from search_space.errors import UserTypeError, user_error
 from search_space.plan import Plan, plan_key
 from search_space.space import SearchSpace
 
@@ -112,15 +113,15 @@ class PlanSearcher(Searcher):
         super().__init__(metric=self.objective.metric, mode=self.objective.mode)
         for field, value in (("num_samples", num_samples), ("controller_batch", controller_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field}: bad value {value!r}; allowed: an integer >= 1")
+                raise user_error(field, value, "an integer >= 1")
         if isinstance(final_top_k, bool) or not isinstance(final_top_k, int) or final_top_k < 0:
-            raise ValueError(f"final_top_k: bad value {final_top_k!r}; allowed: an integer >= 0")
+            raise user_error("final_top_k", final_top_k, "an integer >= 0")
         if penalty_reward is not None and not math.isfinite(float(penalty_reward)):
-            raise ValueError(f"penalty_reward: bad value {penalty_reward!r}; allowed: a finite number")
+            raise user_error("penalty_reward", penalty_reward, "a finite number")
         reward_seeds = _seed_list("reward_seeds", reward_seeds, first=0)
         final_seeds = _seed_list("final_seeds", final_seeds, first=1000)
         if not reward_seeds:
-            raise ValueError("reward_seeds: bad value []; allowed: a non-empty list of seeds")
+            raise user_error("reward_seeds", [], "a non-empty list of seeds")
         self.space = space
         self.num_samples = num_samples
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -129,12 +130,12 @@ class PlanSearcher(Searcher):
         self.baselines: dict[str, Plan] = dict(baselines or {})
         for label, plan in self.baselines.items():
             if not isinstance(plan, Plan):
-                raise ValueError(f"baselines[{label!r}]: bad value {type(plan).__name__}; allowed: a Plan")
+                raise user_error(f"baselines[{label!r}]", detail=f"bad value {type(plan).__name__}", allowed="a Plan")
         self.tuned: dict[str, list[Plan]] = {}
         for method, plans in dict(tuned or {}).items():
             plans = list(plans)
             if not plans or not all(isinstance(p, Plan) for p in plans):
-                raise ValueError(f"tuned[{method!r}]: bad value {plans!r}; allowed: a non-empty list of Plans")
+                raise user_error(f"tuned[{method!r}]", plans, "a non-empty list of Plans")
             self.tuned[str(method)] = plans
         self._tuned_trials = [(f"{TUNED_PREFIX}{m}", p) for m, plans in self.tuned.items() for p in plans]
         self.reward_seeds = [int(s) for s in reward_seeds]
@@ -235,9 +236,10 @@ class PlanSearcher(Searcher):
         if config:
             return False
         if (metric and metric != self.objective.metric) or (mode and mode != self.objective.mode):
-            raise ValueError(
-                f"metric/mode: bad value {metric!r}/{mode!r}; allowed: the "
-                f"searcher's objective {self.objective.metric!r}/{self.objective.mode!r}"
+            raise user_error(
+                "metric/mode",
+                detail=f"bad value {metric!r}/{mode!r}",
+                allowed=f"the searcher's objective {self.objective.metric!r}/{self.objective.mode!r}",
             )
         return True
 
@@ -584,9 +586,11 @@ class PlanSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         if state.get("version") != STATE_VERSION or state.get("searcher") != self.name:
-            raise ValueError(f"searcher state: bad value {checkpoint_path}; allowed: a {self.name} searcher's save()")
+            raise user_error(
+                "searcher state", detail=f"bad value {checkpoint_path}", allowed=f"a {self.name} searcher's save()"
+            )
         if state["space"] != self.space.to_dict():
-            raise ValueError("space: the saved search space differs; allowed: the space the run started with")
+            raise user_error("space", detail="the saved search space differs", allowed="the space the run started with")
         for key in ("suggested", "pending", "records", "final_records", "final_queue", "final_total", "buffer"):
             setattr(self, f"_{key}", state[key])
         self._history, self._warmed, self._seen = state["history"], state["warmed"], None
@@ -601,7 +605,7 @@ class PlanSearcher(Searcher):
         the snapshot is JSON and the controller's tensors load with ``weights_only=True``.
         Raises ``SnapshotError`` (one line) on state this product did not write."""
         if self.store is None:
-            raise ValueError("resume: this searcher has no run folder (run_dir=None)")
+            raise user_error("resume", detail="this searcher has no run folder (run_dir=None)")
         records, finals, history, state = self.store.load()
         if state is None:
             if records or finals:
@@ -631,7 +635,7 @@ class PlanSearcher(Searcher):
             raise SnapshotError(self.run_dir, f"the search space or objective in {rf.SNAPSHOT} differs from the run's")
         suggested = state["suggested"]
         if isinstance(suggested, bool) or not isinstance(suggested, int) or suggested < len(records):
-            raise ValueError(f"suggested: bad value {suggested!r}")
+            raise user_error("suggested", suggested)
         self._records, self._final_records, self._history = records, finals, history
         self._suggested = suggested
         self._warmed = bool(state["warmed"])
@@ -640,7 +644,7 @@ class PlanSearcher(Searcher):
         done = {r["trial_id"] for r in records} | {r["trial_id"] for r in finals}
         pending = state["pending"]
         if not isinstance(pending, dict):
-            raise TypeError("pending is not an object")
+            raise user_error(detail="pending is not an object", cls=UserTypeError)
         self._requeue = [
             _entry_from_json(e)
             for tid, e in pending.items()
@@ -796,17 +800,20 @@ class PlanSearcher(Searcher):
 def _seed_list(field: str, value: Any, first: int) -> list[int]:
     """Seeds as given, or their number (``first``, ``first + 1``, ...)."""
     if isinstance(value, bool):
-        raise TypeError(f"{field}: bad value {value!r}; allowed: a number of seeds or a list of seeds")
+        raise user_error(field, value, "a number of seeds or a list of seeds", cls=UserTypeError)
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{field}: bad value {value!r}; allowed: a number of seeds >= 0 or a list of seeds")
+            raise user_error(field, value, "a number of seeds >= 0 or a list of seeds")
         return list(range(first, first + value))
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"{field}: bad value {value!r} of type {type(value).__name__}; allowed: a number of seeds or a list"
+        raise user_error(
+            field,
+            detail=f"bad value {value!r} of type {type(value).__name__}",
+            allowed="a number of seeds or a list",
+            cls=UserTypeError,
         )
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise ValueError(f"{field}: bad value {list(value)!r}; allowed: seeds (integers >= 0)")
+        raise user_error(field, list(value), "seeds (integers >= 0)")
     return [int(s) for s in value]
 
 
@@ -825,10 +832,10 @@ def _entry_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
 def _entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     tokens = entry["tokens"]
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise TypeError("a running trial's tokens are not a list of integers")
+        raise user_error(detail="a running trial's tokens are not a list of integers", cls=UserTypeError)
     out = {k: entry[k] for k in ("stage", "baseline", "kind") if k in entry}
     if not isinstance(out.get("baseline", ""), str):
-        raise TypeError("a running trial's baseline is not text")
+        raise user_error(detail="a running trial's baseline is not text", cls=UserTypeError)
     return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
 
 
