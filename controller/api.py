@@ -63,7 +63,7 @@ from controller.run_folder import CONFIG_VERSION
 from controller.run_folder.report import SearchResult, _result, summary_text
 from controller.run_folder.resume import check_resumable, searcher_from_config
 from controller.trainable import TrainFn, make_trainable
-from search_space.errors import FieldError
+from search_space.errors import UserTypeError, user_error
 
 __all__ = [
     "run_search",
@@ -173,13 +173,23 @@ def run_search(
     bad value, both naming the argument, before Ray starts.
     """
     if not callable(model_fn):
-        raise TypeError(f"model_fn: expected a function returning an nn.Module, got {type(model_fn).__name__}")
+        raise user_error(
+            "model_fn",
+            detail=f"expected a function returning an nn.Module, got {type(model_fn).__name__}",
+            cls=UserTypeError,
+        )
     if not callable(train_fn):
-        raise TypeError(f"train_fn: expected a function (plan, seed, report), got {type(train_fn).__name__}")
+        raise user_error(
+            "train_fn",
+            detail=f"expected a function (plan, seed, report), got {type(train_fn).__name__}",
+            cls=UserTypeError,
+        )
     if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
-        raise TypeError(f"methods: expected None or a list of method names, got {methods!r}")
+        raise user_error(
+            "methods", detail=f"expected None or a list of method names, got {methods!r}", cls=UserTypeError
+        )
     if not isinstance(verbose, (bool, int)):
-        raise TypeError(f"verbose: expected a bool, got {type(verbose).__name__}")
+        raise user_error("verbose", detail=f"expected a bool, got {type(verbose).__name__}", cls=UserTypeError)
     callbacks = _check_callbacks(callbacks)
     objective = rf.Objective(metric, mode, reward_transform)
     _check_int("num_samples", num_samples, 1, MAX_TRIALS)
@@ -187,7 +197,7 @@ def run_search(
     _check_int("final_top_k", final_top_k, 0, MAX_TRIALS)
     _check_int("final_seeds", final_seeds, 0, 1000)
     if final_top_k and not final_seeds:
-        raise FieldError(
+        raise user_error(
             "final_seeds", final_seeds, "at least 1 when final_top_k > 0 (a final stage needs seeds), or final_top_k 0"
         )
     _check_int("controller_batch", controller_batch, 1)
@@ -200,36 +210,36 @@ def run_search(
     if controller_lr is not None and not (
         isinstance(controller_lr, (int, float)) and math.isfinite(controller_lr) and 0 < controller_lr <= 1
     ):
-        raise FieldError("controller_lr", controller_lr, "a number in (0, 1]")
+        raise user_error("controller_lr", controller_lr, "a number in (0, 1]")
     if isinstance(scheduler, str):
         if scheduler not in SCHEDULERS:
-            raise FieldError("scheduler", scheduler, f"{', '.join(SCHEDULERS)} or a ray.tune TrialScheduler")
+            raise user_error("scheduler", scheduler, f"{', '.join(SCHEDULERS)} or a ray.tune TrialScheduler")
         if scheduler == "asha":
             _check_int("max_epochs", max_epochs, 1)
     from controller.policies import SEARCHERS
 
     if search not in SEARCHERS:
-        raise FieldError("search", search, ", ".join(SEARCHERS))
+        raise user_error("search", search, ", ".join(SEARCHERS))
     if penalty_reward is not None and (
         isinstance(penalty_reward, bool)
         or not isinstance(penalty_reward, (int, float))
         or not math.isfinite(penalty_reward)
     ):
-        raise FieldError("penalty_reward", penalty_reward, "a finite number or None (the worst reward so far)")
+        raise user_error("penalty_reward", penalty_reward, "a finite number or None (the worst reward so far)")
     check_resources(resources_per_trial)
     check_address(address)
     if address is None:
         _check_local_cpus(resources_per_trial)
     storage = check_storage(storage_path)
     if resume and not name:
-        raise FieldError("name", None, "the name of the run to resume", detail="missing")
+        raise user_error("name", None, "the name of the run to resume", detail="missing")
     name = check_name(name or f"{model_name or 'model'}-{search}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = storage / name
     lock = rf.RunFolderLock(run_dir)
     try:
         lock.acquire()
     except rf.RunFolderBusy as exc:
-        raise FieldError(
+        raise user_error(
             "name", name, "a run folder no other driver uses", detail=f"bad value {name!r} ({exc})"
         ) from None
     try:
@@ -251,7 +261,7 @@ def run_search(
                 verbose=bool(verbose),
             )
         if run_dir.exists():
-            raise FieldError(
+            raise user_error(
                 "name",
                 name,
                 "a new name, or resume the run",
@@ -311,7 +321,7 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
     else:
         _check_int("tuned_trials", tuned_trials, 0, max(0, num_samples - 1))
         if tuned_trials and (not methods or tuned_trials < len(methods)):
-            raise FieldError(
+            raise user_error(
                 "tuned_trials",
                 tuned_trials,
                 f"0, auto, or at least one per tuned method ({', '.join(methods) or 'none fit this space'})",
@@ -347,7 +357,11 @@ def _space_and_baselines(
 
     model = model_fn()
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model_fn: returned a {type(model).__name__}; expected a function returning an nn.Module")
+        raise user_error(
+            "model_fn",
+            detail=f"returned a {type(model).__name__}; expected a function returning an nn.Module",
+            cls=UserTypeError,
+        )
     if example_input is not None:
         found = candidate_sites(model)
         chosen, share = resolve_sites(found, sites, modules=[n for n, _ in model.named_modules() if n])
@@ -365,17 +379,17 @@ def _space_and_baselines(
         names = tuple(baselines or ())
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
-            raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
+            raise user_error("baselines", unknown[0], ", ".join(BASELINES))
         if "seq_pattern" in space.methods or "dropblock" not in space.methods:
             # a Transformer (the practitioners' recipe), or a model without block-sized maps
             allowed = space.baseline_plans()
             bad = [n for n in names if n not in allowed]
             if bad:
                 kind = "a Transformer" if "seq_pattern" in space.methods else "a model without feature maps"
-                raise FieldError("baselines", bad[0], f"{', '.join(allowed)} (for {kind})")
+                raise user_error("baselines", bad[0], f"{', '.join(allowed)} (for {kind})")
             plans = {n: allowed[n] for n in names}
         elif any(n != "none" for n in names) and example_input is None:
-            raise FieldError(
+            raise user_error(
                 "example_input",
                 None,
                 "one input batch of the model (baselines other than 'none' place their layers by feature-map size)",

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from search_space.errors import SEED_MAX, FieldError, check_number
+from search_space.errors import SEED_MAX, UserTypeError, check_number, user_error
 
 __all__ = [
     "check_seed",
@@ -59,7 +59,7 @@ def _check_seed_room(seed: int, reward_seeds: int, final_seeds: int) -> None:
     within SEED_MAX: refused here rather than in a trial hours later."""
     top = max(reward_seeds - 1, FINAL_SEED_OFFSET + final_seeds - 1 if final_seeds else 0)
     if seed + top > SEED_MAX:
-        raise FieldError(
+        raise user_error(
             "seed",
             seed,
             f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
@@ -75,7 +75,7 @@ def _check_local_cpus(resources: Mapping[str, Any] | None) -> None:
     cpus = dict(resources or {}).get("cpu", 1.0)
     have = os.cpu_count() or 1
     if not ray.is_initialized() and cpus > have:
-        raise FieldError("cpus_per_trial", cpus, f"at most {have} (this machine's CPUs; use --address for a cluster)")
+        raise user_error("cpus_per_trial", cpus, f"at most {have} (this machine's CPUs; use --address for a cluster)")
 
 
 def check_name(name: str) -> str:
@@ -89,7 +89,7 @@ def check_name(name: str) -> str:
         or len(name.encode()) > 200
         or not name.isprintable()
     ):
-        raise FieldError(
+        raise user_error(
             "name", name, "a folder name of at most 200 bytes, printable, without '/' and not starting with '.'"
         )
     return name
@@ -107,17 +107,17 @@ def check_resources(resources: Mapping[str, Any] | None) -> None:
     req = dict(resources or {})
     unknown = sorted(set(req) - {"cpu", "gpu"})
     if unknown:
-        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
+        raise user_error("resources_per_trial", unknown[0], "keys cpu, gpu")
     cpu, gpu = req.get("cpu", 1.0), req.get("gpu")
     if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not (math.isfinite(cpu) and 0 < cpu <= 1024):
-        raise FieldError("cpus_per_trial", cpu, "a number in (0, 1024]")
+        raise user_error("cpus_per_trial", cpu, "a number in (0, 1024]")
     if gpu is not None and (
         isinstance(gpu, bool)
         or not isinstance(gpu, (int, float))
         or not (math.isfinite(gpu) and gpu >= 0)
         or (gpu > 1 and gpu % 1)
     ):
-        raise FieldError("gpus_per_trial", gpu, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
+        raise user_error("gpus_per_trial", gpu, "a number >= 0, whole above 1 (e.g. 0.25, 1, 2)")
 
 
 def check_address(address: str | None) -> None:
@@ -128,11 +128,11 @@ def check_address(address: str | None) -> None:
         return
     host, _, port = str(address).split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise FieldError("address", address, "host:port or auto")
+        raise user_error("address", address, "host:port or auto")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as e:
-        raise FieldError(
+        raise user_error(
             "address",
             address,
             "the address of a running Ray cluster",
@@ -155,12 +155,16 @@ def resolve_sites(
     elif isinstance(sites, Sequence) and all(isinstance(s, str) for s in sites):
         patterns = list(sites)
     else:
-        raise TypeError(f"sites: expected 'all', 'stage' or a list of module paths, got {type(sites).__name__}")
+        raise user_error(
+            "sites",
+            detail=f"expected 'all', 'stage' or a list of module paths, got {type(sites).__name__}",
+            cls=UserTypeError,
+        )
     chosen: list[str] = []
     for pattern in patterns:
         names = [pattern] if pattern in found or pattern in modules else fnmatch.filter(found, pattern)
         if not names:
-            raise FieldError(
+            raise user_error(
                 "sites",
                 pattern,
                 f"all, stage, or paths/patterns over {list(found)}",
@@ -168,7 +172,7 @@ def resolve_sites(
             )
         chosen += [n for n in names if n not in chosen]
     if not chosen:
-        raise FieldError("sites", "", "all, stage, or comma-separated paths")
+        raise user_error("sites", "", "all, stage, or comma-separated paths")
     return chosen, None
 
 
@@ -178,8 +182,14 @@ def _check_callbacks(callbacks: Any) -> list[Any]:
     from ray.tune import Callback
 
     if isinstance(callbacks, (Callback, str)) or not isinstance(callbacks, Sequence):
-        raise TypeError(f"callbacks: expected a list of ray.tune.Callback, got {type(callbacks).__name__}")
+        raise user_error(
+            "callbacks",
+            detail=f"expected a list of ray.tune.Callback, got {type(callbacks).__name__}",
+            cls=UserTypeError,
+        )
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{i}]: expected a ray.tune.Callback, got {type(cb).__name__}")
+            raise user_error(
+                f"callbacks[{i}]", detail=f"expected a ray.tune.Callback, got {type(cb).__name__}", cls=UserTypeError
+            )
     return list(callbacks)

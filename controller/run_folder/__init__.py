@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from search_space.errors import user_error
 from search_space.files import atomic_write_text
 
 __all__ = [
@@ -172,17 +173,18 @@ class Objective:
 
     def __post_init__(self) -> None:
         if not isinstance(self.metric, str) or not self.metric.isidentifier():
-            raise ValueError(f"metric: bad value {self.metric!r}; allowed: a metric name such as val_acc or val_loss")
+            raise user_error("metric", self.metric, "a metric name such as val_acc or val_loss")
         if self.mode not in MODES:
-            raise ValueError(f"mode: bad value {self.mode!r}; allowed: {', '.join(MODES)}")
+            raise user_error("mode", self.mode, ", ".join(MODES))
         if not self.transform:
             object.__setattr__(self, "transform", "identity" if self.mode == "max" else "negate")
         if self.transform not in TRANSFORMS:
-            raise ValueError(f"reward_transform: bad value {self.transform!r}; allowed: {', '.join(TRANSFORMS)}")
+            raise user_error("reward_transform", self.transform, ", ".join(TRANSFORMS))
         if (self.transform == "identity") != (self.mode == "max"):
-            raise ValueError(
-                f"reward_transform: bad value {self.transform!r} for mode "
-                f"{self.mode!r}; allowed: identity with max, negate or neg_log with min"
+            raise user_error(
+                "reward_transform",
+                detail=f"bad value {self.transform!r} for mode {self.mode!r}",
+                allowed="identity with max, negate or neg_log with min",
             )
 
     def reward(self, value: float) -> float:
@@ -420,9 +422,10 @@ def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
         header = next(reader, None) or []
         missing = [c for c in ("trial_id", "status", objective.metric, "plan_json") if c not in header]
         if missing:
-            raise ValueError(
-                f"{path}: column(s) {', '.join(missing)} missing; allowed: a trials.csv "
-                f"written by a search with metric {objective.metric!r}"
+            raise user_error(
+                str(path),
+                detail=f"column(s) {', '.join(missing)} missing",
+                allowed=f"a trials.csv written by a search with metric {objective.metric!r}",
             )
         rows = []
         seen: set[str] = set()

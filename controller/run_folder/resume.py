@@ -11,14 +11,14 @@ from typing import Any
 
 from controller import run_folder as rf
 from controller.run_folder import CONFIG_VERSION
-from search_space.errors import FieldError
+from search_space.errors import UserError, user_error
 
 __all__ = ["check_resumable", "searcher_from_config"]
 
 
-def _refused_resume(run_dir: Path, allowed: str, why: str) -> FieldError:
+def _refused_resume(run_dir: Path, allowed: str, why: str) -> UserError:
     """The one-line refusal of ``resume`` for ``run_dir``: what it lacks and what it needs."""
-    return FieldError("resume", str(run_dir), allowed, detail=why)
+    return user_error("resume", str(run_dir), allowed, detail=why)
 
 
 def check_resumable(run_dir: Path) -> None:
@@ -39,7 +39,7 @@ def check_resumable(run_dir: Path) -> None:
     try:
         config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
         if not isinstance(config, dict) or config.get("version") != CONFIG_VERSION:
-            raise ValueError(f"version {config.get('version') if isinstance(config, dict) else None!r}")
+            raise user_error(detail=f"version {config.get('version') if isinstance(config, dict) else None!r}")
         rf.Objective.from_config(config)
         searcher_from_config(config, None)
     except (OSError, ValueError, TypeError, KeyError) as exc:
