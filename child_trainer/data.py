@@ -388,7 +388,7 @@ def load_text(
     regime where regularization matters). Validation is the dataset's own valid split.
     """
     if name not in TEXT_DATASETS:
-        raise ValueError(f"dataset: bad value {name!r}; allowed: {', '.join(TEXT_DATASETS)}")
+        raise user_error("dataset", name, ", ".join(TEXT_DATASETS))
     if train_tokens is not None and train_tokens < 2:
         raise DataError("train_size", train_tokens, "None or >= 2 (training tokens)")
     if name == "builtin_text":

@@ -59,6 +59,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
+from search_space.errors import user_error
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, SEQUENCE_METHODS
 
@@ -166,10 +167,11 @@ def check_sites(model: nn.Module, sites: Iterable[str]) -> None:
     for site in sites:
         if site not in names:
             hint = find_sites(model)
-            raise PlanError(
-                f"sites[{site!r}]: unknown site, no such module in "
-                f"{type(model).__name__}; allowed: module paths, e.g. "
-                f"{hint[:8]}{'...' if len(hint) > 8 else ''}"
+            raise user_error(
+                f"sites[{site!r}]",
+                detail=f"unknown site, no such module in {type(model).__name__}",
+                allowed=f"module paths, e.g. {hint[:8]}{'...' if len(hint) > 8 else ''}",
+                cls=PlanError,
             )
 
 
@@ -434,14 +436,14 @@ def _build(site: str, spec: SiteSpec) -> nn.Module:
     try:
         return build_layer(spec)
     except ValueError as e:
-        raise PlanError(f"sites[{site!r}]: {e}") from None
+        raise user_error(f"sites[{site!r}]", detail=str(e), cls=PlanError) from None
 
 
 def build_layer(spec: SiteSpec) -> nn.Module:
     """The layer for one SiteSpec (parameters named as the layer's arguments)."""
     layer_name = METHOD_LAYERS[spec.method]
     if layer_name is None:
-        raise PlanError(f"method {spec.method!r} has no layer")
+        raise user_error(detail=f"method {spec.method!r} has no layer", cls=PlanError)
     kwargs = {k: v for k, v in spec.params.items() if k not in APPLY_ONLY_PARAMS}
     return getattr(_layers, layer_name)(**kwargs)
 
@@ -455,11 +457,11 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     (0: constant).
     """
     if not isinstance(plan, Plan):
-        raise PlanError(f"plan: bad value of type {type(plan).__name__}; allowed: a Plan")
+        raise user_error("plan", detail=f"bad value of type {type(plan).__name__}", allowed="a Plan", cls=PlanError)
     if total_steps is not None and (
         isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0
     ):
-        raise ValueError(f"total_steps: bad value {total_steps!r}; allowed: None or an int >= 0")
+        raise user_error("total_steps", total_steps, "None or an int >= 0")
     check_sites(model, plan.sites)
     named = list(_named_modules(model))
     modules = dict(named)
@@ -518,20 +520,27 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
 def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
     """Fail early (not in the first forward) when a method cannot run on the site's shape."""
     if sequence and method not in SEQUENCE_METHODS:
-        raise PlanError(
-            f"sites[{site!r}].method: bad value {method!r} at a Transformer (N, T, C) site; "
-            f"allowed: {list(SEQUENCE_METHODS)}"
+        raise user_error(
+            f"sites[{site!r}].method",
+            detail=f"bad value {method!r} at a Transformer (N, T, C) site",
+            allowed=f"{list(SEQUENCE_METHODS)}",
+            cls=PlanError,
         )
     if not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
-        raise PlanError(
-            f"sites[{site!r}].method: bad value {method!r} at an (N, C, H, W) site; allowed: {list(CONV_METHODS)}"
+        raise user_error(
+            f"sites[{site!r}].method",
+            detail=f"bad value {method!r} at an (N, C, H, W) site",
+            allowed=f"{list(CONV_METHODS)}",
+            cls=PlanError,
         )
     if _is_virtual(site):
         mha = modules[site.rsplit(":", 1)[0]]
         if mha.bias_k is not None or mha.add_zero_attn:  # type: ignore[union-attr]
-            raise PlanError(
-                f"sites[{site!r}]: q/k/v sites need a MultiheadAttention without add_bias_kv "
-                "and add_zero_attn; allowed: the attention output and feed-forward sites"
+            raise user_error(
+                f"sites[{site!r}]",
+                detail="q/k/v sites need a MultiheadAttention without add_bias_kv and add_zero_attn",
+                allowed="the attention output and feed-forward sites",
+                cls=PlanError,
             )
 
 

@@ -75,15 +75,16 @@ def baseline_plans(
 
     Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
     """
+    from search_space.errors import user_error
     from search_space.plan import Plan, SiteSpec
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise ValueError(f"baselines: unknown baseline(s) {', '.join(unknown)}; allowed: {', '.join(BASELINES)}")
+        raise user_error("baselines", detail=f"unknown baseline(s) {', '.join(unknown)}", allowed=", ".join(BASELINES))
     shapes = site_shapes(model, sites, x)
     stages = stage_sites(shapes)
     if not stages:
-        raise ValueError(f"model {model_name!r}: no site with a 4-D (N, C, H, W) output; sites: {sites}")
+        raise user_error(detail=f"model {model_name!r}: no site with a 4-D (N, C, H, W) output; sites: {sites}")
     late = [s for stage in stages[-2:] for s in stage]
     block_sites = _bn_or_all(model, late, shortcuts=True)
     disout_sites = _bn_or_all(model, stages[-1], shortcuts=False)
@@ -209,13 +210,14 @@ def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
     """The first ``n`` grid points of ``method`` as plans with that method at every site of
     ``space`` (a ``SearchSpace``), skipping plans equal to one in ``exclude`` (a hand-set
     baseline trains anyway); a block size larger than a map is clamped to it by the layer."""
+    from search_space.errors import user_error
     from search_space.plan import plan_key
 
     if method not in TUNED_GRIDS:
-        raise ValueError(f"tuned method: bad value {method!r}; allowed: {', '.join(TUNED_GRIDS)}")
+        raise user_error("tuned method", method, ", ".join(TUNED_GRIDS))
     grid = TUNED_GRIDS[method]
     if not 1 <= n <= len(grid):
-        raise ValueError(f"tuned trials per method: bad value {n!r}; allowed: 1..{len(grid)} for {method}")
+        raise user_error("tuned trials per method", n, f"1..{len(grid)} for {method}")
     skip = {plan_key(p) for p in exclude}
     plans = []
     for params in grid:

@@ -42,7 +42,7 @@ from search_space.apply import (
     transformer_site_blocks,
     transformer_sites,
 )
-from search_space.errors import FieldError
+from search_space.errors import UserTypeError, user_error
 from search_space.plan import Plan, SiteSpec
 from search_space.vocab import METHODS, VOCAB
 
@@ -169,7 +169,7 @@ def probe_sites(model: nn.Module, example_input: Any, sites: Sequence[str] | Non
             handles.append(mha.register_forward_hook(qkv_hook, with_kwargs=True))
             continue
         if site not in modules:
-            raise FieldError("sites", site, "module paths of the model", detail=f"bad value {site!r} (no such module)")
+            raise user_error("sites", site, "module paths of the model", detail=f"bad value {site!r} (no such module)")
 
         def hook(_m: nn.Module, _i: Any, out: Any, site: str = site) -> None:
             record(site, tuple(out.shape) if isinstance(out, torch.Tensor) else ())
@@ -181,7 +181,7 @@ def probe_sites(model: nn.Module, example_input: Any, sites: Sequence[str] | Non
         with torch.no_grad():
             _forward(model, _example_batch(example_input))
     except Exception as exc:  # noqa: BLE001 - the user's model or input: say which
-        raise FieldError(
+        raise user_error(
             "example_input",
             detail=f"the model's forward pass failed on it ({type(exc).__name__}: {_first_line(exc)})",
             allowed="one input batch the model accepts",
@@ -240,7 +240,7 @@ def describe(
     import pandas as pd
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        raise user_error("model", detail=f"expected an nn.Module, got {type(model).__name__}", cls=UserTypeError)
     rows = []
     for info in probe_sites(model, example_input, sites):
         allowed = [m for m in info.methods if methods is None or m in methods]
@@ -318,7 +318,7 @@ def check_plans(model: nn.Module, space: "SearchSpace", example_input: Any, samp
         except Exception as exc:  # noqa: BLE001 - find the site that fails and name it
             site = _failing_site(model, plan, x) or next(iter(plan.sites))
             spec = plan.sites[site]
-            raise FieldError(
+            raise user_error(
                 "sites",
                 site,
                 "sites and methods that train on the example input (see --describe / search_space.describe)",

@@ -17,7 +17,7 @@ import numpy as np
 import torch.nn as nn
 
 from search_space.apply import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
-from search_space.errors import FieldError
+from search_space.errors import user_error
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
@@ -74,18 +74,24 @@ class SearchSpace:
         methods = tuple(CONV_METHODS if methods is None else methods)
         for m in methods:
             if m not in VOCAB:
-                raise PlanError(f"methods: bad value {m!r}; allowed: {list(METHODS)}")
+                raise user_error("methods", m, f"{list(METHODS)}", cls=PlanError)
         if not methods or len(set(methods)) != len(methods):
-            raise PlanError(
-                f"methods: bad value {list(methods)}; allowed: a non-empty list of distinct names from {list(METHODS)}"
+            raise user_error(
+                "methods",
+                detail=f"bad value {list(methods)}",
+                allowed=f"a non-empty list of distinct names from {list(METHODS)}",
+                cls=PlanError,
             )
         self.groups: list[tuple[str, tuple[str, ...]]] = [(k, tuple(s)) for k, s in groups]
         self.sites: list[str] = [s for _, members in self.groups for s in members]
         if not self.sites or len(set(self.sites)) != len(self.sites):
-            raise PlanError(
-                f"sites: bad value {self.sites[:8]}; allowed: a non-empty list of distinct module paths "
+            raise user_error(
+                "sites",
+                detail=f"bad value {self.sites[:8]}",
+                allowed="a non-empty list of distinct module paths "
                 "(a model without BatchNorm2d, residual blocks or Transformer layers: pass example_input, "
-                "or name module paths in sites)"
+                "or name module paths in sites)",
+                cls=PlanError,
             )
         self.methods = methods
         self.model = model
@@ -96,8 +102,11 @@ class SearchSpace:
         for key, _ in self.groups:
             allowed = tuple(group_methods[key]) if group_methods and key in group_methods else methods
             if not allowed or any(m not in methods for m in allowed) or len(set(allowed)) != len(allowed):
-                raise PlanError(
-                    f"group_methods[{key!r}]: bad value {list(allowed)}; allowed: a subset of {list(methods)}"
+                raise user_error(
+                    f"group_methods[{key!r}]",
+                    detail=f"bad value {list(allowed)}",
+                    allowed=f"a subset of {list(methods)}",
+                    cls=PlanError,
                 )
             self.group_methods[key] = allowed
         # Parameter decisions: union over allowed methods, in table order (per group too).
@@ -151,7 +160,7 @@ class SearchSpace:
             sites = transformer_sites(model) or find_sites(model)
         sites = list(sites)
         if not sites:
-            raise FieldError(
+            raise user_error(
                 "sites",
                 [],
                 "pass example_input (sites from output shapes: Linear, BatchNorm1d, LayerNorm ...) or name module "
@@ -169,7 +178,7 @@ class SearchSpace:
         elif callable(share):
             key_fn = share
         else:
-            raise PlanError(f"share: bad value {share!r}; allowed: None, 'stage' or a function")
+            raise user_error("share", share, "None, 'stage' or a function", cls=PlanError)
         groups: dict[str, list[str]] = {}
         for s in sites:
             groups.setdefault(key_fn(s), []).append(s)
@@ -206,9 +215,11 @@ class SearchSpace:
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
         """Rebuild without the model (groups are stored explicitly)."""
         if not isinstance(d, dict) or "groups" not in d:
-            raise PlanError(f"space: bad value {str(d)[:60]}; allowed: SearchSpace.to_dict() output")
+            raise user_error(
+                "space", detail=f"bad value {str(d)[:60]}", allowed="SearchSpace.to_dict() output", cls=PlanError
+            )
         if d.get("space_version") != SPACE_VERSION:
-            raise PlanError(f"space.space_version: bad value {d.get('space_version')!r}; allowed: {SPACE_VERSION!r}")
+            raise user_error("space.space_version", d.get("space_version"), f"{SPACE_VERSION!r}", cls=PlanError)
         return cls(
             [(k, members) for k, members in d["groups"]],
             d.get("methods"),
@@ -229,10 +240,12 @@ class SearchSpace:
     def _check_tokens(self, tokens: Sequence[int]) -> list[int]:
         tokens = [int(t) for t in tokens]
         if len(tokens) != len(self.decisions):
-            raise ValueError(f"tokens: bad length {len(tokens)}; allowed: {len(self.decisions)}")
+            raise user_error("tokens", detail=f"bad length {len(tokens)}", allowed=f"{len(self.decisions)}")
         for i, (t, d) in enumerate(zip(tokens, self.decisions)):
             if not 0 <= t < len(d.choices):
-                raise ValueError(f"tokens[{i}] ({d.site} {d.param}): bad value {t}; allowed: 0..{len(d.choices) - 1}")
+                raise user_error(
+                    f"tokens[{i}] ({d.site} {d.param})", detail=f"bad value {t}", allowed=f"0..{len(d.choices) - 1}"
+                )
         return tokens
 
     def _group_slices(self, tokens: list[int]):
@@ -258,10 +271,11 @@ class SearchSpace:
         extra = [s for s in plan.sites if s not in set(self.sites)]
         if missing or extra:
             bad = missing[0] if missing else extra[0]
-            raise PlanError(
-                f"plan.sites: site {bad!r} is {'missing' if missing else 'unknown'}"
-                f"; allowed: exactly the space's sites {self.sites[:6]}"
-                f"{'...' if len(self.sites) > 6 else ''}"
+            raise user_error(
+                "plan.sites",
+                detail=f"site {bad!r} is {'missing' if missing else 'unknown'}",
+                allowed=f"exactly the space's sites {self.sites[:6]}{'...' if len(self.sites) > 6 else ''}",
+                cls=PlanError,
             )
         tokens: list[int] = []
         for g, (key, members, _) in enumerate(self._group_slices([0] * len(self.decisions))):
@@ -269,14 +283,18 @@ class SearchSpace:
             names = self._group_params[g]
             for s in members[1:]:
                 if plan.sites[s] != spec:
-                    raise PlanError(
-                        f"sites[{s!r}]: bad value {plan.sites[s]}; allowed: the same "
-                        f"spec as {members[0]!r} (both share decisions {key!r})"
+                    raise user_error(
+                        f"sites[{s!r}]",
+                        detail=f"bad value {plan.sites[s]}",
+                        allowed=f"the same spec as {members[0]!r} (both share decisions {key!r})",
+                        cls=PlanError,
                     )
             allowed = self.group_methods[key]
             if spec.method not in allowed:
-                raise PlanError(
-                    f"sites[{members[0]!r}].method: bad value {spec.method!r}; allowed in this space: {list(allowed)}"
+                raise user_error(
+                    f"sites[{members[0]!r}].method",
+                    detail=f"bad value {spec.method!r}; allowed in this space: {list(allowed)}",
+                    cls=PlanError,
                 )
             group = [allowed.index(spec.method)] + [0] * len(names)
             params = dict(spec.params)
@@ -334,7 +352,7 @@ def _shaped_space(
     named = [i for i in infos if sites is not None and i.path in sites]
     bad = next((i for i in named if not i.methods), None)
     if bad is not None:
-        raise FieldError(
+        raise user_error(
             "sites",
             bad.path,
             "modules whose output is a (N, C), (N, T, C) or (N, C, H, W) tensor",
@@ -342,7 +360,7 @@ def _shaped_space(
         )
     infos = [i for i in infos if i.methods]
     if not infos:
-        raise FieldError(
+        raise user_error(
             "sites",
             [],
             "module paths whose output is a feature tensor (see search_space.describe(model, example_input))",
@@ -356,7 +374,7 @@ def _shaped_space(
     for m in methods:
         if m in VOCAB and m not in offered:
             shapes = sorted({i.layout for i in infos})
-            raise FieldError(
+            raise user_error(
                 "methods",
                 m,
                 ", ".join(offered),
@@ -370,7 +388,7 @@ def _shaped_space(
     elif callable(share):
         key_fn = share
     else:
-        raise PlanError(f"share: bad value {share!r}; allowed: None, 'stage' or a function")
+        raise user_error("share", share, "None, 'stage' or a function", cls=PlanError)
     groups: dict[str, list[str]] = {}
     fits: dict[str, set[str]] = {}
     for info in infos:
@@ -381,7 +399,7 @@ def _shaped_space(
     empty = next((k for k, v in group_methods.items() if not v), None)
     if empty is not None:
         site = groups[empty][0]
-        raise FieldError(
+        raise user_error(
             "methods",
             list(methods),
             "include 'none', or methods that fit every site",
@@ -396,4 +414,6 @@ def _index(choices: tuple, value: ParamValue, field: str) -> int:
     for i, c in enumerate(choices):
         if type(c) is type(value) and c == value:
             return i
-    raise PlanError(f"{field}: bad value {value!r} is not in the search vocabulary; allowed: {list(choices)}")
+    raise user_error(
+        field, detail=f"bad value {value!r} is not in the search vocabulary", allowed=f"{list(choices)}", cls=PlanError
+    )

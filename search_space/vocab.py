@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from search_space.errors import FieldError, UserError, user_error
+
 SPACE_VERSION = "2"
 #: Versions whose plans still load (version 1 had no per-site "ramp"; its plans mean the same).
 COMPATIBLE_SPACE_VERSIONS = ("1", "2")
@@ -163,22 +165,20 @@ def param_bounds(param: str, choices: tuple[ParamValue, ...]) -> tuple[float, fl
 
 
 def check_value(
-    field: str, param: str, choices: tuple[ParamValue, ...], value: Any, error: type[ValueError] = ValueError
+    field: str, param: str, choices: tuple[ParamValue, ...], value: Any, error: type[UserError] = FieldError
 ) -> ParamValue:
     """Validate one parameter value and return it in canonical type (int -> float for floats)."""
     kind = param_kind(choices)
     if kind is bool:
         if not isinstance(value, bool):
-            raise error(f"{field}: bad value {value!r}; allowed: true or false")
+            raise user_error(field, value, "true or false", cls=error)
         return value
     low, high = param_bounds(param, choices)
     ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise error(f"{field}: bad value {value!r}; allowed: an integer in [{low}, {high}]")
+        raise user_error(field, value, f"an integer in [{low}, {high}]", cls=error)
     if not ok_type or not (math.isfinite(value) and low <= value <= high):
-        raise error(
-            f"{field}: bad value {value!r}; allowed: a number in [{low}, {high}] (searched values: {list(choices)})"
-        )
+        raise user_error(field, value, f"a number in [{low}, {high}] (searched values: {list(choices)})", cls=error)
     return int(value) if kind is int else float(value)
 
 
