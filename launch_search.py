@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from search_space.errors import UserError
+from search_space.errors import UserError, UserTypeError, user_error
 
 log = logging.getLogger("launch_search")
 
@@ -141,8 +141,8 @@ def _usage(exc: ValueError) -> UsageError:
 
     if isinstance(exc, FieldError):
         flag = FLAG_OF.get(exc.field) or "--" + exc.field.replace("_", "-")
-        return UsageError(str(exc.renamed(flag)))
-    return UsageError(" ".join(str(exc).split()))
+        return user_error(flag, exc.value, exc.allowed, detail=exc.detail, hint=exc.hint, cls=UsageError)
+    return user_error(detail=" ".join(str(exc).split()), cls=UsageError)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -151,20 +151,20 @@ def check_args(args: argparse.Namespace) -> None:
 
     try:
         if args.resume and not args.name:
-            raise FieldError("resume", True, "--resume together with --name of the run", detail="needs --name")
+            raise user_error("resume", True, "--resume together with --name of the run", detail="needs --name")
         if args.baselines is not None:
             baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
             for b in baselines:
                 if b not in BASELINE_NAMES:
-                    raise FieldError("baselines", b, ", ".join(BASELINE_NAMES))
+                    raise user_error("baselines", b, ", ".join(BASELINE_NAMES))
             if len(set(baselines)) != len(baselines):
-                raise FieldError("baselines", args.baselines, "distinct names")
+                raise user_error("baselines", args.baselines, "distinct names")
             args.baselines = ",".join(baselines)
         if args.tuned_trials != "auto":
             try:
                 args.tuned_trials = int(args.tuned_trials)
             except (TypeError, ValueError):
-                raise FieldError("tuned_trials", args.tuned_trials, "auto or an integer >= 0") from None
+                raise user_error("tuned_trials", args.tuned_trials, "auto or an integer >= 0") from None
         if args.child is not None:
             from child_trainer.trial import load_function
 
@@ -180,12 +180,10 @@ def check_child_signature(spec: str, fn: Any) -> None:
     """--child must take (config, plan, report) like train_child: refused here, not in every trial."""
     import inspect
 
-    from search_space.errors import FieldError
-
     try:
         inspect.signature(fn).bind(None, None, None)
     except TypeError as exc:
-        raise FieldError(
+        raise user_error(
             "child",
             spec,
             "a function taking (config, plan, report) like child_trainer.train_child",
@@ -228,9 +226,15 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
 
         if not torch.cuda.is_available():  # on a cluster the nodes may have what this machine lacks
             if cfg.amp == "fp16":
-                raise UsageError("--amp: bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA)")
-            raise UsageError(f"--gpus-per-trial: bad value {args.gpus_per_trial:g}; allowed here: 0 (this machine "
-                             "has no GPU; use --address to join a GPU cluster)")  # fmt: skip
+                raise user_error(
+                    "--amp", detail="bad value 'fp16'; allowed here: auto, none, bf16 (fp16 needs CUDA)", cls=UsageError
+                )
+            raise user_error(
+                "--gpus-per-trial",
+                detail=f"bad value {args.gpus_per_trial:g}; allowed here: 0 (this machine has no GPU; "
+                "use --address to join a GPU cluster)",
+                cls=UsageError,
+            )
     return cfg.to_dict()
 
 
@@ -278,11 +282,13 @@ def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
     try:
         saved = read_json(run_dir / SEARCH_CONFIG)["args"]
         if not isinstance(saved, dict):
-            raise TypeError("args is not an object")
+            raise user_error(detail="args is not an object", cls=UserTypeError)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(
-            f"--resume: bad value {str(run_dir)!r}; its {SEARCH_CONFIG} is unreadable "
-            f"({type(e).__name__}); nothing was changed"
+        raise user_error(
+            "--resume",
+            detail=f"bad value {str(run_dir)!r}; its {SEARCH_CONFIG} is unreadable ({type(e).__name__})",
+            hint="nothing was changed",
+            cls=UsageError,
         ) from None
     defaults = vars(build_parser().parse_args([]))
     code = _code_flags(args, saved)
@@ -312,9 +318,12 @@ def _code_flags(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, An
             continue
         given = getattr(args, key)
         if not given:
-            raise UsageError(
-                f"--{key}: bad value None; allowed: the --{key} this run was started with ({was!r}), given again "
-                "(a resume never imports code that a run folder names)"
+            raise user_error(
+                f"--{key}",
+                None,
+                f"the --{key} this run was started with ({was!r}), given again "
+                "(a resume never imports code that a run folder names)",
+                cls=UsageError,
             )
         if given != was:
             log.warning("--resume with --%s %s (the run started with %s)", key, given, was)
