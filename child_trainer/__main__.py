@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from search_space.errors import FieldError, OneLineParser, typed
+from search_space.errors import FieldError, OneLineParser, typed, user_error
 
 from .flags import add_train_flags, flag_of, train_fields
 from .train import TrainConfig, train_child
@@ -48,13 +48,13 @@ def load_plan_file(text: str) -> Any:
 
     path = Path(text)
     if text == "" or not path.exists():
-        raise FieldError("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not found)")
+        raise user_error("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not found)")
     if not path.is_file():
-        raise FieldError("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not a file)")
+        raise user_error("--plan", text, "a plan JSON file", detail=f"bad value {text!r} (not a file)")
     try:
         return Plan.load(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise FieldError(
+        raise user_error(
             "--plan", text, "a plan JSON file", detail=f"bad value {text!r} (unreadable: {type(exc).__name__})"
         ) from None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from search_space.errors import user_error
+
 __all__ = ["random_crop", "random_flip", "augment_batch", "AUGMENTATIONS"]
 
 AUGMENTATIONS = ("cifar", "shift", "none")
@@ -38,4 +40,4 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None 
         return random_crop(x, 1, generator)
     if kind == "none":
         return x
-    raise ValueError(f"augment: unknown augmentation {kind!r}; allowed: {', '.join(AUGMENTATIONS)}")
+    raise user_error("augment", detail=f"unknown augmentation {kind!r}", allowed=", ".join(AUGMENTATIONS))

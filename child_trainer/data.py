@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search_space.errors import FieldError
+from search_space.errors import FieldError, user_error
 
 __all__ = [
     "DataError",
@@ -82,10 +82,11 @@ def _subset(
         return (x, y), np.zeros(0, dtype=np.int64)
     n_classes = len(np.unique(y))
     if not n_classes <= size < len(y):
-        raise DataError(
+        raise user_error(
             "train_size",
             size,
             f"an integer from {n_classes} (one per class) to {len(y) - 1} (below the training split's {len(y)} images)",
+            cls=DataError,
         )
     unused, keep = stratified_split(y, size, seed + 1)
     return (x[keep], y[keep]), unused
@@ -172,13 +173,14 @@ def _cifar(
         train = cls(str(data_dir), train=True, download=False)
         test = cls(str(data_dir), train=False, download=False) if with_test else None
     except RuntimeError:
-        raise DataError(
+        raise user_error(
             "data_dir",
             str(data_dir),
             f'a folder holding {folder} (get it with python -c "import torchvision; '
             f"torchvision.datasets.{cls_name}('{data_dir}', download=True)\" on a machine with internet "
             "and copy the folder here)",
             detail=f"{name} not found: expected {data_dir / folder}",
+            cls=DataError,
         ) from None
     x = train.data.transpose(0, 3, 1, 2) / np.float32(255.0)
     y = np.asarray(train.targets, dtype=np.int64)
@@ -205,7 +207,7 @@ def _synthetic(
     rng = np.random.default_rng(seed)
     sizes = (train_size or SYNTHETIC_SIZES[0], *SYNTHETIC_SIZES[1:])
     if sizes[0] < num_classes:
-        raise DataError("train_size", sizes[0], f"an integer >= num_classes={num_classes}")
+        raise user_error("train_size", sizes[0], f"an integer >= num_classes={num_classes}", cls=DataError)
     templates = rng.normal(0.0, 1.0, size=(num_classes, *image_shape)).astype(np.float32)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,9 +238,9 @@ def load_data(
     test split entirely (test_x/test_y are None) so a search cannot touch it.
     """
     if name not in DATASETS:
-        raise DataError("dataset", name, ", ".join(DATASETS))
+        raise user_error("dataset", name, ", ".join(DATASETS), cls=DataError)
     if train_size is not None and train_size < 1:
-        raise DataError("train_size", train_size, "a positive integer or None")
+        raise user_error("train_size", train_size, "a positive integer or None", cls=DataError)
     if name == "digits":
         return _digits(train_size, seed, with_test, device)
     if name == "synthetic":
@@ -279,10 +281,11 @@ class Vocabulary:
         if unk is None:
             missing = next((t for t in tokens if t not in self.index), None)
             if missing is not None:
-                raise DataError(
+                raise user_error(
                     "dataset",
                     detail=f"word {missing!r} of a held-out split is not in the training vocabulary "
                     f"and the corpus has no {UNK} token",
+                    cls=DataError,
                 )
             return np.fromiter((self.index[t] for t in tokens), dtype=np.int64, count=len(tokens))
         return np.fromiter((self.index.get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
@@ -322,11 +325,12 @@ def _find_text_files(name: str, data_dir: Path) -> tuple[Path, Path, Path]:
             if all(p.is_file() for p in paths):
                 return paths  # type: ignore[return-value]
     where = ", ".join(str(data_dir / s) if s else str(data_dir) for s in subdirs)
-    raise DataError(
+    raise user_error(
         "data_dir",
         str(data_dir),
         f"a folder holding {name}'s {', '.join(standard)} (or {', '.join(_RENAMED)}); nothing is downloaded",
         detail=f"bad value {str(data_dir)!r} ({name} not found in any of {where})",
+        cls=DataError,
     )
 
 
@@ -390,7 +394,7 @@ def load_text(
     if name not in TEXT_DATASETS:
         raise user_error("dataset", name, ", ".join(TEXT_DATASETS))
     if train_tokens is not None and train_tokens < 2:
-        raise DataError("train_size", train_tokens, "None or >= 2 (training tokens)")
+        raise user_error("train_size", train_tokens, "None or >= 2 (training tokens)", cls=DataError)
     if name == "builtin_text":
         train, val, test = _builtin_splits()
         vocab = _vocabulary(train, BUILTIN_VOCAB)

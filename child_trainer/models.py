@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_space.errors import FieldError
+from search_space.errors import user_error
 
 __all__ = [
     "build_model",
@@ -110,7 +110,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise FieldError("model", f"resnet{depth}", "a CIFAR ResNet depth 6n+2, e.g. resnet20, resnet56")
+            raise user_error("model", f"resnet{depth}", "a CIFAR ResNet depth 6n+2, e.g. resnet20, resnet56")
         n = (depth - 2) // 6
         w = width
         self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
@@ -133,7 +133,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, k: int, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10 or k < 1:
-            raise FieldError(
+            raise user_error(
                 "model", f"wrn{depth}_{k}", "a WRN depth 6n+4 and k >= 1, e.g. wrn28_10, wrn28_2, wrn16_4, wrn40_2"
             )
         n = (depth - 4) // 6
@@ -183,7 +183,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, causal: bool) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim: must be divisible by heads (got {dim} and {heads})")
+            raise user_error("dim", detail=f"must be divisible by heads (got {dim} and {heads})")
         self.heads, self.causal = heads, causal
         self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
@@ -243,7 +243,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, image_size: int, patch: int, in_channels: int, dim: int) -> None:
         super().__init__()
         if image_size % patch:
-            raise ValueError(f"image_size: must be divisible by the patch size {patch} (got {image_size})")
+            raise user_error("image_size", detail=f"must be divisible by the patch size {patch} (got {image_size})")
         self.proj = nn.Conv2d(in_channels, dim, patch, patch)
         self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))
 
@@ -295,7 +295,7 @@ class TokenEmbed(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.shape[1] > self.pos.shape[1]:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens is longer than max_len {self.pos.shape[1]}")
+            raise user_error(detail=f"sequence of {ids.shape[1]} tokens is longer than max_len {self.pos.shape[1]}")
         return self.tok(ids) + self.pos[:, : ids.shape[1]]
 
 
@@ -358,7 +358,7 @@ def user_model(spec: str, num_classes: int, in_channels: int = 3, image_size: in
     kwargs = {k: v for k, v in offered.items() if takes_any or k in params}
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
-        raise FieldError(
+        raise user_error(
             "model",
             spec,
             "a factory returning an nn.Module",
@@ -373,7 +373,7 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
 
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise FieldError("model", f"tv:{name}", f"tv:<one of {', '.join(sorted(available))}>")
+        raise user_error("model", f"tv:{name}", f"tv:<one of {', '.join(sorted(available))}>")
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, in_channels)
@@ -401,7 +401,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
                     ),
                 )
                 return
-    raise FieldError(
+    raise user_error(
         "model",
         type(model).__name__,
         "a torchvision model with a 3-channel first convolution",
@@ -420,7 +420,7 @@ def build_model(
     sequence; ``image_size`` sizes vit_tiny.
     """
     if num_classes < 2:
-        raise FieldError("num_classes", num_classes, "an integer >= 2")
+        raise user_error("num_classes", num_classes, "an integer >= 2")
     if name == "vit_tiny":
         return ViTTiny(num_classes, in_channels, image_size)
     if name == "transformer_lm":
@@ -436,4 +436,4 @@ def build_model(
     match = _WRN.match(name)
     if match:
         return WideResNet(int(match.group(1)), int(match.group(2)), num_classes, in_channels)
-    raise FieldError("model", name, ", ".join(model_names()))
+    raise user_error("model", name, ", ".join(model_names()))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_space.errors import FieldError
+from search_space.errors import FieldError, user_error
 
 from .data import DataSplits, load_data, load_text
 from .models import build_model, is_lm
@@ -65,11 +65,11 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
     ``field_name`` when the module does not import or has no such function)."""
     target, _, fn = str(spec).rpartition(":")
     if not target or not fn:
-        raise FieldError(field_name, spec, "module:function or path/file.py:function")
+        raise user_error(field_name, spec, "module:function or path/file.py:function")
     try:
         if target.endswith(".py"):
             if not Path(target).is_file():
-                raise FieldError(
+                raise user_error(
                     field_name,
                     spec,
                     "module:function or path/file.py:function",
@@ -77,7 +77,7 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
                 )
             module_spec = importlib.util.spec_from_file_location(Path(target).stem + "_child_hook", target)
             if module_spec is None or module_spec.loader is None:
-                raise FieldError(field_name, spec, "a Python file", detail=f"bad value {spec!r} (cannot load {target})")
+                raise user_error(field_name, spec, "a Python file", detail=f"bad value {spec!r} (cannot load {target})")
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
@@ -85,7 +85,7 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
     except FieldError:
         raise
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
-        raise FieldError(
+        raise user_error(
             field_name,
             spec,
             "an importable module",
@@ -93,7 +93,7 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
         ) from None
     func = getattr(module, fn, None)
     if not callable(func):
-        raise FieldError(
+        raise user_error(
             field_name, spec, f"a function of {target}", detail=f"bad value {spec!r} ({target} has no function {fn!r})"
         )
     return func
@@ -129,7 +129,7 @@ class ChildModel:
         if make is not None:
             model = make(TrainConfig.from_dict(self.train))
             if not isinstance(model, nn.Module):
-                raise FieldError(
+                raise user_error(
                     "child", self.child, f"a module whose {CHILD_MODEL}(config) returns an nn.Module",
                     detail=f"bad value {self.child!r} ({CHILD_MODEL} returned a {type(model).__name__})",
                 )  # fmt: skip
@@ -179,13 +179,13 @@ def model_and_example(
         text = load_text(cfg.dataset, cfg.data_dir, with_test=False)
         windows = (len(text.val) - 1) // cfg.seq_len
         if not 0 <= index < windows:
-            raise FieldError("index", index, f"0..{windows - 1} (validation windows)")
+            raise user_error("index", index, f"0..{windows - 1} (validation windows)")
         torch.manual_seed(seed)
         model = build_model(cfg.model, text.vocab_size, max_len=cfg.seq_len)
         return model, text.val[index * cfg.seq_len : (index + 1) * cfg.seq_len].view(1, -1).cpu(), -1, text.name
     data = load_split(cfg)
     if not 0 <= index < len(data.val_y):
-        raise FieldError("index", index, f"0..{len(data.val_y) - 1} (validation images)")
+        raise user_error("index", index, f"0..{len(data.val_y) - 1} (validation images)")
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.num_classes, in_channels=data.in_channels, image_size=data.image_shape[-1])
     x = data.val_x[index : index + 1].float().cpu()

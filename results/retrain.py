@@ -24,7 +24,7 @@ from controller.final import SEARCHED, TUNED_PREFIX
 from controller.run_folder import Objective
 from controller.stats import paired, sign_of, standard_error
 from search_space.baselines import BASELINES, baseline_plans
-from search_space.errors import FieldError
+from search_space.errors import user_error
 from search_space.plan import plan_key
 
 from .plots import plot_retrain
@@ -61,16 +61,16 @@ class RetrainConfig:
 
     def __post_init__(self) -> None:
         if self.top < 0:
-            raise FieldError("top", self.top, "an integer >= 0")
+            raise user_error("top", self.top, "an integer >= 0")
         if self.seeds < 1:
-            raise FieldError("seeds", self.seeds, "an integer >= 1")
+            raise user_error("seeds", self.seeds, "an integer >= 1")
         if self.epochs is not None and self.epochs < 1:
-            raise FieldError("epochs", self.epochs, "an integer >= 1")
+            raise user_error("epochs", self.epochs, "an integer >= 1")
         if not (self.train_size in ("full", "search") or (isinstance(self.train_size, int) and self.train_size > 0)):
-            raise FieldError("train_size", self.train_size, "full, search, or a positive integer")
+            raise user_error("train_size", self.train_size, "full, search, or a positive integer")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
-            raise FieldError("baselines", unknown[0], ", ".join(BASELINES))
+            raise user_error("baselines", unknown[0], ", ".join(BASELINES))
 
 
 def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
@@ -87,7 +87,7 @@ def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
         o = run.objective
         f = run.final.sort_values(["chosen", "mean"], ascending=[False, o.mode == "min"], kind="stable")
         if not 1 <= rank <= len(f):
-            raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(f)} (plans of the final stage)")
+            raise user_error("rank", detail=f"bad value {rank}", allowed=f"1..{len(f)} (plans of the final stage)")
         row = {**_plain(f.iloc[rank - 1]), "chosen": True}
         plan, _ = best_plan_of([row], None, o, run.searcher)
         plan.metadata = {**plan.metadata, "rank": int(rank), "run": run.name}
@@ -96,7 +96,9 @@ def plan_at_rank(run_or_df: Run | pd.DataFrame, rank: int = 1) -> Any:
     o = df.attrs.get("objective") or (run_or_df.objective if isinstance(run_or_df, Run) else Objective())
     table = ranked(df, o)
     if not 1 <= rank <= len(table):
-        raise ValueError(f"rank: bad value {rank}; allowed: 1..{len(table)} (the run has {len(table)} ranked trials)")
+        raise user_error(
+            "rank", detail=f"bad value {rank}", allowed=f"1..{len(table)} (the run has {len(table)} ranked trials)"
+        )
     row = _plain(table.iloc[rank - 1])
     plan, _ = best_plan_of([], row, o, str(row.get("searcher") or ""))
     plan.metadata = {**plan.metadata, "rank": int(rank), "run": str(row.get("run") or "")}
@@ -189,7 +191,9 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
             for k, rank in enumerate(searched, start=1)
         }
     if cfg.top and not plans:
-        raise ValueError(f"top: bad value {cfg.top}; the run has no finished searched trial to retrain ({run.path})")
+        raise user_error(
+            "top", detail=f"bad value {cfg.top}", hint=f"the run has no finished searched trial to retrain ({run.path})"
+        )
     if len(plans) < cfg.top:
         log.warning("only %d searched plans finished; retraining those", len(plans))
     plans.update(_tuned_plans(run) if cfg.tuned else {})
@@ -212,7 +216,7 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         model, x, _, _ = model_and_example(run.train_config)
         plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), cfg.baselines))
     if not plans:
-        raise ValueError("nothing to retrain: top is 0 and no baselines were requested")
+        raise user_error(detail="nothing to retrain: top is 0 and no baselines were requested")
     return _distinct(plans)
 
 
