@@ -11,7 +11,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from search_space.errors import FieldError
+from search_space.errors import user_error
 
 __all__ = []
 
@@ -34,7 +34,7 @@ def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bo
                 if "auth" in text.lower() or "Failed to connect" in text
                 else ""
             )
-            raise FieldError(
+            raise user_error(
                 "address",
                 address,
                 "the address of a running Ray cluster",
@@ -59,17 +59,17 @@ def _resources(requested: Mapping[str, float] | None) -> dict[str, float]:
     req = {"cpu": 1.0, "gpu": None, **dict(requested or {})}
     unknown = sorted(set(req) - {"cpu", "gpu"})
     if unknown:
-        raise FieldError("resources_per_trial", unknown[0], "keys cpu, gpu")
+        raise user_error("resources_per_trial", unknown[0], "keys cpu, gpu")
     total = ray.cluster_resources()
     total_cpus, total_gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
     cpus = float(req["cpu"])
     gpus = float(req["gpu"]) if req["gpu"] is not None else (0.25 if total_gpus > 0 else 0.0)
     if gpus > 0 and total_gpus == 0:
-        raise FieldError("gpus_per_trial", gpus, "0 (the Ray cluster has no GPUs)")
+        raise user_error("gpus_per_trial", gpus, "0 (the Ray cluster has no GPUs)")
     if gpus > total_gpus:
-        raise FieldError("gpus_per_trial", gpus, f"at most {total_gpus:g} (the Ray cluster's GPUs)")
+        raise user_error("gpus_per_trial", gpus, f"at most {total_gpus:g} (the Ray cluster's GPUs)")
     if cpus > total_cpus:
-        raise FieldError("cpus_per_trial", cpus, f"at most {total_cpus:g} (the Ray cluster's CPUs)")
+        raise user_error("cpus_per_trial", cpus, f"at most {total_cpus:g} (the Ray cluster's CPUs)")
     return {"cpu": cpus, "gpu": gpus}
 
 

@@ -32,29 +32,29 @@ def writable_folder(field: str, text: str | os.PathLike[str]) -> Path:
     """A folder that exists or can be created, checked by a real write (root passes
     ``os.access`` on read-only or virtual file systems). The resolved path, or a one-line
     ``FieldError`` naming ``field``: empty, a symlink loop, a file in the way, not writable."""
-    from search_space.errors import FieldError
+    from search_space.errors import user_error
 
     shown = str(text)
     if shown == "":
-        raise FieldError(field, "", "a folder path")
+        raise user_error(field, "", "a folder path")
     try:
         path = Path(text).expanduser().resolve()
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
-        raise FieldError(
+        raise user_error(
             field, shown, "a folder path without a symlink loop", detail=f"bad value {shown!r} ({exc})"
         ) from None
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise FieldError(
+        raise user_error(
             field, shown, "a folder (created if missing)", detail=f"bad value {shown!r} ({probe} is a file)"
         )
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise FieldError(
+        raise user_error(
             field, shown, "a writable folder", detail=f"bad value {shown!r} ({probe} is not writable: {exc.strerror})"
         ) from None
     return path
