@@ -247,7 +247,20 @@ def _fmt(v: ParamValue) -> str:
     return str(v)
 
 
+#: The parameter whose 0 makes a method the identity (nothing dropped or distorted).
+_RATE_PARAM = {"dropout": "drop_prob", "spatial_dropout": "drop_prob", "dropblock": "drop_prob",
+               "seq_pattern": "drop_prob", "disout": "dist_prob"}  # fmt: skip
+
+
 def plan_key(plan: Plan) -> str:
     """What makes two plans the same training: every site's method and parameters (the
-    canonical form a Plan keeps, ramps included), not its metadata or name."""
-    return json.dumps({s: [spec.method, spec.params] for s, spec in plan.sites.items()}, sort_keys=True)
+    canonical form a Plan keeps, ramps included), not its metadata or name. A site whose
+    rate is 0 does nothing, whatever its other parameters: it counts as ``none``."""
+
+    def effective(spec: SiteSpec) -> list[Any]:
+        rate = _RATE_PARAM.get(spec.method)
+        if rate is not None and spec.params.get(rate) == 0:
+            return ["none", {}]
+        return [spec.method, spec.params]
+
+    return json.dumps({s: effective(spec) for s, spec in plan.sites.items()}, sort_keys=True)
