@@ -242,6 +242,12 @@ def test_tuned_grid_skips_plans_equal_to_a_hand_set_baseline():
 def test_a_rate_of_zero_is_the_same_training_as_none():
     space = tiny_space()
     none = Plan.none(space.sites, model="m")
-    zero = Plan({"s1": SiteSpec("dropblock", {"drop_prob": 0.0, "block_size": 5}), "s2": SiteSpec("none")}, model="m")
+    zero = Plan(
+        {
+            "s1": SiteSpec("dropblock", {"drop_prob": 0.0, "block_size": 5, "share_channels": False}),
+            "s2": SiteSpec("none"),
+        },
+        model="m",
+    )
     assert plan_key(zero) == plan_key(none)  # nothing is dropped: a repeat of the none baseline
     assert plan_key(space.uniform_plan("dropout", drop_prob=0.05)) != plan_key(none)
