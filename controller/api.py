@@ -329,6 +329,7 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
         per = tuned_trials // len(methods) if methods else 0
     per = min(per, *(len(TUNED_GRIDS[m]) for m in methods)) if per else 0
     out = {m: tuned_grid(space, m, per, exclude) for m in methods} if per else {}
+    out = {m: plans for m, plans in out.items() if plans}  # a method no site allows is not tuned
     if out:
         log.info(
             "tuned global recipes: %d of %d trainings (%s; %d grid points each)",

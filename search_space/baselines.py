@@ -208,8 +208,9 @@ def tuned_methods(space_methods: tuple[str, ...] | list[str]) -> tuple[str, ...]
 
 def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
     """The first ``n`` grid points of ``method`` as plans with that method at every site of
-    ``space`` (a ``SearchSpace``), skipping plans equal to one in ``exclude`` (a hand-set
-    baseline trains anyway); a block size larger than a map is clamped to it by the layer."""
+    ``space`` (a ``SearchSpace``) that allows it (none elsewhere; no plans when no site does),
+    skipping plans equal to one in ``exclude`` (a hand-set baseline trains anyway); a block
+    size larger than a map is clamped to it by the layer."""
     from search_space.errors import user_error
     from search_space.plan import plan_key
 
@@ -218,10 +219,19 @@ def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
     grid = TUNED_GRIDS[method]
     if not 1 <= n <= len(grid):
         raise user_error("tuned trials per method", n, f"1..{len(grid)} for {method}")
+    from search_space.plan import Plan, SiteSpec
+
     skip = {plan_key(p) for p in exclude}
+    fits = [s for s in space.sites if method in space.methods_of(s)]  # shape-aware spaces narrow per group
+    if not fits:
+        return []
     plans = []
     for params in grid:
-        plan = space.uniform_plan(method, **params)
+        plan = Plan(
+            {s: SiteSpec(method, dict(params)) if s in fits else SiteSpec("none") for s in space.sites},
+            model=space.model,
+            ramp_fraction=space.ramp_fraction,
+        )
         if plan_key(plan) in skip:
             continue
         plan.metadata = {"baseline": f"tuned-{method}: " + plan.summary()}

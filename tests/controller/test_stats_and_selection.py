@@ -251,3 +251,16 @@ def test_a_rate_of_zero_is_the_same_training_as_none():
     )
     assert plan_key(zero) == plan_key(none)  # nothing is dropped: a repeat of the none baseline
     assert plan_key(space.uniform_plan("dropout", drop_prob=0.05)) != plan_key(none)
+
+
+def test_tuned_recipes_put_a_method_only_where_the_shape_allows_it():
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(512, 16), nn.BatchNorm1d(16)
+    )
+    space = SearchSpace.for_model(net, sites=["1", "4"], example_input=torch.randn(2, 1, 8, 8))
+    (plan,) = tuned_grid(space, "dropblock", 1)
+    assert plan.methods() == {"1": "dropblock", "4": "none"}  # no 2-D blocks on (N, 16) features
+    assert all(p.methods() == {"1": "dropout", "4": "dropout"} for p in tuned_grid(space, "dropout", 2))
