@@ -1,7 +1,7 @@
 """Does a search earn its compute? Controller vs random vs TPE at an equal number of trainings,
 then every search's exported plan against tuned global baselines on the test split (issue 19).
 
-    python benchmarks/search_quality.py                      # digits200, lm, digits500 (~2 h on 2 shared cores)
+    python benchmarks/search_quality.py                      # digits200, lm, digits500 (~80 min, 2 shared cores)
     python benchmarks/search_quality.py --tasks digits200 --num-samples 16 --seeds 5   # a quick look
     python benchmarks/search_quality.py --report-only        # re-print the tables from --out
 
