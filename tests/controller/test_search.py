@@ -534,7 +534,8 @@ def test_final_stage_shrinks_when_fewer_distinct_plans_finished(tmp_path):
         final_top_k=2,
         final_seeds=[1000, 1001],
     )
-    s._sample_tokens = lambda trial_id: [1] + [0] * (len(s.space.decisions) - 1)  # always one plan
+    one = s.space.encode(s.space.uniform_plan("dropout", drop_prob=0.1, ramp=0.0))
+    s._sample_tokens = lambda trial_id: list(one)  # always one plan
     ids = [f"t{i}" for i in range(4)]
     for tid in ids:
         s.suggest(tid)
