@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -237,11 +236,12 @@ class TPESearcher(PlanSearcher):
             self._study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=r["reward"]))
 
     def _policy_state(self) -> Any:
-        return pickle.dumps({"study": self._study, "open": self._open})  # study, open trials, sampler RNG
+        return {"seed": self.seed}  # the study is rebuilt from the records, as on resume
 
     def _load_policy_state(self, state: Any) -> None:
-        loaded = pickle.loads(state)
-        self._study, self._open = loaded["study"], loaded["open"]
+        self.load_policy_json(state)
+        for trial_id, entry in self._pending.items():  # running sampled plans: open Optuna trials again
+            self._requeued(trial_id, entry)
 
 
 class _DefineByRun:

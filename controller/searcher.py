@@ -22,7 +22,8 @@ Why it looks like this:
   anything that can fail (controller update, other writes); such a failure stops the search
   (``fatal_error``). The searcher's state is saved as data after every change
   (``controller.run_folder.store.RunStore``), and ``resume()`` rebuilds the search from the
-  ledger and that state: Ray's own pickles are never read back.
+  ledger and that state: Ray's own pickles are never read back, and nothing this project
+  saves is a pickle that can run code (Tune checkpoints load with weights_only=True).
 - How a finished trial is rewarded: ``controller.outcome``. Where plans come from (LSTM,
   random, TPE): ``controller.policies``. What is exported: ``controller.final``.
 """
@@ -33,7 +34,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -551,48 +551,72 @@ class PlanSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         """Ray's checkpoint of this searcher. With a run folder it is a pointer: the state is in
         the folder (searcher_state.json and the ledger), and ``resume()`` reads it from there;
-        without one (a searcher in your own Tuner) it is the state itself, for Tune's restore."""
+        without one (a searcher in your own Tuner) it is the state itself as plain values and
+        tensors, which ``restore`` loads with ``weights_only=True`` (nothing in it can run code)."""
         if self.store is not None:
             Path(checkpoint_path).write_text(
                 json.dumps({"searcher": self.name, "state": f"{rf.SNAPSHOT} and the ledger in {self.run_dir}"})
             )
             return
+        import torch
+
+        def plain(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{k: v for k, v in r.items() if k != "plan"} for r in rows]  # the plan is plan_json
+
         state = {
             "version": STATE_VERSION,
             "searcher": self.name,
             "space": self.space.to_dict(),
             "suggested": self._suggested,
-            "pending": self._pending,
-            "records": self._records,
-            "final_records": self._final_records,
-            "final_queue": self._final_queue,
+            "pending": {tid: _entry_to_json(e) for tid, e in self._pending.items()},
+            "records": plain(self._records),
+            "final_records": plain(self._final_records),
+            "final_queue": None if self._final_queue is None else [_entry_to_json(e) for e in self._final_queue],
             "final_total": self._final_total,
-            "buffer": self._buffer,
+            "buffer": [[tid, list(tokens), reward] for tid, tokens, reward in self._buffer],
             "history": self._history,
             "warmed": self._warmed,
             "policy": self._policy_state(),
         }
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+        torch.save(state, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
         """Tune's restore of a searcher without a run folder (a run folder resumes with
-        ``resume()``, which never reads Ray's files)."""
+        ``resume()``, which never reads Ray's files). Loaded with ``weights_only=True``."""
+        import torch
+
         if self.store is not None:
             raise RuntimeError(
                 "a searcher with a run folder resumes from that folder (PlanSearcher.resume, or "
                 "run_search(..., resume=True)), not from Ray's checkpoint"
             )
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        if state.get("version") != STATE_VERSION or state.get("searcher") != self.name:
+        try:
+            state = torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - anything weights_only refuses is not ours
+            raise user_error(
+                "searcher state",
+                detail=f"bad value {checkpoint_path} ({type(exc).__name__})",
+                allowed=f"a {self.name} searcher's save()",
+            ) from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("searcher") != self.name:
             raise user_error(
                 "searcher state", detail=f"bad value {checkpoint_path}", allowed=f"a {self.name} searcher's save()"
             )
         if state["space"] != self.space.to_dict():
             raise user_error("space", detail="the saved search space differs", allowed="the space the run started with")
-        for key in ("suggested", "pending", "records", "final_records", "final_queue", "final_total", "buffer"):
-            setattr(self, f"_{key}", state[key])
+
+        def with_plans(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{**r, "plan": Plan.from_json(r["plan_json"])} for r in rows]
+
+        self._suggested, self._final_total = state["suggested"], state["final_total"]
+        self._pending = {
+            tid: {**_entry_from_json(e), "last": None, "suggested_at": time.time()}
+            for tid, e in state["pending"].items()
+        }
+        self._records, self._final_records = with_plans(state["records"]), with_plans(state["final_records"])
+        queue = state["final_queue"]
+        self._final_queue = None if queue is None else [_entry_from_json(e) for e in queue]
+        self._buffer = [(str(tid), list(tokens), float(reward)) for tid, tokens, reward in state["buffer"]]
         self._history, self._warmed, self._seen = state["history"], state["warmed"], None
         self._load_policy_state(state["policy"])
         self._retally()
@@ -833,9 +857,13 @@ def _entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     tokens = entry["tokens"]
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise user_error(detail="a running trial's tokens are not a list of integers", cls=UserTypeError)
-    out = {k: entry[k] for k in ("stage", "baseline", "kind") if k in entry}
-    if not isinstance(out.get("baseline", ""), str):
-        raise user_error(detail="a running trial's baseline is not text", cls=UserTypeError)
+    out = {k: entry[k] for k in ("stage", "baseline", "kind", "label", "source") if k in entry}
+    if not all(isinstance(v, str) for v in out.values()):
+        raise user_error(detail="a trial's stage, baseline, kind, label or source is not text", cls=UserTypeError)
+    if "seed" in entry:
+        if isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int):
+            raise user_error(detail="a trial's seed is not an integer", cls=UserTypeError)
+        out["seed"] = entry["seed"]
     return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
 
 

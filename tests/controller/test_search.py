@@ -204,6 +204,35 @@ def test_restore_refuses_a_different_space_or_searcher(tmp_path):
         RandomSearcher(tiny_space(), num_samples=2).restore(str(tmp_path / "s.pkl"))
 
 
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_tune_restore_of_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    """Without a run folder, Ray's checkpoint of our searcher is plain values loaded with
+    weights_only=True: an object that would run code on loading is refused, not run."""
+    import torch
+
+    marker = tmp_path / "code-ran"
+    torch.save({"version": 2, "searcher": "random", "policy": _RunsCode(marker)}, tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="searcher state: bad value .*UnpicklingError"):
+        RandomSearcher(tiny_space(), num_samples=2).restore(str(tmp_path / "s.pt"))
+    assert not marker.exists()
+    a = ControllerSearcher(tiny_space(), num_samples=3, seed=2)  # and our own checkpoint loads
+    for t in ("t0", "t1"):
+        a.suggest(t)
+    a.on_trial_complete("t0", ok(0.6))
+    a.save(str(tmp_path / "ok.pt"))
+    b = ControllerSearcher(tiny_space(), num_samples=3, seed=2)
+    b.restore(str(tmp_path / "ok.pt"))
+    assert [r["trial_id"] for r in b.records] == ["t0"] and set(b._pending) == {"t1"}
+    assert a.reinforce.sample(2) == b.reinforce.sample(2)
+
+
 def test_searcher_rejects_bad_counts():
     with pytest.raises(ValueError, match="controller_batch"):
         ControllerSearcher(tiny_space(), num_samples=2, controller_batch=0)
