@@ -125,10 +125,6 @@ def best_plan_of(
 
     o = objective
 
-    def num(value: Any) -> float | None:
-        v = rf.as_float(value)
-        return v if math.isfinite(v) else None
-
     chosen = next((r for r in final if _true(r.get("chosen"))), None)
     if chosen is not None:
         plan = Plan.from_json(str(chosen["plan_json"]))
@@ -137,12 +133,15 @@ def best_plan_of(
             "selected_by": "final",
             "label": chosen["label"],
             "kind": chosen.get("kind") or SEARCHED,
-            o.metric: num(chosen["mean"]),
-            o.se_column: num(chosen.get("se")),
+            o.metric: rf.finite_or_none(chosen["mean"]),
+            o.se_column: rf.finite_or_none(chosen.get("se")),
             "seeds": int(chosen["seeds"]),
             "best_baseline": chosen.get("best_baseline") or "",
             "comparison": chosen.get("comparison") or ("the best baseline" if chosen.get("kind") != SEARCHED else ""),
-            "diff_ci95": [num(chosen.get("diff_ci95_low")), num(chosen.get("diff_ci95_high"))],
+            "diff_ci95": [
+                rf.finite_or_none(chosen.get("diff_ci95_low")),
+                rf.finite_or_none(chosen.get("diff_ci95_high")),
+            ],
             "trial_id": chosen["trial_id"],
             "searcher": searcher,
         }
@@ -156,9 +155,9 @@ def best_plan_of(
         "selected_by": "search",
         "kind": kind,
         "comparison": "unproven: no final stage compared it with the baselines",
-        o.metric: num(best_trial[o.metric]),
+        o.metric: rf.finite_or_none(best_trial[o.metric]),
         "trial_id": best_trial["trial_id"],
-        o.best_column: num(best_trial.get(o.best_column)),
+        o.best_column: rf.finite_or_none(best_trial.get(o.best_column)),
         "baseline": best_trial.get("baseline") or "",
         "searcher": searcher,
     }

@@ -474,7 +474,7 @@ class PlanSearcher(Searcher):
             "searcher": self.name,
             "status": outcome.status,
             o.metric: outcome.value,
-            o.se_column: _finite_or_none(res.get(o.se_column)),
+            o.se_column: rf.finite_or_none(res.get(o.se_column)),
             o.seeds_column: res.get(o.seeds_column) or "",
             o.best_column: outcome.best_value,
             "reward": outcome.reward,
@@ -839,12 +839,6 @@ def _seed_list(field: str, value: Any, first: int) -> list[int]:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
         raise user_error(field, list(value), "seeds (integers >= 0)")
     return [int(s) for s in value]
-
-
-def _finite_or_none(value: Any) -> float | None:
-    """JSON has no NaN: a missing number is null."""
-    v = rf.as_float(value)
-    return v if math.isfinite(v) else None
 
 
 def _entry_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,10 +143,6 @@ def retrain_seeds(run: Run, cfg: RetrainConfig) -> tuple[list[int], list[int]]:
     return seeds, sorted(set(seeds) & search_seeds(run))
 
 
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if pd.notna(value) else None
-
-
 def _final_complete(run: Run) -> bool:
     """final.csv exists and the run finished (a half-done final stage ranks nothing yet)."""
     return run.final is not None and len(run.final) > 0 and run.status == "finished"

@@ -70,6 +70,7 @@ __all__ = [
     "is_better",
     "best_row",
     "as_float",
+    "finite_or_none",
     "csv_text",
     "read_json",
     "now_iso",
@@ -261,10 +262,10 @@ def best_row(rows: Sequence[Mapping[str, Any]], objective: Objective) -> Mapping
     earlier trial. ``results`` ranks with the same rule (``results.tables.ranked``)."""
     best = None
     for row in rows:
-        value = _float(row.get(objective.metric))
+        value = as_float(row.get(objective.metric))
         if row.get("status") not in RANKED_STATUSES or not math.isfinite(value):
             continue
-        if best is None or is_better(value, _float(best[objective.metric]), objective.mode):
+        if best is None or is_better(value, as_float(best[objective.metric]), objective.mode):
             best = row
     return best
 
@@ -277,7 +278,10 @@ def as_float(value: Any) -> float:
         return float("nan")
 
 
-_float = as_float
+def finite_or_none(value: Any) -> float | None:
+    """A finite number, or None (JSON has no NaN: a missing number is null)."""
+    v = as_float(value)
+    return v if math.isfinite(v) else None
 
 
 # ------------------------------------------------------------------------- writing
@@ -292,10 +296,14 @@ def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> Any:
+    """A CSV cell: None and non-finite floats empty, bools 0/1, line breaks folded to spaces
+    (one record is one line, so a torn write is always the last, unterminated line)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, str) and ("\n" in value or "\r" in value):
+        return " ".join(value.splitlines())
     return value
 
 
@@ -413,11 +421,12 @@ def read_trials(path: str | os.PathLike[str], objective: Objective) -> "Any":
     columns = trial_columns(objective)
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=columns)
-    text = path.read_text(encoding="utf-8", errors="replace")
-    cut = text.rfind("\n") + 1
-    if cut < len(text):
+    from controller.run_folder.ledger import complete_text
+
+    text, torn = complete_text(path.read_text(encoding="utf-8", errors="replace"))
+    if torn:
         log.warning("%s: a torn last line (an interrupted write) is ignored", path)
-    with io.StringIO(text[:cut], newline="") as f:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None) or []
         missing = [c for c in ("trial_id", "status", objective.metric, "plan_json") if c not in header]
@@ -457,6 +466,6 @@ def _row_problem(row: Mapping[str, str], n_cells: int, n_columns: int, objective
         json.loads(row.get("plan_json") or "")
     except (ValueError, RecursionError):
         return "plan_json: not a complete JSON plan"
-    if row["status"] == OK and not math.isfinite(_float(row.get(objective.metric))):
+    if row["status"] == OK and not math.isfinite(as_float(row.get(objective.metric))):
         return f"{objective.metric}: bad value {row.get(objective.metric)!r} for an ok trial"
     return ""

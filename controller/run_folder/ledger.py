@@ -6,8 +6,8 @@ driver's cost per trial constant (a table rewritten per trial grows with the run
 crash can damage at most the line being written: like SQLite's write-ahead log, a last line
 without its newline is a torn write, dropped when read and cut off before the next append.
 
-Every cell is kept on its line (line breaks inside a value become spaces), so one record is
-one line and a torn record is always the last, unterminated one.
+Every cell is kept on its line (``run_folder._cell`` folds line breaks into spaces), so one
+record is one line and a torn record is always the last, unterminated one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from controller import run_folder as rf
 from controller.run_folder import FINAL_TRIALS, HISTORY, HISTORY_COLUMNS, TRIALS, disk_full_is_fatal
 
 __all__ = ["Ledger", "csv_line", "complete_text", "repair_tail"]
@@ -27,23 +28,11 @@ __all__ = ["Ledger", "csv_line", "complete_text", "repair_tail"]
 log = logging.getLogger(__name__)
 
 
-def _cell(value: Any) -> Any:
-    import math
-
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and ("\n" in value or "\r" in value):
-        return " ".join(value.splitlines())
-    return value
-
-
 def csv_line(columns: Sequence[str], row: Mapping[str, Any]) -> str:
     """One CSV record on one line (``\\n``-terminated) with the given columns."""
     buf = io.StringIO()
     csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n").writerow(
-        {k: _cell(v) for k, v in row.items()}
+        {k: rf._cell(v) for k, v in row.items()}
     )
     return buf.getvalue()
 

@@ -30,15 +30,6 @@ __all__ = ["RunStore"]
 log = logging.getLogger(__name__)
 
 
-def _float(value: Any) -> float:
-    return rf.as_float(value)
-
-
-def _float_or_none(value: Any) -> float | None:
-    v = rf.as_float(value)
-    return v if math.isfinite(v) else None
-
-
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -138,21 +129,21 @@ class RunStore:
             row = {
                 **{k: v for k, v in r.items() if str(k).startswith(rf.SITE_PREFIX)},
                 "trial_id": str(r["trial_id"]),
-                "order": int(_float(r.get("order"))) if math.isfinite(_float(r.get("order"))) else len(out),
+                "order": int(rf.as_float(r.get("order"))) if math.isfinite(rf.as_float(r.get("order"))) else len(out),
                 "searcher": _text(r.get("searcher")),
                 "kind": _text(r.get("kind")) or ("baseline" if baseline else "searched"),
                 "baseline": baseline,
                 "status": str(r["status"]),
-                o.metric: _float(r.get(o.metric)),
-                o.se_column: _float_or_none(r.get(o.se_column)),
+                o.metric: rf.as_float(r.get(o.metric)),
+                o.se_column: rf.finite_or_none(r.get(o.se_column)),
                 o.seeds_column: _text(r.get(o.seeds_column)),
-                o.best_column: _float(r.get(o.best_column)),
-                "reward": _float_or_none(r.get("reward")),
+                o.best_column: rf.as_float(r.get(o.best_column)),
+                "reward": rf.finite_or_none(r.get("reward")),
                 "error": _text(r.get("error")),
                 "node": _text(r.get("node")),
                 "precision": _text(r.get("precision")),
-                "seconds": _float(r.get("seconds")),
-                "epochs": int(_float(r.get("epochs"))) if math.isfinite(_float(r.get("epochs"))) else None,
+                "seconds": rf.as_float(r.get("seconds")),
+                "epochs": int(rf.as_float(r.get("epochs"))) if math.isfinite(rf.as_float(r.get("epochs"))) else None,
                 "plan": Plan.from_json(str(r["plan_json"])),
                 "plan_json": str(r["plan_json"]),
                 "methods": _text(r.get("methods")),
@@ -180,9 +171,9 @@ class RunStore:
                     "source": r.get("source", ""),
                     "searcher": r.get("searcher", ""),
                     "status": r["status"],
-                    o.metric: _float(r.get("value")),
+                    o.metric: rf.as_float(r.get("value")),
                     "error": r.get("error", ""),
-                    "seconds": _float(r.get("seconds")),
+                    "seconds": rf.as_float(r.get("seconds")),
                     "node": r.get("node", ""),
                     "precision": r.get("precision", ""),
                     "epochs": r.get("epochs") or None,
@@ -204,7 +195,7 @@ class RunStore:
                     "update": int(r["update"]),
                     "step": int(r["step"]),
                     "trials_seen": int(r["trials_seen"]),
-                    **{k: _float(r.get(k)) for k in ("mean_reward", "baseline", "entropy", "loss", "time")},
+                    **{k: rf.as_float(r.get(k)) for k in ("mean_reward", "baseline", "entropy", "loss", "time")},
                     "trials": [str(t) for t in trials] if isinstance(trials, list) else [],
                 }
             )
