@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import run_folder as rf
+from controller.stats import standard_error
 
 __all__ = ["make_trainable", "TrainFn"]
 
@@ -235,7 +236,7 @@ def run_trial(
         values.append(float(value))
         bests.append(best[0] if math.isfinite(best[0]) else float(value))
     mean = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    se = standard_error(values)
     final(
         rf.OK,
         **{
