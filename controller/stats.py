@@ -18,7 +18,7 @@ Only the standard library, numpy and scipy are imported: ``results`` uses this w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "paired",
     "sign_of",
     "standard_error",
+    "holm",
 ]
 
 MIN_SEEDS = 3
@@ -111,3 +112,23 @@ def paired(a: Mapping[Any, float], b: Mapping[Any, float], mode: str = "max") ->
     else:
         word = CANNOT_TELL
     return Paired(n, mean, se, low, high, p, word)
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down correction: which of m hypotheses are rejected at family-wise ``alpha``.
+
+    Sort the p-values; the i-th smallest (i from 1) is rejected while it stays below
+    ``alpha / (m - i + 1)``, stopping at the first that does not (``REFERENCES.md``). A NaN
+    p-value is never rejected and still counts in m: a comparison that could not be made is
+    one of the contenders the family covers. Returned in the input's order.
+    """
+    m = len(p_values)
+    order = sorted(
+        range(m), key=lambda i: (not _finite(p_values[i]), float(p_values[i]) if _finite(p_values[i]) else 0)
+    )
+    rejected = [False] * m
+    for rank, i in enumerate(order):
+        if not _finite(p_values[i]) or float(p_values[i]) >= alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected

@@ -264,3 +264,16 @@ def test_tuned_recipes_put_a_method_only_where_the_shape_allows_it():
     (plan,) = tuned_grid(space, "dropblock", 1)
     assert plan.methods() == {"1": "dropblock", "4": "none"}  # no 2-D blocks on (N, 16) features
     assert all(p.methods() == {"1": "dropout", "4": "dropout"} for p in tuned_grid(space, "dropout", 2))
+
+
+def test_holm_steps_down_and_stops_at_the_first_kept() -> None:
+    from controller.stats import holm
+
+    # m = 4: 0.005 < 0.05/4, 0.01 < 0.05/3, then 0.03 >= 0.05/2 stops (0.04 is kept though < 0.05)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [True, False, False, True]
+    # a comparison that could not be made counts in m and is never rejected
+    assert holm([0.03, float("nan")]) == [False, False]
+    assert holm([0.02, float("nan")]) == [True, False]
+    assert holm([]) == []
+    # uncorrected 95% would call 3 of these 'better'; Holm over 4 calls none
+    assert holm([0.02, 0.03, 0.04, 0.5]) == [False, False, False, False]
