@@ -1,10 +1,12 @@
 """Regularizer layers searched per site: exact DropBlock, Disout, AutoDropout patterns, dropout.
 
-All layers are stateless ``nn.Module``s (no parameters or buffers), identity in ``eval()`` and
-at probability 0, and expose ``prob_attr`` naming the probability a ``LinearScheduler`` ramps.
+All layers but ``ConcreteDropout`` are stateless ``nn.Module``s (no parameters or buffers),
+identity in ``eval()`` and at probability 0, and expose ``prob_attr`` naming the probability a
+``LinearScheduler`` ramps. ``ConcreteDropout`` learns its rate: one parameter per site.
 """
 
 from search_space.layers._blocks import seed_rate
+from search_space.layers.concrete import ConcreteDropout
 from search_space.layers.disout import Disout
 from search_space.layers.dropblock import DropBlock2d, DropBlock3d
 from search_space.layers.pattern import PatternDropout, tiled_pattern
@@ -12,6 +14,7 @@ from search_space.layers.scheduler import LinearScheduler
 from search_space.layers.simple import Dropout, SpatialDropout
 
 __all__ = [
+    "ConcreteDropout",
     "Disout",
     "DropBlock2d",
     "DropBlock3d",
