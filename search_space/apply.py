@@ -517,6 +517,24 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     return model
 
 
+def insert_layers(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
+    """Insert ready-made layers (site -> layer) in place exactly as `apply_plan` inserts a
+    plan's (replacing any earlier plan): `regularizers` lists them and `remove_plan` removes
+    them. For layers no Plan describes, such as `search_space.learned`'s ConcreteDropout."""
+    check_sites(model, layers)
+    modules = dict(_named_modules(model))
+    remove_plan(model)
+    for site, layer in layers.items():
+        layer.plan_site = site
+        if _is_virtual(site):
+            attention, part = site.rsplit(":", 1)
+            _attach_qkv(modules[attention], part, layer)  # type: ignore[arg-type]
+        else:
+            _attach(modules[site], layer, switch_class=_torch_layer_of(modules, site) is not None)
+    model.__dict__[_SCHEDULERS] = _find_schedulers(model)
+    return model
+
+
 def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
     """Fail early (not in the first forward) when a method cannot run on the site's shape."""
     if sequence and method not in SEQUENCE_METHODS:
