@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +108,10 @@ class TrainConfig:
     num_threads: int | None = None
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)
     synthetic_classes: int = 10
+    # learn the per-site dropout rates in this training (Concrete Dropout, search_space.learned): at
+    # the plan's sites (its methods are ignored) or, without a plan, at every candidate site; the
+    # result adds learned_rates (site -> rate)
+    learned: bool = False
 
     def __post_init__(self) -> None:
         self.synthetic_shape = tuple(int(v) for v in self.synthetic_shape)  # type: ignore[assignment]
@@ -298,7 +302,11 @@ class _Run:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.plan = _load_plan(plan)
         self.step_schedulers: Callable[[nn.Module], None] | None = None
-        if self.plan is not None:
+        self.learned_sites: dict[str, int | None] = {}
+        self.learned_parameters: list[nn.Parameter] = []
+        if cfg.learned:
+            self._apply_learned(model)
+        elif self.plan is not None:
             from search_space.apply import apply_plan, step_schedulers
 
             apply_plan(model, self.plan, self.total_steps)
@@ -309,7 +317,7 @@ class _Run:
         self.model = model
         self.forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if cfg.compile else model
         self.num_params = sum(p.numel() for p in model.parameters())
-        self.optimizer = _make_optimizer(cfg, model)
+        self.optimizer = _make_optimizer(cfg, model, self.learned_parameters)
         self.clip = GRAD_CLIP if cfg.model in TRANSFORMER_MODELS else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(self.total_steps, cfg.warmup_fraction, cfg.schedule)
@@ -320,6 +328,21 @@ class _Run:
         self.generator.manual_seed(cfg.seed)
         self.train_seconds = 0.0
         self.images_seen = 0
+
+    def _apply_learned(self, model: nn.Module) -> None:
+        """Concrete Dropout at the plan's sites or every candidate site (`search_space.learned`)."""
+        from search_space.learned import apply_learned, learned_parameters, learned_sites
+
+        sites = None if self.plan is None else list(self.plan.sites)
+        self.learned_sites = learned_sites(model, self.example_input(), sites)
+        lm = is_lm(self.cfg.model)  # a language model's loss is a mean over tokens: one data point each
+        apply_learned(model, self.learned_sites, self.n_train, weight_decay=self.cfg.weight_decay,
+                      example_dims=2 if lm else 1)  # fmt: skip
+        self.learned_parameters = learned_parameters(model)
+
+    def example_input(self) -> torch.Tensor:
+        """Two training images on the CPU: the shapes that place the learned sites."""
+        return self.data.train_x[:2].float().cpu()
 
     def _data_and_model(self) -> nn.Module:
         cfg = self.cfg
@@ -339,7 +362,7 @@ class _Run:
             # 1-pixel shifts of 8x8 digits under 2x2 patches with absolute positions: val acc
             # 0.35 vs 0.82 without, after 10 epochs (measured); CIFAR keeps crop + flip.
             self.augment = "none"
-        n_train = len(self.data.train_y)
+        n_train = self.n_train = len(self.data.train_y)
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps_per_epoch = n_train // self.batch_size
         return build_model(
@@ -384,7 +407,12 @@ class _Run:
         return self._epoch(len(data.train_y), batch_loss)
 
     def _step(self, loss: torch.Tensor) -> None:
-        """Backward, optional gradient clipping, optimizer and schedule steps."""
+        """Backward (of the loss plus the learned rates' regularizer), optional gradient
+        clipping, optimizer and schedule steps."""
+        if self.learned_parameters:
+            from search_space.learned import learned_regularizer
+
+            loss = loss + learned_regularizer(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip is not None:
@@ -412,11 +440,16 @@ class _Run:
         return evaluate(self.forward, x, y, self.cfg.eval_batch_size, self.amp_dtype, self.channels_last)  # type: ignore[arg-type]
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: TrainConfig, model: nn.Module, no_decay: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The recipe's optimizer; ``no_decay`` (learned dropout logits) in a group without weight decay."""
+    skip = {id(p) for p in no_decay}
+    params: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if id(p) not in skip]}]
+    if no_decay:
+        params.append({"params": list(no_decay), "weight_decay": 0.0})
     if cfg.resolved_optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -466,9 +499,14 @@ class _LMRun(_Run):
         if windows < 1:
             raise user_error("train_size", cfg.train_size, f"at least 2 * seq_len = {2 * cfg.seq_len} training tokens")
         self.windows = windows
+        self.n_train = windows * cfg.seq_len  # tokens: the loss is a mean over them
         self.batch_size = min(cfg.batch_size, windows)
         self.steps_per_epoch = windows // self.batch_size
         return build_model(cfg.model, self.text.vocab_size, max_len=cfg.seq_len)
+
+    def example_input(self) -> torch.Tensor:
+        """One training window of token ids on the CPU."""
+        return self.text.train[: self.cfg.seq_len].view(1, -1).cpu()
 
     def train_epoch(self) -> float:
         """Windows of seq_len tokens from a random offset (a new tiling each epoch)."""
@@ -598,5 +636,9 @@ def train_child(
         bar.close()
     if cfg.eval_test and result["status"] == "ok":
         result.update(run.test_metrics())
+    if cfg.learned:
+        from search_space.learned import learned_rates
+
+        result["learned_rates"] = learned_rates(run.model)
     result["seconds"] = time.perf_counter() - start
     return result
