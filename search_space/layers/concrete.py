@@ -24,7 +24,7 @@ temperature is the paper's 0.1 for both variants (the authors' spatial Keras not
 Paths: `concrete_reference` is the paper's formula as the authors write it (autograd through
 ``log p - log(1 - p)``, the sigmoid and the division); `concrete_dropout` computes the same
 function in stable form with an analytic backward (``dy/dlogit = y (p - z / t)``) that saves
-only the input and the noise, reduced over the shared axes first for the per-channel mask.
+only the input and the mask, reduced over the shared axes first for the per-channel mask.
 The logit and every mask computation stay in float32 (float64 with a float64 logit, for the
 finite-difference test) whatever the input's dtype; the output has the input's dtype.
 """
@@ -93,8 +93,7 @@ def logistic_noise(
     shape: tuple[int, ...], device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Standard logistic noise ``log u - log(1 - u)`` (float32), u uniform in (0, 1)."""
-    u = torch.rand(shape, device=device, generator=generator).clamp_min_(torch.finfo(torch.float32).tiny)
-    return u.log() - torch.log1p(-u)
+    return torch.rand(shape, device=device, generator=generator).logit_(torch.finfo(torch.float32).tiny)
 
 
 def concrete_reference(
@@ -110,37 +109,40 @@ def concrete_reference(
 
 
 class _ConcreteDrop(torch.autograd.Function):
-    """``y = x * m`` with ``m = sigmoid(-(logit + L) / t) / sigmoid(-logit)`` (= (1 - z) / (1 - p));
-    ``dm/dlogit = m (p - z / t)``. Saves x and the noise; m and z are recomputed."""
+    """``y = x * m`` with ``m = (1 - z) / (1 - p)``, ``1 - z = sigmoid(-(logit + L) / t)`` and
+    ``dm/dlogit = m (p - z / t)``. Saves x and m (mask-sized: (N, C, 1, ...) per channel);
+    a low-precision x is multiplied by m rounded to its dtype (no full-size float32 copy)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, logit: torch.Tensor, noise: torch.Tensor, temperature: float) -> torch.Tensor:
-        _, _, m = _scale(logit, noise, temperature)
+        theta = logit.detach().to(_compute_dtype(logit))
+        m = torch.add(noise.to(theta.dtype), theta).mul_(-1.0 / temperature).sigmoid_().div_(torch.sigmoid(-theta))
         ctx.temperature = temperature
-        ctx.shared = tuple(d for d in range(x.dim()) if noise.shape[d] == 1 and x.shape[d] != 1)
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, logit, noise)
-        return (x * m).to(x.dtype)
+        ctx.shared = tuple(d for d in range(x.dim()) if m.shape[d] == 1 and x.shape[d] != 1)
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, theta, m)
+        return _times(x, m)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        x, logit, noise = ctx.saved_tensors
-        p, z, m = _scale(logit, noise, ctx.temperature)
-        grad_x = (grad * m).to(grad.dtype) if ctx.needs_input_grad[0] else None
+        x, theta, m = ctx.saved_tensors
+        grad_x = _times(grad, m) if ctx.needs_input_grad[0] else None
         grad_logit = None
         if ctx.needs_input_grad[1]:
-            gx = grad.to(m.dtype) * x.to(m.dtype)
-            if ctx.shared:
-                gx = gx.sum(ctx.shared, keepdim=True)
-            grad_logit = (gx * m * (p - z / ctx.temperature)).sum().reshape(logit.shape).to(logit.dtype)
+            p, t = torch.sigmoid(theta), ctx.temperature
+            if ctx.shared:  # reduce over the shared axes first, accumulating in float32 or float64
+                gx = torch.sum(grad * x.to(grad.dtype), ctx.shared, keepdim=True, dtype=m.dtype)
+            else:
+                gx = grad.to(m.dtype) * x.to(m.dtype)
+            z = torch.addcmul(torch.ones((), dtype=m.dtype), m, 1 - p, value=-1.0)  # z = 1 - m (1 - p)
+            grad_logit = (gx * m * (p - z / t)).sum().reshape(theta.shape)
         return grad_x, grad_logit, None, None
 
 
-def _scale(logit: torch.Tensor, noise: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
-    """p, z and the mask ``m = (1 - z) / (1 - p)`` in the compute dtype, in stable form."""
-    dtype = _compute_dtype(logit)
-    theta = logit.to(dtype)
-    a = (theta + noise.to(dtype)) / temperature
-    return torch.sigmoid(theta), torch.sigmoid(a), torch.sigmoid(-a) / torch.sigmoid(-theta)
+def _times(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``t * m`` in ``t``'s dtype: rounded once when ``t`` is at least as precise as ``m``."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t * m.to(t.dtype)
+    return (t * m).to(t.dtype)
 
 
 def concrete_dropout(

@@ -96,6 +96,24 @@ def test_loss_term_is_the_sum_of_the_sites_terms_with_the_following_conv() -> No
     assert all(layer.weight_regularizer == 0 for layer in learned_layers(flat).values())
 
 
+def test_torch_transformer_sites_and_virtual_qkv_sites() -> None:
+    torch.manual_seed(0)
+    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1)
+    x = torch.randn(3, 5, 16)
+    before = model.eval()(x)
+    sites = learned_sites(model, x)
+    assert "layers.0.self_attn:q" in sites and set(sites.values()) == {None}
+    apply_learned(model, sites, n_train=100)
+    assert torch.equal(model.eval()(x), before)  # eval: the stock fused path, exactly
+    model.train()
+    (model(x).pow(3).sum() + learned_regularizer(model)).backward()
+    layers = learned_layers(model)
+    assert set(layers) == set(sites) and all(torch.isfinite(layer.logit.grad) for layer in layers.values())
+    assert layers["layers.0.dropout"].units == 5 * 32  # K: one example's units (example_dims=1)
+    remove_plan(model)
+    assert type(model.layers[0].self_attn) is nn.MultiheadAttention and type(model.layers[0].dropout) is nn.Dropout
+
+
 def test_container_site_logits_are_handed_out() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.ReLU()), nn.Linear(8, 2))
     apply_learned(model, {"1": None}, n_train=10)
