@@ -156,3 +156,13 @@ def test_a_race_of_one_needs_the_plans_it_never_trained():
     assert rows[0]["chosen"] and rows[0]["left"] == "winner" and rows[0]["seeds"] == 0
     plan, exported = best_plan_of(_csv_roundtrip(rows), None, Objective(), "tpe")
     assert exported["label"] == "dropout" and plan.metadata["comparison"] == "the best baseline"
+
+
+def test_a_race_without_baselines_exports_its_best_plan_unproven():
+    kinds = {"searched#1": SEARCHED, "searched#2": SEARCHED}
+    race, records = run_stage({"searched#1": 1.0, "searched#2": 0.0}, kinds, 12, RaceSettings())
+    assert race.done and race.comparator is None and not race.confirmation
+    rows = _csv_roundtrip(final_rows(records, Objective(), [], race=race))
+    assert "no baseline finished the final race" in verdict(rows, Objective())
+    plan, exported = best_plan_of(rows, None, Objective(), "controller")
+    assert exported["kind"] == SEARCHED and plan.metadata["comparison"].startswith("unproven")
