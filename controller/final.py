@@ -10,6 +10,12 @@ that bias. Every finalist trains on the same seeds, so differences are paired
 **Do no harm.** ``best_plan.json`` holds a searched plan only when its paired 95% interval
 against the best baseline (by mean, tuned ones included) lies wholly on the better side;
 otherwise it holds that best baseline, and the verdict says so.
+
+**Raced final stages** (``controller.race.Race``, passed as ``race=``): the finalists race on
+shared seeds and the race's winner is confirmed on seeds the race never used; do no harm then
+decides on the confirmation alone (Holm over the searched plans confirmed), and final.csv
+says per plan the seeds it got, the round it left and the confirmation's numbers. Without a
+race (runs written before it, or a stage of fixed seeds) everything reads as before.
 """
 
 from __future__ import annotations
@@ -22,11 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
+from controller.final_race import is_true as _true
+from controller.final_race import race_results, race_rows, race_verdict, raced, raced_plan
+from controller.race import BASELINE, SEARCHED, TUNED, Race
 from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of, standard_error
 
-__all__ = ["final_rows", "write_final", "verdict", "kind_of", "best_plan_of", "SEARCHED", "BASELINE", "TUNED"]
+__all__ = [
+    "final_rows",
+    "race_results",
+    "write_final",
+    "verdict",
+    "kind_of",
+    "best_plan_of",
+    "SEARCHED",
+    "BASELINE",
+    "TUNED",
+]
 
-SEARCHED, BASELINE, TUNED = "searched", "baseline", "tuned"
 TUNED_PREFIX = "tuned-"
 
 
@@ -42,6 +60,9 @@ def final_rows(
     objective: rf.Objective,
     baselines: Sequence[str],
     expected_seeds: int | None = None,
+    *,
+    race: Race | None = None,
+    plans: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per finalist (``run_folder.FINAL_COLUMNS``), in the order they were queued.
 
@@ -49,7 +70,13 @@ def final_rows(
     as missing and the plan cannot be chosen. Every row but the best baseline's carries the
     paired comparison against the best baseline (``controller.stats.paired``, positive =
     better); ``chosen`` marks the plan best_plan.json holds (see the module docstring).
+
+    With ``race`` (fed with these ``records``), the rows are the race's (``_race_rows``);
+    ``plans`` (label -> plan_json, methods, trial_id) names the plans of contenders that
+    never trained (a race of one).
     """
+    if race is not None:
+        return race_rows(records, objective, race, plans or {})
     by_label: dict[str, dict[str, Any]] = {}
     for r in records:
         entry = by_label.setdefault(
@@ -126,6 +153,8 @@ def best_plan_of(
     o = objective
 
     chosen = next((r for r in final if _true(r.get("chosen"))), None)
+    if chosen is not None and raced(final):
+        return raced_plan(chosen, objective, searcher)
     if chosen is not None:
         plan = Plan.from_json(str(chosen["plan_json"]))
         plan.metadata = {
@@ -182,6 +211,8 @@ def _interval(r: Mapping[str, Any]) -> str:
 
 def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
     """Plain words: which plan best_plan.json holds, and why (the paired interval's words)."""
+    if raced(rows):
+        return race_verdict(rows, objective)
     metric = objective.metric
     sign = sign_of(objective.mode)
     chosen = next((r for r in rows if _true(r.get("chosen"))), None)
@@ -225,10 +256,3 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
         f"{_num(top['diff_vs_best_baseline']):+.4f} (positive = better), {_interval(top)} over {n} paired seeds: "
         f"{word}{advice}. best_plan.json holds the baseline {base['label']} (do no harm)."
     )
-
-
-def _true(value: Any) -> bool:
-    """A bool from a row read back from CSV (pandas gives numpy bools, a string if mixed)."""
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    return bool(value) if value is not None and value == value else False

@@ -96,13 +96,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         table = final_table(run)
         if len(table):
             title = "final re-training" + (f" of {run.name}" if len(runs) > 1 else "")
-            tables.append(
-                (
-                    f"{title} (fresh seeds, validation split; paired difference from the best baseline, "
-                    "95% interval by Student's t at n - 1 df, positive = better)",
-                    table,
-                )
+            what = (
+                "a race on shared seeds, then a confirmation on seeds the race never used: paired difference "
+                "from the best baseline, 95% interval by Student's t at n - 1 df, Holm over the plans confirmed"
+                if "left the race" in table.columns
+                else "fresh seeds, validation split; paired difference from the best baseline, "
+                "95% interval by Student's t at n - 1 df"
             )
+            tables.append((f"{title} ({what}, positive = better)", table))
     tables += [
         ("methods per site: count, share, mean reward when chosen", stats)
         if args.format == "csv"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,6 +100,8 @@ def final_table(run: Run) -> pd.DataFrame:
     best = f["best_baseline"].fillna("") if "best_baseline" in f.columns else pd.Series("", index=f.index)
     words = col("comparison").fillna("").astype(str)
     words = words.where(f["label"] != best, "best baseline")
+    if col("left").notna().any() and (col("left").astype(str).str.strip() != "").any():
+        return _race_table(f, o, col, best)
     return pd.DataFrame(
         {
             "rank": np.arange(1, len(f) + 1),
@@ -108,6 +111,42 @@ def final_table(run: Run) -> pd.DataFrame:
             f"{o.metric} +- se": _with_se(f["mean"], f["se"]),
             "vs best baseline [95%]": interval,
             "p": [f"{p:.3g}" if np.isfinite(p) else "" for p in pd.to_numeric(col("p_value"), errors="coerce")],
+            "verdict": words,
+            "exported": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
+            "methods": f["methods"],
+        }
+    )
+
+
+def _race_table(f: pd.DataFrame, o: Any, col: Any, best: pd.Series) -> pd.DataFrame:
+    """final_table of a raced final stage: the race's seeds and means, the round each plan left,
+    and the confirmation on fresh seeds that decided the export (controller.race)."""
+    num = {k: pd.to_numeric(col(k), errors="coerce") for k in ("confirm_diff", "confirm_ci95_low", "confirm_ci95_high")}
+    interval = [
+        f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({int(n)} seeds)" if np.isfinite(lo) and np.isfinite(hi) else ""
+        for d, lo, hi, n in zip(
+            num["confirm_diff"],
+            num["confirm_ci95_low"],
+            num["confirm_ci95_high"],
+            pd.to_numeric(col("confirm_seeds"), errors="coerce").fillna(0),
+        )
+    ]
+    p = pd.to_numeric(col("confirm_p"), errors="coerce")
+    q = pd.to_numeric(col("confirm_p_holm"), errors="coerce")
+    words = col("confirm_word").fillna("").astype(str).where(f["label"] != best, "best baseline")
+    left = [
+        "" if pd.isna(v) else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)) for v in col("left")
+    ]
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(f) + 1),
+            "plan": f["label"],
+            "kind": f["kind"],
+            "seeds": f["seeds"],
+            f"{o.metric} +- se (race)": _with_se(f["mean"], f["se"]),
+            "left the race": [f"round {v}" if v.isdigit() else v for v in left],
+            "confirmation vs best baseline [95%]": interval,
+            "p (Holm)": [f"{a:.3g} ({b:.3g})" if np.isfinite(a) else "" for a, b in zip(p, q)],
             "verdict": words,
             "exported": f["chosen"].astype(bool).map({True: "best_plan.json", False: ""}).fillna(""),
             "methods": f["methods"],

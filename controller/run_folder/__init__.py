@@ -133,6 +133,20 @@ FINAL_COLUMNS = [
     "paired_seeds",
     "comparison",
     "chosen",
+    # the race (controller.race; empty for a final stage of fixed seeds): how the plan left the
+    # race, then the confirmation on fresh seeds against best_baseline, which decides the export
+    "left",
+    "left_reason",
+    "confirm_seeds",
+    "confirm_values",
+    "confirm_mean",
+    "confirm_vs",
+    "confirm_diff",
+    "confirm_ci95_low",
+    "confirm_ci95_high",
+    "confirm_p",
+    "confirm_p_holm",
+    "confirm_word",
     "methods",
     "plan_json",
 ]
