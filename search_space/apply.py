@@ -48,6 +48,7 @@ inside a residual block.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any, Iterable, Iterator
@@ -60,6 +61,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
 from search_space.errors import user_error
+from search_space.layouts import allowed_methods, get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, SEQUENCE_METHODS
 
@@ -87,6 +89,10 @@ _RESIDUAL_SUFFIX = ":residual"
 _SCHEDULERS = "_plan_schedulers"
 _SITE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)  # 4-D outputs, which every method accepts
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+#: Modules whose output is a tuple whose first tensor is the site's output.
+_FIRST_OF_TUPLE = (nn.RNNBase, nn.MultiheadAttention)
+#: The layer of a method on a map with another number of map axes than its default's.
+_BY_AXES = {"DropBlock2d": {1: "DropBlock1d", 3: "DropBlock3d"}}
 
 
 # ---------------------------------------------------------------------- sites
@@ -182,20 +188,26 @@ def _holder(module: nn.Module) -> nn.ModuleList | None:
 
 
 def _run_regularizers(module: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook: pass the site output through its regularizers (training mode only)."""
+    """Forward hook: pass the site output through its regularizers (training mode only). An
+    LSTM/GRU/RNN or MultiheadAttention returns a tuple: its first tensor (the output
+    sequence, the attention output) is the site's output; the state or weights pass as they are."""
     holder = _holder(module)
     if holder is None:
         return None
     if REG_ATTR in module.__dict__ and holder.training != module.training:
         holder.train(module.training)  # hidden holder: follow the site's mode
-    if not module.training or not isinstance(output, torch.Tensor):
+    if not module.training:
+        return None
+    first = isinstance(output, tuple) and output and isinstance(module, _FIRST_OF_TUPLE)
+    value = output[0] if first else output
+    if not isinstance(value, torch.Tensor):
         return None
     for reg in holder:
         conv = reg.__dict__.get(_BEHIND)
         if conv is not None:
             unwrap_regularizer(reg).weight_behind = conv.weight.detach()
-        output = reg(output)
-    return output
+        value = reg(value)
+    return (value, *output[1:]) if first else value
 
 
 def _attach(module: nn.Module, reg: nn.Module, switch_class: bool = False) -> None:
@@ -432,20 +444,28 @@ def remove_plan(model: nn.Module) -> nn.Module:
     return model
 
 
-def _build(site: str, spec: SiteSpec) -> nn.Module:
+def _build(site: str, spec: SiteSpec, layout: str | None = None) -> nn.Module:
     try:
-        return build_layer(spec)
+        return build_layer(spec, layout)
     except ValueError as e:
         raise user_error(f"sites[{site!r}]", detail=str(e), cls=PlanError) from None
 
 
-def build_layer(spec: SiteSpec) -> nn.Module:
-    """The layer for one SiteSpec (parameters named as the layer's arguments)."""
+def build_layer(spec: SiteSpec, layout: str | None = None) -> nn.Module:
+    """The layer for one SiteSpec (parameters named as the layer's arguments), told the site's
+    ``layout`` (`search_space.layouts`) when it acts on axes: DropBlock1d/2d/3d by the number
+    of map axes, and every layer with a ``layout`` argument gets it."""
     layer_name = METHOD_LAYERS[spec.method]
     if layer_name is None:
         raise user_error(detail=f"method {spec.method!r} has no layer", cls=PlanError)
     kwargs = {k: v for k, v in spec.params.items() if k not in APPLY_ONLY_PARAMS}
-    return getattr(_layers, layer_name)(**kwargs)
+    lay = None if layout is None else get_layout(layout, "layout", PlanError)
+    if lay is not None and lay.kind == "map":
+        layer_name = _BY_AXES.get(layer_name, {}).get(len(lay.spatial), layer_name)
+    cls = getattr(_layers, layer_name)
+    if lay is not None and lay.channel is not None and "layout" in inspect.signature(cls).parameters:
+        kwargs["layout"] = lay.name
+    return cls(**kwargs)
 
 
 def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> nn.Module:
@@ -486,9 +506,10 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     for site, spec in plan.sites.items():
         if spec.method == "none":
             continue
-        _check_method_fits(site, spec.method, site in sequence_sites or _is_virtual(site), modules)
-        layer = _build(site, spec)
-        if hasattr(layer, "batch_first") and not _is_virtual(site):
+        layout = plan.layouts.get(site)
+        _check_method_fits(site, spec.method, site in sequence_sites or _is_virtual(site), modules, layout)
+        layer = _build(site, spec, layout)
+        if layout is None and hasattr(layer, "batch_first") and not _is_virtual(site):
             layer.batch_first = _batch_first(modules, site)
         if spec.method == "disout":
             conv = _next_conv(named, site)
@@ -502,7 +523,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
             if block is None:
                 log.info("site %s: residual=True but no enclosing residual block", site)
             else:
-                residual.append((block, _ramped(_build(site, spec), steps(site), site + _RESIDUAL_SUFFIX)))
+                residual.append((block, _ramped(_build(site, spec, layout), steps(site), site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones
         if _is_virtual(path):
@@ -513,20 +534,32 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
-    log.info("applied plan to %d sites: %s", len(plan.sites), plan.summary())
+    log.debug("applied plan to %d sites: %s", len(plan.sites), plan.summary())
     return model
 
 
-def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
-    """Fail early (not in the first forward) when a method cannot run on the site's shape."""
-    if sequence and method not in SEQUENCE_METHODS:
+def _check_method_fits(
+    site: str, method: str, sequence: bool, modules: dict[str, nn.Module], layout: str | None = None
+) -> None:
+    """Fail early (not in the first forward) when a method cannot run on the site's layout
+    (the plan's, or without one the site's kind: Transformer tokens, a BatchNorm2d map)."""
+    if layout is not None:
+        allowed = allowed_methods(layout)
+        if method not in allowed:
+            raise user_error(
+                f"sites[{site!r}].method",
+                detail=f"bad value {method!r} at a site of layout {get_layout(layout).axes}",
+                allowed=f"{list(allowed)}",
+                cls=PlanError,
+            )
+    elif sequence and method not in SEQUENCE_METHODS:
         raise user_error(
             f"sites[{site!r}].method",
             detail=f"bad value {method!r} at a Transformer (N, T, C) site",
             allowed=f"{list(SEQUENCE_METHODS)}",
             cls=PlanError,
         )
-    if not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
+    if layout is None and not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
         raise user_error(
             f"sites[{site!r}].method",
             detail=f"bad value {method!r} at an (N, C, H, W) site",
