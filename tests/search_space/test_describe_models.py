@@ -74,7 +74,7 @@ def test_preview_methods_fit_shapes_and_a_sampled_plan_trains(name: str) -> None
     torch.manual_seed(0)
     model = make()
     table = describe(model, x)
-    assert list(table.columns) == ["site", "module", "shape", "layout", "stage", "methods"]
+    assert list(table.columns) == ["site", "module", "shape", "layout", "stage", "methods", "note"]
     sites = table[table["methods"] != "-"]
     assert len(sites) > 0
     for row in sites.itertuples():
