@@ -225,10 +225,12 @@ class Evidence:
         return list(self._groups[self._find(key)].claims) if key in self._parent else []
 
     def resolve(
-        self, key: Any, shape: tuple[int, ...], model_batch_first: bool | None, batch_size: int | None
+        self, key: Any, shape: tuple[int, ...], batch_first: bool | None, batch_size: int | None
     ) -> tuple[str, str]:
         """(layout name, note) of tensor ``key`` with ``shape``; "unknown" with the reason in
-        the note when the evidence is missing or contradicts itself."""
+        the note when the evidence is missing or contradicts itself. Tokens whose batch axis
+        no claim states take ``batch_first`` (the model's or the site's declared word), else
+        the axis of the example's ``batch_size``."""
         rank = len(shape)
         if rank == 2:
             return "NC", ""
@@ -245,12 +247,12 @@ class Evidence:
             return UNKNOWN, f"evidence contradicts: {ca.source} acts on axis {a}, {cb.source} on axis {b}; state it"
         axis, claim = next(iter(axes.items()))
         note = ""
-        batch_first: bool | None = True
+        default, batch_first = batch_first, True
         if rank == 3 and axis == 2:
             said = {c.batch_first for c in claims if c.batch_first is not None}
             if len(said) > 1:
                 return UNKNOWN, "evidence contradicts: batch_first True and False for these tokens; state NTC or TNC"
-            batch_first = said.pop() if said else model_batch_first
+            batch_first = said.pop() if said else default
             if batch_first is None:
                 batch_first = _by_batch_size(shape, batch_size)
                 if batch_first is None:
@@ -258,7 +260,7 @@ class Evidence:
                         f"tokens (channels last: {claim.source}) but no module shows the batch axis and the "
                         f"example's batch size {batch_size} does not tell it; state NTC or TNC"
                     )
-                note = f"batch axis from the example's batch size {batch_size}"
+                note = f"batch axis by the example's batch size ({batch_size})"
         name = layout_from_axes(rank, axis, batch_first)
         if name is None:
             return UNKNOWN, f"channels at axis {axis} ({claim.source}): no layout of rank {rank} has them there"

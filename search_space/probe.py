@@ -366,9 +366,16 @@ def probe_sites(
                 infos.append(SiteInfo(p, kind, c.out_shape, UNKNOWN, (), note=f"the same tensor as {seen[c.out_key]}"))
                 continue
             seen[c.out_key] = p
-            layout, note = ev.resolve(c.out_key, c.out_shape, model_bf, batch)
-            if layout == UNKNOWN and p in owners and len(c.out_shape) == 3:
-                layout, note = ("NTC" if _batch_first(modules, p) else "TNC"), "declared Transformer site"
+            declared = p in owners and len(c.out_shape) == 3
+            said = _batch_first(modules, p) if declared else model_bf
+            layout, note = ev.resolve(c.out_key, c.out_shape, said, batch)
+            if layout == UNKNOWN and not ev.claims(c.out_key):
+                inner = _inner_evidence(calls, ev, c)
+                if inner is not None:
+                    layout, _ = ev.resolve(inner.out_key, inner.out_shape, said, batch)
+                    note = f"layout of its inner {type(inner.module).__name__} {inner.path!r}"
+                elif declared:
+                    layout, note = ("NTC" if said else "TNC"), "declared Transformer site"
         if p in stated:
             layout, note = stated[p], "layout stated"
         methods, why = methods_for(layout, shapes[p])
@@ -378,6 +385,19 @@ def probe_sites(
             note = "; ".join(n for n in (note, again) if n)
         infos.append(SiteInfo(p, kind, shapes[p], layout, methods, note=note))
     return _with_stages(infos, owners, modules)
+
+
+def _inner_evidence(calls: Sequence[_Call], ev: Evidence, outer: _Call) -> _Call | None:
+    """The last module run inside ``outer`` whose output has ``outer``'s shape and shows its
+    layout: a block whose output comes from a functional op (``relu(out + shortcut)``) and
+    that no module takes has the layout of its last such inner output (its shortcut, its
+    last norm)."""
+    prefix = outer.path + "."
+    for c in reversed(calls):
+        inside = c.path.startswith(prefix) and c.out_key is not None
+        if inside and c.out_shape == outer.out_shape and ev.claims(c.out_key):
+            return c
+    return None
 
 
 def _owner_block(path: str, modules: Mapping[str, nn.Module]) -> str:

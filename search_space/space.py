@@ -165,15 +165,22 @@ class SearchSpace:
         every site is a Transformer site. model_name and ramp_fraction are copied into
         decoded plans.
 
-        With ``example_input`` (one input batch) the space comes from shapes
-        (`search_space.describe`): default sites are `candidate_sites` whose output is a
-        feature tensor (so an MLP has sites), any module path may be named, each group is
-        offered only the methods that fit its sites' shapes (default methods: every method
-        fitting some site), and "stage" groups sites by resolution. FieldError when no site
-        is left or a named method fits no site.
+        With ``example_input`` (one input batch: a tensor, a tuple of positional arguments or a
+        dict of keyword arguments) the space comes from one forward pass (`search_space.probe`):
+        default sites are the ones a user expects (`probe.default_sites`: maps, hidden layers,
+        embeddings, recurrent outputs; never the logits), any module path may be named, each
+        site's layout comes from evidence and travels in the space's plans (`layouts`), each
+        group is offered only the methods that fit its sites' layouts and shapes (default
+        methods: every method fitting some site), and "stage" groups sites by resolution (one
+        group per Transformer block). FieldError when no site is left or a named method fits
+        no site.
+
+        ``layouts`` (site path or glob pattern -> layout name, e.g. ``{"stages.*": "NHWC"}``)
+        states layouts the evidence does not show; with an example input they are checked
+        against the output shapes.
         """
         if example_input is not None:
-            return _shaped_space(model, sites, share, methods, model_name, ramp_fraction, example_input)
+            return _shaped_space(model, sites, share, methods, model_name, ramp_fraction, example_input, layouts)
         if sites is None:
             sites = transformer_sites(model) or find_sites(model)
         sites = list(sites)
