@@ -379,6 +379,8 @@ def probe_sites(
         if p in stated:
             layout, note = stated[p], "layout stated"
         methods, why = methods_for(layout, shapes[p])
+        if layout == UNKNOWN and note:
+            why = ""  # the evidence's note already says why
         note = "; ".join(n for n in (note, why) if n)
         if counts.get(p.rsplit(":", 1)[0], 1) > 1 and not _is_virtual(p):
             again = f"runs {counts[p]} times per forward: its regularizer acts on each"
