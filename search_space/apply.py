@@ -61,7 +61,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
 from search_space.errors import user_error
-from search_space.layouts import allowed_methods, get_layout
+from search_space.layouts import LAYOUT_FREE, allowed_methods, get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, SEQUENCE_METHODS
 
@@ -507,7 +507,16 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
         if spec.method == "none":
             continue
         layout = plan.layouts.get(site)
-        _check_method_fits(site, spec.method, site in sequence_sites or _is_virtual(site), modules, layout)
+        sequence = site in sequence_sites or _is_virtual(site)
+        _check_method_fits(site, spec.method, sequence, modules, layout)
+        if layout is None and not sequence and spec.method not in LAYOUT_FREE and not _channels_first(modules[site]):
+            log.warning(
+                "site %s (%s): the plan states no layout; %s assumes channels first (N,C,...). Plans from a search "
+                "state it; for a hand-written plan see search_space.describe(model, example_input)",
+                site,
+                type(modules[site]).__name__,
+                spec.method,
+            )
         layer = _build(site, spec, layout)
         if layout is None and hasattr(layer, "batch_first") and not _is_virtual(site):
             layer.batch_first = _batch_first(modules, site)
@@ -575,6 +584,12 @@ def _check_method_fits(
                 allowed="the attention output and feed-forward sites",
                 cls=PlanError,
             )
+
+
+def _channels_first(module: nn.Module) -> bool:
+    """Whether a module's output is channels first whatever the model (ConvNd, BatchNorm,
+    a residual block of a CNN): no layout to state for it."""
+    return isinstance(module, (_ConvNd, _BatchNorm)) or is_residual_block(module)
 
 
 def _batch_first(modules: dict[str, nn.Module], site: str) -> bool:

@@ -74,23 +74,27 @@ def stage_sites(shapes: dict[str, tuple[int, ...]], layouts: dict[str, str] | No
 
 def convnet_baselines(space: Any) -> bool:
     """Whether the papers' ConvNet baselines (DropBlock, Disout) apply to a ``SearchSpace``:
-    it offers dropblock and, where it knows its sites' layouts, has maps and no token sites."""
+    where it knows its sites' layouts, when it has maps and no token sites (whatever methods
+    it searches: the baselines are references); otherwise when it offers dropblock and not
+    seq_pattern (a space without shapes: its methods say what the model is)."""
     from search_space.layouts import get_layout
 
-    if "dropblock" not in space.methods:
-        return False
     if not space.layouts:
-        return "seq_pattern" not in space.methods  # a space without shapes: its methods say it
+        return "dropblock" in space.methods and "seq_pattern" not in space.methods
     kinds = {get_layout(name).kind for name in space.layouts.values()}
     return "map" in kinds and "tokens" not in kinds
 
 
 def available_baselines(space: Any) -> tuple[str, ...]:
-    """The hand-set baselines that apply to ``space``: all of `BASELINES` whose method the
-    space offers for a ConvNet (`convnet_baselines`), else ``none`` and ``dropout``."""
+    """The hand-set baselines that apply to ``space``: for a ConvNet (`convnet_baselines`) all
+    of `BASELINES` (Disout only where some site is a 2-D map), else ``none`` and ``dropout``."""
+    from search_space.layouts import get_layout
+
     if not convnet_baselines(space):
         return ("none", "dropout")
-    return tuple(b for b in BASELINES if b in ("none", "dropout") or b in space.methods)
+    flat = not space.layouts or any(len(get_layout(n).spatial) == 2 for n in space.layouts.values()
+                                    if get_layout(n).kind == "map")  # fmt: skip
+    return tuple(b for b in BASELINES if b != "disout" or flat)
 
 
 def _is_bn(model: nn.Module, site: str) -> bool:

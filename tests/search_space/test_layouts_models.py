@@ -372,3 +372,28 @@ def test_the_preflight_says_what_it_checked_and_plans_it_applies_are_not_logged_
     infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert any(m.startswith("pre-flight: checked 6 plans on the example input") and "all ran" in m for m in infos)
     assert not any("applied plan" in m for m in infos)
+
+
+def test_the_baselines_that_apply_follow_the_layouts() -> None:
+    from search_space.baselines import available_baselines, tuned_methods
+
+    def space(model, x):
+        return SearchSpace.for_model(model, example_input=x)
+
+    assert available_baselines(space(_conv1d(), torch.randn(4, 1, 48))) == ("none", "dropout", "dropblock")
+    assert available_baselines(space(_conv3d(), torch.randn(2, 1, 8, 8, 8))) == ("none", "dropout", "dropblock")
+    assert available_baselines(space(_convnext(), torch.randn(2, 3, 32, 32))) == (
+        "none", "dropout", "dropblock", "disout"
+    )  # fmt: skip
+    lstm = space(Recurrent(), torch.randint(0, 40, (4, 9)))
+    assert available_baselines(lstm) == ("none", "dropout") and tuned_methods(lstm) == ("dropout", "seq_pattern")
+    assert tuned_methods(space(_conv1d(), torch.randn(4, 1, 48))) == ("dropout", "dropblock")  # a ConvNet, not tokens
+
+
+def test_a_hand_written_plan_without_a_layout_is_warned_about_where_the_model_does_not_say(caplog) -> None:
+    model = _convnext()
+    spec = SiteSpec("dropblock", {"drop_prob": 0.1, "block_size": 3, "share_channels": True})
+    with caplog.at_level(logging.WARNING, logger="search_space.apply"):
+        apply_plan(model, Plan({"stages.0.blocks.0.mlp": spec, "stem.0": spec}))
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("site stages.0.blocks.0.mlp (Mlp): the plan states no layout")
