@@ -38,7 +38,17 @@ are told so. ``nn.TransformerDecoderLayer`` offers the same sites plus its cross
 layers switch their class (`RegularizedDropout`, `regularized_class`) instead of taking a
 forward hook: a hook turns off the layer's fused eval fast path, whose output differs.
 
-Shape-aware sites (any model, an example input): `search_space.describe`.
+Shape-aware sites (any model, an example input): `search_space.probe` / `describe`.
+
+Layouts: a plan's ``layouts`` (site -> `search_space.layouts` name, from the search's probe)
+tell each layer which axes hold the channels and the map (`build_layer`: DropBlock1d/2d/3d by
+the number of map axes, ``layout=`` for every layer that takes it); a method the layout cannot
+take is refused before anything changes. A site without a layout keeps the layer's default
+(channels first; tokens batch first, or T,N,C inside a ``batch_first=False`` layer).
+
+Tuple outputs: at an ``nn.LSTM``/``GRU``/``RNN`` or ``nn.MultiheadAttention`` site the
+regularizers act on the first element (the output sequence, the attention output); the state
+or the attention weights pass unchanged.
 
 Pattern ``residual=True``: the same pattern (a second, independent instance) is also
 applied to the output of the nearest enclosing residual block of the site, i.e. to the
@@ -50,16 +60,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
+from search_space.attention import _QKV, QKV_ATTR, RegularizedMultiheadAttention, _attach_qkv, unwrap_regularizer
 from search_space.errors import user_error
 from search_space.layouts import LAYOUT_FREE, allowed_methods, get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
@@ -68,8 +77,6 @@ from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, S
 log = logging.getLogger(__name__)
 
 REG_ATTR = "plan_regularizers"
-QKV_ATTR = "plan_qkv_regularizers"
-_QKV = ("q", "k", "v")
 _TORCH_LAYER_SITES = ("self_attn:q", "self_attn:k", "self_attn:v", "dropout1", "dropout", "dropout2")
 _TORCH_DECODER_SITES = (
     "self_attn:q",
@@ -272,135 +279,6 @@ def _holders(model: nn.Module) -> Iterator[nn.Module]:
         qkv = m._modules.get(QKV_ATTR)
         if qkv is not None:
             yield qkv.values()  # type: ignore[misc]
-
-
-# ---------------------------------------------------------------------- attention q/k/v
-class RegularizedMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` whose q/k/v projections pass through regularizers.
-
-    Never constructed: `apply_plan` switches an existing module's class to this one (the
-    parameters, and so the state_dict, stay as they are) and `remove_plan` switches it back.
-    In eval, or while no q/k/v regularizer is active, it is exactly the stock module (fused
-    fast path included); otherwise it computes attention unfused with the same semantics
-    (masks, dropout on the weights, need_weights) and the projections regularized.
-    """
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        regs = self._modules.get(QKV_ATTR)
-        if not self.training or regs is None or not any(_active(r) for r in regs.values()):
-            return super().forward(
-                query,
-                key,
-                value,
-                key_padding_mask=key_padding_mask,
-                need_weights=need_weights,
-                attn_mask=attn_mask,
-                average_attn_weights=average_attn_weights,
-                is_causal=is_causal,
-            )
-        unbatched = query.dim() == 2
-        if unbatched:
-            bdim = 0 if self.batch_first else 1
-            query, key, value = (t.unsqueeze(bdim) for t in (query, key, value))
-            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        out, weights = _regularized_attention(
-            self, regs, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
-        )
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        if unbatched:
-            out = out.squeeze(0 if self.batch_first else 1)
-            weights = None if weights is None else weights.squeeze(0)
-        return out, weights
-
-
-def _active(reg: nn.Module) -> bool:
-    layer = unwrap_regularizer(reg)
-    return float(getattr(layer, type(layer).prob_attr, 1.0)) > 0.0
-
-
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Bool masks (True = not allowed) as -inf additive masks; float masks unchanged."""
-    if mask is None or mask.dtype != torch.bool:
-        return None if mask is None else mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
-
-
-def _regularized_attention(
-    m: nn.MultiheadAttention,
-    regs: nn.ModuleDict,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    need_weights: bool,
-    attn_mask: torch.Tensor | None,
-    average_attn_weights: bool,
-    is_causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Batch-first attention with regularized projections; inputs (B, T, E), (B, S, kdim/vdim)."""
-    b, t, e = query.shape
-    s, h = key.shape[1], m.num_heads
-    d = e // h
-    if m._qkv_same_embed_dim:
-        weights = m.in_proj_weight.chunk(3)
-    else:
-        weights = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
-    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
-    proj = {}
-    for name, x, w, bias in zip(_QKV, (query, key, value), weights, biases):
-        y = F.linear(x, w, bias)
-        proj[name] = regs[name](y) if name in regs else y
-    q, k, v = (proj[n].view(b, -1, h, d).transpose(1, 2) for n in _QKV)
-    dtype = q.dtype
-    mask = _additive_mask(attn_mask, dtype)
-    if mask is not None and mask.dim() == 3:
-        mask = mask.view(b, h, t, s)
-    if mask is None and is_causal:
-        mask = _additive_mask(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), dtype)
-    pad = _additive_mask(key_padding_mask, dtype)
-    if pad is not None:
-        pad = pad.view(b, 1, 1, s)
-        mask = pad if mask is None else mask + pad
-    dropout = m.dropout if m.training else 0.0
-    if need_weights:
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
-        if mask is not None:
-            scores = scores + mask
-        attn = scores.softmax(-1)
-        out = F.dropout(attn, dropout, training=dropout > 0) @ v
-        attn_weights: torch.Tensor | None = attn.mean(1) if average_attn_weights else attn
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        attn_weights = None
-    out = F.linear(out.transpose(1, 2).reshape(b, t, e), m.out_proj.weight, m.out_proj.bias)
-    return out, attn_weights
-
-
-def _attach_qkv(mha: nn.MultiheadAttention, part: str, reg: nn.Module) -> None:
-    holder = mha._modules.get(QKV_ATTR)
-    if holder is None:
-        holder = nn.ModuleDict()
-        mha.add_module(QKV_ATTR, holder)
-        mha.__class__ = RegularizedMultiheadAttention
-    holder[part] = reg
-
-
-def unwrap_regularizer(reg: nn.Module) -> nn.Module:
-    """The regularizer layer itself, unwrapped from its LinearScheduler when ramped."""
-    return reg.layer if isinstance(reg, _layers.LinearScheduler) else reg
 
 
 # ---------------------------------------------------------------------- public API
