@@ -20,10 +20,9 @@ from search_space.layouts import LAYOUTS, channel_axis, get_layout, methods_for,
 from search_space.plan import PlanError
 from search_space.probe import call_model, probe_sites
 
-timm = pytest.importorskip("timm")
-
 
 def _convnext() -> nn.Module:  # timm's default for convnext_tiny and up: conv_mlp=False (N,H,W,C inside blocks)
+    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model(
         "convnext_tiny", pretrained=False, num_classes=3, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), conv_mlp=False
@@ -31,6 +30,7 @@ def _convnext() -> nn.Module:  # timm's default for convnext_tiny and up: conv_m
 
 
 def _swin() -> nn.Module:  # timm's Swin keeps N,H,W,C maps between blocks
+    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=32, window_size=4, embed_dim=8,
