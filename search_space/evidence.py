@@ -25,6 +25,7 @@ attention modules (all ``batch_first`` alike), then on the example's batch size.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,15 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from search_space.layouts import UNKNOWN, get_layout, layout_from_axes
 
-__all__ = ["Claim", "Evidence", "claims_on_input", "claims_on_output", "keeps_axis_order", "model_batch_first"]
+__all__ = [
+    "Claim",
+    "Evidence",
+    "claims_on_input",
+    "claims_on_output",
+    "keeps_axis_order",
+    "model_batch_first",
+    "tensor_key",
+]
 
 _TORCH_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 _POOLS = tuple(
@@ -206,7 +215,7 @@ class Evidence:
             key = self._parent[key]
         return key
 
-    def add(self, key: Any, rank: int, claims: list[Claim] = ()) -> None:  # type: ignore[assignment]
+    def add(self, key: Any, rank: int, claims: Sequence[Claim] = ()) -> None:
         """Note tensor ``key`` of ``rank`` and what is claimed about it."""
         if key not in self._parent:
             self._parent[key] = key
