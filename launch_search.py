@@ -84,6 +84,13 @@ SEARCH_FLAGS: list[tuple[str, type, Any, str]] = [
     ("--controller-lr", float, 0.05, "controller Adam learning rate in (0, 1] (0.01 suits hundreds of trials)"),
     ("--sites", str, "stage", "stage (one decision set per stage or block), all, or module paths / globs"),
     (
+        "--layouts",
+        str,
+        None,
+        "site=LAYOUT pairs for sites whose layout the model does not show, e.g. 'stages.*=NHWC,head.0=NC' "
+        "(NCHW, NHWC, NCL, NCDHW, NDHWC, NTC, TNC, NC; see --describe's layout and note columns)",
+    ),
+    (
         "--child",
         str,
         None,
@@ -256,23 +263,39 @@ def model_and_example(train: dict[str, Any], child: str | None = None) -> tuple[
     return model_fn, data.example, objective, objective.reward(data.chance)
 
 
-def describe_model(model_fn: Any, example: Any) -> str:
+def parse_layouts(text: str | None) -> dict[str, str] | None:
+    """--layouts 'stages.*=NHWC,head.0=NC' -> {"stages.*": "NHWC", "head.0": "NC"} (the names
+    are checked against the sites and their shapes by the search space)."""
+    if text is None:
+        return None
+    out: dict[str, str] = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        site, sep, layout = pair.partition("=")
+        if not sep or not site.strip() or not layout.strip():
+            raise user_error("--layouts", pair, "site=LAYOUT pairs, e.g. stages.*=NHWC", cls=UsageError)
+        out[site.strip()] = layout.strip()
+    return out
+
+
+def describe_model(model_fn: Any, example: Any, layouts: dict[str, str] | None = None) -> str:
     """--describe: the sites table of the chosen model on one real input."""
     import pandas as pd
 
     from search_space.describe import describe
 
-    table = describe(model_fn(), example)
+    table = describe(model_fn(), example, layouts=layouts)
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 60, "display.width", 200):
         return table.to_string(index=False)
 
 
-def default_baselines(model_fn: Any, example: Any) -> str:
-    """Your own model: every baseline when it has feature maps for block methods, else none,dropout."""
+def default_baselines(model_fn: Any, example: Any, layouts: dict[str, str] | None = None) -> str:
+    """Your own model: every baseline that applies (all four for a ConvNet with 2-D maps),
+    else none,dropout."""
+    from search_space.baselines import available_baselines
     from search_space.space import SearchSpace
 
-    space = SearchSpace.for_model(model_fn(), example_input=example)
-    return ",".join(BASELINE_NAMES) if "dropblock" in space.methods else "none,dropout"
+    space = SearchSpace.for_model(model_fn(), example_input=example, layouts=layouts)
+    return ",".join(available_baselines(space))
 
 
 def _saved_args(args: argparse.Namespace, run_dir: Path) -> argparse.Namespace:
@@ -356,11 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args = _saved_args(args, storage / args.name)
             train = resolve(args)
             model_fn, example, objective, penalty = model_and_example(train, args.child)
+            layouts = parse_layouts(args.layouts)
             if args.describe:
-                print(describe_model(model_fn, example))
+                print(describe_model(model_fn, example, layouts))
                 return EXIT_OK
             if args.baselines is None:
-                args.baselines = default_baselines(model_fn, example)
+                args.baselines = default_baselines(model_fn, example, layouts)
             from child_trainer.trial import ChildTrain
 
             args.name = args.name or f"{args.dataset}-{args.model}-{args.search}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -371,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 storage_path=storage, name=args.name, resume=args.resume, max_epochs=args.epochs,
                 resources_per_trial={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
                 model_name=args.model, baselines=[b for b in args.baselines.split(",") if b],
-                example_input=example, penalty_reward=penalty, runtime_env=_runtime_env(args, storage),
+                example_input=example, layouts=layouts, penalty_reward=penalty, runtime_env=_runtime_env(args, storage),
                 extra_config={"args": vars(args), "train": train},
             )  # fmt: skip
         except FieldError as e:

@@ -111,6 +111,7 @@ def run_search(
     baselines: Mapping[str, Any] | Sequence[str] = ("none",),
     tuned_trials: int | str = "auto",
     example_input: Any = None,
+    layouts: Mapping[str, str] | None = None,
     final_top_k: int = 0,
     final_seeds: int = 0,
     controller_batch: int = 4,
@@ -149,6 +150,12 @@ def run_search(
         baselines: hand-set plans trained first at the same fidelity, recorded, never learned
             from: name -> Plan, or names from ``search_space.baselines.BASELINES`` (those
             other than "none" need ``example_input``, one input batch of the model).
+        example_input: one input batch of the model: a tensor, a tuple of positional arguments
+            or a dict of keyword arguments (``search_space.probe.call_model``); sites, their
+            layouts and methods then come from one forward pass (``search_space.describe``).
+        layouts: site path or glob pattern -> layout name (``{"stages.*": "NHWC"}``, see
+            ``search_space.layouts``) for sites whose layout the evidence does not show;
+            checked against the output shapes.
         tuned_trials: trainings spent tuning "one method at every site" (dropout and DropBlock
             for ConvNets, dropout and the sequence pattern for Transformers) on a small grid
             (``search_space.baselines.TUNED_GRIDS``), split evenly between the methods; each
@@ -267,7 +274,9 @@ def run_search(
                 "a new name, or resume the run",
                 detail=f"bad value {name!r} (run folder {run_dir} already exists)",
             )
-        space, baseline_plans = _space_and_baselines(model_fn, sites, methods, model_name, baselines, example_input)
+        space, baseline_plans = _space_and_baselines(
+            model_fn, sites, methods, model_name, baselines, example_input, layouts
+        )
         tuned = tuned_recipes(space, tuned_trials, num_samples, exclude=list(baseline_plans.values()))
         config = {
             "version": CONFIG_VERSION,
@@ -315,7 +324,7 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
     """Method -> grid plans of the tuned global recipes, within ``num_samples`` trainings."""
     from search_space.baselines import TUNED_GRIDS, tuned_grid, tuned_methods
 
-    methods = tuned_methods(tuple(space.methods))
+    methods = tuned_methods(space)
     if tuned_trials == "auto":
         per = int(0.25 * num_samples / len(methods)) if methods and num_samples >= 4 * len(methods) else 0
     else:
@@ -342,7 +351,13 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
 
 
 def _space_and_baselines(
-    model_fn: Callable[[], Any], sites: Any, methods: Any, model_name: str, baselines: Any, example_input: Any
+    model_fn: Callable[[], Any],
+    sites: Any,
+    methods: Any,
+    model_name: str,
+    baselines: Any,
+    example_input: Any,
+    layouts: Mapping[str, str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The search space and the baseline plans, checked before Ray starts. With
     ``example_input`` the space comes from output shapes (``search_space.describe``) and
@@ -351,7 +366,7 @@ def _space_and_baselines(
     from torch import nn
 
     from search_space.apply import find_sites
-    from search_space.baselines import BASELINES, baseline_plans
+    from search_space.baselines import BASELINES, baseline_plans, convnet_baselines
     from search_space.describe import candidate_sites, check_plans
     from search_space.plan import Plan
     from search_space.space import SearchSpace
@@ -364,29 +379,39 @@ def _space_and_baselines(
             cls=UserTypeError,
         )
     if example_input is not None:
-        found = candidate_sites(model)
+        found = candidate_sites(model, example_input)
         chosen, share = resolve_sites(found, sites, modules=[n for n, _ in model.named_modules() if n])
         space = SearchSpace.for_model(
-            model, sites=chosen, share=share, methods=methods, model_name=model_name, example_input=example_input
+            model,
+            sites=chosen,
+            share=share,
+            methods=methods,
+            model_name=model_name,
+            example_input=example_input,
+            layouts=layouts,
         )
         check_plans(model, space, example_input)
     else:
         found = find_sites(model)
         chosen, share = resolve_sites(found, sites)
-        space = SearchSpace.for_model(model, sites=chosen, share=share, methods=methods, model_name=model_name)
+        space = SearchSpace.for_model(
+            model, sites=chosen, share=share, methods=methods, model_name=model_name, layouts=layouts
+        )
     if isinstance(baselines, Mapping):
-        plans = {str(k): (v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()}
+        plans = {
+            str(k): space.with_layouts(v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()
+        }
     else:
         names = tuple(baselines or ())
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise user_error("baselines", unknown[0], ", ".join(BASELINES))
-        if "seq_pattern" in space.methods or "dropblock" not in space.methods:
-            # a Transformer (the practitioners' recipe), or a model without block-sized maps
+        if not convnet_baselines(space):
+            # a Transformer or recurrent model (the practitioners' recipe), or one without maps
             allowed = space.baseline_plans()
             bad = [n for n in names if n not in allowed]
             if bad:
-                kind = "a Transformer" if "seq_pattern" in space.methods else "a model without feature maps"
+                kind = "a Transformer or recurrent model" if "seq_pattern" in space.methods else "a model without maps"
                 raise user_error("baselines", bad[0], f"{', '.join(allowed)} (for {kind})")
             plans = {n: allowed[n] for n in names}
         elif any(n != "none" for n in names) and example_input is None:
@@ -398,7 +423,7 @@ def _space_and_baselines(
         elif names == ("none",) or not names:
             plans = {"none": Plan.none(space.sites, model=model_name)} if names else {}
         else:
-            plans = baseline_plans(model, space.sites, example_input, model_name, names)
+            plans = baseline_plans(model, space.sites, example_input, model_name, names, space.layouts or None)
     return space, plans
 
 

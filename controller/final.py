@@ -227,11 +227,11 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
             f"Verdict: no baseline finished the final re-training, so nothing tells whether the best searched plan "
             f"({chosen['label']}, {metric} {_num(chosen['mean']):.4f}) helps; best_plan.json holds it unproven."
         )
-    head = f"best baseline {base['label']} ({metric} {_num(base['mean']):.4f} +- {_num(base['se']):.4f})"
+    head = f"best baseline {base['label']} ({metric} {rf.mean_se_text(base['mean'], base['se'])})"
     if chosen["kind"] == SEARCHED:
         return (
-            f"Verdict: the searched plan {chosen['label']} ({metric} {_num(chosen['mean']):.4f} +- "
-            f"{_num(chosen['se']):.4f}) is better than the {head}: difference "
+            f"Verdict: the searched plan {chosen['label']} ({metric} {rf.mean_se_text(chosen['mean'], chosen['se'])}) "
+            f"is better than the {head}: difference "
             f"{_num(chosen['diff_vs_best_baseline']):+.4f} (positive = better), {_interval(chosen)} over "
             f"{int(_num(chosen['paired_seeds']))} paired seeds (p = {_num(chosen['p_value']):.3g}). "
             "best_plan.json holds the searched plan."
@@ -252,7 +252,7 @@ def verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> str:
     )
     return (
         f"Verdict: no searched plan is better than the {head}. The best searched plan ({top['label']}, "
-        f"{metric} {_num(top['mean']):.4f} +- {_num(top['se']):.4f}) differs by "
+        f"{metric} {rf.mean_se_text(top['mean'], top['se'])}) differs by "
         f"{_num(top['diff_vs_best_baseline']):+.4f} (positive = better), {_interval(top)} over {n} paired seeds: "
         f"{word}{advice}. best_plan.json holds the baseline {base['label']} (do no harm)."
     )

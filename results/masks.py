@@ -31,15 +31,20 @@ __all__ = ["regularizer_masks", "plot_masks"]
 log = logging.getLogger(__name__)
 
 
-def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, np.ndarray]:
+def regularizer_masks(
+    model: nn.Module, x: Any, seed: int = 0, layouts: dict[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """Boolean mask of the dropped/distorted units of one example, per site: (C, H, W) for
-    image sites, (T, C) for sequence sites (3-D (N, T, C) states). ``x`` is one example (a
-    batch of 1 in the model's own layout: (1, C, H, W) images, (1, T) token ids).
+    image sites, (T, C) for sequence sites and 1-D maps (L, C). ``x`` is one example (a batch
+    of 1 in the model's own layout: (1, C, H, W) images, (1, T) token ids). ``layouts``: the
+    plan's site layouts (`search_space.layouts`); a layer told its layout knows it anyway, and
+    otherwise a 4-D site is N,C,H,W and a 3-D one N,T,C (T,N,C for ``batch_first=False``).
 
     ``model`` must already carry a plan (``apply_plan`` without ``total_steps`` so the layers sit
-    at their target probability). Sites of other ranks are skipped.
+    at their target probability). Sites of other layouts (volumes, features) are skipped.
     """
     from search_space.apply import regularizers, unwrap_regularizer
+    from search_space.layouts import get_layout
 
     # The regularizers see the site's output; apply_plan's hook only runs them in training,
     # so shapes come from the site modules themselves. "<site>:residual" extras are not drawn.
@@ -50,18 +55,21 @@ def regularizer_masks(model: nn.Module, x: torch.Tensor, seed: int = 0) -> dict[
     masks: dict[str, np.ndarray] = {}
     for i, (site, layer) in enumerate(regs.items()):
         shape = inputs.get(site)
-        if shape is None or len(shape) not in (3, 4):
-            log.info("site %s: input shape %s is not (N, C, H, W) or (N, T, C); not drawn", site, shape)
+        name = (layouts or {}).get(site) or getattr(layer, "layout", None)
+        if name is None and shape is not None:
+            tokens = "NTC" if getattr(layer, "batch_first", True) else "TNC"
+            name = {4: "NCHW", 3: tokens}.get(len(shape))
+        lay = get_layout(name) if name else None
+        if shape is None or lay is None or lay.rank != len(shape) or len(lay.spatial) not in (1, 2):
+            log.info("site %s: output %s in layout %s is not a 2-D map or a sequence; not drawn", site, shape, name)
             continue
-        seq_first = len(shape) == 3 and getattr(layer, "batch_first", True) is False  # (T, N, C)
-        if seq_first:
-            shape = (shape[0], 1, shape[2])  # one example of a (T, N, C) state
+        shape = tuple(1 if a == lay.batch else d for a, d in enumerate(shape))  # one example
         torch.manual_seed(seed + i)
         layer.train()
         with torch.no_grad():
-            out = layer(torch.ones(shape))
-            out = out[:, 0] if seq_first else out[0]
+            out = lay.to_channels_first(layer(torch.ones(shape)))[0]  # (C, *spatial)
         layer.eval()
+        out = out.T if len(lay.spatial) == 1 else out  # sequences as (T, C)
         # kept units come out >= 1 (ones rescaled by 1/kept fraction, whatever granularity the
         # layer rescales at); dropped ones ~0 (Disout's distortion is ~0 on a zero-variance input)
         masks[site] = (out.abs() < 0.5).numpy()
@@ -85,7 +93,7 @@ def plot_masks(
 
     model, x, label, dataset = model_and_example(train_config, image_index, seed)
     apply_plan(model, plan)
-    masks = regularizer_masks(model, x, seed=seed)
+    masks = regularizer_masks(model, x, seed=seed, layouts=plan.layouts)
     if masks and all(m.ndim == 2 for m in masks.values()):
         return _plot_sequence_masks(plan, active, masks, dataset, path, max_sites)
     img = x[0].permute(1, 2, 0).numpy()

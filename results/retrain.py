@@ -194,23 +194,31 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
         log.warning("only %d searched plans finished; retraining those", len(plans))
     plans.update(_tuned_plans(run) if cfg.tuned else {})
     space = run.config.get("space") or {}
-    if cfg.baselines and "seq_pattern" in (space.get("methods") or []):  # a Transformer run
-        from search_space import SearchSpace
+    from search_space import SearchSpace
+    from search_space.baselines import available_baselines, convnet_baselines
 
-        available = SearchSpace.from_dict(space).baseline_plans()
-        skipped = [b for b in cfg.baselines if b not in available]
+    searched_space = SearchSpace.from_dict(space) if space else None
+    names = tuple(cfg.baselines)
+    if names and searched_space is not None:
+        applies = available_baselines(searched_space)
+        skipped = [b for b in names if b not in applies]
         if skipped:
             log.warning(
-                "baselines %s do not apply to a Transformer; retraining %s",
+                "baselines %s do not apply to this model (%s); retraining %s",
                 ", ".join(skipped),
-                ", ".join(b for b in cfg.baselines if b in available),
+                "a Transformer or recurrent model" if not convnet_baselines(searched_space) else "no 2-D maps",
+                ", ".join(b for b in names if b in applies) or "none of them",
             )
-        plans.update({b: available[b] for b in cfg.baselines if b in available})
-    elif cfg.baselines:
+        names = tuple(b for b in names if b in applies)
+    if names and searched_space is not None and not convnet_baselines(searched_space):
+        available = searched_space.baseline_plans()
+        plans.update({b: available[b] for b in names})
+    elif names:
         from child_trainer.trial import model_and_example
 
         model, x, _, _ = model_and_example(run.train_config)
-        plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), cfg.baselines))
+        layouts = searched_space.layouts if searched_space is not None else None
+        plans.update(baseline_plans(model, run.sites, x, run.train_config.get("model", ""), names, layouts))
     if not plans:
         raise user_error(detail="nothing to retrain: top is 0 and no baselines were requested")
     return _distinct(plans)

@@ -15,6 +15,7 @@ from search_space.apply import (
 from search_space.describe import SiteInfo, candidate_sites, check_plans, describe, methods_for_shape, probe_sites
 from search_space.layers import (
     Disout,
+    DropBlock1d,
     DropBlock2d,
     DropBlock3d,
     Dropout,
@@ -23,7 +24,9 @@ from search_space.layers import (
     SequenceDropout,
     SpatialDropout,
 )
+from search_space.layouts import LAYOUTS, channel_axis, get_layout, spatial_axes
 from search_space.plan import PLAN_FORMAT_VERSION, Plan, PlanError, SiteSpec
+from search_space.probe import call_model
 from search_space.space import Decision, SearchSpace, block_of, stage_of
 from search_space.vocab import (
     CONV_METHODS,
@@ -37,6 +40,7 @@ from search_space.vocab import (
 
 __all__ = [
     "Disout",
+    "DropBlock1d",
     "DropBlock2d",
     "DropBlock3d",
     "Dropout",
@@ -75,4 +79,9 @@ __all__ = [
     "describe",
     "methods_for_shape",
     "probe_sites",
+    "call_model",
+    "LAYOUTS",
+    "get_layout",
+    "channel_axis",
+    "spatial_axes",
 ]

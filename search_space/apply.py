@@ -38,7 +38,17 @@ are told so. ``nn.TransformerDecoderLayer`` offers the same sites plus its cross
 layers switch their class (`RegularizedDropout`, `regularized_class`) instead of taking a
 forward hook: a hook turns off the layer's fused eval fast path, whose output differs.
 
-Shape-aware sites (any model, an example input): `search_space.describe`.
+Shape-aware sites (any model, an example input): `search_space.probe` / `describe`.
+
+Layouts: a plan's ``layouts`` (site -> `search_space.layouts` name, from the search's probe)
+tell each layer which axes hold the channels and the map (`build_layer`: DropBlock1d/2d/3d by
+the number of map axes, ``layout=`` for every layer that takes it); a method the layout cannot
+take is refused before anything changes. A site without a layout keeps the layer's default
+(channels first; tokens batch first, or T,N,C inside a ``batch_first=False`` layer).
+
+Tuple outputs: at an ``nn.LSTM``/``GRU``/``RNN`` or ``nn.MultiheadAttention`` site the
+regularizers act on the first element (the output sequence, the attention output); the state
+or the attention weights pass unchanged.
 
 Pattern ``residual=True``: the same pattern (a second, independent instance) is also
 applied to the output of the nearest enclosing residual block of the site, i.e. to the
@@ -48,26 +58,25 @@ inside a residual block.
 
 from __future__ import annotations
 
+import inspect
 import logging
-import math
 from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from search_space import layers as _layers
+from search_space.attention import _QKV, QKV_ATTR, RegularizedMultiheadAttention, _attach_qkv, unwrap_regularizer
 from search_space.errors import user_error
+from search_space.layouts import LAYOUT_FREE, allowed_methods, get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.vocab import APPLY_ONLY_PARAMS, CONV_METHODS, METHOD_LAYERS, SEQUENCE_METHODS
 
 log = logging.getLogger(__name__)
 
 REG_ATTR = "plan_regularizers"
-QKV_ATTR = "plan_qkv_regularizers"
-_QKV = ("q", "k", "v")
 _TORCH_LAYER_SITES = ("self_attn:q", "self_attn:k", "self_attn:v", "dropout1", "dropout", "dropout2")
 _TORCH_DECODER_SITES = (
     "self_attn:q",
@@ -87,6 +96,10 @@ _RESIDUAL_SUFFIX = ":residual"
 _SCHEDULERS = "_plan_schedulers"
 _SITE_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)  # 4-D outputs, which every method accepts
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+#: Modules whose output is a tuple whose first tensor is the site's output.
+_FIRST_OF_TUPLE = (nn.RNNBase, nn.MultiheadAttention)
+#: The layer of a method on a map with another number of map axes than its default's.
+_BY_AXES = {"DropBlock2d": {1: "DropBlock1d", 3: "DropBlock3d"}}
 
 
 # ---------------------------------------------------------------------- sites
@@ -182,20 +195,26 @@ def _holder(module: nn.Module) -> nn.ModuleList | None:
 
 
 def _run_regularizers(module: nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook: pass the site output through its regularizers (training mode only)."""
+    """Forward hook: pass the site output through its regularizers (training mode only). An
+    LSTM/GRU/RNN or MultiheadAttention returns a tuple: its first tensor (the output
+    sequence, the attention output) is the site's output; the state or weights pass as they are."""
     holder = _holder(module)
     if holder is None:
         return None
     if REG_ATTR in module.__dict__ and holder.training != module.training:
         holder.train(module.training)  # hidden holder: follow the site's mode
-    if not module.training or not isinstance(output, torch.Tensor):
+    if not module.training:
+        return None
+    first = isinstance(output, tuple) and output and isinstance(module, _FIRST_OF_TUPLE)
+    value = output[0] if first else output
+    if not isinstance(value, torch.Tensor):
         return None
     for reg in holder:
         conv = reg.__dict__.get(_BEHIND)
         if conv is not None:
             unwrap_regularizer(reg).weight_behind = conv.weight.detach()
-        output = reg(output)
-    return output
+        value = reg(value)
+    return (value, *output[1:]) if first else value
 
 
 def _attach(module: nn.Module, reg: nn.Module, switch_class: bool = False) -> None:
@@ -262,135 +281,6 @@ def _holders(model: nn.Module) -> Iterator[nn.Module]:
             yield qkv.values()  # type: ignore[misc]
 
 
-# ---------------------------------------------------------------------- attention q/k/v
-class RegularizedMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` whose q/k/v projections pass through regularizers.
-
-    Never constructed: `apply_plan` switches an existing module's class to this one (the
-    parameters, and so the state_dict, stay as they are) and `remove_plan` switches it back.
-    In eval, or while no q/k/v regularizer is active, it is exactly the stock module (fused
-    fast path included); otherwise it computes attention unfused with the same semantics
-    (masks, dropout on the weights, need_weights) and the projections regularized.
-    """
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_padding_mask: torch.Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: torch.Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        regs = self._modules.get(QKV_ATTR)
-        if not self.training or regs is None or not any(_active(r) for r in regs.values()):
-            return super().forward(
-                query,
-                key,
-                value,
-                key_padding_mask=key_padding_mask,
-                need_weights=need_weights,
-                attn_mask=attn_mask,
-                average_attn_weights=average_attn_weights,
-                is_causal=is_causal,
-            )
-        unbatched = query.dim() == 2
-        if unbatched:
-            bdim = 0 if self.batch_first else 1
-            query, key, value = (t.unsqueeze(bdim) for t in (query, key, value))
-            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        out, weights = _regularized_attention(
-            self, regs, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
-        )
-        if not self.batch_first:
-            out = out.transpose(0, 1)
-        if unbatched:
-            out = out.squeeze(0 if self.batch_first else 1)
-            weights = None if weights is None else weights.squeeze(0)
-        return out, weights
-
-
-def _active(reg: nn.Module) -> bool:
-    layer = unwrap_regularizer(reg)
-    return float(getattr(layer, type(layer).prob_attr, 1.0)) > 0.0
-
-
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Bool masks (True = not allowed) as -inf additive masks; float masks unchanged."""
-    if mask is None or mask.dtype != torch.bool:
-        return None if mask is None else mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
-
-
-def _regularized_attention(
-    m: nn.MultiheadAttention,
-    regs: nn.ModuleDict,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    need_weights: bool,
-    attn_mask: torch.Tensor | None,
-    average_attn_weights: bool,
-    is_causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Batch-first attention with regularized projections; inputs (B, T, E), (B, S, kdim/vdim)."""
-    b, t, e = query.shape
-    s, h = key.shape[1], m.num_heads
-    d = e // h
-    if m._qkv_same_embed_dim:
-        weights = m.in_proj_weight.chunk(3)
-    else:
-        weights = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
-    biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
-    proj = {}
-    for name, x, w, bias in zip(_QKV, (query, key, value), weights, biases):
-        y = F.linear(x, w, bias)
-        proj[name] = regs[name](y) if name in regs else y
-    q, k, v = (proj[n].view(b, -1, h, d).transpose(1, 2) for n in _QKV)
-    dtype = q.dtype
-    mask = _additive_mask(attn_mask, dtype)
-    if mask is not None and mask.dim() == 3:
-        mask = mask.view(b, h, t, s)
-    if mask is None and is_causal:
-        mask = _additive_mask(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1), dtype)
-    pad = _additive_mask(key_padding_mask, dtype)
-    if pad is not None:
-        pad = pad.view(b, 1, 1, s)
-        mask = pad if mask is None else mask + pad
-    dropout = m.dropout if m.training else 0.0
-    if need_weights:
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
-        if mask is not None:
-            scores = scores + mask
-        attn = scores.softmax(-1)
-        out = F.dropout(attn, dropout, training=dropout > 0) @ v
-        attn_weights: torch.Tensor | None = attn.mean(1) if average_attn_weights else attn
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        attn_weights = None
-    out = F.linear(out.transpose(1, 2).reshape(b, t, e), m.out_proj.weight, m.out_proj.bias)
-    return out, attn_weights
-
-
-def _attach_qkv(mha: nn.MultiheadAttention, part: str, reg: nn.Module) -> None:
-    holder = mha._modules.get(QKV_ATTR)
-    if holder is None:
-        holder = nn.ModuleDict()
-        mha.add_module(QKV_ATTR, holder)
-        mha.__class__ = RegularizedMultiheadAttention
-    holder[part] = reg
-
-
-def unwrap_regularizer(reg: nn.Module) -> nn.Module:
-    """The regularizer layer itself, unwrapped from its LinearScheduler when ramped."""
-    return reg.layer if isinstance(reg, _layers.LinearScheduler) else reg
-
-
 # ---------------------------------------------------------------------- public API
 def regularizers(model: nn.Module) -> dict[str, nn.Module]:
     """Site -> inserted module (a LinearScheduler when ramped). The extra pattern applied
@@ -432,20 +322,28 @@ def remove_plan(model: nn.Module) -> nn.Module:
     return model
 
 
-def _build(site: str, spec: SiteSpec) -> nn.Module:
+def _build(site: str, spec: SiteSpec, layout: str | None = None) -> nn.Module:
     try:
-        return build_layer(spec)
+        return build_layer(spec, layout)
     except ValueError as e:
         raise user_error(f"sites[{site!r}]", detail=str(e), cls=PlanError) from None
 
 
-def build_layer(spec: SiteSpec) -> nn.Module:
-    """The layer for one SiteSpec (parameters named as the layer's arguments)."""
+def build_layer(spec: SiteSpec, layout: str | None = None) -> nn.Module:
+    """The layer for one SiteSpec (parameters named as the layer's arguments), told the site's
+    ``layout`` (`search_space.layouts`) when it acts on axes: DropBlock1d/2d/3d by the number
+    of map axes, and every layer with a ``layout`` argument gets it."""
     layer_name = METHOD_LAYERS[spec.method]
     if layer_name is None:
         raise user_error(detail=f"method {spec.method!r} has no layer", cls=PlanError)
     kwargs = {k: v for k, v in spec.params.items() if k not in APPLY_ONLY_PARAMS}
-    return getattr(_layers, layer_name)(**kwargs)
+    lay = None if layout is None else get_layout(layout, "layout", PlanError)
+    if lay is not None and lay.kind == "map":
+        layer_name = _BY_AXES.get(layer_name, {}).get(len(lay.spatial), layer_name)
+    cls = getattr(_layers, layer_name)
+    if lay is not None and lay.channel is not None and "layout" in inspect.signature(cls).parameters:
+        kwargs["layout"] = lay.name
+    return cls(**kwargs)
 
 
 def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> nn.Module:
@@ -486,9 +384,19 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     for site, spec in plan.sites.items():
         if spec.method == "none":
             continue
-        _check_method_fits(site, spec.method, site in sequence_sites or _is_virtual(site), modules)
-        layer = _build(site, spec)
-        if hasattr(layer, "batch_first") and not _is_virtual(site):
+        layout = plan.layouts.get(site)
+        sequence = site in sequence_sites or _is_virtual(site)
+        _check_method_fits(site, spec.method, sequence, modules, layout)
+        if layout is None and not sequence and spec.method not in LAYOUT_FREE and not _channels_first(modules[site]):
+            log.warning(
+                "site %s (%s): the plan states no layout; %s assumes channels first (N,C,...). Plans from a search "
+                "state it; for a hand-written plan see search_space.describe(model, example_input)",
+                site,
+                type(modules[site]).__name__,
+                spec.method,
+            )
+        layer = _build(site, spec, layout)
+        if layout is None and hasattr(layer, "batch_first") and not _is_virtual(site):
             layer.batch_first = _batch_first(modules, site)
         if spec.method == "disout":
             conv = _next_conv(named, site)
@@ -502,7 +410,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
             if block is None:
                 log.info("site %s: residual=True but no enclosing residual block", site)
             else:
-                residual.append((block, _ramped(_build(site, spec), steps(site), site + _RESIDUAL_SUFFIX)))
+                residual.append((block, _ramped(_build(site, spec, layout), steps(site), site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones
         if _is_virtual(path):
@@ -513,7 +421,7 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
-    log.info("applied plan to %d sites: %s", len(plan.sites), plan.summary())
+    log.debug("applied plan to %d sites: %s", len(plan.sites), plan.summary())
     return model
 
 
@@ -535,16 +443,28 @@ def insert_layers(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
     return model
 
 
-def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str, nn.Module]) -> None:
-    """Fail early (not in the first forward) when a method cannot run on the site's shape."""
-    if sequence and method not in SEQUENCE_METHODS:
+def _check_method_fits(
+    site: str, method: str, sequence: bool, modules: dict[str, nn.Module], layout: str | None = None
+) -> None:
+    """Fail early (not in the first forward) when a method cannot run on the site's layout
+    (the plan's, or without one the site's kind: Transformer tokens, a BatchNorm2d map)."""
+    if layout is not None:
+        allowed = allowed_methods(layout)
+        if method not in allowed:
+            raise user_error(
+                f"sites[{site!r}].method",
+                detail=f"bad value {method!r} at a site of layout {get_layout(layout).axes}",
+                allowed=f"{list(allowed)}",
+                cls=PlanError,
+            )
+    elif sequence and method not in SEQUENCE_METHODS:
         raise user_error(
             f"sites[{site!r}].method",
             detail=f"bad value {method!r} at a Transformer (N, T, C) site",
             allowed=f"{list(SEQUENCE_METHODS)}",
             cls=PlanError,
         )
-    if not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
+    if layout is None and not sequence and method == "seq_pattern" and isinstance(modules.get(site), _SITE_NORMS):
         raise user_error(
             f"sites[{site!r}].method",
             detail=f"bad value {method!r} at an (N, C, H, W) site",
@@ -560,6 +480,12 @@ def _check_method_fits(site: str, method: str, sequence: bool, modules: dict[str
                 allowed="the attention output and feed-forward sites",
                 cls=PlanError,
             )
+
+
+def _channels_first(module: nn.Module) -> bool:
+    """Whether a module's output is channels first whatever the model (ConvNd, BatchNorm,
+    a residual block of a CNN): no layout to state for it."""
+    return isinstance(module, (_ConvNd, _BatchNorm)) or is_residual_block(module)
 
 
 def _batch_first(modules: dict[str, nn.Module], site: str) -> bool:

@@ -16,7 +16,11 @@ sites with the same spatial size) and block sizes are clamped or scaled to the m
   linearly from 0 over the whole training, after both convolutions (their batch-norm outputs)
   of every block of the last stage, not on shortcuts.
 
-A model whose last stage(s) hold no batch-norm site uses every 4-D site of those stages.
+A model whose last stage(s) hold no batch-norm site uses every map site of those stages.
+Maps are sites whose layout (`search_space.layouts`, from the probe's evidence) is a map:
+N,C,H,W and N,H,W,C, and N,C,L or N,C,D,H,W volumes (DropBlock1d/3d; Disout takes 2-D maps
+only). A model with token sites (a Transformer, a recurrent model) gets the practitioners'
+recipe instead (`convnet_baselines`): none and dropout.
 """
 
 from __future__ import annotations
@@ -25,10 +29,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads only when plans are built, so the CLI parser stays light
-    import torch
     from torch import nn
 
-__all__ = ["BASELINES", "baseline_plans", "stage_sites", "site_shapes", "TUNED_GRIDS", "tuned_methods", "tuned_grid"]
+__all__ = [
+    "BASELINES",
+    "baseline_plans",
+    "convnet_baselines",
+    "available_baselines",
+    "stage_sites",
+    "site_shapes",
+    "TUNED_GRIDS",
+    "tuned_methods",
+    "tuned_grid",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +51,50 @@ DISOUT = {"dist_prob": 0.09, "block_size": 6, "alpha": 5.0, "paper_map": 8}
 _SHORTCUT_NAMES = ("shortcut", "downsample", "skip")
 
 
-def stage_sites(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
-    """Group 4-D sites into stages: consecutive distinct spatial sizes, in model order."""
+def stage_sites(shapes: dict[str, tuple[int, ...]], layouts: dict[str, str] | None = None) -> list[list[str]]:
+    """Group map sites into stages: consecutive distinct map sizes, in model order. A site's
+    map axes come from its layout in ``layouts`` (default: a 4-D output is N,C,H,W); sites
+    that are not maps are left out."""
+    from search_space.layouts import get_layout
+
     stages: list[list[str]] = []
     sizes: list[tuple[int, ...]] = []
     for site, shape in shapes.items():
-        if len(shape) != 4:
+        name = (layouts or {}).get(site) or ("NCHW" if len(shape) == 4 else None)
+        lay = get_layout(name) if name else None
+        if lay is None or lay.kind != "map" or lay.rank != len(shape):
             continue
-        hw = tuple(shape[2:])
+        hw = tuple(shape[a] for a in lay.spatial)
         if hw not in sizes:
             sizes.append(hw)
             stages.append([])
         stages[sizes.index(hw)].append(site)
     return stages
+
+
+def convnet_baselines(space: Any) -> bool:
+    """Whether the papers' ConvNet baselines (DropBlock, Disout) apply to a ``SearchSpace``:
+    where it knows its sites' layouts, when it has maps and no token sites (whatever methods
+    it searches: the baselines are references); otherwise when it offers dropblock and not
+    seq_pattern (a space without shapes: its methods say what the model is)."""
+    from search_space.layouts import get_layout
+
+    if not space.layouts:
+        return "dropblock" in space.methods and "seq_pattern" not in space.methods
+    kinds = {get_layout(name).kind for name in space.layouts.values()}
+    return "map" in kinds and "tokens" not in kinds
+
+
+def available_baselines(space: Any) -> tuple[str, ...]:
+    """The hand-set baselines that apply to ``space``: for a ConvNet (`convnet_baselines`) all
+    of `BASELINES` (Disout only where some site is a 2-D map), else ``none`` and ``dropout``."""
+    from search_space.layouts import get_layout
+
+    if not convnet_baselines(space):
+        return ("none", "dropout")
+    flat = not space.layouts or any(len(get_layout(n).spatial) == 2 for n in space.layouts.values()
+                                    if get_layout(n).kind == "map")  # fmt: skip
+    return tuple(b for b in BASELINES if b != "disout" or flat)
 
 
 def _is_bn(model: nn.Module, site: str) -> bool:
@@ -69,32 +113,52 @@ def _bn_or_all(model: nn.Module, sites: list[str], shortcuts: bool) -> list[str]
 
 
 def baseline_plans(
-    model: nn.Module, sites: list[str], x: torch.Tensor, model_name: str = "", names: tuple[str, ...] = BASELINES
+    model: nn.Module,
+    sites: list[str],
+    x: Any,
+    model_name: str = "",
+    names: tuple[str, ...] = BASELINES,
+    layouts: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The baseline plans for ``model`` (unregularized) given one input batch ``x``.
+    """The baseline plans for ``model`` (unregularized) given one input batch ``x`` (a tensor,
+    a tuple of positional arguments or a dict of keyword arguments, as for ``describe``).
+    ``layouts``: site (or pattern) -> layout, stated (e.g. a search space's ``layouts``);
+    others come from the probe's evidence.
 
-    Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none").
+    Returns name -> ``search_space.Plan`` covering every site in ``sites`` (unused ones "none"),
+    the sites' layouts included.
     """
     from search_space.errors import user_error
     from search_space.plan import Plan, SiteSpec
+    from search_space.probe import probe_sites
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise user_error("baselines", detail=f"unknown baseline(s) {', '.join(unknown)}", allowed=", ".join(BASELINES))
-    shapes = site_shapes(model, sites, x)
-    stages = stage_sites(shapes)
+    infos = {i.path: i for i in probe_sites(model, x, sites, layouts) if i.methods}
+    shapes = {s: infos[s].shape for s in sites if s in infos}
+    site_layouts = {s: infos[s].layout for s in shapes}
+    stages = stage_sites(shapes, site_layouts)
     if not stages:
-        raise user_error(detail=f"model {model_name!r}: no site with a 4-D (N, C, H, W) output; sites: {sites}")
+        raise user_error(
+            detail=f"model {model_name!r}: no site with a feature map output (N,C,H,W, N,H,W,C, N,C,L or "
+            f"N,C,D,H,W); sites: {sites}"
+        )
     late = [s for stage in stages[-2:] for s in stage]
     block_sites = _bn_or_all(model, late, shortcuts=True)
-    disout_sites = _bn_or_all(model, stages[-1], shortcuts=False)
+    flat = [s for s in stages[-1] if len(_sides(shapes[s], site_layouts[s])) == 2]  # Disout: 2-D maps
+    disout_sites = _bn_or_all(model, flat, shortcuts=False) if flat else []
+    if "disout" in names and not disout_sites:
+        raise user_error("baselines", "disout", "baselines other than disout", detail="bad value 'disout' (Disout "
+                         f"needs 2-D maps; the last stage of {model_name or 'this model'} has none)")  # fmt: skip
 
     def plan(chosen: dict[str, SiteSpec], ramp: float, note: str) -> Any:
         specs = {s: chosen.get(s, SiteSpec("none", {})) for s in sites}
-        return Plan(sites=specs, model=model_name, ramp_fraction=ramp, metadata={"baseline": note})
+        used = {s: site_layouts[s] for s in sites if s in site_layouts}
+        return Plan(sites=specs, model=model_name, ramp_fraction=ramp, metadata={"baseline": note}, layouts=used)
 
     def side(site: str) -> int:
-        return int(min(shapes[site][2:]))
+        return int(min(_sides(shapes[site], site_layouts[site])))
 
     out = {
         "none": plan({}, 0.0, "none: no regularization"),
@@ -139,39 +203,21 @@ def baseline_plans(
     return {name: out[name] for name in names}
 
 
-def site_shapes(model: nn.Module, sites: list[str], x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of each site module for input ``x`` (eval mode, one forward pass).
+def _sides(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    from search_space.layouts import get_layout
 
-    A virtual q/k/v site of a MultiheadAttention (``<module>:q``) has its query's shape,
-    batch first."""
-    import torch
+    return tuple(shape[a] for a in get_layout(layout).spatial)
 
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for site in sites:
-        if ":" in site:
-            module = model.get_submodule(site.rsplit(":", 1)[0])
 
-            def hook(m: nn.Module, args: tuple, kwargs: dict, _out: Any, site: str = site) -> None:
-                q = args[0] if args else kwargs["query"]
-                shapes[site] = tuple(q.shape) if m.batch_first else (q.shape[1], q.shape[0], *q.shape[2:])
+def site_shapes(model: nn.Module, sites: list[str], x: Any) -> dict[str, tuple[int, ...]]:
+    """Output shape of each site module for input ``x`` (eval mode, one forward pass through
+    `search_space.probe.call_model`: a tensor, a tuple of positional arguments or a dict of
+    keyword arguments); the output tensor of an LSTM/GRU or MultiheadAttention, not its
+    tuple. A virtual q/k/v site of a MultiheadAttention (``<module>:q``) has its query's
+    shape, batch first. Sites whose output is no tensor are left out."""
+    from search_space.probe import probe_sites
 
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
-            continue
-        module = model.get_submodule(site)
-        handles.append(
-            module.register_forward_hook(lambda _m, _i, out, site=site: shapes.__setitem__(site, tuple(out.shape)))
-        )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return shapes
+    return {i.path: i.shape for i in probe_sites(model, x, sites) if i.shape}
 
 
 # ------------------------------------------------------------------ tuned global recipes
@@ -198,12 +244,17 @@ TUNED_GRIDS: dict[str, tuple[dict[str, Any], ...]] = {
 }
 
 
-def tuned_methods(space_methods: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The methods a practitioner would tune globally for this space: dropout and the sequence
-    pattern for a Transformer space, dropout and DropBlock for a ConvNet space (those the
-    space offers)."""
-    wanted = ("dropout", "seq_pattern") if "seq_pattern" in space_methods else ("dropout", "dropblock")
-    return tuple(m for m in wanted if m in space_methods)
+def tuned_methods(space: Any) -> tuple[str, ...]:
+    """The methods a practitioner would tune globally for ``space`` (a ``SearchSpace``, or its
+    methods): dropout and DropBlock for a ConvNet space (`convnet_baselines`), dropout and the
+    sequence pattern otherwise (those the space offers)."""
+    if hasattr(space, "methods"):
+        methods, convnet = tuple(space.methods), convnet_baselines(space)
+    else:
+        methods = tuple(space)
+        convnet = "seq_pattern" not in methods
+    wanted = ("dropout", "dropblock") if convnet else ("dropout", "seq_pattern")
+    return tuple(m for m in wanted if m in methods)
 
 
 def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
@@ -231,6 +282,7 @@ def tuned_grid(space: Any, method: str, n: int, exclude: Any = ()) -> list[Any]:
             {s: SiteSpec(method, dict(params)) if s in fits else SiteSpec("none") for s in space.sites},
             model=space.model,
             ramp_fraction=space.ramp_fraction,
+            layouts=dict(getattr(space, "layouts", {})),
         )
         if plan_key(plan) in skip:
             continue

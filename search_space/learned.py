@@ -73,17 +73,16 @@ log = logging.getLogger(__name__)
 #: The label of the plan learned rates make (``plan.metadata["source"]``).
 LEARNED = "learned-rates"
 _BEHIND = "_learned_behind"  # the following conv, kept outside _modules (not a submodule)
-_SPATIAL = frozenset("DHWL")  # axis letters of a map's spatial axes in `describe`'s layouts
 
 
 def channel_dim_of_layout(layout: str) -> int | None:
-    """The channel axis of a site with `describe`'s ``layout`` ("N,C,H,W" -> 1, "N,H,W,C" -> 3,
-    "N,C,L" -> 1) when it is a map (has spatial axes): a per-channel mask there. None
-    (elementwise) for flat and token features ("N,C", "N,T,C", "T,N,C") and unknown layouts."""
-    axes = [a.strip() for a in str(layout).split(",")]
-    if "C" in axes and any(a in _SPATIAL for a in axes):
-        return axes.index("C")
-    return None
+    """The channel axis of a site whose layout (`search_space.layouts`: "NCHW", "NHWC", "NCL",
+    also spelt "N,C,H,W") is a map: a per-channel mask there. None (elementwise) for flat and
+    token features ("NC", "NTC", "TNC") and unknown layouts."""
+    from search_space.layouts import get_layout
+
+    info = get_layout(layout)
+    return info.channel if info.kind == "map" else None
 
 
 def learned_sites(

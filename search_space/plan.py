@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from search_space.errors import UserError, short_repr, user_error
 from search_space.files import atomic_write_text
+from search_space.layouts import LAYOUTS, get_layout
 from search_space.vocab import (
     COMPATIBLE_SPACE_VERSIONS,
     METHODS,
@@ -28,7 +29,7 @@ from search_space.vocab import (
 
 PLAN_FORMAT_VERSION = 1
 
-_TOP_KEYS = ("format_version", "metadata", "model", "ramp_fraction", "sites", "space_version")
+_TOP_KEYS = ("format_version", "layouts", "metadata", "model", "ramp_fraction", "sites", "space_version")
 
 
 class PlanError(UserError, ValueError):
@@ -49,6 +50,10 @@ class Plan:
 
     ramp_fraction: fraction of the total training steps over which every probability ramps
     linearly from 0 to its target (0 = constant from the first step).
+    layouts: site -> layout name (`search_space.layouts`: "NCHW", "NHWC", "NCL", "NTC", ...)
+    where the plan knows it (a search's plans do): `apply_plan` tells each regularizer which
+    axes hold the channels and the map. A site without one keeps the layer's default
+    (channels first; batch-first tokens, or T,N,C inside a ``batch_first=False`` layer).
     Constructing a Plan validates it and canonicalises parameter types.
     """
 
@@ -57,6 +62,7 @@ class Plan:
     space_version: str = SPACE_VERSION
     ramp_fraction: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    layouts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -97,6 +103,7 @@ class Plan:
             space_version=d.get("space_version", SPACE_VERSION),
             ramp_fraction=d.get("ramp_fraction", 0.0),
             metadata=d.get("metadata", {}),
+            layouts=d.get("layouts", {}),
         )
 
     @classmethod
@@ -130,7 +137,7 @@ class Plan:
 
     # ----------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format_version": PLAN_FORMAT_VERSION,
             "space_version": self.space_version,
             "model": self.model,
@@ -138,6 +145,9 @@ class Plan:
             "metadata": dict(self.metadata),
             "sites": {s: {"method": sp.method, "params": dict(sp.params)} for s, sp in self.sites.items()},
         }
+        if self.layouts:  # plans without layouts read and write as before
+            d["layouts"] = dict(self.layouts)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
@@ -198,6 +208,20 @@ def _validate(plan: Plan) -> None:
         # a new SiteSpec: the caller's (maybe shared by several plans) stays as it was
         sites[site] = SiteSpec(spec.method, _validate_params(site, spec, plan.ramp_fraction))
     plan.sites = sites
+    plan.layouts = _validate_layouts(plan.layouts, sites)
+
+
+def _validate_layouts(layouts: Any, sites: dict[str, SiteSpec]) -> dict[str, str]:
+    if not isinstance(layouts, dict):
+        raise _bad("plan.layouts", layouts, "an object mapping site paths to layout names")
+    out = {}
+    for site, name in layouts.items():
+        if site not in sites:
+            raise _bad("plan.layouts", site, "sites of the plan", detail=f"bad site {short_repr(site, 60)} (no spec)")
+        if not isinstance(name, str):
+            raise _bad(f"plan.layouts[{site!r}]", name, ", ".join(LAYOUTS))
+        out[site] = get_layout(name, f"plan.layouts[{site!r}]", PlanError).name
+    return out
 
 
 def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[str, ParamValue]:

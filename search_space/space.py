@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from search_space.apply import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
 from search_space.errors import user_error
+from search_space.layouts import get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
+from search_space.probe import check_layouts, probe_sites
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
 __all__ = ["SPACE_VERSION", "VOCAB", "METHODS", "Decision", "SearchSpace", "stage_of", "block_of"]
@@ -70,6 +72,7 @@ class SearchSpace:
         share: str | None = None,
         ramp_fraction: float = 0.0,
         group_methods: Mapping[str, Sequence[str]] | None = None,
+        layouts: Mapping[str, str] | None = None,
     ) -> None:
         methods = tuple(CONV_METHODS if methods is None else methods)
         for m in methods:
@@ -121,6 +124,20 @@ class SearchSpace:
             self.decisions += [Decision(key, p, self._choices[p]) for p in params]
         self._offsets.append(len(self.decisions))
         self._group_of = {s: k for k, members in self.groups for s in members}
+        # Site -> layout name (`search_space.layouts`), carried into every plan (`with_layouts`).
+        self.layouts: dict[str, str] = {}
+        for site, name in (layouts or {}).items():
+            if site not in self._group_of:
+                raise user_error("layouts", site, "sites of the space", cls=PlanError)
+            self.layouts[site] = get_layout(name, f"layouts[{site!r}]", PlanError).name
+
+    def with_layouts(self, plan: Plan) -> Plan:
+        """``plan`` with the space's layouts for its sites where it states none (the layouts
+        a shape-aware space found, so `apply_plan` puts each regularizer on the right axes)."""
+        missing = {s: lay for s, lay in self.layouts.items() if s in plan.sites and s not in plan.layouts}
+        if missing:
+            plan.layouts = {**plan.layouts, **missing}
+        return plan
 
     def methods_of(self, site: str) -> tuple[str, ...]:
         """The methods searched at ``site`` (those of its group)."""
@@ -137,6 +154,7 @@ class SearchSpace:
         model_name: str = "",
         ramp_fraction: float = 0.0,
         example_input: Any = None,
+        layouts: Mapping[str, str] | None = None,
     ) -> "SearchSpace":
         """Space over `sites` (default `find_sites(model)`; for a model with Transformer
         layers, its Transformer sites only).
@@ -147,15 +165,22 @@ class SearchSpace:
         every site is a Transformer site. model_name and ramp_fraction are copied into
         decoded plans.
 
-        With ``example_input`` (one input batch) the space comes from shapes
-        (`search_space.describe`): default sites are `candidate_sites` whose output is a
-        feature tensor (so an MLP has sites), any module path may be named, each group is
-        offered only the methods that fit its sites' shapes (default methods: every method
-        fitting some site), and "stage" groups sites by resolution. FieldError when no site
-        is left or a named method fits no site.
+        With ``example_input`` (one input batch: a tensor, a tuple of positional arguments or a
+        dict of keyword arguments) the space comes from one forward pass (`search_space.probe`):
+        default sites are the ones a user expects (`probe.default_sites`: maps, hidden layers,
+        embeddings, recurrent outputs; never the logits), any module path may be named, each
+        site's layout comes from evidence and travels in the space's plans (`layouts`), each
+        group is offered only the methods that fit its sites' layouts and shapes (default
+        methods: every method fitting some site), and "stage" groups sites by resolution (one
+        group per Transformer block). FieldError when no site is left or a named method fits
+        no site.
+
+        ``layouts`` (site path or glob pattern -> layout name, e.g. ``{"stages.*": "NHWC"}``)
+        states layouts the evidence does not show; with an example input they are checked
+        against the output shapes.
         """
         if example_input is not None:
-            return _shaped_space(model, sites, share, methods, model_name, ramp_fraction, example_input)
+            return _shaped_space(model, sites, share, methods, model_name, ramp_fraction, example_input, layouts)
         if sites is None:
             sites = transformer_sites(model) or find_sites(model)
         sites = list(sites)
@@ -183,13 +208,17 @@ class SearchSpace:
         for s in sites:
             groups.setdefault(key_fn(s), []).append(s)
         share_name = share if share in (None, "stage") else "custom"
-        return cls(list(groups.items()), methods, model_name, share_name, ramp_fraction)
+        stated = check_layouts(layouts, sites)
+        return cls(list(groups.items()), methods, model_name, share_name, ramp_fraction, layouts=stated)
 
     def uniform_plan(self, method: str, **params: ParamValue) -> Plan:
         """The same SiteSpec at every site of the space (e.g. the baselines ``none`` and
         ``dropout`` 0.1 everywhere: ``space.uniform_plan("dropout", drop_prob=0.1)``)."""
         return Plan(
-            {s: SiteSpec(method, dict(params)) for s in self.sites}, model=self.model, ramp_fraction=self.ramp_fraction
+            {s: SiteSpec(method, dict(params)) for s in self.sites},
+            model=self.model,
+            ramp_fraction=self.ramp_fraction,
+            layouts=dict(self.layouts),
         )
 
     def baseline_plans(self) -> dict[str, Plan]:
@@ -209,6 +238,8 @@ class SearchSpace:
         narrowed = {k: list(v) for k, v in self.group_methods.items() if v != self.methods}
         if narrowed:  # only shape-aware spaces have it, so older spaces read and write the same
             d["group_methods"] = narrowed
+        if self.layouts:  # likewise
+            d["layouts"] = dict(self.layouts)
         return d
 
     @classmethod
@@ -227,6 +258,7 @@ class SearchSpace:
             d.get("share"),
             d.get("ramp_fraction", 0.0),
             d.get("group_methods"),
+            d.get("layouts"),
         )
 
     # ------------------------------------------------------------------ tokens
@@ -261,7 +293,7 @@ class SearchSpace:
             params = {p: self._choices[p][tok[1 + names.index(p)]] for p in VOCAB[method]}
             for s in members:
                 sites[s] = SiteSpec(method, dict(params))
-        return Plan(sites, model=self.model, ramp_fraction=self.ramp_fraction)
+        return Plan(sites, model=self.model, ramp_fraction=self.ramp_fraction, layouts=dict(self.layouts))
 
     def encode(self, plan: Plan) -> list[int]:
         """Tokens of `plan` (inactive decisions -> 0). PlanError if the plan's sites differ
@@ -344,19 +376,18 @@ def _shaped_space(
     model_name: str,
     ramp_fraction: float,
     example_input: Any,
+    layouts: Mapping[str, str] | None = None,
 ) -> SearchSpace:
     """`SearchSpace.for_model` with an example input (see its docstring)."""
-    from search_space.describe import probe_sites
-
-    infos = probe_sites(model, example_input, sites)
+    infos = probe_sites(model, example_input, sites, layouts)
     named = [i for i in infos if sites is not None and i.path in sites]
     bad = next((i for i in named if not i.methods), None)
     if bad is not None:
         raise user_error(
             "sites",
             bad.path,
-            "modules whose output is a (N, C), (N, T, C) or (N, C, H, W) tensor",
-            detail=f"bad value {bad.path!r} (output {bad.shape or 'not a tensor'} on the example input)",
+            "modules whose output is a feature tensor: (N, C) features, maps, tokens",
+            detail=f"bad value {bad.path!r} (output {bad.shape or 'not a tensor'} on the example input: {bad.note})",
         )
     infos = [i for i in infos if i.methods]
     if not infos:
@@ -364,8 +395,8 @@ def _shaped_space(
             "sites",
             [],
             "module paths whose output is a feature tensor (see search_space.describe(model, example_input))",
-            detail=f"none found in {type(model).__name__}: no candidate module returns a (N, C), (N, T, C) or "
-            "(N, C, H, W) tensor on the example input",
+            detail=f"none found in {type(model).__name__}: no module returns a feature tensor (features, maps or "
+            "tokens) on the example input but the logits",
         )
     offered = [m for m in METHODS if any(m in i.methods for i in infos)]
     if methods is None:
@@ -373,7 +404,7 @@ def _shaped_space(
     methods = tuple(methods)
     for m in methods:
         if m in VOCAB and m not in offered:
-            shapes = sorted({i.layout for i in infos})
+            shapes = sorted({i.axes for i in infos})
             raise user_error(
                 "methods",
                 m,
@@ -407,7 +438,10 @@ def _shaped_space(
             f"(output {next(i.shape for i in infos if i.path == site)})",
         )
     share_name = share if share in (None, "stage") else "custom"
-    return SearchSpace(list(groups.items()), methods, model_name, share_name, ramp_fraction, group_methods)
+    site_layouts = {i.path: i.layout for i in infos}
+    return SearchSpace(
+        list(groups.items()), methods, model_name, share_name, ramp_fraction, group_methods, site_layouts
+    )
 
 
 def _index(choices: tuple, value: ParamValue, field: str) -> int:

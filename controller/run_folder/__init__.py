@@ -298,6 +298,13 @@ def finite_or_none(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def mean_se_text(mean: Any, se: Any) -> str:
+    """``0.8125 +- 0.0100``; the mean alone where there is no standard error (one seed): never
+    ``+- nan``."""
+    m, s = as_float(mean), as_float(se)
+    return f"{m:.4f} +- {s:.4f}" if math.isfinite(s) else f"{m:.4f}"
+
+
 # ------------------------------------------------------------------------- writing
 def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     """CSV text with a header; None and non-finite floats become empty cells, bools 0/1."""

@@ -134,7 +134,7 @@ def summary_text(result: SearchResult) -> str:
                 else ("  best baseline" if r["label"] == r.get("best_baseline") else f"  {word}")
             )
             lines.append(
-                f"  {r['label']:<16} {o.metric} {r['mean']:.4f} +- {r['se']:.4f}{versus.rstrip()}"
+                f"  {r['label']:<16} {o.metric} {rf.mean_se_text(r['mean'], r['se'])}{versus.rstrip()}"
                 + ("   <- best_plan.json" if r is chosen else "")
             )
         lines.append(verdict(rows, o))

@@ -123,7 +123,7 @@ def grow_blocks(seeds: torch.Tensor, size: tuple[int, ...], kernel: tuple[int, .
         left = k - 1 - off
         pads.append((left, s + k - 1 - left - g))
     padded = F.pad(seeds.reshape(n * m, 1, *seeds.shape[2:]), [v for pad in reversed(pads) for v in pad])
-    pool = F.max_pool2d if len(size) == 2 else F.max_pool3d
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(size)]
     return pool(padded, kernel, stride=1).view(n, m, *size)
 
 

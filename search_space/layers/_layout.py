@@ -78,7 +78,11 @@ def channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
 
 
 def pixels_are_rows(x: torch.Tensor) -> bool:
-    """Whether ``x`` is stored (N, *spatial, C): then the units of one pixel are one storage row
+    """Whether ``x`` (N, C, *spatial) is stored (N, *spatial, C): channels_last (4-D),
+    channels_last_3d (5-D), or the same order for a 1-D map (N, C, L) stored (N, L, C), e.g. a
+    channels-first view of (N, T, C) tokens. Then the units of one pixel are one storage row
     of C, and row ``r`` is unit ``r`` of a contiguous (N, 1, *spatial) map. Other gap-free
     orders with the channels innermost (e.g. N, W, H, C) number their pixels differently."""
-    return channels_last_format(x) is not None
+    if channels_last_format(x) is not None:
+        return True
+    return x.dim() == 3 and x.permute(0, 2, 1).is_contiguous()

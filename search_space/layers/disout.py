@@ -10,6 +10,7 @@ from torch import nn
 
 from search_space.errors import user_error
 
+from ._axes import LayoutAxes
 from ._blocks import (
     BlockSample,
     grow_blocks,
@@ -21,7 +22,7 @@ from ._blocks import (
 from ._dispatch import Route, block_route, check_algorithm, zero_cells_again
 from ._drop_ops import mask_and_scale, scale_and_zero
 from ._layout import dense_layout, laid_out, storage_view
-from ._validate import check_int, check_prob, check_rank
+from ._validate import check_int, check_prob
 
 Scale = torch.Tensor | float  # per input channel, (1, C, 1, 1), or one number
 
@@ -111,7 +112,7 @@ def _detached_std(x: torch.Tensor) -> torch.Tensor | float:
     return math.sqrt(max(var, 0.0))
 
 
-class Disout(nn.Module):
+class Disout(LayoutAxes, nn.Module):
     """Block-structured feature-map distortion, same interface as the official layer.
 
     Selection follows the official code's geometry: seeds per example and channel, only where
@@ -124,14 +125,23 @@ class Disout(nn.Module):
     1x1 kernels), or 0.01 without it. Output is divided by the realized kept fraction.
     ``weight_behind`` is stored detached (it shares storage, so optimizer updates are seen,
     but it never becomes a parameter of this module nor receives gradients from it).
+    ``layout``: "NCHW" (default) or "NHWC" (a channels-last map: blocks in H, W, seen
+    through a permuted view, never copied).
     """
 
     prob_attr: ClassVar[str] = "dist_prob"
 
     def __init__(
-        self, dist_prob: float = 0.09, block_size: int = 6, alpha: float = 1.0, *, algorithm: str = "auto"
+        self,
+        dist_prob: float = 0.09,
+        block_size: int = 6,
+        alpha: float = 1.0,
+        *,
+        algorithm: str = "auto",
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = layout
         self.dist_prob = check_prob("dist_prob", dist_prob)
         self.block_size = check_int("block_size", block_size)
         self.alpha = float(alpha)
@@ -149,16 +159,20 @@ class Disout(nn.Module):
         super().__setattr__(name, value)
 
     def channel_weight(self, x: torch.Tensor) -> Scale:
-        """``w``: per input channel from ``weight_behind`` ((1, C, 1, 1) float32, random signs
-        drawn here), or 0.01 without it."""
+        """``w``: per input channel of a channels-first ``x`` from ``weight_behind`` ((1, C, 1, 1)
+        float32, random signs drawn here), or 0.01 without it. A Linear weight (out, C), the
+        next layer of a channels-last map, counts as a 1x1 kernel."""
         w = self.weight_behind
         if w is None or w.numel() == 0:
             return 0.01
+        if w.dim() == 2:
+            w = w[:, :, None, None]
         if w.dim() != 4 or w.shape[1] != x.shape[1]:
             raise user_error(
                 "weight_behind shape",
                 tuple(w.shape),
-                f"a conv weight (out, {x.shape[1]}, kh, kw) matching the input channels",
+                f"a conv weight (out, {x.shape[1]}, kh, kw) or a Linear weight (out, {x.shape[1]}) matching the "
+                "input channels",
             )
         w_max = w.to(device=x.device, dtype=torch.float32).amax(dim=0, keepdim=True)
         sign = torch.where(torch.rand_like(w_max) < 0.5, -1.0, 1.0)
@@ -168,12 +182,12 @@ class Disout(nn.Module):
         return w_mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_rank("Disout", x, (4,), "(N, C, H, W)")
+        lay = self._checked(x)
         p = check_prob("dist_prob", self.dist_prob)
         bs = check_int("block_size", self.block_size)
         if not self.training or p == 0.0:
             return x
-        return self.distort(x, p, bs)
+        return lay.from_channels_first(self.distort(lay.to_channels_first(x), p, bs))
 
     def distort(
         self,
@@ -185,7 +199,8 @@ class Disout(nn.Module):
         seeds: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Train-mode output: the layer's one decision and its paths.
+        """Train-mode output of a channels-first ``x`` (N, C, H, W): the layer's one decision
+        and its paths.
 
         ``route`` (default: `_dispatch.block_route`), ``seeds`` (bool, (N, C, *seed grid)) and
         ``noise`` (standard normal, x's shape) replace the dispatch's choice and the random
@@ -208,4 +223,5 @@ class Disout(nn.Module):
         return _distort_cells(x, sample, scale, noise)
 
     def extra_repr(self) -> str:
-        return f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"
+        text = f"dist_prob={self.dist_prob}, block_size={self.block_size}, alpha={self.alpha}"
+        return text + ("" if self.layout == "NCHW" else f", layout={self.layout!r}")

@@ -7,11 +7,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ._axes import LayoutAxes
 from ._blocks import grow_blocks, reference_seeds, sample_blocks, seed_rate
 from ._dispatch import Route, block_route, check_algorithm
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import contiguous_strides, dense_layout
-from ._validate import check_int, check_prob, check_rank
+from ._validate import check_int, check_prob
 
 
 def dropblock_reference(
@@ -56,7 +57,7 @@ def drop_block(
     return apply_keep(x, sample.keep, route.apply, dropped_pixels=sample.cells)
 
 
-class _DropBlockNd(nn.Module):
+class _DropBlockNd(LayoutAxes, nn.Module):
     """Zero contiguous blocks; the expected zeroed fraction equals ``drop_prob``.
 
     Seeds may fall on every unit and the block is centred on its seed (clipped at the border),
@@ -68,10 +69,13 @@ class _DropBlockNd(nn.Module):
     ``algorithm``: "reference" (the paper's algorithm, `dropblock_reference`), or a fast
     sampler ("sparse", "dense"; "auto" picks by device and density, `_dispatch.block_route`);
     all sample the same distribution and apply it the same way.
+    ``layout`` (`search_space.layouts`): where the channels and map axes are, e.g. "NHWC" for
+    a channels-last map (blocks in H, W, a shared mask drops whole positions); the input is
+    seen through a permuted view, never copied.
     """
 
     prob_attr: ClassVar[str] = "drop_prob"
-    _spatial: ClassVar[int] = 2
+    _default_layout: ClassVar[str] = "NCHW"
 
     def __init__(
         self,
@@ -80,33 +84,46 @@ class _DropBlockNd(nn.Module):
         share_channels: bool = False,
         *,
         algorithm: str = "auto",
+        layout: str | None = None,
     ) -> None:
         super().__init__()
         self.drop_prob = check_prob("drop_prob", drop_prob)
         self.block_size = check_int("block_size", block_size)
         self.share_channels = bool(share_channels)
         self.algorithm = check_algorithm(algorithm)
+        self.layout = self._default_layout if layout is None else layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = "(N, C, H, W)" if self._spatial == 2 else "(N, C, D, H, W)"
-        check_rank(type(self).__name__, x, (self._spatial + 2,), layout)
+        lay = self._checked(x)
         p = check_prob("drop_prob", self.drop_prob)
         bs = check_int("block_size", self.block_size)
         if not self.training or p == 0.0:
             return x
-        return drop_block(x, p, bs, self.share_channels, self.algorithm)
+        return lay.from_channels_first(drop_block(lay.to_channels_first(x), p, bs, self.share_channels, self.algorithm))
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"
+        text = f"drop_prob={self.drop_prob}, block_size={self.block_size}, share_channels={self.share_channels}"
+        return text + ("" if self.layout == self._default_layout else f", layout={self.layout!r}")
+
+
+class DropBlock1d(_DropBlockNd):
+    """DropBlock on 1-D maps, (N, C, L) by default (blocks of ``block_size`` along L) or tokens
+    (``layout="NTC"``/``"TNC"``: blocks along T), with an exact realized drop rate."""
+
+    _spatial = (1,)
+    _default_layout = "NCL"
 
 
 class DropBlock2d(_DropBlockNd):
-    """DropBlock on (N, C, H, W) feature maps with an exact realized drop rate."""
+    """DropBlock on (N, C, H, W) feature maps (or ``layout="NHWC"``) with an exact realized drop rate."""
 
-    _spatial = 2
+    _spatial = (2,)
+    _default_layout = "NCHW"
 
 
 class DropBlock3d(_DropBlockNd):
-    """DropBlock on (N, C, D, H, W) volumes (cubic blocks) with an exact realized drop rate."""
+    """DropBlock on (N, C, D, H, W) volumes (or ``layout="NDHWC"``; cubic blocks) with an exact
+    realized drop rate."""
 
-    _spatial = 3
+    _spatial = (3,)
+    _default_layout = "NCDHW"

@@ -13,6 +13,7 @@ from torch import nn
 
 from search_space.errors import user_error
 
+from ._axes import LayoutAxes
 from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, pattern_route
 from ._drop_ops import apply_keep, reference_apply
 from ._layout import dense_layout
@@ -21,7 +22,6 @@ from ._validate import (
     check_finite,
     check_pair,
     check_prob,
-    check_rank,
 )
 
 Pair = int | Sequence[int]
@@ -97,7 +97,7 @@ def _offset_table(
     return torch.as_tensor(keep, device=device), torch.as_tensor(keep.sum(1, dtype=np.int64), device=device)
 
 
-class PatternDropout(nn.Module):
+class PatternDropout(LayoutAxes, nn.Module):
     """Zero a tiled grid of rectangles (the AutoDropout ConvNet pattern) and rescale the rest.
 
     Pattern: rectangles of ``size`` (h, w) whose top-left corners are ``(a*sh, b*sw)`` for
@@ -106,7 +106,8 @@ class PatternDropout(nn.Module):
     neighbour), then translated by a uniform random offset on the torus, per example and per
     channel (one offset per example when ``share_channels``). Each example/channel gets the
     pattern with probability ``apply_prob`` (the value a scheduler ramps). Kept units are
-    rescaled by ``numel / kept`` of the realized mask. Input (N, C, H, W).
+    rescaled by ``numel / kept`` of the realized mask. Input (N, C, H, W), or (N, H, W, C) with
+    ``layout="NHWC"`` (seen through a permuted view, never copied).
     ``algorithm``: "reference" (per-unit pattern lookup, one masked multiply) or "auto" (a
     cached table of masks on small maps, pixel rows zeroed for shared masks on channels_last).
     """
@@ -125,8 +126,10 @@ class PatternDropout(nn.Module):
         apply_prob: float = 1.0,
         *,
         algorithm: str = "auto",
+        layout: str = "NCHW",
     ) -> None:
         super().__init__()
+        self.layout = layout
         self.size = check_pair("size", size)
         self.stride = check_pair("stride", stride)
         self.repeat = check_pair("repeat", repeat)
@@ -179,14 +182,15 @@ class PatternDropout(nn.Module):
         return keep, keep.sum(dtype=torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_rank("PatternDropout", x, (4,), "(N, C, H, W)")
+        lay = self._checked(x)
         p = check_prob("apply_prob", self.apply_prob, allow_one=True)
         if not self.training or p == 0.0:
             return x
-        return self.drop(x)
+        return lay.from_channels_first(self.drop(lay.to_channels_first(x)))
 
     def drop(self, x: torch.Tensor, *, route: Route | None = None, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """Train-mode output: the layer's one decision and its paths. ``route`` (default:
+        """Train-mode output of a channels-first ``x`` (N, C, H, W): the layer's one decision
+        and its paths. ``route`` (default:
         `_dispatch.pattern_route`) and ``offsets`` replace the dispatch's choice and the draw."""
         x = dense_layout(x)
         n, c, h, w = x.shape
@@ -205,5 +209,5 @@ class PatternDropout(nn.Module):
         return (
             f"size={self.size}, stride={self.stride}, repeat={self.repeat}, rotate={self.rotate}, "
             f"shear_x={self.shear_x}, shear_y={self.shear_y}, share_channels={self.share_channels}, "
-            f"apply_prob={self.apply_prob}"
+            f"apply_prob={self.apply_prob}" + ("" if self.layout == "NCHW" else f", layout={self.layout!r}")
         )

@@ -25,9 +25,12 @@ Choices where the paper's text is not specific (documented in docs/layers.md):
   the periods, so ``share_t`` shares noise across one period).
 * Kept units are rescaled by the realized kept fraction of the whole batch tensor (one
   scalar, as `PatternDropout` does), so the expected sum of activations is unchanged.
-* Inputs: (N, T, C) hidden states (``batch_first=False``: (T, N, C), as
-  ``nn.TransformerEncoderLayer(batch_first=False)`` produces), or (N, H, T, S) attention
-  probabilities, where tokens are the query axis T and "channels" are (head, key) pairs.
+* Inputs (``layout``, `search_space.layouts`): (N, T, C) hidden states ("NTC", the default),
+  (T, N, C) ("TNC", as ``nn.TransformerEncoderLayer(batch_first=False)`` or an
+  ``nn.LSTM`` produce; ``batch_first=False`` says the same), (N, C, L) 1-D feature maps
+  ("NCL": the pattern runs along L, e.g. a Conv1d model), or, with "NTC", (N, H, T, S)
+  attention probabilities, where tokens are the query axis T and "channels" are (head, key)
+  pairs.
 
 The random draws (offsets, then uniform noise) are made by `draws`; which path turns them into
 an output is `_dispatch.sequence_route`'s decision, as for every layer: the fast path builds
@@ -44,6 +47,7 @@ import torch
 from torch import nn
 
 from search_space.errors import user_error
+from search_space.layouts import get_layout
 
 from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, sequence_route
 from ._drop_ops import apply_keep, reference_apply
@@ -55,6 +59,10 @@ def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise user_error(name, value, "true or false")
     return value
+
+
+#: (batch axis, token axis, channel axes) of each 3-D layout the pattern runs on.
+_AXES = {"NTC": (0, 1, (2,)), "TNC": (1, 0, (2,)), "NCL": (0, 2, (1,))}
 
 
 class SequenceDropout(nn.Module):
@@ -76,6 +84,7 @@ class SequenceDropout(nn.Module):
         batch_first: bool = True,
         algorithm: str = "auto",
         generator: torch.Generator | None = None,
+        layout: str | None = None,
     ) -> None:
         super().__init__()
         self.drop_prob = check_prob("drop_prob", drop_prob)
@@ -83,7 +92,9 @@ class SequenceDropout(nn.Module):
         self.stride = check_int("stride", stride)
         self.share_t = _check_bool("share_t", share_t)
         self.share_c = _check_bool("share_c", share_c)
-        self.batch_first = _check_bool("batch_first", batch_first)
+        if layout is not None and not _check_bool("batch_first", batch_first):
+            raise user_error("batch_first", False, "true (the default) when a layout is given", hint="say layout='TNC'")
+        self.layout = layout or ("NTC" if _check_bool("batch_first", batch_first) else "TNC")
         self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
         self.generator = generator
 
@@ -104,14 +115,34 @@ class SequenceDropout(nn.Module):
         return self.block_rate * self.coverage
 
     # ------------------------------------------------------------------ layout
+    @property
+    def layout(self) -> str:
+        """ "NTC", "TNC" or "NCL" (see the module docstring)."""
+        return self._layout
+
+    @layout.setter
+    def layout(self, value: object) -> None:
+        name = get_layout(value, "SequenceDropout layout").name
+        if name not in _AXES:
+            raise user_error("SequenceDropout layout", value, ", ".join(_AXES))
+        object.__setattr__(self, "_layout", name)
+
+    @property
+    def batch_first(self) -> bool:
+        """False for (T, N, C) inputs (layout "TNC")."""
+        return self._layout != "TNC"
+
+    @batch_first.setter
+    def batch_first(self, value: bool) -> None:
+        self.layout = "NTC" if _check_bool("batch_first", value) else "TNC"
+
     def _axes(self, x: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
         """(batch axis, token axis, channel axes) of the input."""
-        check_rank("SequenceDropout", x, (3, 4), "(N, T, C), (T, N, C) or (N, H, T, S)")
-        if x.dim() == 4:
-            if not self.batch_first:
-                raise user_error("batch_first", False, "true for 4-D attention probabilities (N, H, T, S)")
-            return 0, 2, (1, 3)
-        return (0, 1, (2,)) if self.batch_first else (1, 0, (2,))
+        if self._layout != "NTC" or x.dim() != 4:
+            check_rank("SequenceDropout", x, (3,), f"({get_layout(self._layout).axes})")
+            return _AXES[self._layout]
+        check_rank("SequenceDropout", x, (3, 4), "(N, T, C) or (N, H, T, S)")
+        return (0, 2, (1, 3)) if x.dim() == 4 else _AXES["NTC"]
 
     def n_units(self, tokens: int) -> int:
         """Noise units along the token axis: blocks that can touch ``tokens`` tokens, or tokens."""
@@ -189,5 +220,5 @@ class SequenceDropout(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"drop_prob={self.drop_prob}, size={self.size}, stride={self.stride}, share_t={self.share_t}, "
-            f"share_c={self.share_c}, batch_first={self.batch_first}, algorithm={self.algorithm!r}"
+            f"share_c={self.share_c}, layout={self.layout!r}, algorithm={self.algorithm!r}"
         )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._axes import LayoutAxes
 from ._blocks import bernoulli_keep, sparse_hits
 from ._dispatch import ONE_FAST_PATH, Route, check_algorithm, dropout_path, spatial_route
 from ._drop_ops import mask_and_scale, scale_and_zero
@@ -73,28 +74,53 @@ class Dropout(_ProbLayer):
         return drop_units(x, p, dropout_path(self.algorithm, x.device, p))
 
 
-class SpatialDropout(_ProbLayer):
-    """Drop whole channels per example (input (N, C, H, W) or (N, C, D, H, W)), scale 1/(1-p).
+class SpatialDropout(LayoutAxes, _ProbLayer):
+    """Drop whole channels per example, scale 1/(1-p): (N, C, L), (N, C, H, W) or (N, C, D, H, W)
+    inputs, or any layout with a channel axis (``layout="NHWC"``, "NTC", ...: the channel is
+    dropped over every position of the map or sequence).
 
     ``algorithm``: "reference" (`dropout_reference` with one drop per channel) or "auto" (one
     fused masked multiply, `_dispatch.spatial_route`); both draw the same numbers, so a
-    seeded layer gives the same output either way.
+    seeded layer gives the same output either way. ``layout=None`` (default): channels first,
+    whatever the rank.
     """
 
-    def __init__(self, drop_prob: float = 0.1, *, algorithm: str = "auto") -> None:
+    _spatial = (1, 2, 3)
+
+    def __init__(self, drop_prob: float = 0.1, *, algorithm: str = "auto", layout: str | None = None) -> None:
         super().__init__(drop_prob)
         self.algorithm = check_algorithm(algorithm, ONE_FAST_PATH)
+        self.layout = layout
+
+    @property
+    def layout(self) -> str | None:
+        """The layout of the inputs, or None: channels first (N, C, ...) of any rank 3 to 5."""
+        lay = self._layout
+        return None if lay is None else lay.name
+
+    @layout.setter
+    def layout(self, value: object) -> None:
+        if value is None:
+            object.__setattr__(self, "_layout", None)
+        else:
+            self._set_layout(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_rank("SpatialDropout", x, (4, 5), "(N, C, H, W) or (N, C, D, H, W)")
+        if self._layout is None:
+            check_rank("SpatialDropout", x, (3, 4, 5), "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
+        else:
+            self._checked(x)
         p = check_prob("drop_prob", self.drop_prob)
         if not self.training or p == 0.0:
             return x
-        return self.drop(x)
+        if self._layout is None:
+            return self.drop(x)
+        return self._layout.from_channels_first(self.drop(self._layout.to_channels_first(x)))
 
     def drop(self, x: torch.Tensor, *, route: Route | None = None, dropped: torch.Tensor | None = None) -> torch.Tensor:
-        """Train-mode output. ``route`` (default `_dispatch.spatial_route`) and ``dropped``
-        (bool, (N, C, 1, ...)) replace the dispatch's choice and the draw."""
+        """Train-mode output of a channels-first ``x`` (N, C, ...). ``route`` (default
+        `_dispatch.spatial_route`) and ``dropped`` (bool, (N, C, 1, ...)) replace the
+        dispatch's choice and the draw."""
         p = check_prob("drop_prob", self.drop_prob)
         route = route or spatial_route(self.algorithm)
         if dropped is None:
@@ -104,4 +130,5 @@ class SpatialDropout(_ProbLayer):
         return mask_and_scale(dense_layout(x), (~dropped).to(torch.uint8), 1.0 / (1.0 - p))
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}, algorithm={self.algorithm!r}"
+        text = f"drop_prob={self.drop_prob}, algorithm={self.algorithm!r}"
+        return text + ("" if self.layout is None else f", layout={self.layout!r}")

@@ -68,8 +68,9 @@ def test_describe_a_users_model_prints_its_sites_and_starts_nothing(user_folder:
     out = capsys.readouterr().out
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["site", "module", "shape", "layout", "stage", "methods"]
-    assert lines[1].split()[:5] == ["2", "BatchNorm1d", "(N,", "32)", "N,C"] and lines[1].endswith("none, dropout")
+    assert lines[0].split() == ["site", "module", "shape", "layout", "stage", "methods", "note"]
+    assert lines[1].split()[:5] == ["2", "BatchNorm1d", "(N,", "32)", "N,C"]
+    assert lines[1].rstrip().endswith("none, dropout")
     assert not (user_folder / "runs").exists()
 
 

@@ -113,6 +113,12 @@ def test_min_mode_selection_and_two_seeds_say_too_few():
     assert "too few seeds" in verdict(list(rows.values()), Objective("val_ppl", "min"))
 
 
+def test_one_seed_prints_the_mean_without_a_nan_error():
+    rows = _final({"searched#1": [0.91], "none": [0.9]})
+    text = verdict(list(rows.values()), Objective())
+    assert "nan" not in text and "searched#1, val_acc 0.9100)" in text and "none (val_acc 0.9000)" in text
+
+
 # ----------------------------------------------------------------------- searcher stages
 def tiny_space() -> SearchSpace:
     return SearchSpace([("s1", ["s1"]), ("s2", ["s2"])], methods=["none", "dropout", "dropblock"], model="m")

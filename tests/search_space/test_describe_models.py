@@ -74,7 +74,7 @@ def test_preview_methods_fit_shapes_and_a_sampled_plan_trains(name: str) -> None
     torch.manual_seed(0)
     model = make()
     table = describe(model, x)
-    assert list(table.columns) == ["site", "module", "shape", "layout", "stage", "methods"]
+    assert list(table.columns) == ["site", "module", "shape", "layout", "stage", "methods", "note"]
     sites = table[table["methods"] != "-"]
     assert len(sites) > 0
     for row in sites.itertuples():
@@ -121,7 +121,9 @@ def test_stages_follow_resolution_for_any_model() -> None:
     mobile = SearchSpace.for_model(
         torchvision.models.mobilenet_v3_small(num_classes=10), share="stage", example_input=torch.randn(1, 3, 64, 64)
     )
-    assert len(mobile.groups) == 5  # 32, 16, 8, 4, 2: one group per resolution, not one for all
+    # 32, 16, 8, 4, 2: one group per resolution, not one for all; then the hidden Linear of the classifier
+    assert len(mobile.groups) == 6 and mobile.groups[-1][1] == ("classifier.0",)
+    assert mobile.layouts["classifier.0"] == "NC" and mobile.methods_of("classifier.0") == ("none", "dropout")
     resnet = SearchSpace.for_model(
         torchvision.models.resnet18(num_classes=10), share="stage", example_input=torch.randn(1, 3, 64, 64)
     )
@@ -130,11 +132,15 @@ def test_stages_follow_resolution_for_any_model() -> None:
     assert restored.to_dict() == resnet.to_dict() and restored.vocab_sizes == resnet.vocab_sizes
 
 
-def test_vit_token_sites_get_sequence_methods_only() -> None:
+def test_vit_token_sites_get_sequence_methods_only_one_group_per_block() -> None:
     model, x = _vit(), CASES["vit"][1]
-    space = SearchSpace.for_model(model, example_input=x)
-    assert space.methods == ("none", "dropout", "seq_pattern")
+    space = SearchSpace.for_model(model, example_input=x, share="stage")
+    tokens = [s for s in space.sites if s != "conv_proj"]  # the patch embedding is a (N, 16, 2, 2) map
+    assert {space.layouts[s] for s in tokens} == {"NTC"} and space.layouts["conv_proj"] == "NCHW"
+    assert all(space.methods_of(s) == ("none", "dropout", "seq_pattern") for s in tokens)
     assert any(s.endswith("mlp") for s in space.sites)
+    blocks = [members for _, members in space.groups if members != ("conv_proj",)]
+    assert blocks == [tuple(s for s in tokens if f"encoder_layer_{i}" in s) for i in range(2)]  # one group per block
     plan = Plan({s: SiteSpec("dropblock", {"drop_prob": 0.1, "block_size": 3, "share_channels": False})
                  for s in space.sites})  # fmt: skip
     with pytest.raises(ValueError, match="sites"):

@@ -46,7 +46,8 @@ def test_layouts_map_to_channel_axes() -> None:
     assert channel_dim_of_layout("N,H,W,C") == 3
     assert channel_dim_of_layout("N,C,L") == 1
     assert channel_dim_of_layout("N,C,D,H,W") == 1
-    for flat in ("N,C", "N,T,C", "T,N,C", "other"):
+    assert channel_dim_of_layout("NDHWC") == 4 and channel_dim_of_layout("NCL") == 1
+    for flat in ("N,C", "N,T,C", "T,N,C", "unknown"):
         assert channel_dim_of_layout(flat) is None
 
 

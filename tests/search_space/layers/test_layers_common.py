@@ -12,6 +12,7 @@ from torch import nn
 
 from search_space.layers import (
     Disout,
+    DropBlock1d,
     DropBlock2d,
     DropBlock3d,
     Dropout,
@@ -30,6 +31,27 @@ FACTORIES: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...], float]] = 
     "dropout": (lambda p: Dropout(p), (8, 4, 10, 10), 0.2),
     "dropout_2d_input": (lambda p: Dropout(p), (64, 32), 0.2),
     "spatial_dropout": (lambda p: SpatialDropout(p), (8, 16, 10, 10), 0.2),
+    # the same layers on the other layouts (search_space.layouts): channels-last maps, 1-D maps, tokens
+    "dropblock2d_nhwc": (lambda p: DropBlock2d(p, 3, layout="NHWC"), (8, 10, 10, 4), 0.2),
+    "dropblock2d_nhwc_shared": (lambda p: DropBlock2d(p, 4, share_channels=True, layout="NHWC"), (8, 10, 10, 4), 0.2),
+    "dropblock3d_ndhwc": (lambda p: DropBlock3d(p, 3, layout="NDHWC"), (4, 6, 6, 6, 4), 0.2),
+    "dropblock1d": (lambda p: DropBlock1d(p, 3), (8, 4, 40), 0.2),
+    "dropblock1d_ntc_shared": (lambda p: DropBlock1d(p, 3, share_channels=True, layout="NTC"), (16, 40, 4), 0.2),
+    "dropblock1d_tnc": (lambda p: DropBlock1d(p, 3, layout="TNC"), (40, 8, 4), 0.2),
+    "disout_nhwc": (lambda p: Disout(p, 3, alpha=1.0, layout="NHWC"), (8, 10, 10, 4), 0.2),
+    "pattern_nhwc": (
+        lambda p: PatternDropout(size=2, stride=4, repeat=2, rotate=15.0, apply_prob=p, layout="NHWC"),
+        (8, 10, 10, 4),
+        0.9,
+    ),
+    "pattern_nhwc_shared": (
+        lambda p: PatternDropout(size=2, stride=4, repeat=2, share_channels=True, apply_prob=p, layout="NHWC"),
+        (8, 10, 10, 4),
+        0.9,
+    ),
+    "spatial_dropout_nhwc": (lambda p: SpatialDropout(p, layout="NHWC"), (8, 10, 10, 16), 0.2),
+    "spatial_dropout_ncl": (lambda p: SpatialDropout(p, layout="NCL"), (8, 16, 10), 0.2),
+    "spatial_dropout_ntc": (lambda p: SpatialDropout(p, layout="NTC"), (8, 10, 16), 0.2),
 }
 NAMES = list(FACTORIES)
 
@@ -170,17 +192,30 @@ def test_spatial_dropout_drops_whole_channels() -> None:
 def auto_and_reference(name: str, x: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The layer's "auto" output for ``x`` on ``device`` and its CPU reference output, both from
     the same draws (seeds, noise, offsets drawn here on CPU); None for a layer that draws on the
-    device itself (Dropout's fused kernel on CUDA)."""
+    device itself (Dropout's fused kernel on CUDA). A layer told a layout gets the channels-first
+    view of ``x`` (no copy) on the fast path; the reference gets a contiguous channels-first copy."""
+    from search_space.layouts import get_layout
+
+    layer, _, p = make(name)
+    layer.train()
+    name = getattr(layer, "layout", None)
+    if name is None:
+        return _channels_first_pair(layer, p, x, device)
+    lay = get_layout(name)
+    pair = _channels_first_pair(layer, p, lay.to_channels_first(x), device)
+    return None if pair is None else (lay.from_channels_first(pair[0]), lay.from_channels_first(pair[1]))
+
+
+def _channels_first_pair(layer, p: float, x: torch.Tensor, device: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`auto_and_reference` for a channels-first (N, C, *spatial) view ``x`` of the input."""
     from search_space.layers._blocks import reference_seeds, seed_rate
     from search_space.layers._dispatch import Route
     from search_space.layers.dropblock import drop_block
 
-    layer, _, p = make(name)
-    layer.train()
     cpu, ref = torch.device("cpu"), Route("reference", "reference")
-    xd = x.to(device)
+    xd, x = x.to(device), x.contiguous()
     n, c, *size = x.shape
-    if isinstance(layer, (DropBlock2d, DropBlock3d, Disout)):
+    if isinstance(layer, (DropBlock1d, DropBlock2d, DropBlock3d, Disout)):
         valid_only = isinstance(layer, Disout)
         kernel = tuple(min(layer.block_size, s) for s in size)
         m = 1 if getattr(layer, "share_channels", False) else c
