@@ -12,7 +12,7 @@ from typing import Any
 
 from search_space.errors import FieldError, user_error
 
-__all__ = ["load_function"]
+__all__ = ["load_function", "check_child"]
 
 
 def _add_paths(paths: list[str]) -> None:
@@ -61,3 +61,25 @@ def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
             field_name, spec, f"a function of {target}", detail=f"bad value {spec!r} ({target} has no function {fn!r})"
         )
     return func
+
+
+def check_child(spec: str) -> str:
+    """A ``--child`` must import and take (config, plan, report) like ``train_child``: refused
+    here, before any trial, in one line. A file's path comes back absolute (Ray workers start
+    in another folder)."""
+    import inspect
+
+    fn = load_function(spec, "child")
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except TypeError as exc:
+        raise user_error(
+            "child",
+            spec,
+            "a function taking (config, plan, report) like child_trainer.train_child",
+            detail=f"bad value {spec!r} ({exc})",
+        ) from None
+    except ValueError:  # no signature to read (some builtins): the trial will say
+        pass
+    target, _, name = spec.rpartition(":")
+    return f"{Path(target).resolve()}:{name}" if target.endswith(".py") else spec
