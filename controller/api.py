@@ -155,7 +155,11 @@ def run_search(
         ) from None
     try:
         if resume:
-            config = resume_settings(check_resumable(run_dir), given)
+            saved_settings = check_resumable(run_dir)
+            resumed = resume_settings(saved_settings, given, quiet=True)
+            if resumed != config:  # the caller's settings are not the folder's already: say what is ignored
+                resumed = resume_settings(saved_settings, given)
+            config = resumed
             saved = rf.read_json(run_dir / rf.SEARCH_CONFIG)
             searcher = searcher_from_config(config, saved, run_dir)
             searcher.resume()  # the ledger and the JSON state; refuses what it did not write

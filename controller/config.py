@@ -366,9 +366,10 @@ def add_flags(parser: Any, cls: type) -> list[str]:
         parse = f.metadata.get("parse") or _converter(hints[f.name])
         words = f.metadata.get("help", "")
         shown = ",".join(default) if isinstance(default, tuple) else default
+        words += "" if "default" in words else f" (default {shown})"  # else the help says it in words
         parser.add_argument(
             flag_of(f.name), dest=f.name, type=parse if parse is not str else None, default=default,
-            help=f"{words} (default {shown})", metavar=f.name.upper(),
+            help=words, metavar=f.name.upper(),
         )  # fmt: skip
         added.append(f.name)
     return added

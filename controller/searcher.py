@@ -148,7 +148,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             FixedPlans(BASELINE, list(self.baselines.items()), space),
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
-        self.sampled = SampledPlans(self, space, num_samples, self.settings.max_redraws)
+        self.sampled = SampledPlans(self, space, num_samples, self.settings)
         self.final = TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds)
         self.fatal_error: str | None = None
         self.store = (

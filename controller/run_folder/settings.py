@@ -136,7 +136,7 @@ def _settings_v3(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def resume_settings(saved: Any, given: Mapping[str, Any]) -> Any:
+def resume_settings(saved: Any, given: Mapping[str, Any], *, quiet: bool = False) -> Any:
     """The settings a resume runs with: ``saved`` (the folder's), except the code it imports.
 
     ``given`` holds what the caller passed, by setting name (``train`` a dict of train
@@ -144,15 +144,16 @@ def resume_settings(saved: Any, given: Mapping[str, Any]) -> Any:
     a resume takes it from the caller, never from the folder (whoever can write a folder must
     not choose what a resume runs), and is refused (one line) when the caller does not give
     it. A Tune scheduler object given again is used too (a folder keeps only its name). Every
-    other setting given that differs from the folder's is ignored, with a warning.
+    other setting given that differs from the folder's is ignored, with a warning
+    (``quiet``: without; the refusals stay).
     """
     code: dict[str, Any] = {}
     if saved.child:
-        code["child"] = _code(saved.child, given.get("child"), "child")
+        code["child"] = _code(saved.child, given.get("child"), "child", quiet)
     train = dict(saved.train or {})
     model = train.get("model")
     if isinstance(model, str) and ":" in model:
-        train["model"] = _code(model, (given.get("train") or {}).get("model"), "model")
+        train["model"] = _code(model, (given.get("train") or {}).get("model"), "model", quiet)
         code["train"] = train
     if "scheduler" in given and not isinstance(given["scheduler"], str):
         code["scheduler"] = given["scheduler"]
@@ -163,12 +164,12 @@ def resume_settings(saved: Any, given: Mapping[str, Any]) -> Any:
         for k, v in (given.get("train") or {}).items()
         if not (k == "model" and "train" in code) and v != saved_train.get(k)
     ]
-    if ignored:
+    if ignored and not quiet:
         log.warning("resume uses the run's saved settings; ignoring %s", ", ".join(sorted(set(ignored))))
     return saved.replace(**code) if code else saved
 
 
-def _code(was: str, given: Any, name: str) -> str:
+def _code(was: str, given: Any, name: str, quiet: bool) -> str:
     if not given:
         raise user_error(
             name,
@@ -176,6 +177,6 @@ def _code(was: str, given: Any, name: str) -> str:
             f"the {name} this run was started with ({was!r}), given again "
             "(a resume never imports code that a run folder names)",
         )
-    if given != was:
+    if given != was and not quiet:
         log.warning("resume with %s %s (the run started with %s)", name, given, was)
     return str(given)

@@ -1,5 +1,5 @@
 """The sampled plans: drawn from the searcher's policy, started from the best tuned recipe,
-and drawn again (up to ``max_redraws`` times) when a trial has trained or is training the
+and drawn again (up to the setting ``max_redraws`` times) when a trial has trained or is training the
 plan already, so no trial repeats one while the policy still proposes others."""
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ log = logging.getLogger("controller.searcher")  # the searcher's voice, whose li
 
 class SampledPlans:
     """``size`` plans from ``policy`` (a ``PlanSearcher``: its ``_sample_tokens``, ``_discard``
-    and ``_warm_start`` hooks; ``warm_starts``: whether it waits for the tuned recipes)."""
+    and ``_warm_start`` hooks; ``warm_starts``: whether it waits for the tuned recipes), under
+    the search's ``settings`` (``controller.config.SearchConfig``)."""
 
-    def __init__(self, policy: Any, space: Any, size: int, max_redraws: int) -> None:
+    def __init__(self, policy: Any, space: Any, size: int, settings: Any) -> None:
         self.policy = policy
         self.space = space
         self.size = size
-        self.max_redraws = max_redraws
+        self.settings = settings
         self.warmed = False  # the tuned recipes were handed to the policy (searcher_state.json)
 
     def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int) -> bool:
@@ -53,11 +54,12 @@ class SampledPlans:
         """A plan no search-stage trial has trained or is training (``seen``: their plan keys),
         if one comes up in ``max_redraws`` draws; else the last draw (the policy keeps
         proposing it). A draw not trained is told to the policy with its ``known_reward``."""
-        for attempt in range(self.max_redraws + 1):
+        redraws = self.settings.max_redraws
+        for attempt in range(redraws + 1):
             tokens = [int(t) for t in self.policy._sample_tokens(trial_id)]
             plan = self.space.decode(tokens)
             key = plan_key(plan)
-            if key not in seen or attempt == self.max_redraws:
+            if key not in seen or attempt == redraws:
                 if key in seen:
                     log.info(
                         "trial %s repeats a plan already trained: the %s keeps proposing it", trial_id, self.policy.name

@@ -92,10 +92,8 @@ def test_a_setting_added_in_one_place_reaches_help_run_search_the_file_and_a_res
     assert json.loads((run / "search_config.json").read_text())["settings"]["max_redraws"] == 3
     resumed = resume_settings(check_resumable(run), {})
     assert resumed.max_redraws == 3
-    assert (
-        searcher_from_config(resumed, json.loads((run / "search_config.json").read_text()), run).sampled.max_redraws
-        == 3
-    )
+    searcher = searcher_from_config(resumed, json.loads((run / "search_config.json").read_text()), run)
+    assert searcher.settings.max_redraws == 3 and searcher.sampled.settings is searcher.settings
     # and what it does: with 0 redraws the policy's repeat is trained at once, with 3 it is drawn again
     for redraws, expect in ((0, 1), (3, 2)):
         s = RandomSearcher(SPACE, num_samples=2, seed=0, settings=SearchConfig(max_redraws=redraws))
