@@ -17,7 +17,7 @@ from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, final_rows
 from controller.stages.base import FinalTrial
 from search_space.plan import plan_key
 
-__all__ = ["TopKFinal"]
+__all__ = ["TopKFinal", "contenders"]
 
 log = logging.getLogger("controller.searcher")
 
@@ -106,47 +106,62 @@ class TopKFinal:
         """Every (finalist, seed) not in the ledger's ``final_rows`` and not ``running``."""
         if not self.seeds:
             return []
-        o = self.objective
-
-        def ranked(kind: str, label: str = "") -> list[Mapping[str, Any]]:
-            rows = [
-                r
-                for r in records
-                if r.get("kind", SEARCHED if not r["baseline"] else BASELINE) == kind
-                and (not label or r["baseline"] == label)
-                and r["status"] == rf.OK
-                and math.isfinite(r[o.metric])
-            ]
-            return sorted(rows, key=lambda r: (-o.reward(r[o.metric]), r["order"]))
-
-        plans: dict[str, tuple[Any, str]] = {}
-        keys: set[str] = set()
-
-        def add(label: str, plan: Any, source: str) -> bool:
-            key = plan_key(plan)
-            if key in keys:
-                log.info("final stage: %s is the same plan as an earlier finalist; trained once", label)
-                return False
-            keys.add(key)
-            plans[label] = (plan, source)
-            return True
-
-        for name, plan in self.baselines.items():
-            add(name, plan, next((r["trial_id"] for r in records if r["baseline"] == name), ""))
-        for method in self.tuned:
-            best = ranked(TUNED, f"{TUNED_PREFIX}{method}")
-            if best:
-                add(f"{TUNED_PREFIX}{method}", best[0]["plan"], best[0]["trial_id"])
-        n_searched = 0
-        for r in ranked(SEARCHED):
-            if n_searched >= self.top_k:
-                break
-            if add(f"searched#{n_searched + 1}", r["plan"], r["trial_id"]):
-                n_searched += 1
+        found = contenders(records, self.objective, self.baselines, self.tuned, self.top_k)
         skip = {(r["label"], r["seed"]) for r in final_rows} | set(running)
         return [
             FinalTrial(label, plan, source, seed)
-            for label, (plan, source) in plans.items()
+            for label, (plan, source) in found.items()
             for seed in self.seeds
             if (label, seed) not in skip
         ]
+
+
+def contenders(
+    records: Sequence[Mapping[str, Any]],
+    objective: rf.Objective,
+    baselines: Mapping[str, Any],
+    tuned: Sequence[str],
+    top_k: int,
+) -> dict[str, tuple[Any, str]]:
+    """The finalists, label -> (plan, source trial id), in order: the hand-set ``baselines``,
+    each ``tuned`` method's best recipe, then the ``top_k`` best distinct sampled plans (by
+    search-stage value; ties to the earlier). A plan equal to an earlier finalist is not added
+    (a searched plan that is a baseline is that baseline; the next distinct one takes its place)."""
+    o = objective
+
+    def ranked(kind: str, label: str = "") -> list[Mapping[str, Any]]:
+        rows = [
+            r
+            for r in records
+            if r.get("kind", SEARCHED if not r["baseline"] else BASELINE) == kind
+            and (not label or r["baseline"] == label)
+            and r["status"] == rf.OK
+            and math.isfinite(r[o.metric])
+        ]
+        return sorted(rows, key=lambda r: (-o.reward(r[o.metric]), r["order"]))
+
+    plans: dict[str, tuple[Any, str]] = {}
+    keys: set[str] = set()
+
+    def add(label: str, plan: Any, source: str) -> bool:
+        key = plan_key(plan)
+        if key in keys:
+            log.info("final stage: %s is the same plan as an earlier finalist; trained once", label)
+            return False
+        keys.add(key)
+        plans[label] = (plan, source)
+        return True
+
+    for name, plan in baselines.items():
+        add(name, plan, next((r["trial_id"] for r in records if r["baseline"] == name), ""))
+    for method in tuned:
+        best = ranked(TUNED, f"{TUNED_PREFIX}{method}")
+        if best:
+            add(f"{TUNED_PREFIX}{method}", best[0]["plan"], best[0]["trial_id"])
+    n_searched = 0
+    for r in ranked(SEARCHED):
+        if n_searched >= top_k:
+            break
+        if add(f"searched#{n_searched + 1}", r["plan"], r["trial_id"]):
+            n_searched += 1
+    return plans
