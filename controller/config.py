@@ -14,6 +14,7 @@ need torch or Ray import them when they run.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import typing
@@ -78,8 +79,6 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _auto_or_int(text: str) -> int | str:
-    import argparse
-
     if text == "auto":
         return text
     try:
@@ -363,14 +362,19 @@ def add_flags(parser: Any, cls: type) -> list[str]:
         if not f.metadata.get("flag", False):
             continue
         default = command_default(f)
-        parse = f.metadata.get("parse") or _converter(hints[f.name])
         words = f.metadata.get("help", "")
         shown = ",".join(default) if isinstance(default, tuple) else default
         words += "" if "default" in words else f" (default {shown})"  # else the help says it in words
-        parser.add_argument(
-            flag_of(f.name), dest=f.name, type=parse if parse is not str else None, default=default,
-            help=words, metavar=f.name.upper(),
-        )  # fmt: skip
+        if hints[f.name] is bool:  # --name / --no-name
+            parser.add_argument(
+                flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=words
+            )
+        else:
+            parse = f.metadata.get("parse") or _converter(hints[f.name])
+            parser.add_argument(
+                flag_of(f.name), dest=f.name, type=parse if parse is not str else None, default=default,
+                help=words, metavar=f.name.upper(),
+            )  # fmt: skip
         added.append(f.name)
     return added
 

@@ -140,3 +140,22 @@ def test_a_version_4_folder_reads_back_what_was_written(tmp_path):
     assert read_config(json.loads(json.dumps(started))) == config
     assert started["reward_seeds"] == [7, 8] and started["final_seeds"] == [1007, 1008, 1009]
     assert started["objective"] == {"metric": "val_loss", "mode": "min", "transform": "negate"}
+
+
+def test_flags_of_any_config_dataclass_parse_by_type():
+    """What the next settings will get: a bool is --x / --no-x, an int is checked as one."""
+    from controller.config import add_flags, setting
+    from search_space.errors import OneLineParser
+
+    @dataclasses.dataclass(frozen=True)
+    class Extra:
+        learned: bool = setting(True, "a switch")
+        rounds: int = setting(3, "a count")
+        hidden: int = setting(0, "not on the command line", flag=False)
+
+    parser = OneLineParser(prog="p")
+    assert add_flags(parser, Extra) == ["learned", "rounds"]
+    args = parser.parse_args(["--no-learned", "--rounds", "5"])
+    assert (args.learned, args.rounds) == (False, 5) and parser.parse_args([]).learned is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rounds", "x"])
