@@ -94,7 +94,7 @@ def default_search(storage: Path) -> None:
         raise SystemExit(f"default search failed:\n{proc.stderr[-3000:]}")
     run = storage / "default"
     trials = len(plans_of(run))
-    cfg = json.loads((run / "search_config.json").read_text())
+    cfg = json.loads((run / "search_config.json").read_text())["settings"]
     print(
         f"default digits search: {trials} trials ({cfg['train']['epochs']} epochs, "
         f"{cfg['train']['train_size']} images) in {wall:.1f} s wall incl. Ray start-up "
@@ -144,7 +144,7 @@ def main() -> None:
         short, long, per = marginal(storage, "real", args.short, args.real, None, *tiny)
         ray.shutdown()
         run = storage / "real-long"
-        train = json.loads((run / "search_config.json").read_text())["train"]
+        train = json.loads((run / "search_config.json").read_text())["settings"]["train"]
         plans = plans_of(run)
         loop = plain_loop(plans, train) / len(plans)
         print(

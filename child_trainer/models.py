@@ -346,7 +346,7 @@ def user_model(spec: str, num_classes: int, in_channels: int = 3, image_size: in
     keyword arguments among num_classes, in_channels, image_size its signature accepts."""
     import inspect
 
-    from .trial import load_function
+    from .user_code import load_function
 
     factory = load_function(spec, "model")
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}

@@ -8,11 +8,8 @@ function with `train_child`'s signature (``launch_search.py --child module:funct
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +20,7 @@ from search_space.errors import FieldError, user_error
 from .data import DataSplits, load_data, load_text
 from .models import build_model, is_lm
 from .train import TrainConfig, train_child
+from .user_code import _add_paths, load_function
 
 __all__ = [
     "CHILD_MODEL",
@@ -42,15 +40,6 @@ __all__ = [
 CHILD_MODEL = "child_model"
 
 
-def _add_paths(paths: list[str]) -> None:
-    """Make the driver's folders importable in a Ray worker (``--model package.module:f``)."""
-    import sys
-
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
 def child_model_of(child: str) -> Callable[..., Any] | None:
     """The ``child_model`` function of a ``--child`` spec's module, or None if it has none."""
     target = str(child).rpartition(":")[0]
@@ -58,45 +47,6 @@ def child_model_of(child: str) -> Callable[..., Any] | None:
         return load_function(f"{target}:{CHILD_MODEL}", "child")
     except FieldError:
         return None
-
-
-def load_function(spec: str, field_name: str = "child") -> Callable[..., Any]:
-    """``module:function`` or ``path/file.py:function`` -> the function (ValueError naming
-    ``field_name`` when the module does not import or has no such function)."""
-    target, _, fn = str(spec).rpartition(":")
-    if not target or not fn:
-        raise user_error(field_name, spec, "module:function or path/file.py:function")
-    try:
-        if target.endswith(".py"):
-            if not Path(target).is_file():
-                raise user_error(
-                    field_name,
-                    spec,
-                    "module:function or path/file.py:function",
-                    detail=f"bad value {spec!r} (file {target} not found)",
-                )
-            module_spec = importlib.util.spec_from_file_location(Path(target).stem + "_child_hook", target)
-            if module_spec is None or module_spec.loader is None:
-                raise user_error(field_name, spec, "a Python file", detail=f"bad value {spec!r} (cannot load {target})")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except FieldError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
-        raise user_error(
-            field_name,
-            spec,
-            "an importable module",
-            detail=f"bad value {spec!r} (importing {target} failed: {type(exc).__name__}: {exc})",
-        ) from None
-    func = getattr(module, fn, None)
-    if not callable(func):
-        raise user_error(
-            field_name, spec, f"a function of {target}", detail=f"bad value {spec!r} ({target} has no function {fn!r})"
-        )
-    return func
 
 
 def load_split(cfg: TrainConfig | Mapping[str, Any], with_test: bool = False) -> DataSplits:

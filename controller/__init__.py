@@ -1,6 +1,6 @@
 """The policy that proposes plans, the Ray Tune searchers around it, and the search API.
 
-    from controller import run_search, SearchResult          # search your own model
+    from controller import run_search, SearchConfig, SearchResult   # search your own model
     from controller import ControllerSearcher, RandomSearcher, TPESearcher  # into your own Tuner
 
 Names load lazily, so ``controller.run_folder`` (what ``results`` reads) imports without torch
@@ -19,6 +19,8 @@ _EXPORTS = {
     "state_from_json": "controller.reinforce",
     "state_to_json": "controller.reinforce",
     "run_search": "controller.api",
+    "SearchConfig": "controller.config",
+    "RunConfig": "controller.config",
     "SearchResult": "controller.api",
     "SEARCHERS": "controller.policies",
     "ControllerSearcher": "controller.policies",

@@ -12,34 +12,30 @@
             ...train one epoch (call step_schedulers(model) after each optimizer step)...
             report(val_loss=validate(model))
 
-    result = run_search(model_fn, train_fn, metric="val_loss", mode="min", num_samples=32)
+    config = SearchConfig(metric="val_loss", mode="min", num_samples=32)
+    result = run_search(model_fn, train_fn, config)   # or run_search(..., metric="val_loss", ...)
     result.best_plan.save("plan.json"); print(result.trials)
 
-Ray Tune runs the trials (resources, ASHA, fault tolerance, resume); a searcher from
-``controller.searcher`` proposes the plans and writes the run folder (``controller.run_folder``).
-Every argument is checked before Ray starts (ValueError naming the argument and value).
+Every setting is a field of ``controller.config.SearchConfig`` (saved in the run folder) or
+``RunConfig`` (where this driver runs). Ray Tune runs the trials (resources, ASHA, fault
+tolerance, resume); a searcher from ``controller.searcher`` proposes the plans and writes the
+run folder (``controller.run_folder``). Every argument is checked before Ray starts
+(ValueError naming the argument and value).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
-import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
 from controller.checks import (
-    FINAL_SEED_OFFSET,
-    MAX_TRIALS,
-    _check_callbacks,
-    _check_int,
     _check_local_cpus,
-    _check_seed_room,
     check_address,
     check_name,
     check_resources,
@@ -48,6 +44,7 @@ from controller.checks import (
     check_trial_timeout,
     resolve_sites,
 )
+from controller.config import SCHEDULERS, RunConfig, SearchConfig
 from controller.ray_session import (
     _max_concurrent,
     _quiet_tune,
@@ -62,11 +59,14 @@ from controller.ray_session import (
 from controller.run_folder import CONFIG_VERSION
 from controller.run_folder.report import SearchResult, _result, summary_text
 from controller.run_folder.resume import check_resumable, searcher_from_config
+from controller.run_folder.settings import config_json, resume_settings, write_config
 from controller.trainable import TrainFn, make_trainable
 from search_space.errors import UserTypeError, user_error
 
 __all__ = [
     "run_search",
+    "SearchConfig",
+    "RunConfig",
     "SearchResult",
     "resolve_sites",
     "summary_text",
@@ -83,48 +83,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("fifo", "asha")
+#: Older keyword names run_search still takes: resources_per_trial={"cpu": c, "gpu": g}
+#: (cpus_per_trial, gpus_per_trial) and extra_config (extra).
+ALIASES = ("resources_per_trial", "extra_config")
 
 
 # ----------------------------------------------------------------------------- the search
 def run_search(
     model_fn: Callable[[], Any],
     train_fn: TrainFn,
+    config: SearchConfig | None = None,
+    run: RunConfig | None = None,
     *,
-    metric: str = "val_acc",
-    mode: str = "max",
-    reward_transform: str = "",
-    num_samples: int = 16,
-    search: str = "controller",
-    storage_path: str | os.PathLike[str] = "runs",
-    name: str | None = None,
     resume: bool = False,
-    resources_per_trial: Mapping[str, float] | None = None,
-    max_concurrent: int | None = None,
-    scheduler: Any = "fifo",
-    max_epochs: int | None = None,
-    sites: str | Sequence[str] = "all",
-    methods: Sequence[str] | None = None,
-    model_name: str = "",
-    seed: int = 0,
-    reward_seeds: int = 1,
-    baselines: Mapping[str, Any] | Sequence[str] = ("none",),
-    tuned_trials: int | str = "auto",
     example_input: Any = None,
-    layouts: Mapping[str, str] | None = None,
-    final_top_k: int = 0,
-    final_seeds: int = 0,
-    controller_batch: int = 4,
-    controller_lr: float | None = None,
-    controller_kwargs: Mapping[str, Any] | None = None,
-    penalty_reward: float | None = None,
-    address: str | None = None,
-    runtime_env: Mapping[str, Any] | None = None,
-    max_failures: int = 0,
-    trial_timeout: float | None = None,
-    extra_config: Mapping[str, Any] | None = None,
-    verbose: bool | int = False,
-    callbacks: Sequence[Any] | None = None,
+    **settings: Any,
 ) -> SearchResult:
     """Search a regularization plan for ``model_fn()``'s network trained by ``train_fn``.
 
@@ -133,48 +106,21 @@ def run_search(
             sites (``search_space.find_sites``) and build the search space.
         train_fn: ``train_fn(plan, seed, report)``; builds and trains the model under the
             ``search_space.Plan`` (``apply_plan``) with ``seed``, calls ``report(**metrics)``
-            once per epoch (``metric`` among them), and may return final metrics (``status``
-            ok / diverged / failed). Runs in Ray workers: it must be picklable.
-        metric, mode: what to optimise (``"val_loss", "min"`` works); reward_transform:
-            how a value becomes the controller's reward (``run_folder.Objective``).
-        num_samples: trainings of the search stage (the hand-set baselines and the final stage
-            come on top): ``tuned_trials`` of them tune the global recipes, the rest are
-            sampled plans.
-        search: "controller" (LSTM + REINFORCE), "random" or "tpe" (Optuna TPE).
-        storage_path, name: the run folder is ``storage_path/name``; resume: finish it.
-        resources_per_trial: ``{"cpu": 1, "gpu": 0.25}``; fractional GPUs share a device.
-        scheduler: "fifo", "asha" (needs ``max_epochs``: the epochs one seed trains) or a
-            Tune ``TrialScheduler``.
-        sites: "all", "stage" (one decision set per stage) or paths / glob patterns.
-        reward_seeds: each plan trains this many times (seeds seed..seed+K-1); reward = mean.
-        baselines: hand-set plans trained first at the same fidelity, recorded, never learned
-            from: name -> Plan, or names from ``search_space.baselines.BASELINES`` (those
-            other than "none" need ``example_input``, one input batch of the model).
-        example_input: one input batch of the model: a tensor, a tuple of positional arguments
-            or a dict of keyword arguments (``search_space.probe.call_model``); sites, their
-            layouts and methods then come from one forward pass (``search_space.describe``).
-        layouts: site path or glob pattern -> layout name (``{"stages.*": "NHWC"}``, see
-            ``search_space.layouts``) for sites whose layout the evidence does not show;
-            checked against the output shapes.
-        tuned_trials: trainings spent tuning "one method at every site" (dropout and DropBlock
-            for ConvNets, dropout and the sequence pattern for Transformers) on a small grid
-            (``search_space.baselines.TUNED_GRIDS``), split evenly between the methods; each
-            method's best enters the final stage as ``tuned-<method>``, and the controller
-            and TPE start from the best. "auto": a quarter of ``num_samples`` when that gives
-            every method a trial and leaves sampled plans (16 -> 2 per method); 0: none.
-        final_top_k, final_seeds: re-train the K best distinct sampled plans, every baseline
-            and every tuned recipe with S fresh seeds (final.csv); ``best_plan.json`` holds a
-            searched plan only if its paired 95% interval against the best baseline lies
-            wholly on the better side, else that baseline (``controller.final``).
-        trial_timeout: seconds one trial may run (over all its reward seeds); past it the trial
-            is recorded with status "timeout" and the penalty reward, its worker process is
-            ended (so a child that hangs cannot hold the search), and the search goes on.
-            None: no limit. Saved in search_config.json, so a resume keeps it.
-        extra_config: saved in search_config.json (e.g. the command line that started it).
-        verbose: show the searcher's line per finished trial (``[k/N] trial ... best ... ETA``,
-            logger ``controller.searcher``) on stderr even where logging is not set up (a
-            notebook, a script); quiet by default.
-        callbacks: Ray Tune ``Callback`` objects, passed to ``tune.RunConfig``.
+            once per epoch (the config's ``metric`` among them), and may return final metrics
+            (``status`` ok / diverged / failed). Runs in Ray workers: it must be picklable.
+        config: every setting of the search (``controller.config.SearchConfig``: budget,
+            stages, objective, sites, searcher, limits); saved in search_config.json.
+        run: where this driver runs it (``controller.config.RunConfig``: ``storage_path``,
+            ``name``, ``address``, ``runtime_env``, ``callbacks``, ``verbose``); never saved.
+        resume: finish the run folder ``storage_path/name``. Its settings are the folder's,
+            not the caller's (a setting given that differs is ignored, with a warning); only
+            code and where Ray runs come from the caller (``run_folder.settings``).
+        example_input: one input batch of the model: the space then comes from its output
+            shapes, every method is tried on it, and the baselines other than "none" need it.
+        **settings: any field of ``SearchConfig`` or ``RunConfig`` by name (``num_samples=8,
+            search="tpe", name="mine"``), over ``config`` and ``run``; ``resources_per_trial``
+            ({"cpu": 1, "gpu": 0.25}) and ``extra_config`` are older names of
+            ``cpus_per_trial``/``gpus_per_trial`` and ``extra``.
 
     Raises TypeError for an argument of the wrong type and ValueError (``FieldError``) for a
     bad value, both naming the argument, before Ray starts.
@@ -191,56 +137,14 @@ def run_search(
             detail=f"expected a function (plan, seed, report), got {type(train_fn).__name__}",
             cls=UserTypeError,
         )
-    if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
-        raise user_error(
-            "methods", detail=f"expected None or a list of method names, got {methods!r}", cls=UserTypeError
-        )
-    if not isinstance(verbose, (bool, int)):
-        raise user_error("verbose", detail=f"expected a bool, got {type(verbose).__name__}", cls=UserTypeError)
-    callbacks = _check_callbacks(callbacks)
-    objective = rf.Objective(metric, mode, reward_transform)
-    _check_int("num_samples", num_samples, 1, MAX_TRIALS)
-    _check_int("reward_seeds", reward_seeds, 1, 1000)
-    _check_int("final_top_k", final_top_k, 0, MAX_TRIALS)
-    _check_int("final_seeds", final_seeds, 0, 1000)
-    if final_top_k and not final_seeds:
-        raise user_error(
-            "final_seeds", final_seeds, "at least 1 when final_top_k > 0 (a final stage needs seeds), or final_top_k 0"
-        )
-    _check_int("controller_batch", controller_batch, 1)
-    _check_int("max_failures", max_failures, 0)
-    check_seed("seed", seed)
-    _check_seed_room(seed, reward_seeds, final_seeds if final_top_k else 0)
-    check_trial_timeout(trial_timeout)
-    if max_concurrent is not None:
-        _check_int("max_concurrent", max_concurrent, 1)
-    if controller_lr is not None and not (
-        isinstance(controller_lr, (int, float)) and math.isfinite(controller_lr) and 0 < controller_lr <= 1
-    ):
-        raise user_error("controller_lr", controller_lr, "a number in (0, 1]")
-    if isinstance(scheduler, str):
-        if scheduler not in SCHEDULERS:
-            raise user_error("scheduler", scheduler, f"{', '.join(SCHEDULERS)} or a ray.tune TrialScheduler")
-        if scheduler == "asha":
-            _check_int("max_epochs", max_epochs, 1)
-    from controller.policies import SEARCHERS
-
-    if search not in SEARCHERS:
-        raise user_error("search", search, ", ".join(SEARCHERS))
-    if penalty_reward is not None and (
-        isinstance(penalty_reward, bool)
-        or not isinstance(penalty_reward, (int, float))
-        or not math.isfinite(penalty_reward)
-    ):
-        raise user_error("penalty_reward", penalty_reward, "a finite number or None (the worst reward so far)")
-    check_resources(resources_per_trial)
-    check_address(address)
-    if address is None:
-        _check_local_cpus(resources_per_trial)
-    storage = check_storage(storage_path)
-    if resume and not name:
+    config, run, given = _configs(config, run, settings)
+    check_address(run.address)
+    if run.address is None:
+        _check_local_cpus({"cpu": config.cpus_per_trial})
+    storage = check_storage(run.storage_path)
+    if resume and not run.name:
         raise user_error("name", None, "the name of the run to resume", detail="missing")
-    name = check_name(name or f"{model_name or 'model'}-{search}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = check_name(run.name or f"{config.model_name or 'model'}-{config.search}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = storage / name
     lock = rf.RunFolderLock(run_dir)
     try:
@@ -251,22 +155,15 @@ def run_search(
         ) from None
     try:
         if resume:
-            check_resumable(run_dir)
-            config = rf.read_json(run_dir / rf.SEARCH_CONFIG)
-            searcher = searcher_from_config(config, run_dir)
+            saved_settings = check_resumable(run_dir)
+            resumed = resume_settings(saved_settings, given, quiet=True)
+            if resumed != config:  # the caller's settings are not the folder's already: say what is ignored
+                resumed = resume_settings(saved_settings, given)
+            config = resumed
+            saved = rf.read_json(run_dir / rf.SEARCH_CONFIG)
+            searcher = searcher_from_config(config, saved, run_dir)
             searcher.resume()  # the ledger and the JSON state; refuses what it did not write
-            return _execute(
-                run_dir,
-                config,
-                searcher,
-                train_fn,
-                resume=True,
-                resources=resources_per_trial,
-                address=address,
-                runtime_env=runtime_env,
-                callbacks=callbacks,
-                verbose=bool(verbose),
-            )
+            return _execute(run_dir, config, saved, searcher, train_fn, run, resume=True)
         if run_dir.exists():
             raise user_error(
                 "name",
@@ -274,50 +171,49 @@ def run_search(
                 "a new name, or resume the run",
                 detail=f"bad value {name!r} (run folder {run_dir} already exists)",
             )
-        space, baseline_plans = _space_and_baselines(
-            model_fn, sites, methods, model_name, baselines, example_input, layouts
-        )
-        tuned = tuned_recipes(space, tuned_trials, num_samples, exclude=list(baseline_plans.values()))
-        config = {
-            "version": CONFIG_VERSION,
-            "searcher": search,
-            "objective": objective.to_dict(),
-            "space": space.to_dict(),
-            "num_samples": num_samples,
-            "seed": seed,
-            "reward_seeds": list(range(seed, seed + reward_seeds)),
-            "final_top_k": final_top_k,
-            "final_seeds": [seed + FINAL_SEED_OFFSET + i for i in range(final_seeds)],
-            "baselines": {k: p.to_dict() for k, p in baseline_plans.items()},
-            "tuned": {m: [p.to_dict() for p in plans] for m, plans in tuned.items()},
-            "controller_batch": controller_batch,
-            "controller_lr": controller_lr,
-            "controller_kwargs": dict(controller_kwargs or {}),
-            "penalty_reward": penalty_reward,
-            "scheduler": scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
-            "max_epochs": max_epochs,
-            "max_concurrent": max_concurrent,
-            "max_failures": max_failures,
-            "trial_timeout": None if trial_timeout is None else float(trial_timeout),
-            "started_at": rf.now_iso(),
-            **dict(extra_config or {}),
-        }
-        searcher = searcher_from_config(config, run_dir)
-        return _execute(
-            run_dir,
-            config,
-            searcher,
-            train_fn,
-            resume=False,
-            resources=resources_per_trial,
-            address=address,
-            runtime_env=runtime_env,
-            scheduler=scheduler,
-            callbacks=callbacks,
-            verbose=bool(verbose),
-        )
+        space, baseline_plans = _space_and_baselines(model_fn, config, example_input)
+        tuned = tuned_recipes(space, config.tuned_trials, config.num_samples, exclude=list(baseline_plans.values()))
+        started = config_json(config, space=space, baselines=baseline_plans, tuned=tuned)
+        searcher = searcher_from_config(config, started, run_dir)
+        return _execute(run_dir, config, started, searcher, train_fn, run, resume=False)
     finally:
         lock.release()
+
+
+def _configs(
+    config: SearchConfig | None, run: RunConfig | None, settings: Mapping[str, Any]
+) -> tuple[SearchConfig, RunConfig, dict[str, Any]]:
+    """``config`` and ``run`` with the keyword ``settings`` over them (each checked once), and
+    the settings the caller gave (what a resume compares with the folder's)."""
+    for value, cls in ((config, SearchConfig), (run, RunConfig)):
+        if value is not None and not isinstance(value, cls):
+            raise user_error(
+                cls.__name__, detail=f"expected a {cls.__name__}, got {type(value).__name__}", cls=UserTypeError
+            )
+    kw = dict(settings)
+    if "resources_per_trial" in kw:
+        resources = kw.pop("resources_per_trial") or {}
+        check_resources(resources)
+        kw.update(cpus_per_trial=resources.get("cpu", 1.0), gpus_per_trial=resources.get("gpu"))
+    if "extra_config" in kw:
+        kw["extra"] = kw.pop("extra_config") or {}
+    search_fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(kw) - search_fields - run_fields)
+    if unknown:
+        raise user_error(
+            unknown[0],
+            detail="not a setting of run_search",
+            allowed="a field of SearchConfig or RunConfig, or resume, example_input",
+            cls=UserTypeError,
+        )
+    base = config or SearchConfig()
+    defaults = SearchConfig()
+    given = {f: getattr(base, f) for f in search_fields if getattr(base, f) != getattr(defaults, f)}
+    given.update({k: v for k, v in kw.items() if k in search_fields})
+    config = dataclasses.replace(base, **{k: v for k, v in kw.items() if k in search_fields})
+    run = dataclasses.replace(run or RunConfig(), **{k: v for k, v in kw.items() if k in run_fields})
+    return config, run, given
 
 
 def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude: Any = ()) -> dict[str, list[Any]]:
@@ -328,7 +224,6 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
     if tuned_trials == "auto":
         per = int(0.25 * num_samples / len(methods)) if methods and num_samples >= 4 * len(methods) else 0
     else:
-        _check_int("tuned_trials", tuned_trials, 0, max(0, num_samples - 1))
         if tuned_trials and (not methods or tuned_trials < len(methods)):
             raise user_error(
                 "tuned_trials",
@@ -351,26 +246,22 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
 
 
 def _space_and_baselines(
-    model_fn: Callable[[], Any],
-    sites: Any,
-    methods: Any,
-    model_name: str,
-    baselines: Any,
-    example_input: Any,
-    layouts: Mapping[str, str] | None = None,
+    model_fn: Callable[[], Any], config: SearchConfig, example_input: Any
 ) -> tuple[Any, dict[str, Any]]:
     """The search space and the baseline plans, checked before Ray starts. With
-    ``example_input`` the space comes from output shapes (``search_space.describe``) and
-    every method is tried forward and backward on it (``check_plans``), so a plan that cannot
-    train is refused here, naming the site, the method and the shape."""
+    ``example_input`` the space comes from output shapes and layouts (``search_space.describe``)
+    and every method is tried forward and backward on it (``check_plans``), so a plan that
+    cannot train is refused here, naming the site, the method and the shape."""
     from torch import nn
 
     from search_space.apply import find_sites
-    from search_space.baselines import BASELINES, baseline_plans, convnet_baselines
+    from search_space.baselines import baseline_plans, convnet_baselines
     from search_space.describe import candidate_sites, check_plans
     from search_space.plan import Plan
     from search_space.space import SearchSpace
 
+    sites, methods, model_name, baselines = config.sites, config.methods, config.model_name, config.baselines
+    layouts = config.layouts
     model = model_fn()
     if not isinstance(model, nn.Module):
         raise user_error(
@@ -398,14 +289,9 @@ def _space_and_baselines(
             model, sites=chosen, share=share, methods=methods, model_name=model_name, layouts=layouts
         )
     if isinstance(baselines, Mapping):
-        plans = {
-            str(k): space.with_layouts(v if isinstance(v, Plan) else Plan.from_dict(v)) for k, v in baselines.items()
-        }
+        plans = {str(k): space.with_layouts(v) for k, v in baselines.items()}
     else:
-        names = tuple(baselines or ())
-        unknown = [n for n in names if n not in BASELINES]
-        if unknown:
-            raise user_error("baselines", unknown[0], ", ".join(BASELINES))
+        names = tuple(baselines)
         if not convnet_baselines(space):
             # a Transformer or recurrent model (the practitioners' recipe), or one without maps
             allowed = space.baseline_plans()
@@ -429,48 +315,41 @@ def _space_and_baselines(
 
 def _execute(
     run_dir: Path,
-    config: dict[str, Any],
+    config: SearchConfig,
+    started: Mapping[str, Any],
     searcher: Any,
     train_fn: TrainFn,
+    run: RunConfig,
     *,
     resume: bool,
-    resources: Mapping[str, float] | None,
-    address: str | None,
-    runtime_env: Mapping[str, Any] | None,
-    scheduler: Any = "fifo",
-    callbacks: Sequence[Any] = (),
-    verbose: bool = False,
 ) -> SearchResult:
     """Run ``searcher``'s trials with a Ray Tune Tuner. A resume is a new Tuner over the same
-    run folder, its searcher already rebuilt from the ledger: Ray's snapshot is not needed."""
+    run folder, its searcher already rebuilt from the ledger: Ray's snapshot is not needed.
+    ``started``: search_config.json (what the start resolved beside the settings)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    objective = rf.Objective.from_config(config)
+    objective = rf.Objective.from_config(started)
     _quiet_tune()
     signals = _Signals()
     signals.install()
-    started = _start_ray(address, runtime_env)
+    ours = _start_ray(run.address, run.runtime_env)
     try:
         signals.install()
-        res = _resources(resources)
+        res = _resources({"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
         _ship_by_value(train_fn)
-        timeout = config.get("trial_timeout")
-        trainable = tune.with_resources(
-            make_trainable(train_fn, objective, None if timeout is None else float(timeout)), res
-        )
-        if verbose:
+        trainable = tune.with_resources(make_trainable(train_fn, objective, config.trial_timeout), res)
+        if run.verbose:
             _show_progress()
         if not resume:
             run_dir.mkdir(parents=True, exist_ok=False)
-            with rf.disk_full_is_fatal(run_dir):
-                rf.atomic_write_text(run_dir / rf.SEARCH_CONFIG, json.dumps(config, indent=2) + "\n", fsync=True)
+            write_config(run_dir, started)
         remaining = max(0, searcher.total_trials - searcher.finished)
         log.info(
             "%s %s search: %d trials (%d baselines, %d tuned, %d sampled, %d final), %d to run, on %g CPU, "
             "%g GPU per trial -> %s",
             "resuming" if resume else "starting",
-            config["searcher"],
+            config.search,
             searcher.total_trials,
             len(searcher.baselines),
             len(searcher._tuned_trials),
@@ -486,13 +365,13 @@ def _execute(
         error = ""
         if remaining:
             limiter = ConcurrencyLimiter(
-                searcher, max_concurrent=_max_concurrent(config.get("max_concurrent"), res, remaining)
+                searcher, max_concurrent=_max_concurrent(config.max_concurrent, res, remaining)
             )
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=limiter,
-                    scheduler=_scheduler(scheduler if not resume else config.get("scheduler", "fifo"), config),
+                    scheduler=_scheduler(config.scheduler, {**started, "max_epochs": config.max_epochs}),
                     metric=objective.metric,
                     mode=objective.mode,
                     num_samples=remaining,
@@ -504,9 +383,9 @@ def _execute(
                     name=run_dir.name,
                     storage_path=str(run_dir.parent),
                     verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=config.get("max_failures", 0), fail_fast=False),
+                    failure_config=tune.FailureConfig(max_failures=config.max_failures, fail_fast=False),
                     sync_config=tune.SyncConfig(sync_period=5),
-                    callbacks=list(callbacks),
+                    callbacks=list(run.callbacks),
                 ),
             )
             signals.in_tune = True
@@ -537,10 +416,10 @@ def _execute(
                 **({"error": error} if error else {}),
                 **({"seconds_this_session": round(time.time() - start, 1)} if status == "finished" else {}),
             )
-        return _result(run_dir, config, status, error)
+        return _result(run_dir, started, status, error)
     finally:
         signals.restore()
-        if started:
+        if ours:
             import ray
 
             ray.shutdown()

@@ -1,6 +1,8 @@
-"""The search's arguments, checked before Ray starts: each refusal is one line naming the
+"""Checks of a search's arguments before Ray starts: each refusal is one line naming the
 argument, the bad value and what is allowed (``search_space.errors.FieldError``), and leaves
-nothing behind. ``run_search`` and ``launch_search.py`` share these."""
+nothing behind. The settings' own checks are ``controller.config``'s (they use the pure ones
+here); what needs the machine (folders, the network, this machine's CPUs) or the model (sites)
+is checked here, by ``run_search``."""
 
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ def check_seed(name: str, value: Any) -> int:
     return _check_int(name, value, 0, SEED_MAX)
 
 
+#: The most trainings one search may ask for (far beyond any budget; 2**70 would never end).
+MAX_TRIALS = 1_000_000
+
+#: The final stage's seeds start here above the search's seed (``seed + 1000 + i``).
+FINAL_SEED_OFFSET = 1000
+
 #: The longest trial_timeout (about three years): threading's waits overflow far above it.
 TRIAL_TIMEOUT_MAX = 1e8
 
@@ -45,26 +53,6 @@ def check_trial_timeout(value: Any) -> float | None:
     if value is not None:
         check_number("trial_timeout", value, 0, TRIAL_TIMEOUT_MAX, low_open=True)
     return value
-
-
-#: The most trainings one search may ask for (far beyond any budget; 2**70 would never end).
-MAX_TRIALS = 1_000_000
-
-#: The final stage's seeds start here above the search's seed (``seed + 1000 + i``).
-FINAL_SEED_OFFSET = 1000
-
-
-def _check_seed_room(seed: int, reward_seeds: int, final_seeds: int) -> None:
-    """Every seed the run will use (seed .. seed+K-1, seed+1000 .. seed+1000+S-1) must stay
-    within SEED_MAX: refused here rather than in a trial hours later."""
-    top = max(reward_seeds - 1, FINAL_SEED_OFFSET + final_seeds - 1 if final_seeds else 0)
-    if seed + top > SEED_MAX:
-        raise user_error(
-            "seed",
-            seed,
-            f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
-            f"reward seeds{' and the final stage' if final_seeds else ''})",
-        )
 
 
 def _check_local_cpus(resources: Mapping[str, Any] | None) -> None:

@@ -80,12 +80,20 @@ class Run:
         return str(self.config.get("searcher", "unknown"))
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The search's settings by name, of any config version (``run_folder.settings``)."""
+        from controller.run_folder.settings import raw_settings
+
+        return raw_settings(self.config)
+
+    @property
     def train_config(self) -> dict[str, Any]:
-        return dict(self.config.get("train") or {})
+        return dict(self.settings.get("train") or {})
 
     @property
     def args(self) -> dict[str, Any]:
-        return dict(self.config.get("args") or {})
+        """The settings (older runs: the command's flags among them)."""
+        return {**dict(self.config.get("args") or {}), **self.settings}
 
     @property
     def sites(self) -> list[str]:

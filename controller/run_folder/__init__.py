@@ -6,7 +6,7 @@ once. Only the standard library and pandas are imported: ``results`` loads this 
 
 Layout::
 
-    search_config.json      how the search was started (objective, space, settings)
+    search_config.json      how the search was started: its settings, the objective, the space (``settings``)
     run_state.json          running | interrupted | finished, and how many trials are done
     trials.csv              ledger: one row per finished trial (trial_columns, then one per site)
     controller_history.csv  ledger: one row per controller update (HISTORY_COLUMNS)
@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from controller.run_folder.lock import RunFolderBusy, RunFolderLock
 from search_space.errors import user_error
 from search_space.files import atomic_write_text
 
@@ -83,9 +84,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: 3: the run folder is a ledger (trials, history, final_trials appended) plus searcher_state.json;
-#: a run of version 2 (Ray's pickles) can still be summarized and exported, not resumed.
-CONFIG_VERSION = 3
+#: 4: search_config.json keeps every setting under ``settings`` (``controller.config.SearchConfig``;
+#: ``run_folder.settings``); 3 (flat keys and the command's args) still resumes. 3 made the run
+#: folder a ledger (trials, history, final_trials appended) plus searcher_state.json; a run of
+#: version 2 (Ray's pickles) can still be summarized and exported, not resumed.
+CONFIG_VERSION = 4
 
 SEARCH_CONFIG = "search_config.json"
 RUN_STATE = "run_state.json"
@@ -365,64 +368,6 @@ def disk_full_is_fatal(path: Path) -> Iterator[None]:
                 exc.errno, f"disk full while writing the run folder {path}; free space, then resume with --resume"
             ) from exc
         raise
-
-
-# ------------------------------------------------------------------------- locking
-class RunFolderBusy(RuntimeError):
-    """Another driver holds the run folder."""
-
-
-class RunFolderLock:
-    """An exclusive lock on ``STORAGE/NAME`` held for a driver's lifetime.
-
-    The lock file sits beside the folder (``STORAGE/.NAME.lock``), so it can be taken before
-    the folder exists: two new runs with one name, or two ``--resume`` of one run, cannot both
-    start. The operating system releases it when the process dies, so a killed driver never
-    leaves a stale lock.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> "RunFolderLock":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = ""
-            with contextlib.suppress(OSError):
-                holder = self.path.read_text().strip()
-            raise RunFolderBusy(
-                f"run folder {self.path.parent / self.path.name[1:-5]} is in use by "
-                f"another driver{f' (pid {holder})' if holder else ''}; wait for "
-                "it to end"
-            ) from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Unlock; the lock file goes too when the run folder was never created (a refused
-        start leaves nothing behind)."""
-        if self._fd is not None:
-            if not self.run_dir.exists():
-                self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunFolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 # ------------------------------------------------------------------------- reading

@@ -276,8 +276,9 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
     )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
-    assert config["searcher"] == "controller" and config["version"] == 3
-    assert config["train"]["epochs"] == 1 and config["args"]["train_size"] == 100
+    assert config["searcher"] == "controller" and config["version"] == 4
+    assert config["settings"]["train"]["epochs"] == 1 and config["settings"]["train"]["train_size"] == 100
+    assert config["settings"]["num_samples"] == 5 and config["settings"]["max_concurrent"] == 2
     space = SearchSpace.from_dict(config["space"])
     rows = read_csv(run / "trials.csv")
     assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6

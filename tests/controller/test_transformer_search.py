@@ -57,7 +57,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_lm_search_ranks_by_perplexity_with_the_transformer_baselines(lm_run: Path) -> None:
     config = json.loads((lm_run / "search_config.json").read_text())
     assert config["objective"] == {"metric": "val_ppl", "mode": "min", "transform": "neg_log"}
-    assert config["train"]["dataset"] == "builtin_text" and config["train"]["model"] == "transformer_lm"
+    train = config["settings"]["train"]
+    assert train["dataset"] == "builtin_text" and train["model"] == "transformer_lm"
     rows = _rows(lm_run / "trials.csv")
     assert len(rows) == 5 and {"val_ppl", "val_ppl_se", "best_val_ppl"} <= set(rows[0]) and "val_acc" not in rows[0]
     assert sorted(r["baseline"] for r in rows if r["baseline"]) == ["dropout", "none"]

@@ -34,9 +34,10 @@ def test_a_hung_child_is_recorded_as_timeout_and_the_search_goes_on(ray_session,
     assert sorted(trials["status"]) == ["ok", "ok", "ok", "timeout"]
     hung = trials[trials["status"] == "timeout"].iloc[0]
     assert "trial_timeout" in hung["error"] and "2 s" in hung["error"]
+    settings = json.loads((run / rf.SEARCH_CONFIG).read_text())["settings"]
     if hung["baseline"] != "none":  # a sampled plan: it teaches the controller the penalty
-        assert hung["reward"] == pytest.approx(json.loads((run / rf.SEARCH_CONFIG).read_text())["penalty_reward"])
-    assert json.loads((run / rf.SEARCH_CONFIG).read_text())["trial_timeout"] == 2.0
+        assert hung["reward"] == pytest.approx(settings["penalty_reward"])
+    assert settings["trial_timeout"] == 2.0
     assert "1 timeout" in capsys.readouterr().out
     assert took < 45, took
 
