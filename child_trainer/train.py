@@ -109,8 +109,9 @@ class TrainConfig:
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)
     synthetic_classes: int = 10
     # learn the per-site dropout rates in this training (Concrete Dropout, search_space.learned): at
-    # the plan's sites (its methods are ignored) or, without a plan, at every candidate site; the
-    # result adds learned_rates (site -> rate)
+    # the plan's sites (its methods are ignored; a search's learning plan: its "learned" sites, per
+    # channel where it says so) or, without a plan, at every candidate site; the result adds
+    # learned_rates (site -> rate). A learning plan turns it on by itself.
     learned: bool = False
 
     def __post_init__(self) -> None:
@@ -271,6 +272,13 @@ def evaluate(
     return correct.item() / max(1, len(x))
 
 
+def _is_learning(plan: Any) -> bool:
+    """A search's ``learned`` trial: its plan learns the rates of some sites (`search_space.learned`)."""
+    from search_space.learned import is_learning_plan
+
+    return plan is not None and is_learning_plan(plan)
+
+
 def _load_plan(plan: Any) -> Any:
     """Accept a Plan, its dict or its JSON text (the Ray trial config carries JSON)."""
     if plan is None or hasattr(plan, "sites"):
@@ -304,7 +312,7 @@ class _Run:
         self.step_schedulers: Callable[[nn.Module], None] | None = None
         self.learned_sites: dict[str, int | None] = {}
         self.learned_parameters: list[nn.Parameter] = []
-        if cfg.learned:
+        if cfg.learned or _is_learning(self.plan):
             self._apply_learned(model)
         elif self.plan is not None:
             from search_space.apply import apply_plan, step_schedulers
@@ -330,11 +338,19 @@ class _Run:
         self.images_seen = 0
 
     def _apply_learned(self, model: nn.Module) -> None:
-        """Concrete Dropout at the plan's sites or every candidate site (`search_space.learned`)."""
+        """Concrete Dropout at the plan's sites or every candidate site (`search_space.learned`);
+        a search's learning plan says which sites learn (method ``learned``) and which of them
+        per channel."""
         from search_space.learned import apply_learned, learned_parameters, learned_sites
+        from search_space.plan import LEARNED_METHOD
 
-        sites = None if self.plan is None else list(self.plan.sites)
-        self.learned_sites = learned_sites(model, self.example_input(), sites)
+        if _is_learning(self.plan):
+            specs = {s: spec for s, spec in self.plan.sites.items() if spec.method == LEARNED_METHOD}
+            probed = learned_sites(model, self.example_input(), list(specs))
+            self.learned_sites = {s: probed[s] if spec.params.get("per_channel") else None for s, spec in specs.items()}
+        else:
+            sites = None if self.plan is None else list(self.plan.sites)
+            self.learned_sites = learned_sites(model, self.example_input(), sites)
         lm = is_lm(self.cfg.model)  # a language model's loss is a mean over tokens: one data point each
         apply_learned(model, self.learned_sites, self.n_train, weight_decay=self.cfg.weight_decay,
                       example_dims=2 if lm else 1)  # fmt: skip
@@ -636,7 +652,7 @@ def train_child(
         bar.close()
     if cfg.eval_test and result["status"] == "ok":
         result.update(run.test_metrics())
-    if cfg.learned:
+    if run.learned_sites:
         from search_space.learned import learned_rates
 
         result["learned_rates"] = learned_rates(run.model)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller import run_folder as rf
+from controller.final import LEARNED_TRIAL
 from controller.outcome import TrialOutcome
 from search_space.plan import plan_key
 
@@ -48,6 +49,7 @@ def trial_row(
         "plan": plan,
         "plan_json": json.dumps(plan.to_dict(), sort_keys=True),
         "methods": plan.summary(),
+        "learned_rates": res.get("learned_rates") or "",  # the learned baseline's (JSON); else empty
     }
 
 
@@ -72,12 +74,14 @@ class Tally:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Keep the best trial (``run_folder.best_row`` of the best so far and the new one:
-        ok, finite, best by the mode, ties to the earlier) and the worst ok reward up to date."""
+        ok, finite, best by the mode, ties to the earlier; never the ``learned`` trial, whose
+        plan is a training method: its derived plan competes in the final stage) and the
+        worst ok reward up to date."""
         o = self.objective
         if row.get("reward") is not None:
             self.rewards_by_plan[plan_key(row["plan"])] = float(row["reward"])
-        if rf.best_row([row], o) is None:
-            return  # not ranked: stopped, failed, or no finite value
+        if rf.best_row([row], o) is None or row.get("baseline") == LEARNED_TRIAL:
+            return  # not ranked: stopped, failed, or no finite value; or a training, not a plan to export
         self.best = rf.best_row([self.best, row] if self.best is not None else [row], o)
         if row.get("reward") is not None:
             r = float(row["reward"])

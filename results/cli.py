@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.final import LEARNED
 from search_space.errors import (
     SEED_MAX,
     FieldError,
@@ -24,6 +25,7 @@ from search_space.errors import (
     user_error,
 )
 
+from .learned import learned_rates_table
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
     FORMATS,
@@ -61,6 +63,8 @@ def _header(runs: list[Run]) -> str:
         exported = st.get("exported") or {}
         if exported:
             kind = {"searched": "a searched plan", "baseline": "the hand-set baseline", "tuned": "the tuned baseline"}
+            if exported.get("label") == LEARNED:
+                kind["baseline"] = "the baseline"
             parts.append(
                 f"  best_plan.json holds {kind.get(exported.get('kind'), exported.get('kind'))} "
                 f"{exported.get('label', '')} (chosen by the {exported.get('selected_by', '?')} stage)"
@@ -104,6 +108,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 "95% interval by Student's t at n - 1 df"
             )
             tables.append((f"{title} ({what}, positive = better)", table))
+    for run in runs:
+        table = learned_rates_table(run)
+        if len(table):
+            title = "learned rate per site" + (f" of {run.name}" if len(runs) > 1 else "")
+            tables.append((f"{title} (one training, Concrete Dropout; mean over the reward seeds), "
+                           "the learned-rates plan they make, and the searched plan", table))  # fmt: skip
     tables += [
         ("methods per site: count, share, mean reward when chosen", stats)
         if args.format == "csv"
@@ -237,6 +247,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         baselines=tuple(args.baselines),
         seed_offset=args.seed_offset,
         tuned=not args.no_tuned,
+        learned=not args.no_learned,
         device=args.device,
         num_threads=args.num_threads,
     )
@@ -362,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first seed, seeds offset..offset+S-1 (default: the first S seeds the search never used)",
     )
     r.add_argument("--no-tuned", action="store_true", help="leave out the search's tuned global recipes")
+    r.add_argument("--no-learned", action="store_true", help="leave out the search's learned-rates plan")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
     r.add_argument("--num-threads", type=typed(int), default=None, help="torch CPU threads per training")
     r.add_argument("--out", help="output folder (default RUN_DIR/results)")

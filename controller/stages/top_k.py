@@ -13,7 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from controller import run_folder as rf
-from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, final_rows
+from controller.final import BASELINE, LEARNED, SEARCHED, TUNED, TUNED_PREFIX, final_rows
+from controller.learned import learned_contender
 from controller.stages.base import FinalTrial
 from search_space.plan import plan_key
 
@@ -124,9 +125,11 @@ def contenders(
     top_k: int,
 ) -> dict[str, tuple[Any, str]]:
     """The finalists, label -> (plan, source trial id), in order: the hand-set ``baselines``,
-    each ``tuned`` method's best recipe, then the ``top_k`` best distinct sampled plans (by
-    search-stage value; ties to the earlier). A plan equal to an earlier finalist is not added
-    (a searched plan that is a baseline is that baseline; the next distinct one takes its place)."""
+    each ``tuned`` method's best recipe, ``learned-rates`` (the plan the ``learned`` trial's
+    rates make, when that trial ended ok: ``controller.learned``), then the ``top_k`` best
+    distinct sampled plans (by search-stage value; ties to the earlier). A plan equal to an
+    earlier finalist is not added (a searched plan that is a baseline is that baseline; the
+    next distinct one takes its place)."""
     o = objective
 
     def ranked(kind: str, label: str = "") -> list[Mapping[str, Any]]:
@@ -158,6 +161,9 @@ def contenders(
         best = ranked(TUNED, f"{TUNED_PREFIX}{method}")
         if best:
             add(f"{TUNED_PREFIX}{method}", best[0]["plan"], best[0]["trial_id"])
+    learned = learned_contender(records)
+    if learned is not None:
+        add(LEARNED, *learned)
     n_searched = 0
     for r in ranked(SEARCHED):
         if n_searched >= top_k:
