@@ -45,6 +45,7 @@ from controller.checks import (
     resolve_sites,
 )
 from controller.config import SCHEDULERS, RunConfig, SearchConfig
+from controller.learned import learning_plan_of
 from controller.ray_session import (
     _max_concurrent,
     _quiet_tune,
@@ -173,7 +174,7 @@ def run_search(
             )
         space, baseline_plans = _space_and_baselines(model_fn, config, example_input)
         tuned = tuned_recipes(space, config.tuned_trials, config.num_samples, exclude=list(baseline_plans.values()))
-        learned = _learning_plan(space) if config.learned_rates else None
+        learned = learning_plan_of(space) if config.learned_rates else None
         started = config_json(config, space=space, baselines=baseline_plans, tuned=tuned, learned=learned)
         searcher = searcher_from_config(config, started, run_dir)
         return _execute(run_dir, config, started, searcher, train_fn, run, resume=False)
@@ -244,17 +245,6 @@ def tuned_recipes(space: Any, tuned_trials: int | str, num_samples: int, exclude
             per,
         )
     return out
-
-
-def _learning_plan(space: Any) -> Any:
-    """The ``learned`` trial's plan (``search_space.learned.learning_plan``), or None when no
-    site of the space allows dropout or spatial dropout (said once)."""
-    from search_space.learned import learning_plan
-
-    plan = learning_plan(space)
-    if plan is None:
-        log.info("learned_rates: no site allows dropout or spatial dropout; the search has no learned baseline")
-    return plan
 
 
 def _space_and_baselines(

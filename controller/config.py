@@ -51,7 +51,6 @@ SCHEDULERS = ("fifo", "asha")
 #: Default of ``max_redraws``: draws of a sampler to find a plan not trained yet.
 MAX_REDRAWS = 25
 _SAME = object()  # a setting whose command-line default is its Python default
-_RESERVED_LABELS = ("learned", "learned-rates")  # controller.final.LEARNED_TRIAL, LEARNED
 
 
 def setting(
@@ -131,12 +130,7 @@ class SearchConfig:
         command=None,
         parse=_names,
     )
-    learned_rates: bool = setting(
-        True,
-        "one more baseline training that learns a dropout rate per site (Concrete Dropout); the plan its "
-        "rates make enters the final stage as learned-rates, and the sampled plans start from it "
-        "(default on; --no-learned-rates turns it off)",
-    )
+    learned_rates: bool = setting(True, "one training that learns each site's rate: a baseline (learned-rates)")
     tuned_trials: int | str = setting(
         "auto",
         "trainings of --num-samples that tune one method at every site (dropout, "
@@ -315,10 +309,6 @@ class SearchConfig:
                 if not isinstance(plan, Plan):
                     raise user_error(
                         f"baselines[{label!r}]", detail=f"bad value {type(plan).__name__}", allowed="a Plan"
-                    )
-                if label in _RESERVED_LABELS:
-                    raise user_error(
-                        "baselines", label, "names other than learned and learned-rates (the learned baseline's)"
                     )
             return
         from search_space.baselines import BASELINES

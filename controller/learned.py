@@ -18,11 +18,38 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller import run_folder as rf
-from controller.final import LEARNED_TRIAL
+from controller.final import LEARNED, LEARNED_TRIAL
 
-__all__ = ["learned_row", "rates_of", "learned_contender", "learned_recipe"]
+__all__ = ["learning_plan_of", "baseline_items", "learned_row", "rates_of", "learned_contender", "learned_recipe"]
 
 log = logging.getLogger("controller.searcher")
+
+
+def learning_plan_of(space: Any) -> Any:
+    """The ``learned`` trial's plan for ``space`` (``search_space.learned.learning_plan``), or
+    None when no site of the space allows dropout or spatial dropout (said once)."""
+    from search_space.learned import learning_plan
+
+    plan = learning_plan(space)
+    if plan is None:
+        log.info("learned_rates: no site allows dropout or spatial dropout; the search has no learned baseline")
+    return plan
+
+
+def baseline_items(baselines: Mapping[str, Any], learned: Any) -> list[tuple[str, Any]]:
+    """The baselines stage's (label, plan) pairs: the hand-set ``baselines``, then the
+    ``learned`` trial's plan (a learning plan) when there is one."""
+    from search_space.errors import user_error
+    from search_space.learned import is_learning_plan
+
+    if learned is None:
+        return list(baselines.items())
+    if not is_learning_plan(learned):
+        raise user_error("learned", str(learned)[:60], "a plan whose sites learn their rates (learning_plan)")
+    clash = next((label for label in (LEARNED_TRIAL, LEARNED) if label in baselines), None)
+    if clash is not None:
+        raise user_error("baselines", clash, f"names other than {LEARNED_TRIAL} and {LEARNED} (the learned baseline's)")
+    return [*baselines.items(), (LEARNED_TRIAL, learned)]
 
 
 def learned_row(records: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -5,13 +5,12 @@ Why it looks like this:
   place it lets us decide *what* to train next and hear about every finished trial, so the
   search lives here, on the driver.
 - A search has four stages, all ordinary Tune trials, each an object with one job
-  (``controller.stages``): the **baselines** (the ``learned`` trial among them, which learns
-  per-site rates in one training: ``controller.learned``) and the **tuned global recipes**
-  (``FixedPlans``: recorded, never learned from), the **sampled plans** (``SampledPlans``:
-  drawn from the policy, redrawn when already trained, started from the best tuned recipe and
-  the learned rates once those trials are in) and the **final stage** (a ``FinalStage``:
-  today ``TopKFinal``, the top-k sampled plans, every baseline, ``learned-rates`` and each
-  tuned method's best re-trained with fresh seeds;
+  (``controller.stages``): the **baselines** (``learned`` among them: ``controller.learned``)
+  and the **tuned global recipes** (``FixedPlans``: recorded, never learned from), the
+  **sampled plans** (``SampledPlans``: drawn from the policy, redrawn when already trained,
+  started from the best tuned recipe and the learned rates) and the **final stage** (a
+  ``FinalStage``: today ``TopKFinal``, the top-k sampled plans, every baseline (and
+  ``learned-rates``) and each tuned method's best re-trained with fresh seeds;
   ``best_plan.json`` is a searched plan only when it is better than the best baseline,
   ``controller.final``). ``PlanSearcher`` sequences them, records and persists.
 - Trials finish out of order and concurrently: a suggested trial waits in ``pending`` with
@@ -40,7 +39,8 @@ from ray.tune.search import Searcher
 
 from controller import run_folder as rf
 from controller.config import MAX_REDRAWS, SearchConfig
-from controller.final import BASELINE, LEARNED_TRIAL, SEARCHED, TUNED, TUNED_PREFIX, best_plan_of
+from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_of
+from controller.learned import baseline_items
 from controller.outcome import trial_outcome
 from controller.progress import log_progress
 from controller.records import Tally, trial_row
@@ -49,7 +49,6 @@ from controller.searcher_state import FINAL, SEARCH, Persisted, seed_list
 from controller.stages import FixedPlans, Proposal, SampledPlans, TopKFinal
 from controller.stages.sampled import PolicyHooks
 from search_space.errors import user_error
-from search_space.learned import is_learning_plan
 from search_space.plan import Plan, plan_key
 from search_space.space import SearchSpace
 
@@ -91,10 +90,8 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
         settings: the search's other settings (``controller.config.SearchConfig``, e.g.
             ``max_redraws``; the arguments above take precedence over its fields).
-        learned: the plan of the ``learned`` trial (``search_space.learned.learning_plan``:
-            its sites learn their rates in one training), trained after the baselines like
-            them; its rates make the finalist ``learned-rates`` and a place the sampled plans
-            start from (``controller.learned``). None: no such trial.
+        learned: the ``learned`` trial's plan (its sites learn their rates in one training:
+            ``controller.learned``), trained after the baselines like them; None: no such trial.
     """
 
     name: ClassVar[str] = ""
@@ -146,8 +143,6 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
                 raise user_error(f"tuned[{method!r}]", plans, "a non-empty list of Plans")
             self.tuned[str(method)] = plans
         self._tuned_trials = [(f"{TUNED_PREFIX}{m}", p) for m, plans in self.tuned.items() for p in plans]
-        if learned is not None and not is_learning_plan(learned):
-            raise user_error("learned", learned.summary()[:60], "a plan whose sites learn their rates (learning_plan)")
         self.learning_plan: Plan | None = learned
         self.reward_seeds = [int(s) for s in reward_seeds]
         self.final_top_k = final_top_k
@@ -156,7 +151,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             self.final_top_k = 0
         # the stages, in order: the first two are fixed lists, then the policy's, then the final one
         self.fixed = [
-            FixedPlans(BASELINE, [*self.baselines.items(), *([(LEARNED_TRIAL, learned)] if learned else [])], space),
+            FixedPlans(BASELINE, baseline_items(self.baselines, learned), space),
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
         self.sampled = SampledPlans(self, space, num_samples, self.settings)

@@ -39,9 +39,11 @@ from torch import nn
 
 from search_space.apply import (
     _SITE_NORMS,
+    CONCRETE_BEHIND,
+    LEARNED_APPLIED,
     _named_modules,
-    _next_conv,
     check_sites,
+    concrete_layers,
     find_sites,
     insert_layers,
     is_residual_block,
@@ -49,9 +51,8 @@ from search_space.apply import (
     unwrap_regularizer,
 )
 from search_space.errors import user_error
-from search_space.layers._validate import check_int
 from search_space.layers.concrete import DEFAULT_TEMPERATURE, ConcreteDropout, dropout_penalty
-from search_space.plan import LEARNED_METHOD, Plan, PlanError, SiteSpec
+from search_space.plan import LEARNED_METHOD, Plan, SiteSpec
 from search_space.vocab import VOCAB
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "is_learning_plan",
     "learning_plan",
     "nearest_tokens",
-    "plan_layers",
     "trained_rates",
     "learned_layers",
     "learned_param_groups",
@@ -82,9 +82,8 @@ log = logging.getLogger(__name__)
 LEARNED = "learned-rates"
 #: The label of a search's trial that learns the rates (its baseline name in trials.csv).
 LEARNED_TRIAL = "learned"
-_BEHIND = "_learned_behind"  # the following conv, kept outside _modules (not a submodule)
+_BEHIND = CONCRETE_BEHIND  # the following conv, kept outside _modules (not a submodule)
 _REGULARIZED = "_learned_regularized"  # learned_regularizer ran on the layer (a plain attribute)
-_APPLIED = "_learned_applied"  # on a Plan: the layers apply_plan inserted for it, with their start logits
 
 
 def channel_dim_of_layout(layout: str) -> int | None:
@@ -149,50 +148,6 @@ def apply_learned(
                              weight_decay=weight_decay, precision=precision, example_dims=example_dims)  # fmt: skip
     insert_layers(model, layers)
     return model
-
-
-def concrete_layers(
-    model: nn.Module,
-    sites: Mapping[str, int | None],
-    n_train: int,
-    *,
-    init_rate: float = 0.1,
-    temperature: float = DEFAULT_TEMPERATURE,
-    weight_decay: float = 0.0,
-    precision: float = 1.0,
-    example_dims: int = 1,
-) -> dict[str, ConcreteDropout]:
-    """Site -> a new `ConcreteDropout` for it (with the following conv's weight for the weight
-    term), not inserted yet: what `apply_learned` and `apply_plan` (at a plan's ``learned``
-    sites) insert. Arguments as `apply_learned`'s."""
-    n_train = check_int("n_train", n_train)
-    decay = weight_decay if isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool) else -1.0
-    if not decay >= 0.0:
-        raise user_error("weight_decay", weight_decay, "a number >= 0")
-    check_sites(model, sites)
-    length_scale = (decay * precision * n_train) ** 0.5 if decay > 0 else 0.0
-    layers: dict[str, ConcreteDropout] = {}
-    for site, channel_dim in sites.items():
-        try:
-            layers[site] = ConcreteDropout(
-                init_rate,
-                n_train=n_train,
-                channel_dim=channel_dim,
-                temperature=temperature,
-                length_scale=length_scale,
-                precision=precision,
-                example_dims=example_dims,
-            )
-        except ValueError as e:
-            raise user_error(f"sites[{site!r}]", detail=str(e)) from None
-    named = list(_named_modules(model))
-    for site, layer in layers.items():
-        conv = None if ":" in site or length_scale == 0 else _next_conv(named, site)
-        if conv is not None:
-            object.__setattr__(layer, _BEHIND, conv)
-    behind = sum(_BEHIND in layer.__dict__ for layer in layers.values())
-    log.info("learned rates at %d sites (%d with a weight term), n_train=%d", len(layers), behind, n_train)
-    return layers
 
 
 def learned_layers(model: nn.Module) -> dict[str, ConcreteDropout]:
@@ -380,38 +335,12 @@ def _nearest_spec(method: str, rate: float, allowed: Sequence[str]) -> SiteSpec:
 
 
 # ----------------------------------------------------------------------------- a train_fn's rates
-def plan_layers(
-    model: nn.Module, plan: Plan, n_train: int | None, *, weight_decay: float = 0.0, example_dims: int = 1
-) -> dict[str, ConcreteDropout]:
-    """`apply_plan`'s layers for ``plan``'s ``learned`` sites (not inserted yet): per channel
-    along the site's layout (channels first without one) or elementwise, as the site says.
-    ``n_train`` is required (the regularizer scales with 1/N). The layers are kept on the
-    plan object for `trained_rates`: the search reads the rates a ``train_fn`` learned there."""
-    if n_train is None:
-        raise user_error(
-            "n_train",
-            detail="missing: the plan's sites learn their rates (method 'learned'), and the regularizer scales "
-            "with 1/n_train",
-            allowed="apply_plan(model, plan, total_steps, n_train=len(train_set)) (search_space.learned)",
-            cls=PlanError,
-        )
-    sites: dict[str, int | None] = {}
-    for site, spec in plan.sites.items():
-        if spec.method == LEARNED_METHOD:
-            layout = plan.layouts.get(site)
-            per_channel = spec.params.get("per_channel", False)
-            sites[site] = (channel_dim_of_layout(layout) if layout else 1) if per_channel else None
-    layers = concrete_layers(model, sites, n_train, weight_decay=weight_decay, example_dims=example_dims)
-    plan.__dict__[_APPLIED] = {site: (layer, float(layer.logit.detach())) for site, layer in layers.items()}
-    return layers
-
-
 def trained_rates(plan: Plan) -> tuple[dict[str, float], str]:
     """(site -> learned rate, "") after a training of ``plan``, read from the layers
     `apply_plan` last inserted for it (and forgotten, for the next seed); or ({}, why there
     are none): the plan was never applied, never trained, its regularizer never added to the
     loss, or its logits never moved (the optimizer does not hold them)."""
-    applied = plan.__dict__.pop(_APPLIED, None)
+    applied = plan.__dict__.pop(LEARNED_APPLIED, None)
     if not applied:
         return {}, (
             "train_fn never applied this plan: call apply_plan(model, plan, total_steps, n_train=len(train_set)) "

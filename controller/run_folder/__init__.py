@@ -243,9 +243,8 @@ def trial_columns(objective: Objective) -> list[str]:
     searched plans); ``reference`` is 1 for both (they never enter a controller update; which
     update a searched trial reached is in controller_history.csv's ``trials``). The metric's
     column holds the final value (mean over the reward seeds), ``<metric>_se`` its standard
-    error and ``<metric>_seeds`` every seed's value (JSON list). ``learned_rates``: the
-    ``learned`` baseline's rate per site (JSON object, mean over the reward seeds; empty for
-    every other trial), from which its derived plan ``learned-rates`` follows.
+    error and ``<metric>_seeds`` every seed's value (JSON list); ``learned_rates`` the rate per
+    site of the ``learned`` baseline (JSON; ``controller.learned``), empty for the others.
     """
     m = objective
     return [
