@@ -7,9 +7,10 @@
 
     def train_fn(plan, seed, report):     # runs in a Ray worker, once per trial and seed
         torch.manual_seed(seed)
-        model = apply_plan(MyNet(), plan, total_steps=steps)
+        model = apply_plan(MyNet(), plan, total_steps=steps, n_train=len(train_set))
+        opt = SGD(learned_param_groups(model), lr=0.1)  # the learned baseline's logits too
         for epoch in range(epochs):
-            ...train one epoch (call step_schedulers(model) after each optimizer step)...
+            ...train one epoch: loss + learned_regularizer(model); step_schedulers(model) after each step...
             report(val_loss=validate(model))
 
     config = SearchConfig(metric="val_loss", mode="min", num_samples=32)

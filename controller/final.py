@@ -51,7 +51,7 @@ TUNED_PREFIX = "tuned-"
 #: The search-stage trial that learns per-site rates in one training (its baseline name in
 #: trials.csv; ``search_space.learned.LEARNED_TRIAL``), and the finalist its rates make
 #: (``search_space.learned.LEARNED``): a baseline that a searched plan must beat.
-LEARNED_TRIAL = "learned"
+LEARNED_TRIAL = rf.LEARNED_TRIAL
 LEARNED = "learned-rates"
 
 

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller import run_folder as rf
-from controller.final import LEARNED_TRIAL
 from controller.outcome import TrialOutcome
 from search_space.plan import plan_key
 
@@ -74,14 +73,12 @@ class Tally:
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Keep the best trial (``run_folder.best_row`` of the best so far and the new one:
-        ok, finite, best by the mode, ties to the earlier; never the ``learned`` trial, whose
-        plan is a training method: its derived plan competes in the final stage) and the
-        worst ok reward up to date."""
+        ok, finite, best by the mode, ties to the earlier) and the worst ok reward up to date."""
         o = self.objective
         if row.get("reward") is not None:
             self.rewards_by_plan[plan_key(row["plan"])] = float(row["reward"])
-        if rf.best_row([row], o) is None or row.get("baseline") == LEARNED_TRIAL:
-            return  # not ranked: stopped, failed, or no finite value; or a training, not a plan to export
+        if rf.best_row([row], o) is None:
+            return  # not ranked: stopped, failed, no finite value, or the learned baseline
         self.best = rf.best_row([self.best, row] if self.best is not None else [row], o)
         if row.get("reward") is not None:
             r = float(row["reward"])

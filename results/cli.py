@@ -25,7 +25,7 @@ from search_space.errors import (
     user_error,
 )
 
-from .learned import learned_rates_table
+from .learned import learned_rates_table, learned_value
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
     FORMATS,
@@ -112,7 +112,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         table = learned_rates_table(run)
         if len(table):
             title = "learned rate per site" + (f" of {run.name}" if len(runs) > 1 else "")
-            tables.append((f"{title} (one training, Concrete Dropout; mean over the reward seeds), "
+            value = f"{o.metric} {learned_value(run):.4f}" if learned_value(run) is not None else ""
+            tables.append((f"{title} (one training with Concrete Dropout: {value}; mean over the reward seeds), "
                            "the learned-rates plan they make, and the searched plan", table))  # fmt: skip
     tables += [
         ("methods per site: count, share, mean reward when chosen", stats)

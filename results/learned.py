@@ -20,7 +20,7 @@ from controller.learned import rates_of
 from .run import Run
 from .tables import ranked
 
-__all__ = ["learned_rates", "learned_rates_plan", "learned_rates_table"]
+__all__ = ["learned_rates", "learned_value", "learned_rates_plan", "learned_rates_table"]
 
 
 def _row(run: Run) -> dict[str, Any] | None:
@@ -39,6 +39,16 @@ def learned_rates(run: Run) -> dict[str, float] | None:
     """Site -> the rate the ``learned`` trial learned (mean over its reward seeds); None when
     the run has no such trial or it did not end ok with rates."""
     return rates_of(_row(run))
+
+
+def learned_value(run: Run) -> float | None:
+    """The metric the ``learned`` training reached (mean over its reward seeds), or None."""
+    row = _row(run)
+    value = None if row is None or rates_of(row) is None else row.get(run.objective.metric)
+    try:
+        return float(value) if value is not None and math.isfinite(float(value)) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def learned_rates_plan(run: Run) -> Any:

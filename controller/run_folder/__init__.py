@@ -64,6 +64,7 @@ __all__ = [
     "RANKED_STATUSES",
     "METRIC_MAX",
     "SITE_PREFIX",
+    "LEARNED_TRIAL",
     "HISTORY_COLUMNS",
     "FINAL_COLUMNS",
     "Objective",
@@ -116,6 +117,7 @@ RANKED_STATUSES = (OK,)
 METRIC_MAX = 1e30
 
 SITE_PREFIX = "site:"
+LEARNED_TRIAL = "learned"  # the baseline that learns per-site rates (controller.learned)
 #: ``trials``: the trial ids whose rewards this update used (JSON list).
 HISTORY_COLUMNS = ["update", "step", "trials_seen", "mean_reward", "baseline", "entropy", "loss", "time", "trials"]
 FINAL_COLUMNS = [
@@ -278,11 +280,12 @@ def is_better(a: float, b: float, mode: str) -> bool:
 
 def best_row(rows: Sequence[Mapping[str, Any]], objective: Objective) -> Mapping[str, Any] | None:
     """The best finished trial: status ok, finite metric, best by the mode; ties go to the
-    earlier trial. ``results`` ranks with the same rule (``results.tables.ranked``)."""
+    earlier trial; never the ``learned`` baseline (a way to train, not a plan: the plan its
+    rates make competes in the final stage). ``results`` ranks with the same rule."""
     best = None
     for row in rows:
         value = as_float(row.get(objective.metric))
-        if row.get("status") not in RANKED_STATUSES or not math.isfinite(value):
+        if row.get("status") not in RANKED_STATUSES or not math.isfinite(value) or row.get("baseline") == LEARNED_TRIAL:
             continue
         if best is None or is_better(value, as_float(best[objective.metric]), objective.mode):
             best = row
