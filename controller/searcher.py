@@ -90,8 +90,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
         settings: the search's other settings (``controller.config.SearchConfig``, e.g.
             ``max_redraws``; the arguments above take precedence over its fields).
-        learned: the ``learned`` trial's plan (its sites learn their rates in one training:
-            ``controller.learned``), trained after the baselines like them; None: no such trial.
+        learned: the ``learned`` trial's plan (``controller.learned``), trained with the baselines; None: none.
     """
 
     name: ClassVar[str] = ""
@@ -155,7 +154,8 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
         self.sampled = SampledPlans(self, space, num_samples, self.settings)
-        self.final = TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds)
+        self.final = TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds,
+                               learned=learned is not None)  # fmt: skip
         self.fatal_error: str | None = None
         self.store = (
             RunStore(self.run_dir, self.objective, [f"{rf.SITE_PREFIX}{s}" for s in space.sites])

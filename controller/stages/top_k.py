@@ -25,8 +25,10 @@ log = logging.getLogger("controller.searcher")
 
 class TopKFinal:
     """A ``FinalStage`` (``controller.stages.base``): ``top_k`` sampled plans, the
-    ``baselines`` (label -> Plan) and the best recipe of each ``tuned`` method, each trained
-    with every one of ``seeds``. No seeds: no final stage."""
+    ``baselines`` (label -> Plan), the best recipe of each ``tuned`` method and, with
+    ``learned``, ``learned-rates``, each trained with every one of ``seeds``. No seeds: no
+    final stage. (Tune's trial count is fixed from ``planned()`` at the start, so it must
+    never be below what the stage trains.)"""
 
     def __init__(
         self,
@@ -35,8 +37,10 @@ class TopKFinal:
         tuned: Sequence[str],
         top_k: int,
         seeds: Sequence[int],
+        learned: bool = False,
     ) -> None:
         self.objective = objective
+        self.learned = learned  # a learned-rates finalist may come: counted before the start
         self.baselines = dict(baselines)
         self.tuned = list(tuned)
         self.seeds = [int(s) for s in seeds]
@@ -53,7 +57,7 @@ class TopKFinal:
         when fewer distinct sampled plans finished ok."""
         if self._total is not None:
             return self._total
-        return (self.top_k + len(self.baselines) + len(self.tuned)) * len(self.seeds)
+        return (self.top_k + len(self.baselines) + len(self.tuned) + self.learned) * len(self.seeds)
 
     def done(self) -> bool:
         return not self.seeds or (self._queue is not None and not self._queue)

@@ -145,6 +145,7 @@ def test_resume_derives_the_same_learned_rates_plan_from_the_ledger(tmp_path: Pa
                           learned=learning_plan(space))  # fmt: skip
     s = searcher_from_config(config, started, tmp_path)
     assert s.learning_plan == learning_plan(space) and s.search_trials == 4
+    assert s.final_trials == 3 * 2  # none, learned-rates, searched#1: Tune's trial count is fixed from it
     for i in range(4):
         s.suggest(f"t{i}")
     for i, rates in enumerate([None, RATES, None, None]):
