@@ -252,6 +252,8 @@ def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[in
         hook += ["--baselines", "none"]
     if "--final-top-k" not in args:
         hook += ["--final-top-k", "0"]
+    if child and "--learned-rates" not in args:
+        hook += ["--no-learned-rates"]  # the fake children learn no rates
     rc = launch_search.main(
         ["--storage-path", str(tmp_path), "--name", "run", "--data-dir", str(scratch), *hook, *args]
     )
