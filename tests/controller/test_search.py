@@ -275,10 +275,11 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
         "2",
         "--max-concurrent",
         "2",
+        "--no-learned-rates",  # the controller's search alone (the learned baseline: test_learned_baseline.py)
     )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
-    assert config["searcher"] == "controller" and config["version"] == 4
+    assert config["searcher"] == "controller" and config["version"] == 4 and "learned" not in config
     assert config["settings"]["train"]["epochs"] == 1 and config["settings"]["train"]["train_size"] == 100
     assert config["settings"]["num_samples"] == 5 and config["settings"]["max_concurrent"] == 2
     space = SearchSpace.from_dict(config["space"])

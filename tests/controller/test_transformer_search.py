@@ -13,6 +13,8 @@ import pytest
 
 from results.cli import main as results_main
 from search_space import Plan
+from search_space.learned import derived_plan
+from search_space.plan import plan_key
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,13 @@ def test_lm_search_ranks_by_perplexity_with_the_transformer_baselines(lm_run: Pa
     assert methods <= {"none", "dropout", "seq_pattern"}
     final = _rows(lm_run / "final.csv")
     chosen = next(f for f in final if f["chosen"] == "1")
-    assert {f["label"]: f["kind"] for f in final}["learned-rates"] == "baseline"
+    derived = derived_plan(Plan.from_json(learned["plan_json"]), json.loads(learned["learned_rates"]))
+    same = [f["label"] for f in final if plan_key(Plan.from_json(f["plan_json"])) == plan_key(derived)]
+    kinds = {f["label"]: f["kind"] for f in final}
+    if "learned-rates" in kinds:  # a baseline finalist
+        assert same == ["learned-rates"] and kinds["learned-rates"] == "baseline"
+    else:  # the same plan as an earlier one (rates near 0.1 after two epochs: the dropout baseline's), trained once
+        assert len(same) == 1 and same[0] in ("none", "dropout")
     pool = [f for f in final if (f["kind"] == "searched") == (chosen["kind"] == "searched")]
     assert float(chosen["mean"]) == min(float(f["mean"]) for f in pool)  # lowest perplexity wins
     assert Plan.load(lm_run / "best_plan.json").sites == Plan.from_json(chosen["plan_json"]).sites
