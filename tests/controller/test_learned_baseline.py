@@ -289,3 +289,30 @@ def test_a_train_fn_that_never_applies_the_plan_fails_in_one_line(monkeypatch) -
     last = run_trial(user_learning_plan(), ignores, monkeypatch, seeds=(0,))
     assert last["status"] == "failed" and "never applied this plan" in last["error"]
     assert trained_rates(user_learning_plan())[1].startswith("train_fn never applied")
+
+
+@pytest.mark.gpu
+def test_the_recipe_on_cuda_under_autocast() -> None:
+    """The learned trial's layers train on the GPU in bf16 autocast, and a plan without them
+    adds a CPU zero that a CUDA loss takes."""
+    device = torch.device("cuda")
+    plan = user_learning_plan()
+    torch.manual_seed(0)
+    model = apply_plan(Net(), plan, total_steps=4, n_train=32, weight_decay=5e-4).to(device)
+    opt = torch.optim.SGD(learned_param_groups(model), lr=0.2, weight_decay=5e-4)
+    x, y = torch.randn(32, 1, 6, 6, device=device), torch.randint(0, 2, (32,), device=device)
+    model.train()
+    for i in range(0, 32, 8):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x[i : i + 8]), y[i : i + 8])
+        loss = loss + learned_regularizer(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rates, why = trained_rates(plan)
+    assert why == "" and set(rates) == set(plan.sites) and all(0 < r < 1 for r in rates.values())
+    plain = Net().to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(plain(x), y)
+    total = loss + learned_regularizer(plain)
+    assert total.device.type == "cuda" and total.item() == pytest.approx(loss.item())
