@@ -23,7 +23,7 @@ from controller.run_folder.settings import config_json
 from controller.stages import contenders
 from search_space import Plan, SearchSpace, apply_plan, learned_param_groups, learned_regularizer
 from search_space import learned as learned_mod
-from search_space.learned import derived_plan, learning_plan, nearest_tokens, trained_rates
+from search_space.learned import derived_plan, learned_plan, learning_plan, nearest_tokens, trained_rates
 from search_space.plan import PlanError, SiteSpec, plan_key
 
 RATES = {"s1": 0.31, "s2": 0.02, "s3": 0.12}
@@ -86,6 +86,27 @@ def test_nearest_tokens_average_a_group_and_stand_in_for_a_method_it_lacks() -> 
     assert got.sites["d"].params["block_size"] == 1  # DropBlock with blocks of 1 stands in
     zero = derived_plan(learning, {"a": 0.01, "b": 0.02, "c": 0.0, "d": 0.0})
     assert space.decode(nearest_tokens(space, zero)) == Plan.none(space.sites, model="m")
+
+
+def test_learned_plan_keeps_to_the_methods_a_site_allows() -> None:
+    rates, sites = {"a": 0.2, "b": 0.2, "c": 0.2}, {"a": 1, "b": 1, "c": None}
+    allowed = {"a": ("none", "dropout"), "b": ("none", "dropblock"), "c": ("none", "dropout")}
+    plan = learned_plan(rates, sites, methods=allowed, layouts={"a": "NHWC", "b": "NHWC", "c": "NC"})
+    assert plan.methods() == {"a": "dropout", "b": "none", "c": "dropout"}
+    assert plan.layouts == {"a": "NHWC", "b": "NHWC", "c": "NC"}
+
+
+def test_a_ledger_written_before_the_column_existed_appends_with_its_own_columns(tmp_path: Path) -> None:
+    from controller.run_folder import TRIALS, read_trials, trial_columns
+    from controller.run_folder.ledger import Ledger
+
+    old = [c for c in trial_columns(Objective()) if c != "learned_rates"] + ["site:s1"]
+    (tmp_path / TRIALS).write_text(",".join(old) + "\n")
+    row = {"trial_id": "t0", "order": 0, "status": OK, "val_acc": 0.5, "plan_json": Plan.none(["s1"]).to_json(),
+           "learned_rates": "{}", "site:s1": "none"}  # fmt: skip
+    Ledger(tmp_path, trial_columns(Objective()) + ["site:s1"]).trial(row)
+    df = read_trials(tmp_path / TRIALS, Objective())
+    assert list(df["trial_id"]) == ["t0"] and df["site:s1"].iloc[0] == "none" and "learned_rates" not in df
 
 
 # ----------------------------------------------------------------------- the search
