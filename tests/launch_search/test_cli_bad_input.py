@@ -261,8 +261,21 @@ RESULTS = [
     (["retrain", "RUN", "--num-threads", "0"], "--num-threads: bad value 0"),
     (["retrain", "RUN", "--seed-offset", "-1"], "--seed-offset: bad value -1"),
     (["retrain", "RUN", "--out", "FILE"], "--out: bad value"),
+    (["retrain", "RUN", "--cpus-per-trial", "0"], "--cpus-per-trial: bad value 0"),
+    (["retrain", "RUN", "--cpus-per-trial", "x"], "--cpus-per-trial: bad value 'x'"),
+    (["retrain", "RUN", "--gpus-per-trial", "-1"], "--gpus-per-trial: bad value -1"),
+    (["retrain", "RUN", "--gpus-per-trial", "1.5"], "--gpus-per-trial: bad value 1.5"),
+    (["retrain", "RUN", "--address", "nohost"], "--address: bad value 'nohost'; allowed: host:port or auto"),
+    (["retrain", "RUN", "--address", "127.0.0.1:1"], "--address: bad value '127.0.0.1:1'; cannot reach Ray"),
     (["nope", "RUN"], "invalid choice: 'nope'"),
-] + ([(["retrain", "RUN", "--device", "cuda"], "--device: bad value 'cuda'")] if NO_CUDA else [])
+] + (
+    [
+        (["retrain", "RUN", "--device", "cuda"], "--device: bad value 'cuda'"),
+        (["retrain", "RUN", "--gpus-per-trial", "0.5"], "--gpus-per-trial: bad value 0.5; allowed here: 0"),
+    ]
+    if NO_CUDA
+    else []
+)
 
 
 @pytest.mark.parametrize("args,needle", RESULTS, ids=[" ".join(a)[:40] for a, _ in RESULTS])
