@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class Problem:
     epochs: int | None = None  # None: launch_search.py's recipe for the dataset
     needs: str = ""
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 PROBLEMS: dict[str, Problem] = {
@@ -320,7 +319,12 @@ def _listed(text: str, kind: type, name: str) -> tuple[list[Any], dict[str, list
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "search_quality", help="folder of everything")
-    p.add_argument("--problems", "--tasks", default=",".join(DEFAULT_PROBLEMS), help=f"of {', '.join(PROBLEMS)}")
+    p.add_argument(
+        "--problems",
+        "--tasks",
+        default=",".join(DEFAULT_PROBLEMS),
+        help="; ".join(f"{n}: {p.note or ' '.join(p.flags)}" for n, p in PROBLEMS.items()),
+    )
     p.add_argument("--searchers", default=",".join(SEARCHERS))
     p.add_argument(
         "--budgets", "--num-samples", default="", help="16,48,144 and/or PROBLEM=N,... (default per problem)"
@@ -339,8 +343,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         raise SystemExit(f"search_quality.py: error: --problems: bad value {bad[0]!r}; allowed: {', '.join(PROBLEMS)}")
     args.searchers = [s.strip() for s in args.searchers.split(",") if s.strip()]
-    if not args.searchers or any(s not in SEARCHERS for s in args.searchers):
-        raise SystemExit(f"search_quality.py: error: --searchers: bad value; allowed: {', '.join(SEARCHERS)}")
+    bad = [s for s in args.searchers if s not in SEARCHERS] or ([] if args.searchers else [""])
+    if bad:
+        raise SystemExit(
+            f"search_quality.py: error: --searchers: bad value {bad[0]!r}; allowed: {', '.join(SEARCHERS)}"
+        )
     budgets, per_budget = _listed(args.budgets, int, "--budgets")
     args.budgets = {n: per_budget.get(n) or budgets or list(PROBLEMS[n].budgets) for n in args.problems}
     repeats, per_repeats = _listed(args.repeats, int, "--repeats")
