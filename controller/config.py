@@ -356,15 +356,25 @@ class SearchConfig:
 
         need = Race.min_budget(contenders, self.race_settings()) if len(contenders) > 1 else 0
         if self.final_budget == "auto":
-            return max(need, AUTO_BUDGET_PER_FINALIST * len(contenders))
-        if self.final_budget < need:
+            budget = max(need, AUTO_BUDGET_PER_FINALIST * len(contenders))
+        elif self.final_budget < need:
             raise user_error(
                 "final_budget",
                 self.final_budget,
                 f"auto or an integer >= {need} (the race of {len(contenders)} finalists needs "
                 f"{self.race_start_seeds} seeds each plus its confirmation)",
             )
-        return int(self.final_budget)
+        else:
+            budget = int(self.final_budget)
+        top = max(self.reward_seeds - 1, FINAL_SEED_OFFSET + budget - 1)
+        if self.seed + top > SEED_MAX:  # the race's seed pool, refused before Ray starts
+            raise user_error(
+                "seed",
+                self.seed,
+                f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
+                f"reward seeds and the final stage's {budget})",
+            )
+        return budget
 
     def replace(self, **changes: Any) -> "SearchConfig":
         """A copy with ``changes``, checked again."""

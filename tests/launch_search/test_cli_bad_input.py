@@ -104,11 +104,19 @@ LAUNCH = [
     (["--storage-path", "LOOP"], "--storage-path: bad value"),
     (["--lr", "1e308"], "--lr: bad value 1e+308"),
     (["--num-samples", BIG], f"--num-samples: bad value {BIG}"),
-    (["--final-seeds", "0", "--final-top-k", "2"], "--final-seeds: bad value 0; allowed: at least 1"),
     (
-        ["--seed", str(SEED_MAX - 1000)],
+        ["--final-seeds", "0", "--final-top-k", "2", "--final-stage", "fixed"],
+        "--final-seeds: bad value 0; allowed: at least 1",
+    ),
+    (["--final-stage", "grid"], "--final-stage: bad value 'grid'; allowed: race, fixed"),
+    (["--final-budget", "3"], "--final-budget: bad value 3; allowed: auto or an integer >= "),
+    (["--race-growth", "*2"], "--race-growth: bad value '*2'"),
+    (["--confirm-seeds", "2"], "--confirm-seeds: bad value 2; allowed: an integer >= 3"),
+    (
+        ["--seed", str(SEED_MAX - 1000), "--final-stage", "fixed"],
         f"--seed: bad value {SEED_MAX - 1000}; allowed: an integer in [0, {SEED_MAX - 1002}]",
     ),
+    (["--seed", str(SEED_MAX - 1000)], f"--seed: bad value {SEED_MAX - 1000}; allowed: an integer in [0, "),
     (
         ["--child", "os:getcwd"],
         "--child: bad value 'os:getcwd' (too many positional arguments); allowed: a function taking (config, "
