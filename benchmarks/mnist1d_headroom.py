@@ -43,7 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: The settings docs/benchmarks.md reports (model:train_size:epochs).
-SETTINGS = ("mnist1d_cnn:500:200", "mnist1d_cnn:1000:100", "mnist1d_cnn:3000:50", "mnist1d_mlp:1000:100")
+SETTINGS = (
+    "mnist1d_cnn:1000:100",
+    "mnist1d_mlp:1000:100",
+    "mnist1d_cnn:1000:100:weight_decay=0.01",
+    "mnist1d_mlp:1000:100:weight_decay=0.02",
+)
 #: The shared training recipe (TrainConfig fields), the same for every plan and setting.
 RECIPE = {"batch_size": 64, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4, "label_smoothing": 0.1}
 REPORT_SEED = 1000  # report seeds start here: selection (seeds 0..S-1) never uses them
@@ -51,20 +56,31 @@ REPORT_SEED = 1000  # report seeds start here: selection (seeds 0..S-1) never us
 
 @dataclass(frozen=True)
 class Setting:
+    """``MODEL:TRAIN_SIZE:EPOCHS``, optionally ``:FIELD=VALUE`` overriding the recipe (e.g.
+    ``mnist1d_cnn:1000:100:weight_decay=0.01``)."""
+
     model: str
     train_size: int
     epochs: int
+    override: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
         try:
-            model, size, epochs = text.split(":")
-            return cls(model, int(size), int(epochs))
+            model, size, epochs, *rest = text.split(":")
+            override = tuple((k, float(v)) for k, v in (item.split("=") for item in rest))
+            if len(rest) > 1 or any(k not in RECIPE for k, _ in override):
+                raise ValueError
+            return cls(model, int(size), int(epochs), override)
         except ValueError:
-            raise SystemExit(f"--settings: bad value {text!r}; allowed: MODEL:TRAIN_SIZE:EPOCHS") from None
+            raise SystemExit(
+                f"--settings: bad value {text!r}; allowed: MODEL:TRAIN_SIZE:EPOCHS[:FIELD=VALUE] with FIELD one of "
+                f"{', '.join(RECIPE)}"
+            ) from None
 
     def __str__(self) -> str:
-        return f"{self.model}:{self.train_size}:{self.epochs}"
+        extra = "".join(f":{k}={v:g}" for k, v in self.override)
+        return f"{self.model}:{self.train_size}:{self.epochs}{extra}"
 
     def config(self, recipe: dict[str, Any], seed: int, eval_test: bool) -> dict[str, Any]:
         return {
@@ -77,6 +93,7 @@ class Setting:
             "num_threads": 1,
             "device": "cpu",
             **recipe,
+            **{k: type(RECIPE[k])(v) for k, v in self.override},
         }
 
 
