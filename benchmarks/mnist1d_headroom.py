@@ -9,19 +9,20 @@ picks the MNIST-1D setting (model, training-set size, epochs) for the search ben
 setting (``MODEL:TRAIN_SIZE:EPOCHS``), with one shared training recipe (``--batch-size``,
 ``--lr``, ...):
 
-1. **Selection, on validation** (seeds 0..S-1): ``none`` and every point of the tuned dropout
-   grid (``search_space.baselines.TUNED_GRIDS["dropout"]``: the same ``SiteSpec`` at every site
-   of the model's shape-aware space, exactly what the product's tuned baseline trains). The
-   tuned recipe is the candidate (``none`` included) with the best mean validation accuracy.
+1. **Selection, on validation** (seeds 0..S-1): ``none`` and every point of the tuned grid of
+   each ``--methods`` (default dropout; ``search_space.baselines.TUNED_GRIDS``: the same
+   ``SiteSpec`` at every site of the model's shape-aware space, exactly what the product's
+   tuned baseline trains). The tuned recipe is the candidate (``none`` included) with the best
+   mean validation accuracy.
 2. **Report, on test** (fresh seeds 1000..1000+S-1, which selection never used): ``none`` and
    the chosen recipe, each tested once; the gap is their paired difference over those seeds
    (``controller.stats.paired``: mean and 95% Student-t interval, positive = the recipe better).
 
 Every training runs with one torch thread; "s/training" is its process CPU time
 (``time.process_time``: the machine is shared, so wall time says little), the data already
-generated (MNIST-1D's generation, ~0.7 s, is paid once per process). Block methods
-(``dropblock``, ``spatial_dropout``) are left out: until sites carry layouts they would act on
-the wrong axes of the (N, C, L) maps. Every training lands in ``--out`` as it finishes, so an
+generated (MNIST-1D's generation, ~0.7 s, is paid once per process). Block methods are left
+out by default: until sites carry layouts they would act on the wrong axes of the (N, C, L)
+maps (with layouts, ``--methods dropout,dropblock``). Every training lands in ``--out`` as it finishes, so an
 interrupted run resumes and ``--report-only`` re-prints without training.
 """
 
@@ -97,8 +98,9 @@ class Setting:
         }
 
 
-def candidate_plans(setting: Setting) -> dict[str, str]:
-    """``none`` and the tuned dropout grid at every site, as plan JSON by a short name."""
+def candidate_plans(setting: Setting, methods: tuple[str, ...] = ("dropout",)) -> dict[str, str]:
+    """``none`` and each method's tuned grid at every site, as plan JSON by a short name
+    (``dropout 0.1``, ``dropblock 0.1 b3``)."""
     from child_trainer.trial import model_and_example
     from search_space.baselines import TUNED_GRIDS, tuned_grid
     from search_space.space import SearchSpace
@@ -106,9 +108,11 @@ def candidate_plans(setting: Setting) -> dict[str, str]:
     model, x, _, _ = model_and_example(setting.config(RECIPE, 0, False))
     space = SearchSpace.for_model(model, example_input=x, model_name=setting.model)
     plans = {"none": space.uniform_plan("none")}
-    for plan in tuned_grid(space, "dropout", len(TUNED_GRIDS["dropout"])):
-        rate = next(spec.params["drop_prob"] for spec in plan.sites.values() if spec.method == "dropout")
-        plans[f"dropout {rate:g}"] = plan
+    for method in methods:
+        for plan in tuned_grid(space, method, len(TUNED_GRIDS[method])):
+            params = next(spec.params for spec in plan.sites.values() if spec.method == method)
+            block = f" b{params['block_size']}" if "block_size" in params else ""
+            plans[f"{method} {params['drop_prob']:g}{block}"] = plan
     return {name: plan.to_json() for name, plan in plans.items()}
 
 
@@ -133,7 +137,15 @@ def _key(setting: Setting, plan: str, seed: int, recipe: dict[str, Any]) -> str:
     return json.dumps([str(setting), plan, seed, recipe], sort_keys=True)
 
 
-def run(settings: list[Setting], seeds: int, recipe: dict[str, Any], out: Path, jobs: int, train: bool) -> dict:
+def run(
+    settings: list[Setting],
+    seeds: int,
+    recipe: dict[str, Any],
+    out: Path,
+    jobs: int,
+    train: bool,
+    methods: tuple[str, ...] = ("dropout",),
+) -> dict:
     """Train what ``out`` lacks (selection on every candidate, then the report pair), return all."""
     done: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
 
@@ -159,7 +171,7 @@ def run(settings: list[Setting], seeds: int, recipe: dict[str, Any], out: Path, 
                 save(futures[future], future.result())
 
     for setting in settings:
-        plans = candidate_plans(setting)
+        plans = candidate_plans(setting, methods)
         execute(
             [
                 (_key(setting, name, s, recipe), setting.config(recipe, s, False), plan)
@@ -196,13 +208,19 @@ def selection_means(done: dict[str, Any], setting: Setting, names: list[str], se
     return out
 
 
-def report(done: dict[str, Any], settings: list[Setting], seeds: int, recipe: dict[str, Any]) -> None:
+def report(
+    done: dict[str, Any],
+    settings: list[Setting],
+    seeds: int,
+    recipe: dict[str, Any],
+    methods: tuple[str, ...] = ("dropout",),
+) -> None:
     from controller.stats import paired
 
     print(f"CPU: {cpu_model()}; one torch thread per training; recipe: {json.dumps(recipe, sort_keys=True)}")
     rows = []
     for setting in settings:
-        names = list(candidate_plans(setting))
+        names = list(candidate_plans(setting, methods))
         means = selection_means(done, setting, names, seeds, recipe)
         shown = ", ".join(f"{n} {m:.4f}" for n, m in means.items())
         print(f"\n{setting}: validation accuracy, mean of seeds 0-{seeds - 1} (selection): {shown or 'not trained'}")
@@ -250,13 +268,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "mnist1d_headroom.json")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--methods",
+        default="dropout",
+        help="comma-separated tuned methods (TUNED_GRIDS); dropblock needs sites that carry layouts",
+    )
     for field, value in RECIPE.items():
         parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
     settings = [Setting.parse(s) for s in args.settings.split(",") if s]
     recipe = {field: getattr(args, field) for field in RECIPE}
-    done = run(settings, args.seeds, recipe, args.out, args.jobs, train=not args.report_only)
-    report(done, settings, args.seeds, recipe)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    done = run(settings, args.seeds, recipe, args.out, args.jobs, train=not args.report_only, methods=methods)
+    report(done, settings, args.seeds, recipe, methods)
 
 
 if __name__ == "__main__":
