@@ -1,43 +1,40 @@
-"""Does a search earn its compute? Controller vs random vs TPE at an equal number of trainings,
-then every search's exported plan against tuned global baselines on the test split (issue 19).
+"""Does a search earn its compute, and from which budget? The budget curve (issues 19 and 25).
 
-    python benchmarks/search_quality.py                      # digits200, lm, digits500 (~80 min, 2 shared cores)
-    python benchmarks/search_quality.py --tasks digits200 --num-samples 16 --seeds 5   # a quick look
-    python benchmarks/search_quality.py --report-only        # re-print the tables from --out
+    python benchmarks/search_quality.py --out runs/curve                  # the planted problems (minutes)
+    python benchmarks/search_quality.py --out runs/curve --problems digits200,mnist1d   # hours
+    python benchmarks/search_quality.py --out runs/curve --problems digits200 --budgets 16 \\
+        --searchers controller --epochs digits200=2 --test-seeds 2         # a smoke run
+    python benchmarks/search_quality.py --out runs/curve --report-only    # tables from what is there
 
-Per task (``digits200``, ``digits500``: ``digits_cnn`` on 200 / 500 training images;
-``lm``: ``transformer_lm`` on ``builtin_text``):
+For every problem, budget (search trainings: ``num_samples``, tuned global recipes included)
+and searcher (controller, random, TPE), ``--repeats`` whole searches with search seeds
+``seed + 100 * repeat``, each with the hand-set baselines and the same final stage, each a run
+folder ``OUT/runs/PROBLEM/SEARCHER-bBUDGET-rREPEAT`` (a finished one is reused, an
+interrupted one resumed). Then each search's EXPORTED plan (best_plan.json) is judged:
 
-1. Three searches with the same flags (``launch_search.py``, one after the other on one local
-   Ray): ``--search controller``, ``random`` and ``tpe``, each with the same
-   ``--num-samples`` (of which ``--tuned-trials`` tune one method at every site on a grid),
-   the hand-set baselines and the same final stage (``--final-top-k``, ``--final-seeds``).
-   A finished search (run_state.json) is not run again; an interrupted one is resumed.
-2. Re-trained on the test split with ``--seeds`` seeds that no search used (above every
-   seed of ``results.retrain.search_seeds`` of the three runs): ``none`` and the other
-   hand-set baselines, each search's ``tuned-*`` finalists (identical plans, by
-   ``search_space.plan.plan_key``, are trained once) and each search's EXPORTED plan, its
-   best_plan.json (a searched plan only when the final stage found it wholly better than the
-   best baseline, else that baseline: do no harm). Every (plan, seed) lands in
-   ``OUT/TASK/retrain.json`` as it finishes, so an interrupted retraining resumes and
-   ``--report-only`` re-prints without training.
-3. Printed per task: test mean +- standard error of every plan, and its paired 95% Student-t
-   interval against the BEST TUNED GLOBAL baseline (by test mean; ``controller.stats.paired``,
-   positive = better) with the word (better / worse / cannot tell). Targets: on every task,
-   no searcher's exported plan is worse than the best tuned global baseline (its interval is
-   not wholly on the worse side); moonshot: one is wholly better on at least one task.
+- planted problems (``tests/helpers/planted.py``: nothing trains, the answer is known) by its
+  TRUE value, beside the best one-method-at-every-site recipe's, ``none``'s, the hand-set
+  baselines' and the tuned recipes the search found; intervals over the repeats;
+- trained problems (digits with 200 images, MNIST-1D, ...) by retraining it on
+  ``--test-seeds`` fresh seeds (``TEST_SEED_OFFSET`` above the search seed, never used by a
+  search) and testing once, beside ``none``, the hand-set and the tuned global baselines of the
+  same budget and repeat (``results.retrain.retrain``, into ``OUT/retrain/...``; a finished
+  retraining is reused); each compared in pairs with the best tuned global baseline.
+
+Written to OUT: ``numbers.csv`` (every number: one row per plan and test seed, or per plan's
+true value), ``curve.csv`` and ``curve.md`` (the table) and ``curve.png`` (budget against the
+test metric, the tuned global line, 95% intervals). A problem is one entry of ``PROBLEMS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import logging
 import os
-import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,432 +43,370 @@ from _machine import cpu_model  # noqa: E402 (benchmarks/ is the script's folder
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SEARCHES = ("controller", "random", "tpe")
-# The product's flags per task; num_samples / epochs / seeds are the benchmark's defaults
-# (sized for ~100 minutes on 2 cores), each overridable with --num-samples etc.
-TASKS: dict[str, dict[str, Any]] = {
-    "digits200": {"flags": ["--dataset", "digits", "--train-size", "200"], "num_samples": 16, "epochs": 150},
-    # 500 images x 60 epochs: about the 1,000 SGD steps of digits200's 150 epochs
-    "digits500": {"flags": ["--dataset", "digits", "--train-size", "500"], "num_samples": 16, "epochs": 60},
-    "lm": {"flags": ["--model", "transformer_lm", "--dataset", "builtin_text"], "num_samples": 12, "epochs": 20},
+log = logging.getLogger("search_quality")
+
+SEARCHERS = ("controller", "random", "tpe")
+REPEAT_STRIDE = 100  # search seed of repeat r: seed + 100 r (its final seeds sit 1000 above)
+TEST_SEED_OFFSET = 50_000  # test seeds: search seed + 50,000 + i, above every seed a search uses
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One row of the curve: a planted task (``planted``: PlantedTask settings) or a problem
+    trained by ``launch_search.py`` with ``flags``; ``needs``: a child_trainer dataset it
+    requires (the problem is skipped, saying so, until it exists)."""
+
+    name: str
+    flags: tuple[str, ...] = ()
+    planted: dict[str, Any] | None = None
+    budgets: tuple[int, ...] = (16, 48, 144)
+    repeats: int = 1
+    test_seeds: int = 10
+    epochs: int | None = None  # None: launch_search.py's recipe for the dataset
+    needs: str = ""
+    note: str = ""
+
+
+PROBLEMS: dict[str, Problem] = {
+    p.name: p
+    for p in (
+        Problem("planted-1", planted={"margin": 0.01}, repeats=5, note="best plan 1 point above every global recipe"),
+        Problem("planted-2.5", planted={"margin": 0.025}, repeats=5, note="2.5 points above"),
+        Problem("planted-null", planted={"null": True}, repeats=10, note="every plan equal"),
+        # launch_search.py's DIGITS_DEFAULTS: 200 training images, 150 epochs
+        Problem("digits200", flags=("--dataset", "digits"), note="digits_cnn, 200 images, 150 epochs"),
+        Problem(
+            "mnist1d",
+            flags=("--dataset", "mnist1d", "--model", "mnist1d_cnn"),
+            needs="mnist1d",
+            note="MNIST-1D, its 1-D CNN",
+        ),
+        Problem(
+            "mnist1d-mlp", flags=("--dataset", "mnist1d", "--model", "mnist1d_mlp"), needs="mnist1d", note="its MLP"
+        ),
+        # issue 19's other two tasks, one budget each
+        Problem("digits500", flags=("--dataset", "digits", "--train-size", "500"), epochs=60, budgets=(16,)),
+        Problem(
+            "lm",
+            flags=("--model", "transformer_lm", "--dataset", "builtin_text"),
+            epochs=20,
+            budgets=(12,),
+            test_seeds=5,
+        ),
+    )
 }
-for _task, _seeds in (("digits200", 10), ("digits500", 10), ("lm", 5)):
-    TASKS[_task]["seeds"] = _seeds
-ORDER = ("digits200", "lm", "digits500")
-RESULTS = "retrain.json"
+DEFAULT_PROBLEMS = ("planted-1", "planted-2.5", "planted-null")
 
 
-# ----------------------------------------------------------------------------- arguments
-def per_task(text: str, kind: type, name: str) -> dict[str, Any]:
-    """``"24"`` (every task) or ``"digits200=24,lm=12"`` (others keep their defaults)."""
-    out: dict[str, Any] = {}
-    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
-        task, sep, value = part.rpartition("=")
-        tasks = [task] if sep else list(TASKS)
-        for t in tasks:
-            if t not in TASKS:
-                raise SystemExit(f"search_quality.py: error: {name}: bad task {t!r}; allowed: {', '.join(TASKS)}")
-            try:
-                out[t] = kind(value)
-            except ValueError:
-                raise SystemExit(f"search_quality.py: error: {name}: bad value {value!r}") from None
-    return out
+def run_name(searcher: str, budget: int, repeat: int) -> str:
+    return f"{searcher}-b{budget}-r{repeat}"
 
 
-def setting(args: argparse.Namespace, key: str, task: str) -> Any:
-    return getattr(args, key).get(task, TASKS[task][key])
-
-
-# ----------------------------------------------------------------------------- searches
-def _state(run: Path) -> dict[str, Any]:
+def state(run: Path) -> dict[str, Any]:
     try:
         return json.loads((run / "run_state.json").read_text())
     except (OSError, ValueError):
         return {}
 
 
-def run_search(task: str, search: str, args: argparse.Namespace, out: Path, log: dict[str, Any]) -> Path:
-    """One search of ``task``; its wall time is kept in ``log`` (searches.json)."""
-    import launch_search
-
-    run = out / search
-    if _state(run).get("status") == "finished":
-        print(f"[{task} {search}] already finished: {run}", flush=True)
+# ----------------------------------------------------------------------------- searches
+def search(problem: Problem, searcher: str, budget: int, repeat: int, args: argparse.Namespace) -> Path:
+    """One whole search (a finished run folder is reused, an interrupted one resumed)."""
+    storage = args.out / "runs" / problem.name
+    name = run_name(searcher, budget, repeat)
+    run = storage / name
+    if state(run).get("status") == "finished":
         return run
-    flags = [
-        *TASKS[task]["flags"],
-        "--search", search,
-        "--num-samples", str(setting(args, "num_samples", task)),
-        "--tuned-trials", str(args.tuned_trials),
-        "--epochs", str(setting(args, "epochs", task)),
-        "--final-top-k", str(args.final_top_k),
-        "--final-seeds", str(args.final_seeds),
-        "--seed", str(args.seed),
-        "--storage-path", str(out),
-        "--name", search,
-    ]  # fmt: skip
-    if run.exists():
-        flags = ["--resume", "--name", search, "--storage-path", str(out)]
-    print(f"[{task} {search}] python launch_search.py {' '.join(flags)}", flush=True)
+    seed = args.seed + REPEAT_STRIDE * repeat
     start = time.time()
-    rc = launch_search.main(flags)
-    seconds = time.time() - start
-    print(f"[{task} {search}] exit {rc} after {seconds:.0f} s", flush=True)
-    log.setdefault(search, {"seconds": 0.0, "sessions": 0})
-    log[search]["seconds"] += seconds
-    log[search]["sessions"] += 1
-    (out / "searches.json").write_text(json.dumps(log, indent=2))
-    if rc != 0:
-        raise SystemExit(f"search {task}/{search} ended with exit code {rc}")
+    if problem.planted is not None:
+        from controller import run_search
+        from tests.helpers.planted import PlantedTask
+
+        task = PlantedTask(**problem.planted)
+        how: dict[str, Any] = (
+            {"resume": True}
+            if run.exists()
+            else {
+                "num_samples": budget,
+                "search": searcher,
+                "seed": seed,
+                "final_top_k": args.final_top_k,
+                "final_seeds": args.final_seeds,
+            }
+        )
+        status = run_search(**task.search_kwargs(), storage_path=storage, name=name, **how).status
+    else:
+        import launch_search
+
+        epochs = args.epochs.get(problem.name, problem.epochs)
+        flags = [
+            *problem.flags,
+            *(["--epochs", str(epochs)] if epochs else []),
+            "--search", searcher,
+            "--num-samples", str(budget),
+            "--final-top-k", str(args.final_top_k),
+            "--final-seeds", str(args.final_seeds),
+            "--seed", str(seed),
+        ]  # fmt: skip
+        if run.exists():
+            flags = ["--resume"]
+        rc = launch_search.main([*flags, "--storage-path", str(storage), "--name", name])
+        status = "finished" if rc == 0 else f"exit code {rc}"
+    log.info("[%s] %s: %s after %.0f s", problem.name, name, status, time.time() - start)
+    if state(run).get("status") != "finished":
+        raise SystemExit(f"search {run} did not finish ({status}); run the same command again to resume it")
     return run
 
 
-# ----------------------------------------------------------------------------- retraining
-def _train(job: tuple[str, int, dict, dict, str, str]) -> tuple[str, int, dict[str, Any]]:
-    import torch
-
-    from child_trainer import train_child
-    from search_space import Plan
-
-    key, seed, train, plan, test, val = job
-    torch.set_num_threads(1)
-    r = train_child(train, Plan.from_dict(plan))
-    return (
-        key,
-        seed,
-        {
-            "value": float(r.get(test, float("nan"))),
-            "val": float(r.get(val, float("nan"))),
-            "status": str(r["status"]),
-            "seconds": float(r.get("seconds", float("nan"))),
-        },
-    )
+# ----------------------------------------------------------------------------- judging
+def role_of(label: str, baselines: Any = ()) -> str:
+    """none, hand-set, tuned or searched (a final-stage or retraining label)."""
+    if label == "none":
+        return "none"
+    if label.startswith("tuned-"):
+        return "tuned"
+    return "hand-set" if label in baselines or label in ("dropout", "dropblock", "disout") else "searched"
 
 
-def _add(plans: dict[str, dict[str, Any]], plan: Any, label: str, kind: str, source: str) -> str:
-    """Register ``plan`` under its plan_key; an identical plan is kept once, with every name."""
-    from search_space.plan import plan_key
-
-    key = plan_key(plan)
-    entry = plans.setdefault(
-        key, {"label": label, "kind": kind, "names": [], "summary": plan.summary(), "plan": plan.to_dict()}
-    )
-    name = f"{label} ({source})" if source else label
-    if name not in entry["names"]:
-        entry["names"].append(name)
-    return key
-
-
-def collect_plans(runs: dict[str, Path]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(plan key -> entry, searcher -> its exported plan's label, kind, selected_by and key)."""
-    from results import open_run
-    from results.retrain import RetrainConfig, retrain_plans
-    from search_space import Plan
-
-    plans: dict[str, dict[str, Any]] = {}
-    tuned: dict[str, dict[str, list[str]]] = {}  # tuned label -> plan key -> searchers
-    for search, path in runs.items():
-        run = open_run(path)
-        cfg = RetrainConfig(top=0, seeds=1, train_size="search", baselines=tuple(run.config.get("baselines") or ()))
-        for label, plan in retrain_plans(run, cfg).items():
-            kind = "tuned" if label.startswith("tuned-") else "hand-set"
-            key = _add(plans, plan, label, kind, search if kind == "tuned" else "")
-            if kind == "tuned":
-                tuned.setdefault(label, {}).setdefault(key, []).append(search)
-    for label, keys in tuned.items():  # the three searches tuned different winners: name them apart
-        if len(keys) > 1:
-            for key, searches in keys.items():
-                plans[key]["label"] = f"{label} ({'/'.join(searches)})"
-    exported: dict[str, dict[str, Any]] = {}
-    for search, path in runs.items():
-        info = dict(_state(path).get("exported") or {})
-        plan = Plan.load(path / "best_plan.json")
-        kind = info.get("kind", "?")
-        label = f"{search} exported" if kind == "searched" else info.get("label", "?")
-        key = _add(plans, plan, label, {"searched": "searched", "tuned": "tuned"}.get(kind, "hand-set"), search)
-        exported[search] = {**info, "key": key}
-    return plans, exported
-
-
-def retrain(task: str, runs: dict[str, Path], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Train every distinct plan on every test seed that retrain.json does not hold yet."""
-    from results import open_run
-    from results.retrain import RetrainConfig, _train_config, search_seeds, test_metric
-
-    path = out / RESULTS
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    opened = {s: open_run(p) for s, p in runs.items()}
-    base = opened["controller"]
-    o = base.objective
-    used = set().union(*(search_seeds(r) for r in opened.values()))
-    n = setting(args, "seeds", task)
-    seeds = [max(used) + 1 + i for i in range(n)]
-    plans, exported = collect_plans(runs)
-    old = data.get("plans", {})
-    for key, entry in plans.items():
-        entry["results"] = {s: v for s, v in (old.get(key, {}).get("results") or {}).items() if int(s) in seeds}
-    cfg = RetrainConfig(top=0, seeds=n, train_size="search", num_threads=1)
-    trains = {s: {k: v for k, v in _train_config(r, cfg, 0).items() if k != "seed"} for s, r in opened.items()}
-    if any(t != trains["controller"] for t in trains.values()):
-        print(f"[{task}] WARNING: the searches' training recipes differ; retraining with the controller's", flush=True)
-    data = {
-        "task": task,
-        "metric": test_metric(o),
-        "val_metric": o.metric,
-        "mode": o.mode,
-        "seeds": seeds,
-        "search_seeds": sorted(used),
-        "train": trains["controller"],
-        "runs": {s: str(p) for s, p in runs.items()},
-        "exported": exported,
-        "plans": plans,
-        "cpu": cpu_model(),
-        "retrain_seconds": float(data.get("retrain_seconds", 0.0)),
-    }
-    jobs = [
-        (key, seed, _train_config(base, cfg, seed), entry["plan"], data["metric"], o.metric)
-        for key, entry in plans.items()
-        for seed in seeds
-        if str(seed) not in entry["results"]
-    ]
-    print(
-        f"[{task}] retraining {len(plans)} distinct plans x {n} seeds {seeds[0]}..{seeds[-1]} "
-        f"(search seeds: {sorted(used)}): {len(jobs)} trainings to go",
-        flush=True,
-    )
-    _write(path, data)
-    start = time.time()
-    import multiprocessing
-
-    # spawn, not fork: the driver holds a live Ray session (its threads do not survive a fork)
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train, job) for job in jobs]
-        for i, fut in enumerate(as_completed(futures), start=1):
-            key, seed, result = fut.result()
-            plans[key]["results"][str(seed)] = result
-            _write(path, {**data, "retrain_seconds": data["retrain_seconds"] + time.time() - start})
-            print(
-                f"[{task}] {i}/{len(jobs)} {plans[key]['label']} seed {seed}: {result['status']} "
-                f"{data['metric']}={result['value']:.4f} ({result['seconds']:.0f} s)",
-                flush=True,
-            )
-    data["retrain_seconds"] += time.time() - start
-    _write(path, data)
-    return data
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
-# ----------------------------------------------------------------------------- report
-def _values(entry: dict[str, Any]) -> dict[int, float]:
-    return {
-        int(s): float(r["value"])
-        for s, r in entry["results"].items()
-        if r["status"] == "ok" and math.isfinite(float(r["value"]))
-    }
-
-
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return statistics.fmean(values), se
-
-
-def _search_facts(run: Path) -> dict[str, Any]:
-    """Sampled plans (distinct by plan_key), seconds, and the final stage's table."""
+def judge_planted(problem: Problem, searcher: str, budget: int, repeat: int, run: Path) -> list[dict[str, Any]]:
+    """Rows of numbers.csv for one planted search: true values of its exported plan, of the
+    baselines and tuned recipes it trained, of the best global recipe and the best plan, and of
+    the best plan it sampled (did the search find one, whatever it exported?)."""
     import pandas as pd
 
     from search_space import Plan
+    from tests.helpers.planted import PlantedTask
+
+    task = PlantedTask(**problem.planted)
+    best_global = task.best_global_value
+    base = {"problem": problem.name, "budget": budget, "repeat": repeat, "searcher": searcher, "seed": ""}
+    base["metric"] = "true " + task.metric
+    rows = []
+
+    def add(role: str, label: str, plan: Any, **more: Any) -> None:
+        value = task.true_value(plan)
+        rows.append({**base, "role": role, "label": label, "value": value, "summary": plan.summary(), **more})
+
+    exported = Plan.load(run / "best_plan.json")
+    info = state(run).get("exported") or {}
+    add(
+        "exported",
+        str(info.get("label", "?")),
+        exported,
+        exported_kind=info.get("kind", "?"),
+        exported_label=info.get("label", "?"),
+        seconds=state(run).get("seconds_this_session"),
+        beats_global=task.beats_global(exported),
+    )
+    final = pd.read_csv(run / "final.csv", keep_default_na=True)
+    for label, text in zip(final["label"], final["plan_json"]):
+        role = role_of(str(label))
+        if role != "searched":
+            add(role, str(label), Plan.from_json(str(text)))
+    trials = pd.read_csv(run / "trials.csv", keep_default_na=True)
+    sampled = [Plan.from_json(str(t)) for t, b in zip(trials["plan_json"], trials["baseline"].fillna("")) if not b]
+    if sampled:
+        found = max(sampled, key=task.true_value)
+        add("found", "best sampled (true value)", found, beats_global=task.beats_global(found))
+    add("best-global", "best global recipe", max(task.global_recipes().values(), key=lambda pv: pv[1])[0])
+    add("best-plan", "best plan", task.best_plan())
+    for r in rows:
+        r.setdefault("beats_global", r["value"] > best_global + 1e-12)
+    return rows
+
+
+def judge_trained(
+    problem: Problem, budget: int, repeat: int, runs: dict[str, Path], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Retrain on fresh seeds ``none``, the hand-set and tuned baselines (once per budget and
+    repeat, from the first search: the searches of one point train the same baselines) and
+    each search's exported plan unless it is one of those (``results.retrain``, into
+    ``OUT/retrain/PROBLEM/bBUDGET-rREPEAT/{baselines,SEARCHER}``); rows of numbers.csv."""
+    from results import open_run
+    from results.retrain import RetrainConfig, test_metric
+    from search_space import Plan
     from search_space.plan import plan_key
 
-    facts: dict[str, Any] = {"seconds": _state(run).get("seconds_this_session")}
-    trials = run / "trials.csv"
-    if trials.is_file():
-        df = pd.read_csv(trials, keep_default_na=True)
-        sampled = df[df["baseline"].fillna("") == ""]
-        keys = [plan_key(Plan.from_json(str(t))) for t in sampled["plan_json"]]
-        facts.update(sampled=len(keys), distinct=len(set(keys)), trials=len(df))
-    final = run / "final.csv"
-    if final.is_file():
-        facts["final"] = pd.read_csv(final, keep_default_na=True).to_dict("records")
-        facts["final_trainings"] = int(sum(int(r["seeds"]) for r in facts["final"]))
-    return facts
+    n = args.test_seeds.get(problem.name, problem.test_seeds)
+    offset = args.seed + REPEAT_STRIDE * repeat + TEST_SEED_OFFSET
+    where = args.out / "retrain" / problem.name / f"b{budget}-r{repeat}"
+    trained: dict[str, tuple[str, str, dict[int, float]]] = {}  # plan key -> (label, role, seed -> value)
+    rows: list[dict[str, Any]] = []
+    first = open_run(next(iter(runs.values())))
+    metric = test_metric(first.objective)
+    common = {"seeds": n, "train_size": "search", "seed_offset": offset, "num_threads": 1}
+    names = tuple(first.config.get("baselines") or ())
+    _retrain(first, RetrainConfig(top=0, baselines=names, tuned=True, **common), where / "baselines", "", trained)
+    for searcher, path in runs.items():
+        run = open_run(path)
+        exported = plan_key(Plan.load(path / "best_plan.json"))
+        if exported not in trained:  # a searched plan, or a tuned recipe other than the first search's
+            final = run.final
+            searched = final[final["kind"] == "searched"].sort_values("mean", ascending=run.objective.mode == "min")
+            keys = [plan_key(Plan.from_json(str(t))) for t in searched["plan_json"]]
+            top = keys.index(exported) + 1 if exported in keys else 0
+            cfg = RetrainConfig(top=top, baselines=(), tuned=not top, **common)
+            _retrain(run, cfg, where / searcher, searcher, trained, only=exported)
+        if exported not in trained:
+            raise SystemExit(f"{path}: its exported plan was not retrained (best_plan.json matches no plan)")
+        label, _, values = trained[exported]
+        info = state(path).get("exported") or {}
+        for seed, value in sorted(values.items()):
+            rows.append(_trained_row(problem, budget, repeat, searcher, "exported", label, seed, value, metric))
+            rows[-1].update(
+                exported_kind=info.get("kind", "?"),
+                exported_label=info.get("label", "?"),
+                seconds=state(path).get("seconds_this_session"),
+            )
+    for label, role, values in trained.values():
+        if role != "searched":
+            for seed, value in sorted(values.items()):
+                rows.append(_trained_row(problem, budget, repeat, "", role, label, seed, value, metric))
+    return rows
 
 
-def _true(value: Any) -> bool:
-    """final.csv's ``chosen``: 1/0 (or True/False in older run folders)."""
-    return str(value).strip().lower() in ("true", "1", "1.0")
+def _retrain(run: Any, cfg: Any, dest: Path, searcher: str, trained: dict, only: str | None = None) -> None:
+    """``results.retrain.retrain`` into ``dest`` unless it finished there before; every plan it
+    trained lands in ``trained`` (plan key -> label, role, seed -> test value), or only the
+    plan ``only`` (a plan key)."""
+    import pandas as pd
+
+    from results.retrain import retrain, test_metric
+    from search_space import Plan
+    from search_space.plan import plan_key
+
+    done = dest / "retrain.csv"
+    if not done.is_file():
+        log.info("[%s] retraining into %s: %s", run.name, dest, cfg)
+        retrain(run, cfg, dest)
+    metric = test_metric(run.objective)
+    per_seed = pd.read_csv(done)
+    for label, part in per_seed.groupby("plan", sort=False):
+        key = plan_key(Plan.load(dest / "plans" / f"{str(label).replace('#', '_')}.json"))
+        if key in trained or (only is not None and key != only):
+            continue
+        ok = part[part["status"] == "ok"]
+        role = role_of(str(label), cfg.baselines)
+        name = f"{searcher} exported" if role == "searched" else f"{label} ({searcher})" if searcher else str(label)
+        trained[key] = (name, role, {int(s): float(v) for s, v in zip(ok["seed"], ok[metric])})
 
 
-def report(task: str, data: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Print the task's table; return its targets (searcher -> word against the best tuned)."""
-    from controller.stats import WORSE, paired, sign_of
-
-    metric, mode = data["metric"], data["mode"]
-    sign = sign_of(mode)
-    fmt = "{:.4f}" if metric.endswith("acc") else "{:.2f}"
-    plans = data["plans"]
-    values = {k: _values(e) for k, e in plans.items()}
-    means = {k: _mean_se(list(v.values())) for k, v in values.items()}
-    n = len(data["seeds"])
-    complete = {k for k, v in values.items() if len(v) == n}
-    tuned = [k for k, e in plans.items() if e["kind"] == "tuned" and k in complete]
-    ref_kind = "tuned global baseline"
-    if not tuned:  # --tuned-trials 0, or not finished: the best baseline of any kind
-        tuned = [k for k, e in plans.items() if e["kind"] != "searched" and k in complete]
-        ref_kind = "baseline (no tuned global baseline finished)"
-    best = max(tuned, key=lambda k: sign * means[k][0]) if tuned else None
-    searches = json.loads((out / "searches.json").read_text()) if (out / "searches.json").is_file() else {}
-    train = data.get("train", {})
-    print(
-        f"\n=== {task}: {train.get('model')} on {train.get('dataset')}, train_size {train.get('train_size')}, "
-        f"{train.get('epochs')} epochs; {metric} ({'higher' if mode == 'max' else 'lower'} is better), "
-        f"{n} test seeds {data['seeds'][0]}..{data['seeds'][-1]} (search seeds {data['search_seeds']})"
-    )
-    print(f"CPU: {data.get('cpu', '?')}")
-    for s in SEARCHES:
-        run = Path(data["runs"][s])
-        f = _search_facts(run)
-        wall = searches.get(s, {}).get("seconds") or f.get("seconds")  # run_state's when run elsewhere
-        print(
-            f"  search {s:<10} wall {wall / 60 if wall else float('nan'):5.1f} min "
-            f"({f.get('trials', '?')} + {f.get('final_trainings', '?')} final trainings); "
-            f"sampled plans {f.get('sampled', '?')}, distinct {f.get('distinct', '?')}; exported "
-            f"{data['exported'][s].get('kind', '?')} {data['exported'][s].get('label', '?')} "
-            f"(by the {data['exported'][s].get('selected_by', '?')} stage)"
-        )
-    print(f"  retraining wall {data.get('retrain_seconds', 0) / 60:.1f} min")
-    print(f"\nReference: the best {ref_kind} by test mean: {plans[best]['label'] if best else 'none finished'}")
-    head = f"{'plan':<34} {'kind':<9} {metric + ' (mean +- se)':>22} {'vs reference: diff [95% interval]':>38}  word"
-    print(head)
-    print("-" * len(head))
-    order = sorted(plans, key=lambda k: ({"hand-set": 0, "tuned": 1}.get(plans[k]["kind"], 2), plans[k]["label"]))
-    words: dict[str, Any] = {}
-    for k in order:
-        e = plans[k]
-        m, se = means[k]
-        cell = f"{fmt.format(m)} +- {fmt.format(se)}" + ("" if len(values[k]) == n else f" ({len(values[k])}/{n})")
-        if best is None or k == best:
-            cmp_text, word = "(reference)" if k == best else "", ""
-        else:
-            c = paired(values[k], values[best], mode)
-            cmp_text = f"{fmt.format(c.mean)} [{fmt.format(c.ci95_low)}, {fmt.format(c.ci95_high)}]"
-            word = c.word
-            words[k] = c
-        print(f"{e['label'][:34]:<34} {e['kind']:<9} {cell:>22} {cmp_text:>38}  {word}")
-    print("(diff: plan minus reference, signed so that positive = better; paired over the test seeds)")
-    print("\nExported plans (best_plan.json of each search):")
-    targets: dict[str, Any] = {}
-    for s in SEARCHES:
-        ex = data["exported"][s]
-        k = ex["key"]
-        e = plans[k]
-        if k == best:
-            word, verdict = "is the reference", True
-        elif k in words:
-            word, verdict = words[k].word, words[k].word != WORSE
-        else:
-            word, verdict = "not measured", False
-        others = ", ".join(x for x in e["names"] if not x.endswith(f"({s})")) or "-"
-        print(
-            f"  {s:<10} exported {ex.get('kind', '?'):<8} {ex.get('label', '?'):<22} -> trained as '{e['label']}' "
-            f"(same plan as: {others}); vs reference: {word}"
-        )
-        targets[s] = {
-            "word": word,
-            "not_worse": verdict,
-            "better": k in words and words[k].word == "better",
-            "exported": f"{ex.get('kind', '?')} {ex.get('label', '?')}",
-            "searched": ex.get("kind") == "searched",
-        }
-    print("\nFinal stage of each search (validation, fresh search-side seeds): label, mean, word vs its best baseline")
-    for s in SEARCHES:
-        rows = _search_facts(Path(data["runs"][s])).get("final") or []
-        text = "; ".join(
-            f"{r['label']}{'*' if _true(r.get('chosen')) else ''} {fmt.format(float(r['mean']))}"
-            f"{' ' + str(r['comparison']) if isinstance(r.get('comparison'), str) and r['comparison'] else ''}"
-            for r in rows
-        )
-        print(f"  {s:<10} {text}   (* = exported)")
-    for s in SEARCHES:
-        t = targets[s]
-        print(f"  target {task}/{s}: exported plan not worse than the best tuned global baseline: "
-              f"{'MET' if t['not_worse'] else 'MISSED'} ({t['word']})")  # fmt: skip
-    return targets
+def _trained_row(problem: Problem, budget: int, repeat: int, searcher: str, role: str, label: str, seed: int,
+                 value: float, metric: str) -> dict[str, Any]:  # fmt: skip
+    return {"problem": problem.name, "budget": budget, "repeat": repeat, "searcher": searcher, "role": role,
+            "label": label, "seed": seed, "value": value, "metric": metric}  # fmt: skip
 
 
-def main() -> int:
+# ----------------------------------------------------------------------------- command line
+def _listed(text: str, kind: type, name: str) -> tuple[list[Any], dict[str, list[Any]]]:
+    """``"16,48"`` (every problem) and/or ``"digits200=16,lm=12"`` (per problem)."""
+    every: list[Any] = []
+    per: dict[str, list[Any]] = {}
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        problem, sep, value = part.rpartition("=")
+        if sep and problem not in PROBLEMS:
+            raise SystemExit(
+                f"search_quality.py: error: {name}: bad problem {problem!r}; allowed: {', '.join(PROBLEMS)}"
+            )
+        try:
+            (per.setdefault(problem, []) if sep else every).append(kind(value))
+        except ValueError:
+            raise SystemExit(f"search_quality.py: error: {name}: bad value {value!r}") from None
+    return every, per
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", default=",".join(ORDER), help=f"comma-separated, run in this order ({', '.join(ORDER)})")
-    p.add_argument("--num-samples", default="", help="N or TASK=N,...: trainings of each search (defaults: " +
-                   ", ".join(f"{t} {c['num_samples']}" for t, c in TASKS.items()) + ")")  # fmt: skip
-    p.add_argument("--epochs", default="", help="N or TASK=N,... (defaults: " +
-                   ", ".join(f"{t} {c['epochs']}" for t, c in TASKS.items()) + ")")  # fmt: skip
-    p.add_argument("--seeds", default="", help="test seeds per plan, N or TASK=N,... (defaults: " +
-                   ", ".join(f"{t} {c['seeds']}" for t, c in TASKS.items()) + ")")  # fmt: skip
-    p.add_argument("--tuned-trials", default="auto", help="launch_search.py --tuned-trials, the same for every search")
-    p.add_argument("--final-top-k", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "search_quality", help="folder of everything")
+    p.add_argument(
+        "--problems",
+        "--tasks",
+        default=",".join(DEFAULT_PROBLEMS),
+        help="; ".join(f"{n}: {p.note or ' '.join(p.flags)}" for n, p in PROBLEMS.items()),
+    )
+    p.add_argument("--searchers", default=",".join(SEARCHERS))
+    p.add_argument(
+        "--budgets", "--num-samples", default="", help="16,48,144 and/or PROBLEM=N,... (default per problem)"
+    )
+    p.add_argument("--repeats", default="", help="whole searches per point: N and/or PROBLEM=N,...")
+    p.add_argument("--test-seeds", "--seeds", default="", help="fresh retraining seeds: N and/or PROBLEM=N,...")
+    p.add_argument("--epochs", default="", help="PROBLEM=N,... (default: the problem's recipe)")
+    p.add_argument("--final-top-k", type=int, default=4)
     p.add_argument("--final-seeds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="trainings at once (Ray CPUs and retraining processes)")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "search_quality")
-    p.add_argument("--report-only", action="store_true", help="print the tables from OUT/TASK/retrain.json")
-    args = p.parse_args()
-    args.num_samples = per_task(args.num_samples, int, "--num-samples")
-    args.epochs = per_task(args.epochs, int, "--epochs")
-    args.seeds = per_task(args.seeds, int, "--seeds")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for t in tasks:
-        if t not in TASKS:
-            raise SystemExit(f"search_quality.py: error: --tasks: bad value {t!r}; allowed: {', '.join(TASKS)}")
+    p.add_argument("--seed", type=int, default=0, help="search seed of repeat 0")
+    p.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray")
+    p.add_argument("--report-only", action="store_true", help="tables and figure from OUT, no training")
+    args = p.parse_args(argv)
+    args.problems = [s.strip() for s in args.problems.split(",") if s.strip()]
+    bad = [s for s in args.problems if s not in PROBLEMS]
+    if bad:
+        raise SystemExit(f"search_quality.py: error: --problems: bad value {bad[0]!r}; allowed: {', '.join(PROBLEMS)}")
+    args.searchers = [s.strip() for s in args.searchers.split(",") if s.strip()]
+    bad = [s for s in args.searchers if s not in SEARCHERS] or ([] if args.searchers else [""])
+    if bad:
+        raise SystemExit(
+            f"search_quality.py: error: --searchers: bad value {bad[0]!r}; allowed: {', '.join(SEARCHERS)}"
+        )
+    budgets, per_budget = _listed(args.budgets, int, "--budgets")
+    args.budgets = {n: per_budget.get(n) or budgets or list(PROBLEMS[n].budgets) for n in args.problems}
+    repeats, per_repeats = _listed(args.repeats, int, "--repeats")
+    args.repeats = {n: (per_repeats.get(n) or repeats or [PROBLEMS[n].repeats])[-1] for n in args.problems}
+    seeds, per_seeds = _listed(args.test_seeds, int, "--test-seeds")
+    args.test_seeds = {n: (per_seeds.get(n) or seeds or [PROBLEMS[n].test_seeds])[-1] for n in args.problems}
+    _, per_epochs = _listed(args.epochs, int, "--epochs")
+    args.epochs = {n: v[-1] for n, v in per_epochs.items()}
+    return args
+
+
+def available(problem: Problem) -> str:
+    """'' when the problem can run in this checkout, else why not."""
+    if problem.needs:
+        from child_trainer.data import DATASETS
+
+        if problem.needs not in DATASETS:
+            return f"child_trainer has no dataset {problem.needs!r} yet (datasets: {', '.join(DATASETS)})"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    import quality_report
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # this script's lines; the searches' own stay quiet (their run folders say it all)
+    args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores", flush=True)
-    targets: dict[str, dict[str, Any]] = {}
-    if args.report_only:
-        for task in tasks:
-            path = args.out / task / RESULTS
-            if not path.is_file():
-                print(f"[{task}] no {path}: run without --report-only first")
-                continue
-            targets[task] = report(task, json.loads(path.read_text()), args.out / task)
-    else:
+    args.out.mkdir(parents=True, exist_ok=True)
+    log.info("CPU: %s, %d cores", cpu_model(), os.cpu_count() or 0)
+    numbers = args.out / "numbers.csv"
+    if not args.report_only:
         import ray
 
-        args.out.mkdir(parents=True, exist_ok=True)
         ray.init(
             num_cpus=args.workers, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
         )
         try:
-            for task in tasks:
-                out = args.out / task
-                out.mkdir(parents=True, exist_ok=True)
-                log = json.loads((out / "searches.json").read_text()) if (out / "searches.json").is_file() else {}
-                start = time.time()
-                runs = {s: run_search(task, s, args, out, log) for s in SEARCHES}
-                print(f"[{task}] searches done ({(time.time() - start) / 60:.1f} min this session)", flush=True)
-                data = retrain(task, runs, args, out)
-                targets[task] = report(task, data, out)
+            for name in args.problems:
+                problem = PROBLEMS[name]
+                why = available(problem)
+                if why:
+                    log.warning("[%s] skipped: %s", name, why)
+                    continue
+                for budget in args.budgets[name]:
+                    for repeat in range(args.repeats[name]):
+                        runs = {s: search(problem, s, budget, repeat, args) for s in args.searchers}
+                        if problem.planted is not None:
+                            rows = [
+                                r for s, run in runs.items() for r in judge_planted(problem, s, budget, repeat, run)
+                            ]
+                        else:
+                            rows = judge_trained(problem, budget, repeat, runs, args)
+                        quality_report.merge(numbers, rows, problem.name, budget, repeat, args.searchers)
         finally:
             ray.shutdown()
-    if targets:
-        print("\n=== Targets (issue 19)")
-        for task, t in targets.items():
-            ok = all(v["not_worse"] for v in t.values())
-            words = "; ".join(f"{s}: {v['word']}, exports {v['exported']}" for s, v in t.items())
-            print(f"  {task:<10} every searcher's exported plan not worse than the best tuned global baseline: "
-                  f"{'MET' if ok else 'MISSED'} ({words})")  # fmt: skip
-        better = [f"{task}/{s}" for task, t in targets.items() for s, v in t.items() if v["better"]]
-        print(f"  moonshot: an exported plan wholly better than the best tuned global baseline on some task: "
-              f"{'MET (' + ', '.join(better) + ')' if better else 'MISSED'}")  # fmt: skip
-        # the same, counting only exported plans the search found (not a baseline it fell back to)
-        found = [f"{task}/{s}" for task, t in targets.items() for s, v in t.items() if v["better"] and v["searched"]]
-        print(f"  moonshot by a searched plan (best_plan.json kind 'searched'): "
-              f"{'MET (' + ', '.join(found) + ')' if found else 'MISSED'}")  # fmt: skip
+    if not numbers.is_file():
+        raise SystemExit(f"no {numbers}: run without --report-only first")
+    quality_report.write(numbers, args.out, problems=args.problems, cpu=cpu_model())
     return 0
 
 

@@ -26,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     add_train_flags(
         parser,
-        defaults={"dataset": None},
-        help_defaults={"dataset": "digits; builtin_text for transformer_lm", "lr": "0.1 (SGD) or 3e-3 (AdamW)",
-                       "label_smoothing": "0.1 for images, 0 for transformer_lm"},
+        defaults={"dataset": None, "model": None},
+        help_defaults={"dataset": "digits; builtin_text for transformer_lm, mnist1d for mnist1d_*",
+                       "lr": "0.1 (SGD) or 3e-3 (AdamW)", "label_smoothing": "0.1 for images, 0 for transformer_lm",
+                       "model": "digits_cnn; mnist1d_cnn for --dataset mnist1d"},
     )  # fmt: skip
     parser.add_argument("--threads", dest="num_threads", type=typed(int), help="alias of --num-threads")
     parser.add_argument("--plan", help="regularization plan JSON (search_space.Plan)")
@@ -63,10 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     fields = set(train_fields())
-    if args.dataset is None:  # the model's own data: a language model reads text
+    if args.model is None:  # the data's own model: sequences need a 1-D child
+        args.model = "mnist1d_cnn" if args.dataset == "mnist1d" else TrainConfig.model
+    if args.dataset is None:  # the model's own data: a language model reads text, a 1-D child MNIST-1D
         from .models import is_lm
+        from .models_1d import SEQUENCE_MODELS
 
-        args.dataset = "builtin_text" if is_lm(args.model) else "digits"
+        args.dataset = "builtin_text" if is_lm(args.model) else "mnist1d" if args.model in SEQUENCE_MODELS else "digits"
     try:
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
         plan = load_plan_file(args.plan) if args.plan is not None else None

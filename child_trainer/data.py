@@ -3,6 +3,8 @@
 The validation split is the search's reward, so it is carved out of the *training* set with a
 fixed seed (the same for every trial) and stratified by class; the test set is only loaded
 for the final evaluation. Everything lives on the device so batches need no per-sample Python.
+
+Images are (N, C, H, W); ``mnist1d`` sequences are (N, C, L) with C = 1 and L = 40.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = [
     "DataSplits",
     "load_data",
     "DATASETS",
+    "SEQUENCE_DATASETS",
     "stratified_split",
     "TEXT_DATASETS",
     "TextSplits",
@@ -31,12 +34,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic", "mnist1d")
+SEQUENCE_DATASETS = ("mnist1d",)  # (N, C, L) sequences, for the children in models_1d.SEQUENCE_MODELS
 TEXT_DATASETS = ("builtin_text", "ptb", "wikitext2")
 CIFAR_VAL_SIZE = 5000
 VAL_EXTRA_MAX = 10000  # unused training images that join validation (an epoch's evaluation cost)
 DIGITS_FRACTIONS = (0.6, 0.2, 0.2)  # train / val / test of the 1,797 images
 SYNTHETIC_SIZES = (10000, 2000, 2000)
+MNIST1D_VAL_SIZE = 1000  # validation sequences carved out of MNIST-1D's 4,000 training ones (as many as test)
 _CIFAR = {"cifar10": ("CIFAR10", "cifar-10-batches-py", 10), "cifar100": ("CIFAR100", "cifar-100-python", 100)}
 
 
@@ -46,7 +51,8 @@ class DataError(FieldError):
 
 @dataclass
 class DataSplits:
-    """Normalised float tensors (N, C, H, W) and int64 labels; test only when requested."""
+    """Normalised float tensors (N, C, H, W), or (N, C, L) for sequences, and int64 labels;
+    test only when requested."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -112,8 +118,9 @@ def _to_device(
     x: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    per_channel = (1, -1) + (1,) * (xt.dim() - 2)  # (N, C, H, W) images or (N, C, L) sequences
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(per_channel)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(per_channel)
     return (xt - m) / s, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
 
@@ -128,8 +135,9 @@ def _finish(
     """Normalise every split with the per-channel statistics of the full training split
     (before any ``train_size`` subset, so validation tensors are identical across subsets)."""
     tx = stats_x.astype(np.float32, copy=False)
-    mean = tx.mean(axis=(0, 2, 3))
-    std = tx.std(axis=(0, 2, 3)) + 1e-6
+    axes = (0, *range(2, tx.ndim))  # all but the channels
+    mean = tx.mean(axis=axes)
+    std = tx.std(axis=axes) + 1e-6
     out = {k: _to_device(v[0], v[1], mean, std, device) if v is not None else (None, None) for k, v in parts.items()}
     return DataSplits(
         *out["train"],
@@ -160,6 +168,22 @@ def _digits(train_size: int | None, seed: int, with_test: bool, device: torch.de
         "test": (x[test], y[test]) if with_test else None,
     }
     return _finish("digits", parts, 10, device, "shift", train_x)
+
+
+def _mnist1d(train_size: int | None, seed: int, with_test: bool, device: torch.device | str) -> DataSplits:
+    """MNIST-1D (Greydanus & Kobak): its 4,000 training sequences give a fixed stratified
+    validation split of ``MNIST1D_VAL_SIZE`` and a training pool of 3,000 (``train_size`` takes a
+    subset of it; the rest joins validation); its own 1,000 test sequences are the test split."""
+    from .mnist1d import generate_mnist1d
+
+    x, y, x_test, y_test = generate_mnist1d()
+    rest, val = stratified_split(y, MNIST1D_VAL_SIZE, seed)
+    train_x = x[rest]
+    parts = {
+        **_train_and_val(train_x, y[rest], (x[val], y[val]), train_size, seed),
+        "test": (x_test, y_test) if with_test else None,
+    }
+    return _finish("mnist1d", parts, 10, device, "none", train_x)
 
 
 def _cifar(
@@ -243,6 +267,8 @@ def load_data(
         raise user_error("train_size", train_size, "a positive integer or None", cls=DataError)
     if name == "digits":
         return _digits(train_size, seed, with_test, device)
+    if name == "mnist1d":
+        return _mnist1d(train_size, seed, with_test, device)
     if name == "synthetic":
         return _synthetic(train_size, seed, with_test, device, tuple(image_shape), num_classes)
     return _cifar(name, Path(data_dir) if data_dir else Path("data"), train_size, seed, with_test, device)

@@ -22,8 +22,8 @@ HELP = {
     "train_size": "stratified training subset (the small-data regime); text: training tokens",
     "seq_len": "transformer_lm: tokens per window",
     "eval_test": "also evaluate the held-out test split (never during a search)",
-    "dataset": "images: digits (bundled), cifar10, cifar100 (from --data-dir), synthetic; text (transformer_lm): "
-    "builtin_text (bundled), ptb, wikitext2 (from --data-dir)",
+    "dataset": "images: digits (bundled), cifar10, cifar100 (from --data-dir), synthetic; 1-D sequences: mnist1d "
+    "(generated offline); text (transformer_lm): builtin_text (bundled), ptb, wikitext2 (from --data-dir)",
     "data_dir": "folder holding CIFAR (torchvision layout) or PTB / WikiText-2 text files; never downloaded",
     "amp": "autocast: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), none, bf16, fp16 (CUDA)",
     "lr": "peak learning rate",

@@ -1,5 +1,6 @@
 """Child networks: CIFAR ResNets, Wide ResNets, a small digits ConvNet, torchvision classifiers,
-and small Transformers (``vit_tiny`` on image patches, ``transformer_lm`` on text).
+small Transformers (``vit_tiny`` on image patches, ``transformer_lm`` on text), and the MNIST-1D
+ConvNet and MLP (``mnist1d_cnn``, ``mnist1d_mlp``: `child_trainer.models_1d`).
 
 Module names follow torchvision (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``shortcut``; stages
 ``layer1``..``layer3``; block classes ending in ``Block``) so that ``search_space.find_sites``
@@ -20,6 +21,8 @@ from torch import nn
 
 from search_space.errors import user_error
 
+from .models_1d import MNIST1DCNN, MNIST1DMLP
+
 __all__ = [
     "build_model",
     "model_names",
@@ -28,6 +31,8 @@ __all__ = [
     "CifarResNet",
     "WideResNet",
     "DigitsCNN",
+    "MNIST1DCNN",
+    "MNIST1DMLP",
     "TransformerLayer",
     "ViTTiny",
     "TransformerLM",
@@ -333,6 +338,8 @@ def model_names() -> list[str]:
     """Names accepted by build_model (patterns shown for the parametric families)."""
     return [
         "digits_cnn",
+        "mnist1d_cnn",
+        "mnist1d_mlp",
         *_CIFAR_RESNETS,
         *TRANSFORMER_MODELS,
         "wrn{depth}_{k} (e.g. wrn28_10, wrn28_2)",
@@ -414,10 +421,11 @@ def build_model(
 ) -> nn.Module:
     """Build a freshly initialised child network by name.
 
-    ``name``: digits_cnn, resnet20/32/44/56/110 (CIFAR), wrn{depth}_{k}, vit_tiny,
-    transformer_lm, tv:<torchvision name>, or package.module:factory (`user_model`). For
-    ``transformer_lm`` ``num_classes`` is the vocabulary size and ``max_len`` the longest
-    sequence; ``image_size`` sizes vit_tiny.
+    ``name``: digits_cnn, mnist1d_cnn, mnist1d_mlp, resnet20/32/44/56/110 (CIFAR),
+    wrn{depth}_{k}, vit_tiny, transformer_lm, tv:<torchvision name>, or package.module:factory
+    (`user_model`). For ``transformer_lm`` ``num_classes`` is the vocabulary size and
+    ``max_len`` the longest sequence; ``image_size`` sizes vit_tiny and is the sequence length
+    of the MNIST-1D children.
     """
     if num_classes < 2:
         raise user_error("num_classes", num_classes, "an integer >= 2")
@@ -427,6 +435,10 @@ def build_model(
         return TransformerLM(num_classes, max_len)
     if name == "digits_cnn":
         return DigitsCNN(num_classes, in_channels)
+    if name == "mnist1d_cnn":
+        return MNIST1DCNN(num_classes, in_channels, image_size)
+    if name == "mnist1d_mlp":
+        return MNIST1DMLP(num_classes, in_channels * image_size)
     if name.startswith("tv:"):
         return _torchvision_model(name[3:], num_classes, in_channels)
     if ":" in name:

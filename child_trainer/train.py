@@ -142,6 +142,7 @@ class TrainConfig:
                 "transformer_lm",
                 detail=f"bad value {self.model!r} for text dataset {self.dataset}",
             )
+        _check_sequence_pairing(self.model, self.dataset)
         if lm and self.augment not in ("auto", "none"):
             raise user_error("augment", self.augment, "auto, none (a language model)")
         check_number("seq_len", self.seq_len, 2, 4096, integer=True)
@@ -195,6 +196,26 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["synthetic_shape"] = list(self.synthetic_shape)
         return out
+
+
+def _check_sequence_pairing(model: str, dataset: str) -> None:
+    """The MNIST-1D children take (N, C, L) sequences and the image children (N, C, H, W)
+    maps: a mismatch is a config error here, not a shape error in every trial. A user's own
+    model (``package.module:factory``) may take either."""
+    from .data import SEQUENCE_DATASETS
+    from .models_1d import SEQUENCE_MODELS
+
+    if model in SEQUENCE_MODELS and dataset not in SEQUENCE_DATASETS:
+        raise user_error(
+            "dataset", dataset, ", ".join(SEQUENCE_DATASETS), detail=f"bad value {dataset!r} for model {model}"
+        )
+    if dataset in SEQUENCE_DATASETS and model not in SEQUENCE_MODELS and (":" not in model or model.startswith("tv:")):
+        raise user_error(
+            "model",
+            model,
+            f"{', '.join(SEQUENCE_MODELS)}, package.module:factory",
+            detail=f"bad value {model!r} for the 1-D sequences of {dataset}",
+        )
 
 
 MAX_THREADS = 1024  # far above any machine's cores; larger values crash inside OpenMP
@@ -374,6 +395,10 @@ class _Run:
             num_classes=cfg.synthetic_classes,
         )
         self.augment = self.data.augment if cfg.augment == "auto" else cfg.augment
+        if self.data.train_x.dim() != 4:  # (N, C, L) sequences (mnist1d): no NHWC, no 2-D crops
+            self.channels_last = False
+            if self.augment != "none":
+                raise user_error("augment", self.augment, f"auto, none (for the sequences of {cfg.dataset})")
         if cfg.augment == "auto" and cfg.model == "vit_tiny" and self.augment == "shift":
             # 1-pixel shifts of 8x8 digits under 2x2 patches with absolute positions: val acc
             # 0.35 vs 0.82 without, after 10 epochs (measured); CIFAR keeps crop + flip.

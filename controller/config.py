@@ -14,12 +14,10 @@ need torch or Ray import them when they run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from controller.checks import (
@@ -30,6 +28,7 @@ from controller.checks import (
     check_resources,
     check_trial_timeout,
 )
+from controller.config_fields import add_flags, auto_or_int, command_default, flag_of, layouts_flag, names, setting
 from search_space.errors import SEED_MAX, UserTypeError, check_number, user_error
 
 __all__ = [
@@ -48,55 +47,12 @@ __all__ = [
 
 SEARCH_NAMES = ("controller", "random", "tpe")  # controller.policies.SEARCHERS, in this order
 SCHEDULERS = ("fifo", "asha")
+FINAL_STAGES = ("race", "fixed")
+#: ``final_budget="auto"``: trainings per finalist (``benchmarks/race_sim.py``: ~4 each exports a
+#: 1-point-better plan in 98% of simulated stages, with false exports under 0.5%).
+AUTO_BUDGET_PER_FINALIST = 4
 #: Default of ``max_redraws``: draws of a sampler to find a plan not trained yet.
 MAX_REDRAWS = 25
-_SAME = object()  # a setting whose command-line default is its Python default
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    flag: bool = True,
-    command: Any = _SAME,
-    parse: Any = None,
-    default_factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A config field and how the command shows it: ``help`` (its --help text), ``flag``
-    (False: Python and search_config.json only), ``command`` (the command's default where it
-    differs from the API's: a real search by default) and ``parse`` (the flag's converter;
-    default from the field's type)."""
-    meta = {"help": help, "flag": flag, "command": command, "parse": parse}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-# ----------------------------------------------------------------------------- converters
-def _names(text: str) -> tuple[str, ...]:
-    """--baselines none,dropout -> ("none", "dropout") ("" -> no baselines)."""
-    return tuple(b.strip() for b in str(text).split(",") if b.strip())
-
-
-def _auto_or_int(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad value {text!r}; allowed: auto or an integer >= 0") from None
-
-
-def _layouts(text: str) -> dict[str, str]:
-    """--layouts 'stages.*=NHWC,head.0=NC' -> {"stages.*": "NHWC", "head.0": "NC"} (the names
-    are checked against the sites and their shapes by the search space)."""
-    out: dict[str, str] = {}
-    for pair in (p.strip() for p in str(text).split(",") if p.strip()):
-        site, sep, layout = pair.partition("=")
-        if not sep or not site.strip() or not layout.strip():
-            raise argparse.ArgumentTypeError(f"bad value {pair!r}; allowed: site=LAYOUT pairs, e.g. stages.*=NHWC")
-        out[site.strip()] = layout.strip()
-    return out
 
 
 def _int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -128,21 +84,39 @@ class SearchConfig:
         "hand-set plans in every search, comma-separated (command default: all 4; none,dropout for "
         "Transformers and models without feature maps); from Python also a mapping name -> Plan",
         command=None,
-        parse=_names,
+        parse=names,
     )
     learned_rates: bool = setting(True, "one training that learns each site's rate: a baseline (learned-rates)")
     tuned_trials: int | str = setting(
         "auto",
         "trainings of --num-samples that tune one method at every site (dropout, "
         "DropBlock or the sequence pattern) on a small grid; auto: a quarter; 0: off",
-        parse=_auto_or_int,
+        parse=auto_or_int,
     )
     final_top_k: int = setting(
-        0, "best sampled plans re-trained at the end with fresh seeds (0: no final stage)", command=2
+        3, "best distinct sampled plans that enter the final stage beside the baselines (0: no final stage)"
     )
-    final_seeds: int = setting(
-        0, "fresh seeds per plan in the final stage (3 or more for a paired interval)", command=3
+    final_stage: str = setting(
+        "race",
+        "race: the finalists race on shared fresh seeds within --final-budget trainings, the clearly worse "
+        "leaving each round, then the winner is confirmed on seeds the race never used; fixed: every "
+        "finalist on --final-seeds seeds (the stage of run folders before the race)",
     )
+    final_budget: int | str = setting(
+        "auto",
+        "trainings of a raced final stage, confirmation included; auto: 4 per finalist, at least what "
+        "the race needs (finalists x --race-start-seeds + the confirmation's)",
+        parse=auto_or_int,
+    )
+    final_seeds: int = setting(3, "fresh seeds per finalist of a fixed final stage (--final-stage fixed)")
+    race_start_seeds: int = setting(2, "seeds every finalist of the race starts on (2 or more)")
+    race_growth: str = setting("+1", "how survivors' seeds grow per round: +N adds N (irace), xN multiplies (SMAC)")
+    race_alpha: float = setting(0.2, "family-wise level (Holm) at which a round drops the clearly worse")
+    confirm_seeds: int = setting(5, "fewest fresh seeds of the confirmation per plan confirmed (3 or more)")
+    confirm_baselines: int = setting(
+        2, "best baselines a searched plan must be shown better than, on the confirmation's seeds"
+    )
+    confirm_max: int = setting(1, "most searched survivors confirmed when the budget ends the race with several")
     seed: int = setting(0, "seed of the searcher and the children")
     # --- the trials
     max_concurrent: int | None = setting(None, "trials at once (default: what the cluster's resources allow)")
@@ -192,7 +166,7 @@ class SearchConfig:
         "site=LAYOUT pairs for sites whose layout the model does not show, e.g. 'stages.*=NHWC,head.0=NC' "
         "(NCHW, NHWC, NCL, NCDHW, NDHWC, NTC, TNC, NC; see --describe's layout and note columns); "
         "from Python a mapping site or glob -> layout, checked against the output shapes",
-        parse=_layouts,
+        parse=layouts_flag,
     )
     methods: tuple[str, ...] | None = setting(None, "methods offered at the sites (None: all that fit)", flag=False)
     model_name: str = setting("", "the model's name in plans (the command: --model)", flag=False)
@@ -235,17 +209,23 @@ class SearchConfig:
         _int("reward_seeds", self.reward_seeds, 1, 1000)
         _int("final_top_k", self.final_top_k, 0, MAX_TRIALS)
         _int("final_seeds", self.final_seeds, 0, 1000)
-        if self.final_top_k and not self.final_seeds:
+        if self.final_stage not in FINAL_STAGES:
+            raise user_error("final_stage", self.final_stage, ", ".join(FINAL_STAGES))
+        if self.final_stage == "fixed" and self.final_top_k and not self.final_seeds:
             raise user_error(
                 "final_seeds",
                 self.final_seeds,
                 "at least 1 when final_top_k > 0 (a final stage needs seeds), or final_top_k 0",
             )
+        if self.final_budget != "auto":
+            _int("final_budget", self.final_budget, 0, MAX_TRIALS)
+        self.race_settings()  # checks the race's own settings
         _int("controller_batch", self.controller_batch, 1)
         _int("max_failures", self.max_failures, 0)
         _int("max_redraws", self.max_redraws, 0, 10_000)
         _int("seed", self.seed, 0, SEED_MAX)
-        top = max(self.reward_seeds - 1, FINAL_SEED_OFFSET + self.final_seeds - 1 if self.final_top_k else 0)
+        final = self.final_seeds if self.final_stage == "fixed" else self.final_budget
+        top = max(self.reward_seeds - 1, FINAL_SEED_OFFSET + final - 1 if self.final_top_k and final != "auto" else 0)
         if self.seed + top > SEED_MAX:  # every seed the run uses, refused now rather than in a trial later
             raise user_error(
                 "seed",
@@ -346,6 +326,57 @@ class SearchConfig:
             kw["scheduler"] = "fifo"
         return cls(**kw)
 
+    def race_settings(self) -> Any:
+        """The race's settings (``controller.race.RaceSettings``), checked, each error naming
+        its setting."""
+        from controller.race import RaceSettings
+        from search_space.errors import FieldError
+
+        names = {"start_seeds": "race_start_seeds", "growth": "race_growth"}
+        try:
+            return RaceSettings(
+                start_seeds=self.race_start_seeds,
+                growth=self.race_growth,
+                race_alpha=self.race_alpha,
+                confirm_seeds=self.confirm_seeds,
+                confirm_max=self.confirm_max,
+                confirm_baselines=self.confirm_baselines,
+            )
+        except FieldError as exc:
+            raise exc.renamed(names.get(exc.field, exc.field)) from None
+
+    def final_budget_for(self, contenders: Sequence[tuple[str, str]]) -> int:
+        """Trainings of the final stage for these (label, kind) finalists: a raced stage's
+        budget (``auto``: 4 per finalist, at least the race's minimum; a budget below the
+        minimum is refused, naming it), a fixed stage's finalists x seeds; 0 without a stage."""
+        if not self.final_top_k or not contenders:
+            return 0
+        if self.final_stage == "fixed":
+            return len(contenders) * self.final_seeds
+        from controller.race import Race
+
+        need = Race.min_budget(contenders, self.race_settings()) if len(contenders) > 1 else 0
+        if self.final_budget == "auto":
+            budget = max(need, AUTO_BUDGET_PER_FINALIST * len(contenders))
+        elif self.final_budget < need:
+            raise user_error(
+                "final_budget",
+                self.final_budget,
+                f"auto or an integer >= {need} (the race of {len(contenders)} finalists needs "
+                f"{self.race_start_seeds} seeds each plus its confirmation)",
+            )
+        else:
+            budget = int(self.final_budget)
+        top = max(self.reward_seeds - 1, FINAL_SEED_OFFSET + budget - 1)
+        if self.seed + top > SEED_MAX:  # the race's seed pool, refused before Ray starts
+            raise user_error(
+                "seed",
+                self.seed,
+                f"an integer in [0, {SEED_MAX - top}] (the run also uses seeds up to seed + {top}: "
+                f"reward seeds and the final stage's {budget})",
+            )
+        return budget
+
     def replace(self, **changes: Any) -> "SearchConfig":
         """A copy with ``changes``, checked again."""
         return dataclasses.replace(self, **changes)
@@ -369,52 +400,3 @@ class RunConfig:
         object.__setattr__(self, "callbacks", tuple(_check_callbacks(self.callbacks or None)))
         if self.name is not None:
             check_name(self.name)
-
-
-# ----------------------------------------------------------------------------- helpers
-def flag_of(name: str) -> str:
-    """A setting's command-line flag: ``num_samples`` -> ``--num-samples``."""
-    return "--" + name.replace("_", "-")
-
-
-def command_default(f: dataclasses.Field) -> Any:
-    """The default a field has on the command line."""
-    if f.metadata.get("command", _SAME) is not _SAME:
-        return f.metadata["command"]
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return f.default
-
-
-def add_flags(parser: Any, cls: type) -> list[str]:
-    """One flag per field of ``cls`` whose metadata says so, typed, with its help and the
-    command's default; returns the fields that got one (their ``dest`` is the field name)."""
-    hints = typing.get_type_hints(cls)
-    added = []
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("flag", False):
-            continue
-        default = command_default(f)
-        words = f.metadata.get("help", "")
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        words += "" if "default" in words else f" (default {shown})"  # else the help says it in words
-        if hints[f.name] is bool:  # --name / --no-name
-            parser.add_argument(
-                flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=words
-            )
-        else:
-            parse = f.metadata.get("parse") or _converter(hints[f.name])
-            parser.add_argument(
-                flag_of(f.name), dest=f.name, type=parse if parse is not str else None, default=default,
-                help=words, metavar=f.name.upper(),
-            )  # fmt: skip
-        added.append(f.name)
-    return added
-
-
-def _converter(tp: Any) -> Any:
-    from search_space.errors import typed
-
-    kinds = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    kind = kinds[0] if len(kinds) == 1 else str
-    return str if kind in (str, Any) else typed(kind)

@@ -181,7 +181,9 @@ def race_verdict(rows: Sequence[Mapping[str, Any]], objective: rf.Objective) -> 
         parts = "; ".join(f"{r['label']}: {_confirmed(r, confirmed)}" for r in confirmed)
         words = {_text(r.get("confirm_word")) for r in confirmed}
         advice = (
-            " (a larger final budget gives the confirmation more seeds)" if words & {"cannot tell", TOO_FEW} else ""
+            " (a larger final budget, --final-budget or final_budget, gives the confirmation more seeds)"
+            if words & {"cannot tell", TOO_FEW}
+            else ""
         )
         return (
             f"Verdict: no searched plan is better than the {head}. Confirmed on fresh seeds the race never used, "

@@ -13,7 +13,7 @@ from typing import Any
 
 from search_space.errors import user_error
 
-__all__ = []
+__all__ = ["start_ray", "trial_resources", "max_concurrent", "Signals", "quiet_tune", "ship_by_value", "trial_name"]
 
 
 def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bool:
@@ -194,3 +194,14 @@ def _scheduler(scheduler: Any, config: Mapping[str, Any]) -> Any:
 
 def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
+
+
+# The public names other drivers use (``results retrain`` runs its trainings as Ray trials too);
+# the search API imports the same functions under their underscored names.
+start_ray = _start_ray
+trial_resources = _resources
+max_concurrent = _max_concurrent
+Signals = _Signals
+quiet_tune = _quiet_tune
+ship_by_value = _ship_by_value
+trial_name = _trial_name

@@ -5,14 +5,15 @@ Why it looks like this:
   place it lets us decide *what* to train next and hear about every finished trial, so the
   search lives here, on the driver.
 - A search has four stages, all ordinary Tune trials, each an object with one job
-  (``controller.stages``): the **baselines** (``learned`` among them: ``controller.learned``)
-  and the **tuned global recipes** (``FixedPlans``: recorded, never learned from), the
-  **sampled plans** (``SampledPlans``: drawn from the policy, redrawn when already trained,
-  started from the best tuned recipe and the learned rates) and the **final stage** (a
-  ``FinalStage``: today ``TopKFinal``, the top-k sampled plans, every baseline (and
-  ``learned-rates``) and each tuned method's best re-trained with fresh seeds;
-  ``best_plan.json`` is a searched plan only when it is better than the best baseline,
-  ``controller.final``). ``PlanSearcher`` sequences them, records and persists.
+  (``controller.stages``): the **baselines** and the **tuned global recipes** (``FixedPlans``:
+  recorded, never learned from), the **sampled plans** (``SampledPlans``: drawn from the
+  policy, redrawn when already trained, started from the best tuned recipe and the learned
+  rates once those trials are in; the **baselines** include ``learned``: ``controller.learned``)
+  and the **final stage** (a ``FinalStage``: ``RaceFinal``, the top-k sampled
+  plans, every baseline and each tuned method's best raced on fresh seeds and the winner
+  confirmed on others; ``TopKFinal`` for fixed stages; ``best_plan.json`` is a searched plan
+  only when the confirmation shows it better than the best baselines, ``controller.final``).
+  ``PlanSearcher`` sequences them, records and persists.
 - Trials finish out of order and concurrently: a suggested trial waits in ``pending`` with
   its tokens; finished ones go, in completion order, into a buffer that is turned into one
   REINFORCE update per ``controller_batch`` rewards (and a last, smaller one at the end).
@@ -46,7 +47,7 @@ from controller.progress import log_progress
 from controller.records import Tally, trial_row
 from controller.run_folder.store import RunStore
 from controller.searcher_state import FINAL, SEARCH, Persisted, seed_list
-from controller.stages import FixedPlans, Proposal, SampledPlans, TopKFinal
+from controller.stages import FixedPlans, Proposal, RaceFinal, SampledPlans, TopKFinal
 from controller.stages.sampled import PolicyHooks
 from search_space.errors import user_error
 from search_space.plan import Plan, plan_key
@@ -154,8 +155,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
         self.sampled = SampledPlans(self, space, num_samples, self.settings)
-        self.final = TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds,
-                               learned=learned is not None)  # fmt: skip
+        self.final = self._final_stage()
         self.fatal_error: str | None = None
         self.store = (
             RunStore(self.run_dir, self.objective, [f"{rf.SITE_PREFIX}{s}" for s in space.sites])
@@ -172,6 +172,21 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         self._seen: set[str] | None = None  # plan keys of every search-stage trial (lazy)
         self._session: dict[str, float] | None = None
         self.tally = Tally(self.objective)
+
+    def _final_stage(self) -> Any:
+        """The final stage the settings name: a race over the seed pool ``final_seeds`` (its
+        length is the budget), or every finalist on every one of them (fixed)."""
+        if self.settings.final_stage == "race":
+            return RaceFinal(
+                self.objective,
+                self.baselines,
+                list(self.tuned),
+                self.final_top_k,
+                self.final_seeds,
+                self.settings.race_settings(),
+            )
+        return TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds,
+                         learned=self.learning_plan is not None)  # fmt: skip
 
     # ---- the buffer of sampled rewards (the policy's hooks: controller.stages.sampled.PolicyHooks)
     def _rebuild_buffer(self) -> None:

@@ -1,7 +1,9 @@
 """``python -m results summarize|plot|export|retrain RUN_DIR``: the commands users run after a search.
 
 Any unusable input (bad RUN_DIR, bad rank, unknown option value) ends with one line on
-stderr and exit status 2, like argparse's own usage errors.
+stderr and exit status 2, like argparse's own usage errors. A retrain that did not finish
+says so in one line, with exit status 130 (Ctrl+C, SIGTERM) or 1 (trainings that ended
+without a result); run the same command again to finish it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from search_space.errors import (
 )
 
 from .learned import learned_rates_table, learned_value
+from .retrain_ray import RetrainIncomplete
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
     FORMATS,
@@ -228,7 +231,7 @@ def _train_size(text: str) -> str | int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from .retrain import RetrainConfig, retrain, test_metric
+    from .retrain import RayOptions, RetrainConfig, retrain, test_metric
 
     run = open_run(args.run_dir, args.allow_running)
     _need_trials([run])
@@ -254,7 +257,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else run.path / "results"
     log.setLevel(logging.INFO)
-    per_seed, summary = retrain(run, cfg, out)
+    options = RayOptions(
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        runtime_env=_runtime_env(args.address, out),
+    )
+    per_seed, summary = retrain(run, cfg, out, options)
     test = test_metric(run.objective)
     seeds = sorted(set(int(s) for s in per_seed["seed"]))
     fresh = bool(per_seed["fresh"].all())
@@ -278,11 +287,37 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             f"intervals: paired 95% (Student's t, n - 1 df) of each plan's difference from {best}, "
             "the best baseline on test; positive = better"
         )
+        print(_holm_line(summary, best))
     print(f"wrote {out / 'retrain.csv'}, {out / 'retrain_summary.csv'}, {out / 'retrain.png'}")
     return 0
 
 
+def _holm_line(summary: "pd.DataFrame", best: str) -> str:
+    """What the verdicts mean: Holm-corrected over the comparisons made, and which words it changed."""
+    compared = summary[summary["holm_family"] > 0]
+    m = len(compared)
+    if m <= 1:
+        return "verdict: one comparison, at 5% (nothing to correct for)"
+    changed = [
+        f"{p} ({a} -> {b})"
+        for p, a, b in zip(compared["plan"], compared["comparison_uncorrected"], compared["comparison"])
+        if a != b
+    ]
+    return (
+        f"verdicts: Holm-corrected over the {m} comparisons with {best} (family-wise 5%); the intervals and p "
+        "are each comparison's own" + (f"; the correction changed {', '.join(changed)}" if changed else "")
+    )
+
+
+def _runtime_env(address: str | None, out: Path) -> dict[str, Any] | None:
+    """On a cluster the code travels as the job's working_dir, as launch_search.py ships it."""
+    from launch_search import _runtime_env as ship
+
+    return ship(address, out.resolve())
+
+
 PROG = "python -m results"
+EXIT_INTERRUPTED = 130  # as launch_search.py: Ctrl+C or SIGTERM; the same command goes on
 
 
 def _writable_dir(flag: str, text: str | None) -> Path | None:
@@ -376,7 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-tuned", action="store_true", help="leave out the search's tuned global recipes")
     r.add_argument("--no-learned", action="store_true", help="leave out the search's learned-rates plan")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
-    r.add_argument("--num-threads", type=typed(int), default=None, help="torch CPU threads per training")
+    r.add_argument(
+        "--num-threads", type=typed(int), default=None, help="torch CPU threads per training (default: its CPUs)"
+    )
+    r.add_argument("--address", default=None, help="join a running Ray cluster (host:port or auto); default: local Ray")
+    r.add_argument(
+        "--cpus-per-trial", type=typed(float), default=1.0, help="CPUs per training, also its torch threads (default 1)"
+    )
+    r.add_argument(
+        "--gpus-per-trial",
+        type=typed(float),
+        default=None,
+        help="fractional allowed, e.g. 0.25 (default 0.25 if the cluster has GPUs, else 0)",
+    )
     r.add_argument("--out", help="output folder (default RUN_DIR/results)")
     r.set_defaults(func=cmd_retrain)
     return p
@@ -405,11 +452,33 @@ def _check(args: argparse.Namespace) -> None:
             args.device in ("auto", "cpu", "cuda") or (args.device.startswith("cuda:") and args.device[5:].isdigit())
         ):
             raise user_error("--device", args.device, "auto, cpu, cuda, cuda:N")
+        _check_ray_flags(args)
         _writable_dir("--out", args.out)
 
 
+def _check_ray_flags(args: argparse.Namespace) -> None:
+    """--address, --cpus-per-trial and --gpus-per-trial as the search checks them, before Ray starts."""
+    from controller.checks import _check_local_cpus, check_address, check_resources
+
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    check_resources(resources)
+    check_address(args.address)
+    if args.address is None:
+        _check_local_cpus(resources)
+        if (args.gpus_per_trial or 0) > 0:
+            import torch
+
+            if not torch.cuda.is_available():  # on a cluster the nodes may have what this machine lacks
+                raise user_error(
+                    "--gpus-per-trial",
+                    detail=f"bad value {args.gpus_per_trial:g}; allowed here: 0 (this machine has no GPU; "
+                    "use --address to join a GPU cluster)",
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 0 on success, 2 (one line on stderr) on unusable input."""
+    """Run one command; 0 on success, 2 (one line on stderr) on unusable input; for retrain also
+    130 when interrupted and 1 when trainings ended without a result (the same command goes on)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -425,3 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; what finished is kept: run the same command again to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RetrainIncomplete as exc:
+        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_INTERRUPTED if exc.interrupted else 1

@@ -7,36 +7,50 @@ once per (plan, seed), so the comparison with the baselines is honest:
 - every plan trains on the same seeds, and each is compared in pairs with the best baseline
   on test (hand-set or tuned; ``controller.stats.paired``: Student's t at n - 1 df);
 - a plan is trained once even when it appears under two names (a searched plan that is a
-  baseline).
+  baseline);
+- where several plans are compared with the best baseline, the words "better" and "worse"
+  follow Holm's correction over those comparisons (``controller.stats.holm``): the family-wise
+  error stays at 5% however many plans are retrained.
+
+The trainings run on Ray (``results.retrain_ray``: every core of a laptop, or a cluster) and
+each finished one is appended to OUT/retrain_trials.csv (``results.retrain_ledger``), so an
+interrupted retrain resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from controller import run_folder as rf
 from controller.final import LEARNED, SEARCHED, TUNED_PREFIX
 from controller.run_folder import Objective
-from controller.stats import paired, sign_of, standard_error
 from search_space.baselines import BASELINES, baseline_plans
 from search_space.errors import user_error
 from search_space.plan import plan_key
 
 from .learned import learned_rates_plan
 from .plots import plot_retrain
+from .retrain_ledger import RetrainLedger, disk_full, folder_lock, plan_hash, recipe_of
+from .retrain_ray import Job, RayOptions, RetrainIncomplete, run_jobs
+from .retrain_summary import holm_word, summarize_retrain, test_metric
 from .run import Run
 from .tables import ranked
 
 __all__ = [
     "RetrainConfig",
+    "RayOptions",
+    "RetrainIncomplete",
     "retrain",
     "retrain_plans",
     "summarize_retrain",
+    "holm_word",
+    "test_metric",
     "plan_at_rank",
     "search_seeds",
     "fresh_seeds",
@@ -48,7 +62,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class RetrainConfig:
     """What to retrain and how. ``train_size``: "full" (whole training split), "search" (the
-    subset the search used) or a number of images. ``epochs`` None = the search's epochs."""
+    subset the search used) or a number of images. ``epochs`` None = the search's epochs;
+    ``num_threads`` None = a training's CPUs (``RayOptions.cpus_per_trial``). Where the
+    trainings run is ``RayOptions``."""
 
     top: int = 1
     seeds: int = 3
@@ -117,8 +133,6 @@ def search_seeds(run: Run) -> set[int]:
     and those final.csv records."""
     used = {int(s) for key in ("reward_seeds", "final_seeds") for s in (run.config.get(key) or [])}
     if run.final is not None and "values" in run.final.columns:
-        import json
-
         for text in run.final["values"].dropna():
             try:
                 used |= {int(k) for k in json.loads(str(text))}
@@ -275,95 +289,110 @@ def _kind(label: str) -> str:
     return "tuned" if label.startswith(TUNED_PREFIX) else "baseline"
 
 
-def test_metric(objective: Objective) -> str:
-    """The test split's name for the search metric: val_acc -> test_acc, val_ppl -> test_ppl."""
-    return "test_" + objective.metric.removeprefix("val_")
+def retrain(
+    run: Run, cfg: RetrainConfig, out_dir: Path, options: RayOptions | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train every plan with every seed on Ray; write retrain.csv, retrain_summary.csv,
+    retrain.png and plans/ once all have finished.
 
-
-def summarize_retrain(rows: pd.DataFrame, objective: Objective | None = None) -> pd.DataFrame:
-    """Per plan, in the order plans were given: the test metric's mean, standard deviation and
-    standard error over seeds (``<test>`` shows "mean +- se"), the validation mean, and the
-    paired comparison with the best baseline on test (``diff_ci95_low/high``, ``p_value``,
-    ``comparison``; positive = better for max- and min-mode metrics alike)."""
-    o = objective or Objective()
-    test, val = test_metric(o), o.metric
-    order = list(dict.fromkeys(rows["plan"]))
-    ok = rows[rows["status"] == "ok"]
-    g = rows.groupby("plan", sort=False)
-    gok = ok.groupby("plan", sort=False)
-    out = pd.DataFrame(
-        {
-            "seeds": g.size(),
-            "ok": g["status"].apply(lambda s: int((s == "ok").sum())),
-            f"{test}_mean": gok[test].mean(),
-            f"{test}_std": gok[test].std(ddof=1),
-            f"{test}_se": gok[test].apply(standard_error),
-            f"{val}_mean": gok[val].mean(),
-            "summary": g["summary"].first(),
-        }
-    ).reindex(order)
-    out = out.reset_index().rename(columns={"index": "plan"})
-    out.insert(
-        1,
-        test,
-        [
-            f"{m:.4f} +- {s:.4f}" if not np.isnan(s) else f"{m:.4f}"
-            for m, s in zip(out[f"{test}_mean"], out[f"{test}_se"])
-        ],
-    )
-    values = {label: dict(zip(part["seed"], part[test])) for label, part in ok.groupby("plan", sort=False)}
-    kinds = dict(zip(rows["plan"], rows["kind"])) if "kind" in rows.columns else {}
-    complete = [
-        p
-        for p in order
-        if kinds.get(p, "baseline") != SEARCHED and len(values.get(p, {})) == out.set_index("plan").loc[p, "seeds"]
-    ]
-    sign = sign_of(o.mode)
-    best = max(complete, key=lambda p: sign * float(np.mean(list(values[p].values())))) if complete else ""
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in ("diff_vs_best_baseline", "diff_ci95_low", "diff_ci95_high", "p_value", "paired_seeds", "comparison")
-    }
-    for label in out["plan"]:
-        cmp = paired(values.get(label, {}), values.get(best, {}), o.mode) if best and label != best else None
-        cols["diff_vs_best_baseline"].append(cmp.mean if cmp else np.nan)
-        cols["diff_ci95_low"].append(cmp.ci95_low if cmp else np.nan)
-        cols["diff_ci95_high"].append(cmp.ci95_high if cmp else np.nan)
-        cols["p_value"].append(cmp.p_value if cmp else np.nan)
-        cols["paired_seeds"].append(cmp.n if cmp else 0)
-        cols["comparison"].append(cmp.word if cmp else ("best baseline" if label == best else ""))
-    out.insert(2, "kind", [kinds.get(p, "") for p in out["plan"]])
-    out["best_baseline"] = best
-    for k, v in cols.items():
-        out[k] = v
-    return out
-
-
-def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train every plan with every seed; write retrain.csv, retrain_summary.csv, retrain.png, plans/.
-
-    Returns (one row per plan and seed, the per-plan summary).
+    Trainings already in OUT/retrain_trials.csv (same plan, seed and recipe) are not trained
+    again; a recipe other than the folder's is refused (``results.retrain_ledger``). Raises
+    ``RetrainIncomplete`` when some did not finish. Returns (one row per plan and seed, the
+    per-plan summary). ``options``: where to train (default: a local Ray, 1 CPU a training).
     """
-    from child_trainer import train_child
-    from child_trainer.train import TrainConfig, resolve_device
+    from dataclasses import replace
 
+    from child_trainer.train import TrainConfig, resolve_device
+    from child_trainer.trial import ChildTrain
+
+    options = options or RayOptions()
+    if cfg.num_threads is None:  # as the search: a trial's torch threads are its CPUs
+        cfg = replace(cfg, num_threads=max(1, int(options.cpus_per_trial)))
     o = run.objective
     test, val = test_metric(o), o.metric
     seeds, reused = retrain_seeds(run, cfg)
-    resolve_device(TrainConfig.from_dict(_train_config(run, cfg, seeds[0])).device)  # bad flags fail here
+    train = _train_config(run, cfg, seeds[0])
+    if options.address is None:  # a cluster's nodes may have what this machine lacks
+        resolve_device(TrainConfig.from_dict(train).device)  # bad flags fail here
     plans = retrain_plans(run, cfg)
     if reused:
         log.warning("seeds %s were used by the search: those trainings are not fresh", reused)
     else:
         log.info("fresh seeds (never used by the search): %s", seeds)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for label, plan in plans.items():
-        plan.save(out_dir / "plans" / f"{label.replace('#', '_')}.json")
+    child = run.args.get("child") or None
+    keys = {label: plan_hash(plan) for label, plan in plans.items()}
+    total = len(plans) * len(seeds)
+    with folder_lock(out_dir):
+        ledger = RetrainLedger(out_dir, o, recipe_of(train, child))
+        with disk_full(out_dir):
+            finished = ledger.open()
+            for label, plan in plans.items():
+                plan.save(out_dir / "plans" / f"{label.replace('#', '_')}.json")
+        jobs = [
+            Job(label, _kind(label), seed, keys[label], plan.to_dict())
+            for label, plan in plans.items()
+            for seed in seeds
+            if (keys[label], seed) not in finished
+        ]
+        if total > len(jobs):
+            log.info("%d of %d trainings are in %s already: not trained again", total - len(jobs), total, ledger.path)
+        done = [total - len(jobs)]
+
+        def record(job: Job, result: dict[str, Any]) -> None:
+            row = {
+                "plan_hash": job.plan_hash,
+                "seed": job.seed,
+                "plan": job.label,
+                "kind": job.kind,
+                "train_size": train.get("train_size"),
+                "plan_json": json.dumps(job.plan, sort_keys=True),
+                **{k: result.get(k) for k in ("status", test, val, "epochs", "seconds", "message", "node", "task_id")},
+            }
+            with disk_full(out_dir):
+                ledger.append(row)
+            finished[(job.plan_hash, job.seed)] = row
+            done[0] += 1
+            log.info(
+                "retrain [%d/%d] %s seed %d: %s %s=%.4f (%.1f s)",
+                done[0],
+                total,
+                job.label,
+                job.seed,
+                row["status"],
+                test,
+                rf.as_float(row[test]),
+                rf.as_float(row["seconds"]),
+            )
+
+        train_fn = ChildTrain({**train, "eval_test": True}, child, paths=[str(Path.cwd())])
+        outcome = run_jobs(jobs, train_fn, o, record, options)
+        recorded = sum((keys[label], seed) in finished for label in plans for seed in seeds)
+        if recorded < total:
+            raise RetrainIncomplete(recorded, total, outcome.errors, outcome.interrupted, ledger.path)
+        per_seed = _per_seed(plans, keys, seeds, reused, finished, train, o)
+        summary = summarize_retrain(per_seed, o)
+        with disk_full(out_dir):
+            rf.atomic_write_text(out_dir / rf.RETRAIN, per_seed.to_csv(index=False))
+            rf.atomic_write_text(out_dir / rf.RETRAIN_SUMMARY, summary.to_csv(index=False))
+            plot_retrain(summary, out_dir / rf.RETRAIN_PLOT, test)
+    return per_seed, summary
+
+
+def _per_seed(
+    plans: dict[str, Any],
+    keys: dict[str, str],
+    seeds: list[int],
+    reused: list[int],
+    finished: dict[tuple[str, int], dict[str, Any]],
+    train: dict[str, Any],
+    o: Objective,
+) -> pd.DataFrame:
+    """retrain.csv: one row per plan and seed, in the order of the plans, then of the seeds."""
+    test, val = test_metric(o), o.metric
     rows = []
     for label, plan in plans.items():
         for seed in seeds:
-            train = _train_config(run, cfg, seed)
-            result = train_child(train, plan)
+            r = finished[(keys[label], seed)]
             rows.append(
                 {
                     "plan": label,
@@ -372,27 +401,13 @@ def retrain(run: Run, cfg: RetrainConfig, out_dir: Path) -> tuple[pd.DataFrame, 
                     "fresh": seed not in reused,
                     "seed": seed,
                     "train_size": train.get("train_size"),
-                    "status": result["status"],
-                    test: result.get(test, float("nan")),
-                    val: result.get(val, float("nan")),
-                    "epochs": result["epochs"],
-                    "seconds": result["seconds"],
-                    "message": result["message"],
+                    "status": r["status"],
+                    test: rf.as_float(r.get(test)),
+                    val: rf.as_float(r.get(val)),
+                    "epochs": int(r.get("epochs") or 0),
+                    "seconds": rf.as_float(r.get("seconds")),
+                    "message": str(r.get("message") or ""),
                     "summary": plan.summary(),
                 }
             )
-            log.info(
-                "retrain %s seed %d: %s %s=%.4f (%.1fs)",
-                label,
-                seed,
-                result["status"],
-                test,
-                rows[-1][test],
-                result["seconds"],
-            )
-    per_seed = pd.DataFrame(rows)
-    summary = summarize_retrain(per_seed, o)
-    per_seed.to_csv(out_dir / "retrain.csv", index=False)
-    summary.to_csv(out_dir / "retrain_summary.csv", index=False)
-    plot_retrain(summary, out_dir / "retrain.png", test)
-    return per_seed, summary
+    return pd.DataFrame(rows, columns=rf.retrain_columns(o))

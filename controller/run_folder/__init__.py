@@ -16,10 +16,17 @@ Layout::
     searcher_state.json     the searcher's state as data (counters, running trials, RNG)
     searcher_policy-<sha>.pt  the controller's weights and optimizer (tensors only: weights_only)
     trial_*/                Ray Tune's per-trial folders (never read back by this project)
+    results/                what ``python -m results`` writes (``--out`` elsewhere), among it
+                            ``retrain``'s files:
+      retrain_trials.csv    ledger: one row per finished retraining (retrain_trial_columns)
+      retrain_recipe.json   the training recipe those rows share (a rerun must match it)
+      retrain.csv           one row per plan and seed of the last retrain (retrain_columns)
+      retrain_summary.csv   one row per plan (retrain_summary_columns)
+      retrain.png           test metric per plan (the trained plans are in plans/)
 
-The three ledger files are appended one complete line at a time and never rewritten
-(``controller.run_folder.ledger``); a resume rebuilds the search from them and the state
-files, never from Ray's pickles (``controller.run_folder.resume``).
+The ledger files (the search's three, and retrain_trials.csv) are appended one complete line
+at a time and never rewritten (``controller.run_folder.ledger``); a resume rebuilds the search
+from them and the state files, never from Ray's pickles (``controller.run_folder.resume``).
 """
 
 from __future__ import annotations
@@ -67,6 +74,15 @@ __all__ = [
     "LEARNED_TRIAL",
     "HISTORY_COLUMNS",
     "FINAL_COLUMNS",
+    "RETRAIN",
+    "RETRAIN_SUMMARY",
+    "RETRAIN_TRIALS",
+    "RETRAIN_RECIPE",
+    "RETRAIN_PLOT",
+    "test_metric",
+    "retrain_trial_columns",
+    "retrain_columns",
+    "retrain_summary_columns",
     "Objective",
     "trial_columns",
     "is_better",
@@ -173,6 +189,14 @@ FINAL_TRIAL_COLUMNS = [
     "plan_json",
     "methods",
 ]
+
+# ``python -m results retrain``'s files, in its output folder (default RUN_DIR/results).
+RETRAIN = "retrain.csv"
+RETRAIN_SUMMARY = "retrain_summary.csv"
+RETRAIN_TRIALS = "retrain_trials.csv"
+RETRAIN_RECIPE = "retrain_recipe.json"
+RETRAIN_PLOT = "retrain.png"
+
 MODES = ("max", "min")
 TRANSFORMS = ("identity", "negate", "neg_log")
 
@@ -271,6 +295,87 @@ def trial_columns(objective: Objective) -> list[str]:
         "reference",
         "tokens",
         "learned_rates",
+    ]
+
+
+def test_metric(objective: Objective) -> str:
+    """The test split's name for the search metric: val_acc -> test_acc, val_ppl -> test_ppl."""
+    return "test_" + objective.metric.removeprefix("val_")
+
+
+def retrain_trial_columns(objective: Objective) -> list[str]:
+    """retrain_trials.csv, the retrain's ledger: one finished training per line, in the order
+    they finished. A training is known by ``plan_hash`` (of ``search_space.plan.plan_key``) and
+    ``seed`` under the ``recipe`` (a hash of retrain_recipe.json); ``plan`` and ``kind`` are
+    the label it was trained under. ``status`` is the child's (ok, diverged, failed); ``task_id``
+    and ``node``: the Ray task that trained it and where."""
+    return [
+        "plan_hash",
+        "seed",
+        "recipe",
+        "plan",
+        "kind",
+        "status",
+        test_metric(objective),
+        objective.metric,
+        "epochs",
+        "seconds",
+        "message",
+        "train_size",
+        "task_id",
+        "node",
+        "time",
+        "plan_json",
+    ]
+
+
+def retrain_columns(objective: Objective) -> list[str]:
+    """retrain.csv: one row per plan and seed of the retrain, plans in their order, then seeds.
+    ``same_as``: the plan's other names (trained once); ``fresh``: a seed the search never used."""
+    return [
+        "plan",
+        "kind",
+        "same_as",
+        "fresh",
+        "seed",
+        "train_size",
+        "status",
+        test_metric(objective),
+        objective.metric,
+        "epochs",
+        "seconds",
+        "message",
+        "summary",
+    ]
+
+
+def retrain_summary_columns(objective: Objective) -> list[str]:
+    """retrain_summary.csv: one row per plan. ``<test>`` is "mean +- se"; the paired comparison
+    with the best baseline on test (positive = better) gives ``diff_*``, ``p_value`` and
+    ``comparison_uncorrected`` (that comparison alone); ``comparison`` is the word after Holm's
+    correction over the ``holm_family`` comparisons the retrain made (``holm_rejected``)."""
+    test = test_metric(objective)
+    return [
+        "plan",
+        test,
+        "kind",
+        "seeds",
+        "ok",
+        f"{test}_mean",
+        f"{test}_std",
+        f"{test}_se",
+        f"{objective.metric}_mean",
+        "summary",
+        "best_baseline",
+        "diff_vs_best_baseline",
+        "diff_ci95_low",
+        "diff_ci95_high",
+        "p_value",
+        "paired_seeds",
+        "comparison_uncorrected",
+        "holm_family",
+        "holm_rejected",
+        "comparison",
     ]
 
 

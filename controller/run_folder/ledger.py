@@ -23,7 +23,7 @@ from typing import Any
 from controller import run_folder as rf
 from controller.run_folder import FINAL_TRIALS, HISTORY, HISTORY_COLUMNS, TRIALS, disk_full_is_fatal
 
-__all__ = ["Ledger", "csv_line", "complete_text", "repair_tail"]
+__all__ = ["Ledger", "append_row", "csv_line", "complete_text", "repair_tail", "read_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,26 @@ def repair_tail(path: Path) -> int:
     return size - keep
 
 
+def append_row(path: Path, columns: Sequence[str], row: Mapping[str, Any]) -> None:
+    """Append ``row`` to the ledger file ``path`` as one line (the header first when the file is
+    new), on disk when this returns. Any append-only table uses this: the search's ledger files
+    and ``results retrain``'s retrain_trials.csv."""
+    folder = path.parent
+    with disk_full_is_fatal(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        new = not path.is_file() or path.stat().st_size == 0
+        text = (csv_line(columns, dict(zip(columns, columns))) if new else "") + csv_line(columns, row)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            data = text.encode("utf-8")
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Ledger:
     """Appends to a run folder's trials.csv, controller_history.csv and final_trials.csv.
 
@@ -98,20 +118,8 @@ class Ledger:
         An existing file keeps its own header: a folder written before a column existed is
         resumed with its columns (the new one left out), never with misaligned rows."""
         path = self.run_dir / name
-        with disk_full_is_fatal(self.run_dir):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            new = not path.is_file() or path.stat().st_size == 0
-            columns = self.columns[name] if new else self._header(name, path)
-            text = (csv_line(columns, dict(zip(columns, columns))) if new else "") + csv_line(columns, row)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                data = text.encode("utf-8")
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        new = not path.is_file() or path.stat().st_size == 0
+        append_row(path, self.columns[name] if new else self._header(name, path), row)
 
     def _header(self, name: str, path: Path) -> list[str]:
         """The columns of an existing ledger file (its first line), read once."""

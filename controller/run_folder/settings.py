@@ -57,6 +57,8 @@ def config_json(
     from controller.config import FINAL_SEED_OFFSET
 
     s = settings
+    budget = s.final_budget_for(final_contenders(s, baselines, tuned, learned is not None))
+    final_seeds = budget if s.final_stage == "race" else (s.final_seeds if budget else 0)
     out = {
         "version": CONFIG_VERSION,
         "settings": s.to_dict(),
@@ -66,12 +68,28 @@ def config_json(
         "baselines": {k: p.to_dict() for k, p in baselines.items()},
         "tuned": {m: [p.to_dict() for p in plans] for m, plans in tuned.items()},
         "reward_seeds": list(range(s.seed, s.seed + s.reward_seeds)),
-        "final_seeds": [s.seed + FINAL_SEED_OFFSET + i for i in range(s.final_seeds)],
+        "final_seeds": [s.seed + FINAL_SEED_OFFSET + i for i in range(final_seeds)],
         "started_at": rf.now_iso(),
     }
     if learned is not None:  # a folder without it (older, or --no-learned-rates) has no learned trial
         out["learned"] = learned.to_dict()
     return out
+
+
+def final_contenders(
+    settings: Any, baselines: Mapping[str, Any], tuned: Mapping[str, Any], learned: bool = False
+) -> list[tuple[str, str]]:
+    """(label, kind) of the most finalists a search can have (``controller.stages.contenders``
+    may drop a plan equal to an earlier one): what sizes the final stage's budget."""
+    from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX
+    from search_space.learned import LEARNED
+
+    return [
+        *((str(b), BASELINE) for b in baselines),
+        *((f"{TUNED_PREFIX}{m}", TUNED) for m in tuned),
+        *([(LEARNED, BASELINE)] if learned else []),
+        *((f"searched#{i + 1}", SEARCHED) for i in range(settings.final_top_k)),
+    ]
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
@@ -125,6 +143,7 @@ def _settings_v3(config: Mapping[str, Any]) -> dict[str, Any]:
         "reward_seeds": len(config["reward_seeds"]),
         "final_top_k": config["final_top_k"],
         "final_seeds": len(config["final_seeds"]),
+        "final_stage": "fixed",  # the race came with version 4
         "baselines": baselines,
         "tuned_trials": args.get("tuned_trials", sum(len(v) for v in tuned.values())),
         "metric": objective.get("metric", "val_acc"),

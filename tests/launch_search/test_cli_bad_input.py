@@ -104,11 +104,19 @@ LAUNCH = [
     (["--storage-path", "LOOP"], "--storage-path: bad value"),
     (["--lr", "1e308"], "--lr: bad value 1e+308"),
     (["--num-samples", BIG], f"--num-samples: bad value {BIG}"),
-    (["--final-seeds", "0", "--final-top-k", "2"], "--final-seeds: bad value 0; allowed: at least 1"),
     (
-        ["--seed", str(SEED_MAX - 1000)],
+        ["--final-seeds", "0", "--final-top-k", "2", "--final-stage", "fixed"],
+        "--final-seeds: bad value 0; allowed: at least 1",
+    ),
+    (["--final-stage", "grid"], "--final-stage: bad value 'grid'; allowed: race, fixed"),
+    (["--final-budget", "3"], "--final-budget: bad value 3; allowed: auto or an integer >= "),
+    (["--race-growth", "*2"], "--race-growth: bad value '*2'"),
+    (["--confirm-seeds", "2"], "--confirm-seeds: bad value 2; allowed: an integer >= 3"),
+    (
+        ["--seed", str(SEED_MAX - 1000), "--final-stage", "fixed"],
         f"--seed: bad value {SEED_MAX - 1000}; allowed: an integer in [0, {SEED_MAX - 1002}]",
     ),
+    (["--seed", str(SEED_MAX - 1000)], f"--seed: bad value {SEED_MAX - 1000}; allowed: an integer in [0, "),
     (
         ["--child", "os:getcwd"],
         "--child: bad value 'os:getcwd' (too many positional arguments); allowed: a function taking (config, "
@@ -261,8 +269,21 @@ RESULTS = [
     (["retrain", "RUN", "--num-threads", "0"], "--num-threads: bad value 0"),
     (["retrain", "RUN", "--seed-offset", "-1"], "--seed-offset: bad value -1"),
     (["retrain", "RUN", "--out", "FILE"], "--out: bad value"),
+    (["retrain", "RUN", "--cpus-per-trial", "0"], "--cpus-per-trial: bad value 0"),
+    (["retrain", "RUN", "--cpus-per-trial", "x"], "--cpus-per-trial: bad value 'x'"),
+    (["retrain", "RUN", "--gpus-per-trial", "-1"], "--gpus-per-trial: bad value -1"),
+    (["retrain", "RUN", "--gpus-per-trial", "1.5"], "--gpus-per-trial: bad value 1.5"),
+    (["retrain", "RUN", "--address", "nohost"], "--address: bad value 'nohost'; allowed: host:port or auto"),
+    (["retrain", "RUN", "--address", "127.0.0.1:1"], "--address: bad value '127.0.0.1:1'; cannot reach Ray"),
     (["nope", "RUN"], "invalid choice: 'nope'"),
-] + ([(["retrain", "RUN", "--device", "cuda"], "--device: bad value 'cuda'")] if NO_CUDA else [])
+] + (
+    [
+        (["retrain", "RUN", "--device", "cuda"], "--device: bad value 'cuda'"),
+        (["retrain", "RUN", "--gpus-per-trial", "0.5"], "--gpus-per-trial: bad value 0.5; allowed here: 0"),
+    ]
+    if NO_CUDA
+    else []
+)
 
 
 @pytest.mark.parametrize("args,needle", RESULTS, ids=[" ".join(a)[:40] for a, _ in RESULTS])
