@@ -111,7 +111,8 @@ def test_a_ledger_written_before_the_column_existed_appends_with_its_own_columns
 
 # ----------------------------------------------------------------------- the search
 def test_learned_trial_is_a_baseline_and_its_plan_enters_the_final_stage(tmp_path: Path) -> None:
-    s = searcher(ControllerSearcher, run_dir=tmp_path, final_top_k=1, final_seeds=3, controller_batch=1)
+    fixed = SearchConfig(final_stage="fixed")  # every finalist on every seed: the labels in order
+    s = searcher(ControllerSearcher, run_dir=tmp_path, final_top_k=1, final_seeds=3, controller_batch=1, settings=fixed)
     first = [s.suggest(f"b{i}") for i in range(2)]
     assert [c["label"] for c in first] == ["none", LEARNED_TRIAL]
     assert all(spec.method == "learned" for spec in first[1]["plan"].sites.values())
@@ -161,7 +162,8 @@ def test_a_failed_learned_trial_leaves_no_finalist_and_the_search_goes_on() -> N
 
 def test_resume_derives_the_same_learned_rates_plan_from_the_ledger(tmp_path: Path) -> None:
     space = space3()
-    config = SearchConfig(num_samples=2, search="random", final_top_k=1, final_seeds=2, tuned_trials=0)
+    config = SearchConfig(num_samples=2, search="random", final_top_k=1, final_seeds=2, tuned_trials=0,
+                          final_stage="fixed")  # fmt: skip
     started = config_json(config, space=space, baselines={"none": Plan.none(space.sites, model="m")}, tuned={},
                           learned=learning_plan(space))  # fmt: skip
     s = searcher_from_config(config, started, tmp_path)
