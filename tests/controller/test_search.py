@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.config import SearchConfig
 from controller.outcome import NO_REPORT_ERROR, PARTIAL_ERROR, trial_outcome
 from controller.policies import ControllerSearcher, RandomSearcher
 from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
@@ -514,8 +515,24 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
     # launch() turns the final stage off; the later flags turn it back on (argparse: last one wins)
-    proc = launch(tmp_path, ray_session, "--num-samples", "3", "--epochs", "2", "--final-top-k", "1",
-                  "--final-seeds", "2", "--max-concurrent", "1", "--data-dir", str(scratch))  # fmt: skip
+    proc = launch(
+        tmp_path,
+        ray_session,
+        "--num-samples",
+        "3",
+        "--epochs",
+        "2",
+        "--final-top-k",
+        "1",
+        "--final-stage",
+        "fixed",
+        "--final-seeds",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--data-dir",
+        str(scratch),
+    )  # fmt: skip (the race's resume: test_ledger_kill.py)
     out = interrupt_when(proc, lambda: len(read_csv(run / "final_trials.csv")) >= 1)
     assert proc.returncode == 130, out[-3000:]
     partial = read_csv(run / "final_trials.csv")  # the final stage's ledger; final.csv comes when it is done
@@ -566,6 +583,7 @@ def test_final_stage_shrinks_when_fewer_distinct_plans_finished(tmp_path):
         baselines=none_baseline(tiny_space()),
         final_top_k=2,
         final_seeds=[1000, 1001],
+        settings=SearchConfig(final_stage="fixed"),
     )
     one = s.space.encode(s.space.uniform_plan("dropout", drop_prob=0.1, ramp=0.0))
     s._sample_tokens = lambda trial_id: list(one)  # always one plan
