@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 from controller import run_folder as rf
@@ -31,14 +31,19 @@ class SampledPlans:
         self.settings = settings
         self.warmed = False  # the tuned recipes were handed to the policy (searcher_state.json)
 
-    def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int) -> bool:
+    def ready(
+        self, records: Sequence[Mapping[str, Any]], tuned_total: int, also: Collection[str] = ()
+    ) -> bool:
         """Warm-starting policies sample once every tuned recipe is recorded (then start from
-        them, once); the others right away."""
-        if self.warmed or not self.policy.warm_starts or not tuned_total:
+        them, once, and from the searched records whose plan keys are ``also``: the
+        recombinations of ``controller.stages.neighbours``); the others right away."""
+        if self.warmed or not self.policy.warm_starts or not (tuned_total or also):
             return True
         tuned = [r for r in records if r.get("kind") == TUNED]
         if len(tuned) < tuned_total:
             return False
+        if also:
+            tuned += [r for r in records if r.get("kind") == SEARCHED and plan_key(r["plan"]) in also]
         ok = [r for r in tuned if r["status"] == rf.OK and r.get("reward") is not None and json.loads(r["tokens"])]
         ok.sort(key=lambda r: (-float(r["reward"]), r["order"]))
         self.policy._warm_start([(json.loads(r["tokens"]), float(r["reward"])) for r in ok])
@@ -46,7 +51,11 @@ class SampledPlans:
         if ok:
             best = ok[0]
             log.info(
-                "%s starts from the best tuned recipe (%s): %s", self.policy.name, best["baseline"], best["methods"]
+                "%s starts from the best %s (%s): %s",
+                self.policy.name,
+                "tuned recipe" if best.get("kind") == TUNED else "recombination",
+                best["baseline"] or "searched",
+                best["methods"],
             )
         return True
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.config import SearchConfig
 from controller.final import final_rows, verdict
 from controller.policies import ControllerSearcher, RandomSearcher, TPESearcher
 from controller.run_folder import Objective
@@ -142,6 +143,7 @@ def test_tuned_baselines_are_recorded_and_never_reach_the_controller(tmp_path: P
         tuned=_tuned(space),
         controller_batch=2,
         seed=3,
+        settings=SearchConfig(neighbours=0),  # straight to the policy (recombinations: test_neighbours.py)
     )
     first = [s.suggest(f"t{i}") for i in range(5)]  # none + 4 tuned recipes
     assert [c["label"] for c in first] == ["none"] + ["tuned-dropout"] * 2 + ["tuned-dropblock"] * 2
