@@ -196,7 +196,9 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         self._buffer = [
             (r["trial_id"], json.loads(r["tokens"]), float(r["reward"]))
             for r in self._records
-            if r["kind"] == SEARCHED and r["reward"] is not None and r["trial_id"] not in used
+            if r["kind"] == SEARCHED
+            and r["reward"] is not None
+            and r["trial_id"] not in used
             and not self._recombination(r["plan"])
         ]
 

@@ -195,4 +195,3 @@ def _ranked_recipes(records: Sequence[Mapping[str, Any]]) -> list[tuple[list[int
     ]
     rows.sort(key=lambda r: (-float(r["reward"]), r["order"]))
     return [(json.loads(r["tokens"]), f"{r.get('baseline') or 'recipe'} ({r['methods']})") for r in rows]
-

@@ -31,9 +31,7 @@ class SampledPlans:
         self.settings = settings
         self.warmed = False  # the tuned recipes were handed to the policy (searcher_state.json)
 
-    def ready(
-        self, records: Sequence[Mapping[str, Any]], tuned_total: int, also: Collection[str] = ()
-    ) -> bool:
+    def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int, also: Collection[str] = ()) -> bool:
         """Warm-starting policies sample once every tuned recipe is recorded (then start from
         them, once, and from the searched records whose plan keys are ``also``: the
         recombinations of ``controller.stages.neighbours``); the others right away."""
