@@ -43,10 +43,57 @@ PROBLEMS: dict[str, dict[str, Any]] = {
     "planted-1": {"margin": 0.01},
     "planted-2.5": {"margin": 0.025},
     "planted-null": {"null": True},
+    # other answers than the planted task's (``other_task``): is the design general?
+    "rates-1": {"margin": 0.01, "variant": "rates"},
+    "hidden-1": {"margin": 0.01, "variant": "hidden"},
 }
+
+
+def other_task(margin: float, variant: str, **kw: Any) -> Any:
+    """A planted task with another answer (judged by the same true value and best global recipe):
+
+    - ``rates``: dropout in both stages, p 0.1 early and p 0.4 late (the tuned dropout grid has
+      both; the best global dropout reaches 0.625 of the gain, so the gain is ``margin / 0.375``);
+    - ``hidden``: DropBlock early, spatial dropout p 0.2 late: a method no tuned recipe uses, so
+      no recombination of the recipes wins and only the policy's draws can find it.
+    """
+    from dataclasses import dataclass
+
+    from tests.helpers.planted import PlantedTask, Preference
+
+    @dataclass(frozen=True)
+    class Other(PlantedTask):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            g, m = self.gain, self.margin
+            if variant == "rates":
+                prefs = {"early": {"dropout": Preference(g, 0.1)}, "late": {"dropout": Preference(g, 0.4)}}
+            else:
+                prefs = {
+                    "early": {"dropblock": Preference(g, 0.1, 3), "spatial_dropout": Preference(g - 2 * m, 0.2)},
+                    "late": {"spatial_dropout": Preference(g, 0.2), "dropblock": Preference(g - 2 * m, 0.1, 3)},
+                }
+            object.__setattr__(self, "_prefs", prefs)
+
+    headroom = margin / 0.375 if variant == "rates" else None
+    return Other(margin=margin, headroom=headroom, **kw)
+
+
+def make_task(settings: Mapping[str, Any]) -> Any:
+    from tests.helpers.planted import PlantedTask
+
+    settings = dict(settings)
+    variant = settings.pop("variant", "")
+    return other_task(variant=variant, **settings) if variant else PlantedTask(**settings)
+
+
 COLUMNS = ["problem", "searcher", "budget", "repeat", "variant", "exported_kind", "exported_label", "exported_true",
            "beats_global", "found_true", "found_beats", "finalist_beats", "best_global", "final_trainings",
            "cpu_s"]  # fmt: skip
+
+
+_CONSTANTS = ("PER_GROUP", "AUTO_PER_GROUP", "AUTO_SHARE")
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def simulate(task: Any, settings: Mapping[str, Any], concurrency: int = 2) -> dict[str, Any]:
@@ -56,8 +103,14 @@ def simulate(task: Any, settings: Mapping[str, Any], concurrency: int = 2) -> di
     from controller.final import SEARCHED, best_plan_of
     from controller.run_folder.resume import searcher_from_config
     from controller.run_folder.settings import config_json
+    from controller.stages import neighbours
     from search_space.plan import Plan
 
+    settings = dict(settings)
+    for name, value in _DEFAULTS.setdefault("neighbours", {n: getattr(neighbours, n) for n in _CONSTANTS}).items():
+        setattr(neighbours, name, value)
+    for key in [k for k in settings if k.startswith("_")]:  # module constants of the recombinations, for trials
+        setattr(neighbours, key[1:].upper(), settings.pop(key))
     kw = task.search_kwargs()
     config, _, _ = _configs(None, None, {k: kw[k] for k in ("metric", "mode", "model_name", "sites", "baselines")})
     config = config.replace(**settings)
@@ -166,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from tests.helpers.planted import PlantedTask
-
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "sim.csv"
     rows: list[dict[str, str]] = []
@@ -184,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 w.writeheader()
             for variant, extra in _variants(args.variants).items():
                 for problem in [s for s in args.problems.split(",") if s]:
-                    task = PlantedTask(**PROBLEMS[problem])
+                    task = make_task(PROBLEMS[problem])
                     for budget in [int(b) for b in args.budgets.split(",")]:
                         for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
                             for searcher in [s for s in args.searchers.split(",") if s]:

@@ -154,7 +154,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         # the recombinations of the best recipes' stage settings come first, where there are tuned
         # recipes to recombine (not for random search: the yardstick stays uniform)
         on = self.warm_starts and bool(self._tuned_trials)
-        limit = neighbour_limit(self.settings.neighbours, num_samples) if on else 0
+        limit = neighbour_limit(self.settings.neighbours, num_samples, len(space.groups)) if on else 0
         self.neighbours = Neighbours(space, limit)
         self.final = self._final_stage()
         self.fatal_error: str | None = None

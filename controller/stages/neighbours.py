@@ -41,15 +41,18 @@ log = logging.getLogger("controller.searcher")
 
 #: Distinct settings per stage group taken from the best recipes (the incumbent's included).
 PER_GROUP = 3
-#: ``auto``: at most this share of the sampled plans are recombinations.
+#: ``auto``: this many recombinations per stage group ...
+AUTO_PER_GROUP = 3
+#: ... and at most this share of the sampled plans.
 AUTO_SHARE = 0.5
 
 
-def neighbour_limit(setting: int | str, sampled: int) -> int:
-    """Recombinations proposed within ``sampled`` plans: ``auto`` is up to half of them, an
-    integer is taken as given (at most ``sampled``); 0: none."""
+def neighbour_limit(setting: int | str, sampled: int, groups: int) -> int:
+    """Recombinations proposed within ``sampled`` plans of a space with ``groups`` stage
+    groups: ``auto`` is 3 per group, at most half of the sampled plans; an integer is taken
+    as given (at most ``sampled``); 0: none."""
     if setting == "auto":
-        return int(AUTO_SHARE * sampled)
+        return min(AUTO_PER_GROUP * groups, int(AUTO_SHARE * sampled))
     return max(0, min(int(setting), sampled))
 
 
@@ -60,15 +63,15 @@ def group_slices(space: Any) -> list[slice]:
 
 
 def recombinations(
-    space: Any, ranked: Sequence[Sequence[int]], limit: int, per_group: int = PER_GROUP
+    space: Any, ranked: Sequence[Sequence[int]], limit: int, per_group: int | None = None
 ) -> list[list[int]]:
-    """Up to ``limit`` token lists: per group one of the distinct settings of the ``ranked``
-    recipes (tokens, best first; at most ``per_group`` per group: ``_group_options``) or
-    ``none``, in order of the
-    sum of their ranks (ties: earlier groups change first), skipping every plan of ``ranked``
-    and repeats (the same plan by ``plan_key``)."""
+    """Up to ``limit`` token lists: per group one of the settings of the ``ranked`` recipes
+    (tokens, best first; ``_group_options``, ``per_group`` default ``PER_GROUP``) or ``none``,
+    in order of the sum of their ranks (ties: earlier groups change first), skipping every plan
+    of ``ranked`` and repeats (the same plan by ``plan_key``)."""
     if limit <= 0 or not ranked:
         return []
+    per_group = PER_GROUP if per_group is None else per_group
     options = [_group_options(space, sl, ranked, per_group) for sl in group_slices(space)]
     taken = {plan_key(space.decode(t)) for t in ranked}
     out: list[list[int]] = []
@@ -85,21 +88,28 @@ def recombinations(
 
 
 def _group_options(space: Any, sl: slice, ranked: Sequence[Sequence[int]], per_group: int) -> list[list[int]]:
-    """One group's settings, best first: the incumbent's, then the best setting of each other
-    method (a per-stage plan most often differs across stages by its method), then the next
-    best settings, at most ``per_group``; then ``none`` (when the group allows it)."""
+    """One group's settings, best first: the ``per_group`` best distinct ones (the incumbent's
+    first), then the best setting of each method they lack (a per-stage plan often differs
+    across stages by its method, and the best recipes can all be one method's), then ``none``
+    (when the group allows it)."""
     method = space.decisions[sl.start]
     none = [method.choices.index("none")] + [0] * (sl.stop - sl.start - 1) if "none" in method.choices else None
     off = _active_of(space, sl, none) if none is not None else None
     parts = [list(t[sl]) for t in ranked]
     keys = [_active_of(space, sl, p) for p in parts]
     mine, seen, methods = [parts[0]], {keys[0], off}, {parts[0][0]}
-    for other_method in (True, False):  # the best of each other method first, then the next best
-        for part, key in zip(parts, keys):
-            if len(mine) < per_group and key not in seen and (part[0] not in methods or not other_method):
-                mine.append(part)
-                seen.add(key)
-                methods.add(part[0])
+
+    def take(part: list[int], key: tuple[int, ...]) -> None:
+        mine.append(part)
+        seen.add(key)
+        methods.add(part[0])
+
+    for part, key in zip(parts, keys):  # the best settings, in rank order
+        if len(mine) < per_group and key not in seen:
+            take(part, key)
+    for part, key in zip(parts, keys):  # then the best setting of each method they lack
+        if key not in seen and part[0] not in methods:
+            take(part, key)
     if none is not None and keys[0] != off:
         mine.append(none)
     return mine
@@ -137,10 +147,10 @@ class Neighbours:
     """The recombination stage between the tuned recipes and the policy's draws (see the
     module docstring). ``limit``: most proposals (``neighbour_limit``); 0: none."""
 
-    def __init__(self, space: Any, limit: int, per_group: int = PER_GROUP) -> None:
+    def __init__(self, space: Any, limit: int, per_group: int | None = None) -> None:
         self.space = space
         self.limit = int(limit)
-        self.per_group = int(per_group)
+        self.per_group = per_group
         self._plans: list[tuple[list[int], Any, str]] | None = None  # None until the recipes are known
 
     @property

@@ -62,18 +62,20 @@ def test_one_stage_changes_of_the_incumbent_come_first_and_recipes_are_not_repea
     ]
 
 
-def test_each_stage_offers_the_best_setting_of_every_method_before_the_next_best_rate():
+def test_each_stage_offers_the_best_settings_then_the_best_of_each_method_they_lack():
     space = space2()
-    ranked = [dropout(space, 0.15), dropout(space, 0.2), dropout(space, 0.1), dropblock(space)]
+    ranked = [dropout(space, 0.15), dropout(space, 0.2), dropout(space, 0.1), dropout(space, 0.3), dropblock(space)]
     out = recombinations(space, ranked, limit=100, per_group=3)
     stage1 = [space.decode(t).sites["s1"] for t in [*out, ranked[0]]]
     assert {(s.method, s.params.get("drop_prob")) for s in stage1} == {
         ("dropout", 0.15),
-        ("dropblock", 0.1),  # ranked 4th, taken before dropout 0.1 (ranked 3rd)
         ("dropout", 0.2),
-        ("none", None),
-    }
-    assert methods(space, out[0]) == ("dropblock", "dropout")  # the other method first
+        ("dropout", 0.1),
+        ("dropblock", 0.1),  # ranked 5th: the best of a method the three best lack
+        ("none", None),  # and each stage switched off
+    }  # not dropout 0.3 (ranked 4th)
+    assert [methods(space, t) for t in out[:2]] == [("dropout", "dropout")] * 2  # the best rates first
+    assert len(out) == 5 * 5 - 4  # every combination but the recipes themselves
 
 
 def test_many_stages_enumerate_lazily_one_stage_changes_first():
@@ -93,8 +95,10 @@ def test_group_slices_and_the_limit():
     space = space2()
     slices = group_slices(space)
     assert [sl.start for sl in slices] == [0, len(space.decisions) // 2] and slices[-1].stop == len(space.decisions)
-    assert neighbour_limit("auto", 36) == 18 and neighbour_limit(5, 36) == 5 and neighbour_limit(50, 36) == 36
-    assert neighbour_limit(0, 36) == 0
+    # auto: 3 per stage group, at most half the sampled plans
+    assert neighbour_limit("auto", 36, 2) == 6 and neighbour_limit("auto", 36, 14) == 18
+    assert neighbour_limit("auto", 4, 2) == 2 and neighbour_limit(5, 36, 2) == 5 and neighbour_limit(50, 36, 2) == 36
+    assert neighbour_limit(0, 36, 2) == 0
 
 
 # ----------------------------------------------------------------------------- in the searcher
