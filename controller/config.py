@@ -93,6 +93,12 @@ class SearchConfig:
         "DropBlock or the sequence pattern) on a small grid; auto: a quarter; 0: off",
         parse=auto_or_int,
     )
+    neighbours: int | str = setting(
+        "auto",
+        "sampled plans that first recombine the best recipes' stage settings (controller and tpe; "
+        "controller.stages.neighbours); auto: up to half of them; 0: off",
+        parse=auto_or_int,
+    )
     final_top_k: int = setting(
         3, "best distinct sampled plans that enter the final stage beside the baselines (0: no final stage)"
     )
@@ -256,6 +262,8 @@ class SearchConfig:
         check_resources({"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
         if self.tuned_trials != "auto":
             _int("tuned_trials", self.tuned_trials, 0, max(0, self.num_samples - 1))
+        if self.neighbours != "auto":
+            _int("neighbours", self.neighbours, 0, MAX_TRIALS)
         self._check_baselines()
         if not isinstance(self.sites, str) and not (
             isinstance(self.sites, tuple) and all(isinstance(s, str) for s in self.sites)

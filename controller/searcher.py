@@ -48,6 +48,7 @@ from controller.records import Tally, trial_row
 from controller.run_folder.store import RunStore
 from controller.searcher_state import FINAL, SEARCH, Persisted, seed_list
 from controller.stages import FixedPlans, Proposal, RaceFinal, SampledPlans, TopKFinal
+from controller.stages.neighbours import Neighbours, neighbour_limit
 from controller.stages.sampled import PolicyHooks
 from search_space.errors import user_error
 from search_space.plan import Plan, plan_key
@@ -155,6 +156,11 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
         self.sampled = SampledPlans(self, space, num_samples, self.settings)
+        # the recombinations of the best recipes' stage settings come first, where there are tuned
+        # recipes to recombine (not for random search: the yardstick stays uniform)
+        on = self.warm_starts and bool(self._tuned_trials)
+        limit = neighbour_limit(self.settings.neighbours, num_samples, len(space.groups)) if on else 0
+        self.neighbours = Neighbours(space, limit)
         self.final = self._final_stage()
         self.fatal_error: str | None = None
         self.store = (
@@ -196,7 +202,10 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         self._buffer = [
             (r["trial_id"], json.loads(r["tokens"]), float(r["reward"]))
             for r in self._records
-            if r["kind"] == SEARCHED and r["reward"] is not None and r["trial_id"] not in used
+            if r["kind"] == SEARCHED
+            and r["reward"] is not None
+            and r["trial_id"] not in used
+            and not self._recombination(r["plan"])
         ]
 
     # ---- sizes
@@ -236,7 +245,8 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         if self._requeue:
             entry = {**self._requeue.pop(0), "suggested_at": time.time(), "last": None}
             self._pending[trial_id] = entry
-            self._requeued(trial_id, entry)
+            if not self._recombination(entry["plan"]):
+                self._requeued(trial_id, entry)  # the policy's own draw runs again
             config = self._config(SEARCH, entry["plan"], entry["baseline"] or "searched", entry["tokens"])
         elif self._suggested < self.search_trials:
             config = self._suggest_search(trial_id)
@@ -260,10 +270,39 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
                 break
             i -= stage.size
         else:
-            if not self._ready_to_sample():
-                return None  # the tuned recipes are still training: ask again later
-            proposal = self.sampled.propose(trial_id, self._seen_keys(), self.tally.rewards_by_plan.get)
+            proposal = self._next_sampled(trial_id)
+            if proposal is None:
+                return None  # the recipes or the recombinations are still training: ask again later
         return self._start(trial_id, proposal)
+
+    def _next_sampled(self, trial_id: str) -> Proposal | None:
+        """The recombinations of the best recipes first (``controller.stages.neighbours``),
+        then, once they are recorded, the policy's draws (started from the best of them all)."""
+        if self.neighbours.limit and not self.sampled.warmed:
+            if not self._start_neighbours():
+                return None
+            proposal = self.neighbours.propose(self._seen_keys())
+            if proposal is not None:
+                return proposal
+            if self.neighbours.outstanding(self._records):
+                return None
+        if not self._ready_to_sample():
+            return None
+        return self.sampled.propose(trial_id, self._seen_keys(), self.tally.rewards_by_plan.get)
+
+    def _start_neighbours(self) -> bool:
+        """Whether the recombinations are known: they are once every baseline and tuned recipe
+        is recorded (a function of those records, so a resume finds the same list)."""
+        if not self.neighbours.started:
+            if sum(r.get("kind") != SEARCHED for r in self._records) < sum(stage.size for stage in self.fixed):
+                return False
+            self.neighbours.start(self._records)
+        return True
+
+    def _recombination(self, plan: Plan) -> bool:
+        """Whether ``plan`` is one of the recombinations: the policy did not draw it, so it
+        never enters a REINFORCE batch (the policy starts from the best of them instead)."""
+        return bool(self.neighbours.limit) and self._start_neighbours() and plan_key(plan) in self.neighbours.keys
 
     def _start(self, trial_id: str, p: Proposal) -> dict:
         self._pending[trial_id] = {"stage": SEARCH, "tokens": p.tokens, "plan": p.plan, "baseline": p.label,
@@ -273,7 +312,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         return self._config(SEARCH, p.plan, p.label or "searched", p.tokens)
 
     def _ready_to_sample(self) -> bool:
-        return self.sampled.ready(self._records, self.fixed[1].size)
+        return self.sampled.ready(self._records, self.fixed[1].size, self.neighbours.keys)
 
     def _seen_keys(self) -> set[str]:
         if self._seen is None:
@@ -350,7 +389,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             self._records.append(row)
             del self._pending[trial_id]
             self.tally.add(row)
-            if outcome.reward is not None and not entry["baseline"]:
+            if outcome.reward is not None and not entry["baseline"] and not self._recombination(entry["plan"]):
                 self._buffer.append((trial_id, entry["tokens"], float(outcome.reward)))
         self.tally.failed += outcome.status in rf.FAILED_STATUSES
         try:

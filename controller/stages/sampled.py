@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 from controller import run_folder as rf
@@ -33,16 +33,20 @@ class SampledPlans:
         self.settings = settings
         self.warmed = False  # the tuned recipes were handed to the policy (searcher_state.json)
 
-    def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int) -> bool:
+    def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int, also: Collection[str] = ()) -> bool:
         """Warm-starting policies sample once every tuned recipe and the ``learned`` trial
         (when the search has one: the policy's ``learning_plan``) are recorded, then start
-        from them, once (``controller.prior.start_recipes``); the others right away."""
+        from them, once (``controller.prior.start_recipes``), and from the searched records
+        whose plan keys are ``also`` (the recombinations of ``controller.stages.neighbours``);
+        the others right away."""
         learning = getattr(self.policy, "learning_plan", None) is not None
-        if self.warmed or not self.policy.warm_starts or not (tuned_total or learning):
+        if self.warmed or not self.policy.warm_starts or not (tuned_total or learning or also):
             return True
         tuned = [r for r in records if r.get("kind") == TUNED]
         if len(tuned) < tuned_total or (learning and learned_row(records) is None):
             return False
+        if also:
+            tuned += [r for r in records if r.get("kind") == SEARCHED and plan_key(r["plan"]) in also]
         ok = [r for r in tuned if r["status"] == rf.OK and r.get("reward") is not None and json.loads(r["tokens"])]
         ok.sort(key=lambda r: (-float(r["reward"]), r["order"]))
         learned = learned_recipe(records, self.space) if learning else None
@@ -51,7 +55,11 @@ class SampledPlans:
         if ok:
             best = ok[0]
             log.info(
-                "%s starts from the best tuned recipe (%s): %s", self.policy.name, best["baseline"], best["methods"]
+                "%s starts from the best %s (%s): %s",
+                self.policy.name,
+                "tuned recipe" if best.get("kind") == TUNED else "recombination",
+                best["baseline"] or "searched",
+                best["methods"],
             )
         if learned is not None:
             log.info(

@@ -19,8 +19,8 @@ SPACE = SearchSpace([("s1", ["s1"]), ("s2", ["s2"])], model="m")
 #: A value other than the default for every setting.
 OTHER = dict(
     num_samples=9, search="tpe", reward_seeds=2, baselines=("none", "dropout"), learned_rates=False, tuned_trials=4,
-    final_top_k=1, final_stage="fixed", final_budget=40, final_seeds=4, race_start_seeds=3, race_growth="x2",
-    race_alpha=0.1, confirm_seeds=6, confirm_baselines=1, confirm_max=2, seed=7, max_concurrent=2,
+    neighbours=2, final_top_k=1, final_stage="fixed", final_budget=40, final_seeds=4, race_start_seeds=3,
+    race_growth="x2", race_alpha=0.1, confirm_seeds=6, confirm_baselines=1, confirm_max=2, seed=7, max_concurrent=2,
     cpus_per_trial=0.5, gpus_per_trial=0.25, scheduler="asha",
     max_epochs=5, trial_timeout=60.0, max_failures=1, penalty_reward=0.1, controller_batch=3, controller_lr=0.02,
     controller_kwargs={"hidden_size": 16}, max_redraws=3, metric="val_loss", mode="min", reward_transform="negate",

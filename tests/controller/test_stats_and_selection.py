@@ -143,6 +143,7 @@ def test_tuned_baselines_are_recorded_and_never_reach_the_controller(tmp_path: P
         tuned=_tuned(space),
         controller_batch=2,
         seed=3,
+        settings=SearchConfig(neighbours=0),  # straight to the policy (recombinations: test_neighbours.py)
     )
     first = [s.suggest(f"t{i}") for i in range(5)]  # none + 4 tuned recipes
     assert [c["label"] for c in first] == ["none"] + ["tuned-dropout"] * 2 + ["tuned-dropblock"] * 2
@@ -180,7 +181,9 @@ def test_warm_start_makes_the_best_recipe_likely(tmp_path: Path):
 
 def test_tpe_is_told_the_tuned_recipes_before_sampling(tmp_path: Path):
     space = tiny_space()
-    s = TPESearcher(space, num_samples=3, tuned=_tuned(space, 1), seed=0, n_startup_trials=2)
+    s = TPESearcher(
+        space, num_samples=3, tuned=_tuned(space, 1), seed=0, n_startup_trials=2, settings=SearchConfig(neighbours=0)
+    )
     for i in range(2):
         s.suggest(f"t{i}")
         s.on_trial_complete(f"t{i}", ok(0.6 + 0.1 * i))
