@@ -131,8 +131,7 @@ def search(problem: Problem, searcher: str, budget: int, repeat: int, args: argp
                 "num_samples": budget,
                 "search": searcher,
                 "seed": seed,
-                "final_top_k": args.final_top_k,
-                "final_seeds": args.final_seeds,
+                **final_settings(args),
             }
         )
         status = run_search(**task.search_kwargs(), storage_path=storage, name=name, **how).status
@@ -145,8 +144,7 @@ def search(problem: Problem, searcher: str, budget: int, repeat: int, args: argp
             *(["--epochs", str(epochs)] if epochs else []),
             "--search", searcher,
             "--num-samples", str(budget),
-            "--final-top-k", str(args.final_top_k),
-            "--final-seeds", str(args.final_seeds),
+            *(f for k, v in final_settings(args).items() for f in (f"--{k.replace('_', '-')}", str(v))),
             "--seed", str(seed),
         ]  # fmt: skip
         if run.exists():
@@ -159,11 +157,20 @@ def search(problem: Problem, searcher: str, budget: int, repeat: int, args: argp
     return run
 
 
+def final_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The final-stage settings given on the command line (the product's defaults otherwise)."""
+    given = {"final_top_k": args.final_top_k, "final_stage": args.final_stage, "final_budget": args.final_budget}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 # ----------------------------------------------------------------------------- judging
 def role_of(label: str, baselines: Any = ()) -> str:
-    """none, hand-set, tuned or searched (a final-stage or retraining label)."""
+    """none, hand-set, tuned, learned (the learned-rates plan) or searched (a final-stage or
+    retraining label)."""
     if label == "none":
         return "none"
+    if label == "learned-rates":
+        return "learned"
     if label.startswith("tuned-"):
         return "tuned"
     return "hand-set" if label in baselines or label in ("dropout", "dropblock", "disout") else "searched"
@@ -246,7 +253,7 @@ def judge_trained(
             searched = final[final["kind"] == "searched"].sort_values("mean", ascending=run.objective.mode == "min")
             keys = [plan_key(Plan.from_json(str(t))) for t in searched["plan_json"]]
             top = keys.index(exported) + 1 if exported in keys else 0
-            cfg = RetrainConfig(top=top, baselines=(), tuned=not top, **common)
+            cfg = RetrainConfig(top=top, baselines=(), tuned=not top, learned=False, **common)
             _retrain(run, cfg, where / searcher, searcher, trained, only=exported)
         if exported not in trained:
             raise SystemExit(f"{path}: its exported plan was not retrained (best_plan.json matches no plan)")
@@ -332,8 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", default="", help="whole searches per point: N and/or PROBLEM=N,...")
     p.add_argument("--test-seeds", "--seeds", default="", help="fresh retraining seeds: N and/or PROBLEM=N,...")
     p.add_argument("--epochs", default="", help="PROBLEM=N,... (default: the problem's recipe)")
-    p.add_argument("--final-top-k", type=int, default=4)
-    p.add_argument("--final-seeds", type=int, default=3)
+    p.add_argument("--final-top-k", type=int, default=None, help="default: the product's")
+    p.add_argument("--final-stage", choices=("race", "fixed"), default=None, help="default: the product's (race)")
+    p.add_argument("--final-budget", default=None, help="default: the product's (auto)")
     p.add_argument("--seed", type=int, default=0, help="search seed of repeat 0")
     p.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--report-only", action="store_true", help="tables and figure from OUT, no training")
