@@ -39,7 +39,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from search_space.apply import _batch_first, _is_virtual, _named_modules, is_residual_block, transformer_site_blocks
 from search_space.errors import user_error
 from search_space.evidence import (
     Evidence,
@@ -49,7 +48,9 @@ from search_space.evidence import (
     model_batch_first,
     tensor_key,
 )
+from search_space.insertion import _named_modules
 from search_space.layouts import UNKNOWN, get_layout, methods_for
+from search_space.sites import _batch_first, _is_virtual, is_residual_block, transformer_site_blocks
 
 __all__ = ["SiteInfo", "call_model", "example_batch", "probe_sites", "default_sites", "check_layouts"]
 

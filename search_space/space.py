@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch.nn as nn
 
-from search_space.apply import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
 from search_space.errors import user_error
 from search_space.layouts import get_layout
 from search_space.plan import Plan, PlanError, SiteSpec
 from search_space.probe import check_layouts, probe_sites
+from search_space.sites import check_sites, default_methods, find_sites, transformer_site_blocks, transformer_sites
 from search_space.vocab import CONV_METHODS, METHODS, SPACE_VERSION, VOCAB, ParamValue
 
 __all__ = ["SPACE_VERSION", "VOCAB", "METHODS", "Decision", "SearchSpace", "stage_of", "block_of"]
