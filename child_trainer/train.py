@@ -24,7 +24,7 @@ from .data import DataSplits, TextSplits, load_data, load_text
 from .evaluation import evaluate, evaluate_lm
 from .models import TRANSFORMER_MODELS, build_model, is_lm
 from .optimizer import _lr_lambda, _make_optimizer
-from .train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, _load_plan, task_metric
+from .train_config import AMP_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, _is_learning, _load_plan, task_metric
 
 __all__ = [
     "TrainConfig",
@@ -102,7 +102,7 @@ class _Run:
         self.step_schedulers: Callable[[nn.Module], None] | None = None
         self.learned_sites: dict[str, int | None] = {}
         self.learned_parameters: list[nn.Parameter] = []
-        if cfg.learned:
+        if cfg.learned or _is_learning(self.plan):
             self._apply_learned(model)
         elif self.plan is not None:
             from search_space.apply import apply_plan, step_schedulers
@@ -128,11 +128,19 @@ class _Run:
         self.images_seen = 0
 
     def _apply_learned(self, model: nn.Module) -> None:
-        """Concrete Dropout at the plan's sites or every candidate site (`search_space.learned`)."""
+        """Concrete Dropout at the plan's sites or every candidate site (`search_space.learned`);
+        a search's learning plan says which sites learn (method ``learned``) and which of them
+        per channel."""
         from search_space.learned import apply_learned, learned_parameters, learned_sites
+        from search_space.plan import LEARNED_METHOD
 
-        sites = None if self.plan is None else list(self.plan.sites)
-        self.learned_sites = learned_sites(model, self.example_input(), sites)
+        if _is_learning(self.plan):
+            specs = {s: spec for s, spec in self.plan.sites.items() if spec.method == LEARNED_METHOD}
+            probed = learned_sites(model, self.example_input(), list(specs))
+            self.learned_sites = {s: probed[s] if spec.params.get("per_channel") else None for s, spec in specs.items()}
+        else:
+            sites = None if self.plan is None else list(self.plan.sites)
+            self.learned_sites = learned_sites(model, self.example_input(), sites)
         lm = is_lm(self.cfg.model)  # a language model's loss is a mean over tokens: one data point each
         apply_learned(model, self.learned_sites, self.n_train, weight_decay=self.cfg.weight_decay,
                       example_dims=2 if lm else 1)  # fmt: skip
@@ -396,7 +404,7 @@ def train_child(
         bar.close()
     if cfg.eval_test and result["status"] == "ok":
         result.update(run.test_metrics())
-    if cfg.learned:
+    if run.learned_sites:
         from search_space.learned import learned_rates
 
         result["learned_rates"] = learned_rates(run.model)

@@ -81,8 +81,9 @@ class TrainConfig:
     synthetic_shape: tuple[int, int, int] = (3, 32, 32)
     synthetic_classes: int = 10
     # learn the per-site dropout rates in this training (Concrete Dropout, search_space.learned): at
-    # the plan's sites (its methods are ignored) or, without a plan, at every candidate site; the
-    # result adds learned_rates (site -> rate)
+    # the plan's sites (its methods are ignored; a search's learning plan: its "learned" sites, per
+    # channel where it says so) or, without a plan, at every candidate site; the result adds
+    # learned_rates (site -> rate). A learning plan turns it on by itself.
     learned: bool = False
 
     def __post_init__(self) -> None:
@@ -205,3 +206,10 @@ def _load_plan(plan: Any) -> Any:
     if isinstance(plan, Mapping):
         return Plan.from_dict(dict(plan))
     raise user_error("plan", type(plan).__name__, "a Plan, its dict, its JSON text or None")
+
+
+def _is_learning(plan: Any) -> bool:
+    """A search's ``learned`` trial: its plan learns the rates of some sites (`search_space.learned`)."""
+    from search_space.learned import is_learning_plan
+
+    return plan is not None and is_learning_plan(plan)

@@ -101,7 +101,9 @@ class ChildModel:
 @dataclass
 class ChildTrain:
     """``train_fn(plan, seed, report)`` of the built-in children: `train_child` under the
-    bound TrainConfig with the trial's seed (or ``child``, a function with its signature)."""
+    bound TrainConfig with the trial's seed (or ``child``, a function with its signature).
+    A search's ``learned`` trial (its plan learns the rates: `search_space.learned`) runs with
+    ``learned=True``; the child returns ``learned_rates`` (site -> rate) with its metrics."""
 
     train: dict[str, Any]
     child: str | None = None
@@ -109,8 +111,11 @@ class ChildTrain:
     paths: list[str] = field(default_factory=list)  # driver folders a worker must import from
 
     def __call__(self, plan: Any, seed: int, report: Callable[..., None]) -> dict[str, Any]:
+        from search_space.learned import is_learning_plan
+
         _add_paths(self.paths)
-        cfg = TrainConfig.from_dict({**self.train, **self.overrides, "seed": int(seed)})
+        learned = {"learned": True} if is_learning_plan(plan) else {}  # a search's learned trial: a child knows
+        cfg = TrainConfig.from_dict({**self.train, **self.overrides, **learned, "seed": int(seed)})
         fn = load_function(self.child) if self.child else train_child
         return fn(cfg, plan, lambda epoch, metrics: report(**metrics))
 

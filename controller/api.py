@@ -7,9 +7,10 @@
 
     def train_fn(plan, seed, report):     # runs in a Ray worker, once per trial and seed
         torch.manual_seed(seed)
-        model = apply_plan(MyNet(), plan, total_steps=steps)
+        model = apply_plan(MyNet(), plan, total_steps=steps, n_train=len(train_set))
+        opt = SGD(learned_param_groups(model), lr=0.1)  # the learned baseline's logits too
         for epoch in range(epochs):
-            ...train one epoch (call step_schedulers(model) after each optimizer step)...
+            ...train one epoch: loss + learned_regularizer(model); step_schedulers(model) after each step...
             report(val_loss=validate(model))
 
     config = SearchConfig(metric="val_loss", mode="min", num_samples=32)
@@ -45,6 +46,7 @@ from controller.checks import (
     resolve_sites,
 )
 from controller.config import SCHEDULERS, RunConfig, SearchConfig
+from controller.learned import learning_plan_of
 from controller.ray_session import (
     _max_concurrent,
     _quiet_tune,
@@ -175,7 +177,8 @@ def run_search(
             )
         space, baseline_plans = _space_and_baselines(model_fn, config, example_input)
         tuned = tuned_recipes(space, config.tuned_trials, config.num_samples, exclude=list(baseline_plans.values()))
-        started = config_json(config, space=space, baselines=baseline_plans, tuned=tuned)
+        learned = learning_plan_of(space) if config.learned_rates else None
+        started = config_json(config, space=space, baselines=baseline_plans, tuned=tuned, learned=learned)
         searcher = searcher_from_config(config, started, run_dir)
         return _execute(run_dir, config, started, searcher, train_fn, run, resume=False)
     finally:
@@ -256,7 +259,7 @@ def _execute(
             "resuming" if resume else "starting",
             config.search,
             searcher.total_trials,
-            len(searcher.baselines),
+            searcher.fixed[0].size,
             len(searcher._tuned_trials),
             searcher.num_samples,
             searcher.final_trials,

@@ -86,6 +86,7 @@ class SearchConfig:
         command=None,
         parse=names,
     )
+    learned_rates: bool = setting(True, "one training that learns each site's rate: a baseline (learned-rates)")
     tuned_trials: int | str = setting(
         "auto",
         "trainings of --num-samples that tune one method at every site (dropout, "

@@ -43,16 +43,23 @@ __all__ = [
     "SEARCHED",
     "BASELINE",
     "TUNED",
+    "LEARNED",
+    "LEARNED_TRIAL",
 ]
 
 TUNED_PREFIX = "tuned-"
+#: The search-stage trial that learns per-site rates in one training (its baseline name in
+#: trials.csv; ``search_space.learned.LEARNED_TRIAL``), and the finalist its rates make
+#: (``search_space.learned.LEARNED``): a baseline that a searched plan must beat.
+LEARNED_TRIAL = rf.LEARNED_TRIAL
+LEARNED = "learned-rates"
 
 
 def kind_of(label: str, baselines: Sequence[str]) -> str:
-    """searched, baseline (hand-set) or tuned (a global recipe tuned inside the budget)."""
+    """searched, baseline (hand-set, or ``learned-rates``) or tuned (a global recipe tuned inside the budget)."""
     if label.startswith(TUNED_PREFIX):
         return TUNED
-    return BASELINE if label in baselines else SEARCHED
+    return BASELINE if label in baselines or label == LEARNED else SEARCHED
 
 
 def final_rows(

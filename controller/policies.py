@@ -5,9 +5,11 @@ way to draw tokens, learn from rewards, start from a known recipe, and save its 
 data (``policy_state`` / ``load_policy_state``, JSON-able, tensors aside):
 
 - ``ControllerSearcher``: an LSTM controller trained with REINFORCE (``controller.lstm``,
-  ``controller.reinforce``), starting from a mild prior and then the best tuned recipe;
+  ``controller.reinforce``), starting from a mild prior and then the best tuned recipe and
+  the learned rates (``controller.prior.start_recipes``);
 - ``RandomSearcher``: uniform samples, the yardstick every controller search is held to;
-- ``TPESearcher``: Optuna's TPE over the same conditional space, told the tuned recipes.
+- ``TPESearcher``: Optuna's TPE over the same conditional space, told the tuned recipes,
+  whose first suggestion is the learned rates' plan.
 """
 
 from __future__ import annotations
@@ -77,11 +79,16 @@ class ControllerSearcher(PlanSearcher):
     def _sample_tokens(self, trial_id: str) -> list[int]:
         return self.reinforce.sample(1)[0]
 
-    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
-        from controller.prior import recipe_prior
+    def _warm_start(
+        self, recipes: list[tuple[list[int], float]], learned: tuple[list[int], float] | None = None
+    ) -> None:
+        """Extra logits towards the best tuned recipe and the learned rates' tokens, the one
+        with the better search-stage reward at full strength (``controller.prior.start_recipes``)."""
+        from controller.prior import start_recipes, starting_prior
 
-        if recipes and self.recipe_strength > 0:
-            self.reinforce.policy.add_prior(recipe_prior(self.space, recipes[0][0], self.recipe_strength))
+        starts = start_recipes(recipes[0] if recipes else None, learned)
+        if starts and self.recipe_strength > 0:
+            self.reinforce.policy.add_prior(starting_prior(self.space, starts, self.recipe_strength))
             self._policy_ref = None  # the weights changed
 
     def _learn(self, batch: list[tuple[str, list[int], float]]) -> dict[str, Any]:
@@ -191,12 +198,19 @@ class TPESearcher(PlanSearcher):
     def _discard(self, trial_id: str, tokens: list[int], reward: float | None) -> None:
         self._tell(trial_id, reward)  # a repeat: its known reward, or a failed ask while it runs
 
-    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
+    def _warm_start(
+        self, recipes: list[tuple[list[int], float]], learned: tuple[list[int], float] | None = None
+    ) -> None:
+        """The tuned recipes join the study as finished trials (their plans were trained); the
+        learned rates' tokens are its first suggestion (enqueued: the plan they make was never
+        trained, so its own reward is measured rather than told with the Concrete training's)."""
         import optuna
 
         for tokens, reward in recipes:
             params, dists = _DefineByRun(self.space).params(tokens)
             self._study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=reward))
+        if learned is not None:
+            self._study.enqueue_trial(_DefineByRun(self.space).params(learned[0])[0], skip_if_exists=False)
 
     def _learn(self, batch: list[tuple[str, list[int], float]]) -> None:
         for trial_id, _, reward in batch:

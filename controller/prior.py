@@ -16,7 +16,7 @@ from typing import Any
 
 from search_space.errors import user_error
 
-__all__ = ["mild_prior", "recipe_prior", "PRIOR_PARAMS"]
+__all__ = ["mild_prior", "recipe_prior", "start_recipes", "starting_prior", "PRIOR_PARAMS"]
 
 #: Parameters whose larger values regularize harder: their logits fall linearly with the value.
 PRIOR_PARAMS = ("drop_prob", "dist_prob", "alpha")
@@ -59,3 +59,35 @@ def recipe_prior(space: Any, tokens: list[int], strength: float = 2.0) -> list[l
         [strength if (on and c == t) else 0.0 for c in range(len(d.choices))]
         for d, t, on in zip(space.decisions, tokens, active)
     ]
+
+
+def start_recipes(
+    tuned_best: tuple[list[int], float] | None, learned: tuple[list[int], float] | None
+) -> list[tuple[list[int], float]]:
+    """Where the controller starts, as (tokens, weight) pairs: the best tuned recipe and the
+    plan the learned rates make (``controller.learned``), each given with its search-stage
+    reward. The one with the higher reward weighs 1, the other 1/2 (ties: the tuned recipe).
+
+    Why both, and unequally: the two say different things (the tuned recipe which method and
+    global rate work; the learned rates where to drop more or less), and each reward is one
+    noisy training (the learned trial's is even of Concrete Dropout, not of its rounded plan),
+    so neither is dropped; the better-looking one dominates, where they agree the choice
+    weighs 1.5, and where they differ the sampled plans mix the two group by group, which
+    REINFORCE then sorts out.
+    """
+    given = [r for r in (tuned_best, learned) if r is not None]
+    if len(given) < 2:
+        return [(list(t), 1.0) for t, _ in given]
+    first, second = (tuned_best, learned) if tuned_best[1] >= learned[1] else (learned, tuned_best)
+    return [(list(first[0]), 1.0), (list(second[0]), 0.5)]
+
+
+def starting_prior(space: Any, recipes: list[tuple[list[int], float]], strength: float = 2.0) -> list[list[float]]:
+    """The sum of `recipe_prior` over weighted ``recipes`` (`start_recipes`), one table of
+    logits (the controller adds it once: its tanh clipping is not additive)."""
+    total = [[0.0] * len(d.choices) for d in space.decisions]
+    for tokens, weight in recipes:
+        for row, extra in zip(total, recipe_prior(space, tokens, strength * weight)):
+            for i, v in enumerate(extra):
+                row[i] += v
+    return total

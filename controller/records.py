@@ -48,6 +48,7 @@ def trial_row(
         "plan": plan,
         "plan_json": json.dumps(plan.to_dict(), sort_keys=True),
         "methods": plan.summary(),
+        "learned_rates": res.get("learned_rates") or "",  # the learned baseline's (JSON); else empty
     }
 
 
@@ -77,7 +78,7 @@ class Tally:
         if row.get("reward") is not None:
             self.rewards_by_plan[plan_key(row["plan"])] = float(row["reward"])
         if rf.best_row([row], o) is None:
-            return  # not ranked: stopped, failed, or no finite value
+            return  # not ranked: stopped, failed, no finite value, or the learned baseline
         self.best = rf.best_row([self.best, row] if self.best is not None else [row], o)
         if row.get("reward") is not None:
             r = float(row["reward"])

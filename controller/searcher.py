@@ -7,8 +7,9 @@ Why it looks like this:
 - A search has four stages, all ordinary Tune trials, each an object with one job
   (``controller.stages``): the **baselines** and the **tuned global recipes** (``FixedPlans``:
   recorded, never learned from), the **sampled plans** (``SampledPlans``: drawn from the
-  policy, redrawn when already trained, started from the best tuned recipe once the tuned
-  trials are in) and the **final stage** (a ``FinalStage``: ``RaceFinal``, the top-k sampled
+  policy, redrawn when already trained, started from the best tuned recipe and the learned
+  rates once those trials are in; the **baselines** include ``learned``: ``controller.learned``)
+  and the **final stage** (a ``FinalStage``: ``RaceFinal``, the top-k sampled
   plans, every baseline and each tuned method's best raced on fresh seeds and the winner
   confirmed on others; ``TopKFinal`` for fixed stages; ``best_plan.json`` is a searched plan
   only when the confirmation shows it better than the best baselines, ``controller.final``).
@@ -39,6 +40,7 @@ from ray.tune.search import Searcher
 from controller import run_folder as rf
 from controller.config import MAX_REDRAWS, SearchConfig
 from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_of
+from controller.learned import baseline_items
 from controller.outcome import trial_outcome
 from controller.progress import log_progress
 from controller.ray_session import _stop_tune
@@ -57,7 +59,7 @@ __all__ = ["PlanSearcher", "SEARCH", "FINAL", "MAX_REDRAWS"]
 log = logging.getLogger(__name__)
 
 #: What ``on_trial_result`` keeps of a result (besides the objective's columns).
-_RESULT_KEYS = ("final", "status", "error", "message", "seconds", "node", "epoch", "precision")
+_RESULT_KEYS = ("final", "status", "error", "message", "seconds", "node", "epoch", "precision", "learned_rates")
 
 
 class PlanSearcher(Persisted, PolicyHooks, Searcher):
@@ -80,6 +82,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         penalty_reward: reward of a diverged or failed plan (None: the worst reward so far).
         settings: the search's other settings (``controller.config.SearchConfig``, e.g.
             ``max_redraws``; the arguments above take precedence over its fields).
+        learned: the ``learned`` trial's plan (``controller.learned``), trained with the baselines; None: none.
     """
 
     name: ClassVar[str] = ""
@@ -99,6 +102,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         final_top_k: int = 0,
         final_seeds: Sequence[int] | int = (),
         settings: SearchConfig | None = None,
+        learned: Plan | None = None,
     ) -> None:
         self.objective = objective or rf.Objective()
         super().__init__(metric=self.objective.metric, mode=self.objective.mode)
@@ -112,6 +116,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         self.controller_batch = controller_batch
         self.penalty_reward = None if penalty_reward is None else float(penalty_reward)
         self._tuned_trials = [(f"{TUNED_PREFIX}{m}", p) for m, plans in self.tuned.items() for p in plans]
+        self.learning_plan: Plan | None = learned
         self.reward_seeds = [int(s) for s in reward_seeds]
         self.final_top_k = final_top_k
         self.final_seeds = [int(s) for s in final_seeds] if final_top_k else []  # top-k 0: no final stage
@@ -119,7 +124,7 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
             self.final_top_k = 0
         # the stages, in order: the first two are fixed lists, then the policy's, then the final one
         self.fixed = [
-            FixedPlans(BASELINE, list(self.baselines.items()), space),
+            FixedPlans(BASELINE, baseline_items(self.baselines, learned), space),
             FixedPlans(TUNED, self._tuned_trials, space),
         ]
         self.sampled = SampledPlans(self, space, num_samples, self.settings)
@@ -153,7 +158,8 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
                 self.final_seeds,
                 self.settings.race_settings(),
             )
-        return TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds)
+        return TopKFinal(self.objective, self.baselines, list(self.tuned), self.final_top_k, self.final_seeds,
+                         learned=self.learning_plan is not None)  # fmt: skip
 
     # ---- the buffer of sampled rewards (the policy's hooks: controller.stages.sampled.PolicyHooks)
     def _rebuild_buffer(self) -> None:

@@ -6,6 +6,12 @@ seeds, so a scheduler sees one growing curve: the reported ``epoch`` when the ch
 else one per report). The last report carries ``final=True``, the
 child's status, the metric's mean over the seeds, its standard error and every seed's value.
 
+A search's ``learned`` trial (a plan whose sites learn their rates: `search_space.learned`)
+also ends with ``learned_rates``, the rates each site learned (JSON, the mean over the
+seeds): those the ``train_fn`` returned (our children do), else those the product reads from
+the layers ``apply_plan`` inserted. A ``train_fn`` that ignored the plan, its regularizer or
+its logits ends the trial ``failed`` with one line that says which (the search goes on).
+
 A ``train_fn`` that raises is reported as status "failed" with its error (the traceback goes
 to Ray's result.json) and the function returns normally: Ray then keeps the worker process for
 the next trial instead of paying a new one (seconds of imports) per failure. A ``train_fn``
@@ -39,9 +45,13 @@ from typing import Any
 from controller import run_folder as rf
 from controller.stats import standard_error
 
-__all__ = ["make_trainable", "TrainFn"]
+__all__ = ["make_trainable", "TrainFn", "LEARNED_RATES"]
 
 log = logging.getLogger(__name__)
+
+#: The final report's key (and trials.csv's column) holding a learned trial's rates: JSON
+#: object site -> rate, the mean over the reward seeds.
+LEARNED_RATES = "learned_rates"
 
 #: ``train_fn(plan, seed, report)``: builds and trains the user's model under ``plan`` with
 #: ``seed``, calling ``report(**metrics)`` once per epoch.
@@ -168,6 +178,8 @@ def run_trial(
     values: list[float] = []
     bests: list[float] = []
     extra: dict[str, Any] = {}
+    learning = _is_learning(plan)
+    rates: list[dict[str, float]] = []  # a learned trial: each seed's learned rates
     deadline = None if timeout is None else time.monotonic() + float(timeout)
 
     def final(status: str, **fields: Any) -> None:
@@ -233,6 +245,12 @@ def run_trial(
                 f"allowed: a finite number of magnitude at most {rf.METRIC_MAX:g} reported with report({metric}=...)",
             )
             return
+        if learning:
+            seed_rates, why = _learned_rates(plan, returned)
+            if why:
+                final(rf.FAILED, error=f"learned rates (seed {seed}): {why}")
+                return
+            rates.append(seed_rates)
         values.append(float(value))
         bests.append(best[0] if math.isfinite(best[0]) else float(value))
     mean = statistics.fmean(values)
@@ -245,5 +263,42 @@ def run_trial(
             objective.best_column: statistics.fmean(bests),
             objective.seeds_column: json.dumps(values),
             "error": "",
+            **({LEARNED_RATES: json.dumps(_mean_rates(rates))} if learning else {}),
         },
     )
+
+
+def _is_learning(plan: Any) -> bool:
+    from search_space.learned import is_learning_plan
+
+    return is_learning_plan(plan)
+
+
+def _learned_rates(plan: Any, returned: Any) -> tuple[dict[str, float], str]:
+    """A learned trial's rates after one seed, and "" ; or ({}, why there are none). The rates a
+    ``train_fn`` returns (``learned_rates``, as our children do) are taken as they are; else the
+    product reads them from the layers ``apply_plan`` put in the model (`search_space.learned.trained_rates`,
+    which also says when the loop ignored the plan, its regularizer or its logits)."""
+    from search_space.learned import trained_rates
+    from search_space.plan import LEARNED_METHOD
+
+    given = returned.get(LEARNED_RATES) if isinstance(returned, Mapping) else None
+    if given is None:
+        return trained_rates(plan)
+    trained_rates(plan)  # forget the layers of this seed either way
+    if not isinstance(given, Mapping) or not given:
+        return {}, f"{LEARNED_RATES}: bad value {given!r} returned by train_fn; allowed: a mapping site -> rate"
+    learned = {str(s) for s, spec in plan.sites.items() if spec.method == LEARNED_METHOD}
+    out: dict[str, float] = {}
+    for site, rate in given.items():
+        r = rate.item() if hasattr(rate, "item") else rate
+        if str(site) not in learned or isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1:
+            return {}, f"{LEARNED_RATES}[{site!r}]: bad value {rate!r}; allowed: a rate in [0, 1] at a learned site"
+        out[str(site)] = float(r)
+    return out, ""
+
+
+def _mean_rates(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Each site's rate averaged over the seeds that learned one (6 decimals)."""
+    sites = list(dict.fromkeys(s for rates in per_seed for s in rates))
+    return {s: round(statistics.fmean(r[s] for r in per_seed if s in r), 6) for s in sites}

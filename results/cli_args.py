@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first seed, seeds offset..offset+S-1 (default: the first S seeds the search never used)",
     )
     r.add_argument("--no-tuned", action="store_true", help="leave out the search's tuned global recipes")
+    r.add_argument("--no-learned", action="store_true", help="leave out the search's learned-rates plan")
     r.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
     r.add_argument(
         "--num-threads", type=typed(int), default=None, help="torch CPU threads per training (default: its CPUs)"

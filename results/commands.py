@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.final import LEARNED
 from search_space.errors import user_error
 
+from .learned import learned_rates_table, learned_value
 from .run import Run, RunError, combined_trials, open_run, open_runs
 from .tables import (
     compute_cost,
@@ -48,6 +50,8 @@ def _header(runs: list[Run]) -> str:
         exported = st.get("exported") or {}
         if exported:
             kind = {"searched": "a searched plan", "baseline": "the hand-set baseline", "tuned": "the tuned baseline"}
+            if exported.get("label") == LEARNED:
+                kind["baseline"] = "the baseline"
             parts.append(
                 f"  best_plan.json holds {kind.get(exported.get('kind'), exported.get('kind'))} "
                 f"{exported.get('label', '')} (chosen by the {exported.get('selected_by', '?')} stage)"
@@ -91,6 +95,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 "95% interval by Student's t at n - 1 df"
             )
             tables.append((f"{title} ({what}, positive = better)", table))
+    for run in runs:
+        table = learned_rates_table(run)
+        if len(table):
+            title = "learned rate per site" + (f" of {run.name}" if len(runs) > 1 else "")
+            value = f"{o.metric} {learned_value(run):.4f}" if learned_value(run) is not None else ""
+            tables.append((f"{title} (one training with Concrete Dropout: {value}; mean over the reward seeds), "
+                           "the learned-rates plan they make, and the searched plan", table))  # fmt: skip
     tables += [
         ("methods per site: count, share, mean reward when chosen", stats)
         if args.format == "csv"
@@ -215,6 +226,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         baselines=tuple(args.baselines),
         seed_offset=args.seed_offset,
         tuned=not args.no_tuned,
+        learned=not args.no_learned,
         device=args.device,
         num_threads=args.num_threads,
     )

@@ -28,12 +28,13 @@ from typing import Any
 import pandas as pd
 
 from controller import run_folder as rf
-from controller.final import SEARCHED, TUNED_PREFIX
+from controller.final import LEARNED, SEARCHED, TUNED_PREFIX
 from controller.run_folder import Objective
 from search_space.baselines import BASELINES, baseline_plans
 from search_space.errors import user_error
 from search_space.plan import plan_key
 
+from .learned import learned_rates_plan
 from .plots import plot_retrain
 from .retrain_ledger import RetrainLedger, disk_full, folder_lock, plan_hash, recipe_of
 from .retrain_ray import Job, RayOptions, RetrainIncomplete, run_jobs
@@ -72,6 +73,7 @@ class RetrainConfig:
     baselines: tuple[str, ...] = BASELINES
     seed_offset: int | None = None  # None: fresh seeds (never used by the search)
     tuned: bool = True  # retrain the search's tuned global recipes too
+    learned: bool = True  # retrain the search's learned-rates plan too (results.learned)
     device: str | None = None
     num_threads: int | None = None
 
@@ -207,6 +209,9 @@ def retrain_plans(run: Run, cfg: RetrainConfig) -> dict[str, Any]:
     if len(plans) < cfg.top:
         log.warning("only %d searched plans finished; retraining those", len(plans))
     plans.update(_tuned_plans(run) if cfg.tuned else {})
+    learned = learned_rates_plan(run) if cfg.learned else None
+    if learned is not None:
+        plans[LEARNED] = learned
     space = run.config.get("space") or {}
     from search_space import SearchSpace
     from search_space.baselines import available_baselines, convnet_baselines

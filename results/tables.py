@@ -44,10 +44,13 @@ def ranked(df: pd.DataFrame, objective: rf.Objective | None = None) -> pd.DataFr
     """Finished (ok) trials with a real value, best first, with a 1-based ``rank``.
 
     The same rule as ``run_folder.best_row`` (what best_plan.json holds when there is no final
-    stage): a trial stopped early by a scheduler is never ranked. Ties keep completion order.
+    stage): a trial stopped early by a scheduler is never ranked, nor the ``learned`` baseline
+    (a way to train: its rates and their plan are ``results.learned``'s). Ties keep completion order.
     """
     o = objective or objective_of(df)
-    ok = df[df["status"].isin(OK_STATUSES) & df[o.metric].notna()]
+    baseline = df["baseline"] if "baseline" in df.columns else pd.Series("", index=df.index)
+    learned = baseline.fillna("").astype(str) == rf.LEARNED_TRIAL
+    ok = df[df["status"].isin(OK_STATUSES) & df[o.metric].notna() & ~learned]
     ok = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True], kind="stable")
     ok = ok.reset_index(drop=True)
     return ok.assign(rank=np.arange(1, len(ok) + 1))

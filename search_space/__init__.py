@@ -25,6 +25,7 @@ from search_space.layers import (
     SpatialDropout,
 )
 from search_space.layouts import LAYOUTS, channel_axis, get_layout, spatial_axes
+from search_space.learned import learned_param_groups, learned_rates, learned_regularizer
 from search_space.plan import PLAN_FORMAT_VERSION, Plan, PlanError, SiteSpec
 from search_space.probe import call_model
 from search_space.space import Decision, SearchSpace, block_of, stage_of
@@ -84,4 +85,7 @@ __all__ = [
     "get_layout",
     "channel_axis",
     "spatial_axes",
+    "learned_param_groups",
+    "learned_rates",
+    "learned_regularizer",
 ]

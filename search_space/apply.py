@@ -29,8 +29,12 @@ applied to the output of the nearest enclosing residual block of the site, i.e. 
 residual stream after the skip connection is added. It has no effect for a site that is not
 inside a residual block.
 
-The names of `search_space.sites` and `search_space.insertion` that code imports from here
-(``find_sites``, ``regularizers``, ``step_schedulers``, ``remove_plan``...) stay importable here.
+Learned sites (method ``learned``): `search_space.concrete_sites` builds their Concrete
+Dropout layers, inserted here like any other.
+
+The names of `search_space.sites`, `search_space.insertion` and `search_space.concrete_sites`
+that code imports from here (``find_sites``, ``regularizers``, ``step_schedulers``,
+``remove_plan``, ``concrete_layers``...) stay importable here.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ from search_space import layers as _layers
 from search_space.attention import RegularizedMultiheadAttention as RegularizedMultiheadAttention
 from search_space.attention import _attach_qkv
 from search_space.attention import unwrap_regularizer as unwrap_regularizer
+from search_space.concrete_sites import CONCRETE_BEHIND as CONCRETE_BEHIND
+from search_space.concrete_sites import LEARNED_APPLIED as LEARNED_APPLIED
+from search_space.concrete_sites import _plan_concrete
+from search_space.concrete_sites import concrete_layers as concrete_layers
 from search_space.errors import user_error
 from search_space.insertion import (
     _BEHIND,
@@ -59,7 +67,7 @@ from search_space.insertion import regularized_class as regularized_class
 from search_space.insertion import regularizers as regularizers
 from search_space.insertion import step_schedulers as step_schedulers
 from search_space.layouts import LAYOUT_FREE, allowed_methods, get_layout
-from search_space.plan import Plan, PlanError, SiteSpec
+from search_space.plan import LEARNED_METHOD, Plan, PlanError, SiteSpec
 from search_space.sites import (
     _SITE_NORMS,
     _batch_first,
@@ -109,13 +117,28 @@ def build_layer(spec: SiteSpec, layout: str | None = None) -> nn.Module:
     return cls(**kwargs)
 
 
-def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> nn.Module:
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    total_steps: int | None = None,
+    *,
+    n_train: int | None = None,
+    weight_decay: float = 0.0,
+    example_dims: int = 1,
+) -> nn.Module:
     """Insert `plan`'s regularizers into `model` in place (replacing any earlier plan).
 
     With total_steps given, a site's probability ramps linearly from 0 to its target over
     int(ramp * total_steps) calls of `step_schedulers`, where ``ramp`` is the site's own
     searched "ramp" parameter or, when the plan leaves it out, ``plan.ramp_fraction``
     (0: constant).
+
+    Sites whose method is ``learned`` (a search's ``learned`` trial) get a `ConcreteDropout`
+    whose rate the training learns (`search_space.learned`): they need ``n_train`` (the data
+    points the loss averages over; ``example_dims=2`` when they are tokens) and, for the
+    weight term, the SGD-style ``weight_decay`` the optimizer applies; the loop then adds
+    `learned_regularizer(model)` to its loss and builds its optimizer after this call. Other
+    plans ignore the three.
     """
     if not isinstance(plan, Plan):
         raise user_error("plan", detail=f"bad value of type {type(plan).__name__}", allowed="a Plan", cls=PlanError)
@@ -126,10 +149,13 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     check_sites(model, plan.sites)
     named = list(_named_modules(model))
     modules = dict(named)
+    learned: dict[str, nn.Module] = {}
+    if any(spec.method == LEARNED_METHOD for spec in plan.sites.values()):
+        learned = dict(_plan_concrete(model, plan, n_train, weight_decay, example_dims))
     ramps = {
         site: float(spec.params.get("ramp", plan.ramp_fraction))
         for site, spec in plan.sites.items()
-        if spec.method != "none"
+        if spec.method not in ("none", LEARNED_METHOD)
     }
     if total_steps is None and any(r > 0 for r in ramps.values()):
         log.warning(
@@ -146,6 +172,10 @@ def apply_plan(model: nn.Module, plan: Plan, total_steps: int | None = None) -> 
     sequence_sites = set(transformer_sites(model))
     for site, spec in plan.sites.items():
         if spec.method == "none":
+            continue
+        if site in learned:
+            learned[site].plan_site = site
+            own.append((site, learned[site]))
             continue
         layout = plan.layouts.get(site)
         sequence = site in sequence_sites or _is_virtual(site)

@@ -31,7 +31,7 @@ as ``bn1.plan_regularizers.0.logit``); `learned_plan` is stateless like every pl
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,7 +40,6 @@ from torch import nn
 from search_space.apply import (
     _SITE_NORMS,
     _named_modules,
-    _next_conv,
     check_sites,
     find_sites,
     insert_layers,
@@ -48,16 +47,23 @@ from search_space.apply import (
     regularizers,
     unwrap_regularizer,
 )
+from search_space.concrete_sites import CONCRETE_BEHIND, LEARNED_APPLIED, concrete_layers
 from search_space.errors import user_error
-from search_space.layers._validate import check_int
 from search_space.layers.concrete import DEFAULT_TEMPERATURE, ConcreteDropout, dropout_penalty
-from search_space.plan import Plan, SiteSpec
+from search_space.plan import LEARNED_METHOD, Plan, SiteSpec
 from search_space.vocab import VOCAB
 
 __all__ = [
     "LEARNED",
+    "LEARNED_TRIAL",
     "apply_learned",
     "channel_dim_of_layout",
+    "concrete_layers",
+    "derived_plan",
+    "is_learning_plan",
+    "learning_plan",
+    "nearest_tokens",
+    "trained_rates",
     "learned_layers",
     "learned_param_groups",
     "learned_parameters",
@@ -70,9 +76,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The label of the plan learned rates make (``plan.metadata["source"]``).
+#: The label of the plan learned rates make (``plan.metadata["source"]``; a search's finalist).
 LEARNED = "learned-rates"
-_BEHIND = "_learned_behind"  # the following conv, kept outside _modules (not a submodule)
+#: The label of a search's trial that learns the rates (its baseline name in trials.csv).
+LEARNED_TRIAL = "learned"
+_BEHIND = CONCRETE_BEHIND  # the following conv, kept outside _modules (not a submodule)
+_REGULARIZED = "_learned_regularized"  # learned_regularizer ran on the layer (a plain attribute)
 
 
 def channel_dim_of_layout(layout: str) -> int | None:
@@ -133,34 +142,9 @@ def apply_learned(
     """
     if not isinstance(sites, Mapping) or not sites:
         raise user_error("sites", sites, "a non-empty mapping of site path -> channel axis (int) or None")
-    n_train = check_int("n_train", n_train)
-    decay = weight_decay if isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool) else -1.0
-    if not decay >= 0.0:
-        raise user_error("weight_decay", weight_decay, "a number >= 0")
-    check_sites(model, sites)
-    length_scale = (decay * precision * n_train) ** 0.5 if decay > 0 else 0.0
-    layers: dict[str, nn.Module] = {}
-    for site, channel_dim in sites.items():
-        try:
-            layers[site] = ConcreteDropout(
-                init_rate,
-                n_train=n_train,
-                channel_dim=channel_dim,
-                temperature=temperature,
-                length_scale=length_scale,
-                precision=precision,
-                example_dims=example_dims,
-            )
-        except ValueError as e:
-            raise user_error(f"sites[{site!r}]", detail=str(e)) from None
-    named = list(_named_modules(model))
-    for site, layer in layers.items():
-        conv = None if ":" in site or length_scale == 0 else _next_conv(named, site)
-        if conv is not None:
-            object.__setattr__(layer, _BEHIND, conv)
+    layers = concrete_layers(model, sites, n_train, init_rate=init_rate, temperature=temperature,
+                             weight_decay=weight_decay, precision=precision, example_dims=example_dims)  # fmt: skip
     insert_layers(model, layers)
-    behind = sum(_BEHIND in layer.__dict__ for layer in layers.values())
-    log.info("learned rates at %d sites (%d with a weight term), n_train=%d", len(layers), behind, n_train)
     return model
 
 
@@ -189,11 +173,15 @@ def learned_regularizer(model: nn.Module) -> torch.Tensor:
     """The loss term to add every step after the forward: the sum of the sites'
     `ConcreteDropout.regularizer` (the weight term on the following conv's weight, minus the
     decay the optimizer applies; module docstring). Sites that have not run a training
-    forward yet (their K is unknown) add nothing."""
+    forward yet (their K is unknown) add nothing, and a model without ConcreteDropout adds a
+    zero, so a training loop can always add it (a search's ``learned`` trial needs it, its
+    other plans ignore it)."""
     layers = learned_layers(model)
     if not layers:
-        raise user_error("model", type(model).__name__, "a model after apply_learned (no ConcreteDropout in it)")
+        return torch.zeros(())
     ran = [layer for layer in layers.values() if layer.units]
+    for layer in ran:
+        layer.__dict__[_REGULARIZED] = True  # the search's trial checks that the loop added it
     if not ran:
         return torch.zeros((), device=next(iter(layers.values())).logit.device)
     # one vectorised expression for every site (a per-site call costs a dozen small ops each)
@@ -227,21 +215,146 @@ def learned_plan(
     *,
     model: str = "",
     grid: Iterable[float] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    methods: Mapping[str, Sequence[str]] | None = None,
 ) -> Plan:
     """An ordinary Plan from learned rates: at each site ``dropout`` (elementwise sites) or
     ``spatial_dropout`` (sites with a channel axis in ``sites``) with its rate rounded to
     ``grid`` (default: the vocabulary's ``drop_prob`` values; rates above it take its
-    largest), ``none`` where it rounds to 0. The raw rates are kept in the metadata."""
+    largest), ``none`` where it rounds to 0. The raw rates are kept in the metadata.
+
+    ``layouts`` (site -> layout, e.g. a search space's) go into the plan, so a channels-last
+    map is dropped along its real channel axis; ``methods`` (site -> the methods it allows,
+    e.g. ``space.methods_of``) keep every site to them: spatial dropout falls back to dropout
+    and back, and a site that allows neither gets ``none``."""
     values = tuple(VOCAB["dropout"]["drop_prob"] if grid is None else grid)
     specs: dict[str, SiteSpec] = {}
     for site, rate in rates.items():
         if site not in sites:
             raise user_error(f"rates[{site!r}]", detail="a site missing from sites", allowed=f"{list(sites)[:8]}")
         value = round_to_grid(rate, values)
-        if value == 0.0:
+        wanted = ("spatial_dropout", "dropout") if sites[site] is not None else ("dropout", "spatial_dropout")
+        allowed = None if methods is None or site not in methods else tuple(methods[site])
+        method = next((m for m in wanted if allowed is None or m in allowed), None)
+        if value == 0.0 or method is None:
             specs[site] = SiteSpec("none", {})
         else:
-            method = "dropout" if sites[site] is None else "spatial_dropout"
             specs[site] = SiteSpec(method, {"drop_prob": value, "ramp": 0.0})
     metadata = {"source": LEARNED, "learned_rates": {s: round(float(r), 4) for s, r in rates.items()}}
-    return Plan(specs, model=model, metadata=metadata)
+    stated = {s: lay for s, lay in (layouts or {}).items() if s in specs}
+    return Plan(specs, model=model, metadata=metadata, layouts=stated)
+
+
+# ----------------------------------------------------------------------------- in a search
+def learning_plan(space: Any) -> Plan | None:
+    """The plan of a search's ``learned`` trial (`search_space.plan.LEARNED_METHOD` at each
+    site of ``space``, a `SearchSpace`): per channel where the derived plan will use spatial
+    dropout (a map site that allows it; without a layout, any site that allows it), else
+    elementwise where the site allows dropout, else ``none``. None when no site allows
+    either. The space's layouts go with it, so `derived_plan` needs nothing else."""
+    specs: dict[str, SiteSpec] = {}
+    for site in space.sites:
+        allowed = space.methods_of(site)
+        layout = space.layouts.get(site)
+        is_map = channel_dim_of_layout(layout) is not None if layout else "spatial_dropout" in allowed
+        if is_map and "spatial_dropout" in allowed:
+            specs[site] = SiteSpec(LEARNED_METHOD, {"per_channel": True})
+        elif "dropout" in allowed:
+            specs[site] = SiteSpec(LEARNED_METHOD, {"per_channel": False})
+        else:
+            specs[site] = SiteSpec("none", {})
+    if all(spec.method == "none" for spec in specs.values()):
+        return None
+    return Plan(specs, model=space.model, layouts=dict(space.layouts), metadata={"source": LEARNED_TRIAL})
+
+
+def is_learning_plan(plan: Any) -> bool:
+    """Whether ``plan`` learns its rates at some site (method ``learned``)."""
+    return isinstance(plan, Plan) and any(spec.method == LEARNED_METHOD for spec in plan.sites.values())
+
+
+def derived_plan(learning: Plan, rates: Mapping[str, float], grid: Iterable[float] | None = None) -> Plan:
+    """The ordinary plan a ``learned`` trial's rates make (`learned_plan`): spatial dropout at
+    its per-channel sites, dropout at the others, ``none`` where a rate rounds to 0 or is
+    missing and at the sites that did not learn; with the learning plan's layouts. A pure
+    function of the trial's row (its plan and rates), so a resume derives the same plan."""
+    sites = {s: (1 if spec.params.get("per_channel") else None) for s, spec in learning.sites.items()
+             if spec.method == LEARNED_METHOD}  # fmt: skip
+    known = {s: float(r) for s, r in rates.items() if s in sites}
+    missing = [s for s in sites if s not in known]
+    if missing:
+        log.warning("learned rates missing at %d site(s) (%s): none there", len(missing), ", ".join(missing[:4]))
+    plan = learned_plan(known, sites, model=learning.model, grid=grid)
+    specs = {s: plan.sites.get(s, SiteSpec("none", {})) for s in learning.sites}
+    return Plan(specs, model=learning.model, metadata=plan.metadata, layouts=dict(learning.layouts))
+
+
+def nearest_tokens(space: Any, plan: Plan) -> list[int]:
+    """The tokens of ``space`` nearest a plan of per-site rates (e.g. `derived_plan`'s), which
+    ``space.encode`` may refuse (sites of one group with different rates, a method the group
+    does not offer). Per group: the mean of its sites' rates (the raw learned rates where the
+    plan's metadata has them; 0 at ``none`` sites) on the ``drop_prob`` grid, which minimises
+    the squared distance to the sites' rates under one shared value; the method most of its
+    sites use (spatial dropout and dropout stand in for each other, then DropBlock with
+    blocks of 1); ``none`` where the mean rounds to 0. Ramps 0; other parameters their first
+    value."""
+    raw = plan.metadata.get("learned_rates") if isinstance(plan.metadata.get("learned_rates"), dict) else {}
+    grid = VOCAB["dropout"]["drop_prob"]
+    specs: dict[str, SiteSpec] = {}
+    for key, members in space.groups:
+        rates, methods = [], []
+        for site in members:
+            spec = plan.sites.get(site, SiteSpec("none", {}))
+            rate = raw.get(site, spec.params.get("drop_prob", 0.0) if spec.method != "none" else 0.0)
+            rates.append(float(rate))
+            if spec.method != "none":
+                methods.append(spec.method)
+        value = round_to_grid(sum(rates) / len(rates), grid)
+        method = max(dict.fromkeys(methods), key=methods.count) if methods and value > 0 else "none"
+        spec = _nearest_spec(method, value, space.group_methods[key])
+        for site in members:
+            specs[site] = spec
+    return space.encode(Plan(specs, model=space.model, ramp_fraction=space.ramp_fraction))
+
+
+_STAND_INS = {"spatial_dropout": ("spatial_dropout", "dropout", "dropblock"),
+              "dropout": ("dropout", "spatial_dropout", "dropblock"), "none": ("none",)}  # fmt: skip
+
+
+def _nearest_spec(method: str, rate: float, allowed: Sequence[str]) -> SiteSpec:
+    """``method`` (or its nearest stand-in that ``allowed`` has, else ``none``, else the first
+    allowed method) at ``rate``; a parameter other than the rate and the ramp takes its first value."""
+    chosen = next((m for m in (*_STAND_INS.get(method, (method,)), "none") if m in allowed), allowed[0])
+    if chosen == "none":
+        return SiteSpec("none", {})
+    params = {p: rate if p == "drop_prob" else 0.0 if p == "ramp" else choices[0]
+              for p, choices in VOCAB[chosen].items()}  # fmt: skip
+    return SiteSpec(chosen, params)
+
+
+# ----------------------------------------------------------------------------- a train_fn's rates
+def trained_rates(plan: Plan) -> tuple[dict[str, float], str]:
+    """(site -> learned rate, "") after a training of ``plan``, read from the layers
+    `apply_plan` last inserted for it (and forgotten, for the next seed); or ({}, why there
+    are none): the plan was never applied, never trained, its regularizer never added to the
+    loss, or its logits never moved (the optimizer does not hold them)."""
+    applied = plan.__dict__.pop(LEARNED_APPLIED, None)
+    if not applied:
+        return {}, (
+            "train_fn never applied this plan: call apply_plan(model, plan, total_steps, n_train=len(train_set)) "
+            "with the plan it is given (search_space.learned)"
+        )
+    layers = {site: layer for site, (layer, _) in applied.items()}
+    if not any(layer.units for layer in layers.values()):
+        return {}, "the model never ran a training forward with the plan's layers after apply_plan"
+    if not any(layer.__dict__.get(_REGULARIZED) for layer in layers.values()):
+        return {}, (
+            "train_fn did not add learned_regularizer(model) to its loss (search_space.learned), so the rates "
+            "are not Concrete Dropout's"
+        )
+    if all(float(layer.logit.detach()) == start for layer, start in applied.values()):
+        return {}, (
+            "the rates never moved from their start: the optimizer does not train the sites' logits (build it "
+            "after apply_plan, e.g. SGD(learned_param_groups(model), ...))"
+        )
+    return {site: layer.drop_prob for site, layer in layers.items()}, ""

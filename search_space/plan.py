@@ -28,6 +28,12 @@ from search_space.vocab import (
 )
 
 PLAN_FORMAT_VERSION = 1
+#: The method of a site whose rate one training learns (Concrete Dropout, `search_space.learned`):
+#: not a searched method (no vocabulary entry, no layer of its own); its one parameter says
+#: whether the rate is per channel (a map site, whose derived plan uses spatial dropout) or
+#: elementwise (dropout).
+LEARNED_METHOD = "learned"
+LEARNED_PARAMS = ("per_channel",)
 
 _TOP_KEYS = ("format_version", "layouts", "metadata", "model", "ramp_fraction", "sites", "space_version")
 
@@ -225,8 +231,10 @@ def _validate_layouts(layouts: Any, sites: dict[str, SiteSpec]) -> dict[str, str
 
 
 def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[str, ParamValue]:
+    if spec.method == LEARNED_METHOD:
+        return _validate_learned(site, spec)
     if spec.method not in VOCAB:
-        raise _bad(f"sites[{site!r}].method", spec.method, str(list(METHODS)))
+        raise _bad(f"sites[{site!r}].method", spec.method, str([*METHODS, LEARNED_METHOD]))
     table = VOCAB[spec.method]
     if not isinstance(spec.params, dict):
         raise _bad(f"sites[{site!r}].params", spec.params, "a dict of parameter values")
@@ -253,6 +261,20 @@ def _validate_params(site: str, spec: SiteSpec, ramp_fraction: float) -> dict[st
     return {
         p: check_value(f"sites[{site!r}].params.{p}", p, choices, params[p], PlanError) for p, choices in table.items()
     }
+
+
+def _validate_learned(site: str, spec: SiteSpec) -> dict[str, ParamValue]:
+    """``learned``'s one parameter, ``per_channel`` (true or false; default false)."""
+    if not isinstance(spec.params, dict):
+        raise _bad(f"sites[{site!r}].params", spec.params, "a dict of parameter values")
+    unknown = sorted(set(spec.params) - set(LEARNED_PARAMS), key=str)
+    if unknown:
+        raise _bad(f"sites[{site!r}].params.{unknown[0]}", allowed=str(list(LEARNED_PARAMS)),
+                   detail=f"unknown parameter of method {LEARNED_METHOD!r}")  # fmt: skip
+    per_channel = spec.params.get("per_channel", False)
+    if not isinstance(per_channel, bool):
+        raise _bad(f"sites[{site!r}].params.per_channel", per_channel, "true or false")
+    return {"per_channel": per_channel}
 
 
 def _bad(field: str = "", value: Any = None, allowed: str = "", *, detail: str = "", hint: str = "") -> UserError:

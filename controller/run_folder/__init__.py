@@ -80,6 +80,7 @@ __all__ = [
     "RANKED_STATUSES",
     "METRIC_MAX",
     "SITE_PREFIX",
+    "LEARNED_TRIAL",
     "HISTORY_COLUMNS",
     "FINAL_COLUMNS",
     "RETRAIN",
@@ -140,6 +141,7 @@ RANKED_STATUSES = (OK,)
 METRIC_MAX = 1e30
 
 SITE_PREFIX = "site:"
+LEARNED_TRIAL = "learned"  # the baseline that learns per-site rates (controller.learned)
 
 # ``python -m results retrain``'s files, in its output folder (default RUN_DIR/results).
 RETRAIN = "retrain.csv"

@@ -76,7 +76,8 @@ def trial_columns(objective: Objective) -> list[str]:
     searched plans); ``reference`` is 1 for both (they never enter a controller update; which
     update a searched trial reached is in controller_history.csv's ``trials``). The metric's
     column holds the final value (mean over the reward seeds), ``<metric>_se`` its standard
-    error and ``<metric>_seeds`` every seed's value (JSON list).
+    error and ``<metric>_seeds`` every seed's value (JSON list); ``learned_rates`` the rate per
+    site of the ``learned`` baseline (JSON; ``controller.learned``), empty for the others.
     """
     m = objective
     return [
@@ -100,6 +101,7 @@ def trial_columns(objective: Objective) -> list[str]:
         "methods",
         "reference",
         "tokens",
+        "learned_rates",
     ]
 
 

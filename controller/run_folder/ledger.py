@@ -106,6 +106,7 @@ class Ledger:
             HISTORY: list(HISTORY_COLUMNS),
             FINAL_TRIALS: list(FINAL_TRIAL_COLUMNS),
         }
+        self._headers: dict[str, list[str]] = {}  # an existing file's own columns
 
     def repair(self) -> None:
         """Drop torn last lines (a crash mid-append) so the next append starts a new line."""
@@ -113,8 +114,23 @@ class Ledger:
             repair_tail(self.run_dir / name)
 
     def append(self, name: str, row: Mapping[str, Any]) -> None:
-        """Append ``row`` to the ledger file ``name`` as one line, on disk when this returns."""
-        append_row(self.run_dir / name, self.columns[name], row)
+        """Append ``row`` to the ledger file ``name`` as one line, on disk when this returns.
+        An existing file keeps its own header: a folder written before a column existed is
+        resumed with its columns (the new one left out), never with misaligned rows."""
+        path = self.run_dir / name
+        new = not path.is_file() or path.stat().st_size == 0
+        append_row(path, self.columns[name] if new else self._header(name, path), row)
+
+    def _header(self, name: str, path: Path) -> list[str]:
+        """The columns of an existing ledger file (its first line), read once."""
+        if name not in self._headers:
+            with path.open(encoding="utf-8", newline="") as f:
+                header = next(csv.reader(f), None)
+            self._headers[name] = list(header) if header else self.columns[name]
+            dropped = [c for c in self.columns[name] if c not in self._headers[name]]
+            if dropped:
+                log.info("%s was written without column(s) %s: appending without them", path, ", ".join(dropped))
+        return self._headers[name]
 
     def trial(self, row: Mapping[str, Any]) -> None:
         self.append(TRIALS, row)

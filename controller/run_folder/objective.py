@@ -85,11 +85,16 @@ def is_better(a: float, b: float, mode: str) -> bool:
 
 def best_row(rows: Sequence[Mapping[str, Any]], objective: Objective) -> Mapping[str, Any] | None:
     """The best finished trial: status ok, finite metric, best by the mode; ties go to the
-    earlier trial. ``results`` ranks with the same rule (``results.tables.ranked``)."""
+    earlier trial; never the ``learned`` baseline (a way to train, not a plan: the plan its
+    rates make competes in the final stage). ``results`` ranks with the same rule."""
     best = None
     for row in rows:
         value = as_float(row.get(objective.metric))
-        if row.get("status") not in rf.RANKED_STATUSES or not math.isfinite(value):
+        if (
+            row.get("status") not in rf.RANKED_STATUSES
+            or not math.isfinite(value)
+            or row.get("baseline") == rf.LEARNED_TRIAL
+        ):
             continue
         if best is None or is_better(value, as_float(best[objective.metric]), objective.mode):
             best = row

@@ -89,8 +89,9 @@ def summary_text(result: SearchResult) -> str:
     ok = df[df["status"].isin(rf.RANKED_STATUSES)] if len(df) else df
     plain = ok[ok["baseline"].fillna("") == "none"] if len(ok) else ok
     ref = float(plain[o.metric].mean()) if len(plain) else None
-    if len(ok):
-        best = ok.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
+    ranked = ok[ok["baseline"].fillna("") != rf.LEARNED_TRIAL] if len(ok) else ok  # run_folder.best_row's rule
+    if len(ranked):
+        best = ranked.sort_values([o.metric, "order"], ascending=[o.mode == "min", True]).iloc[0]
         label = (
             f"baseline {best['baseline']}"
             if str(best.get("baseline") or "") not in ("", "nan")
@@ -99,7 +100,7 @@ def summary_text(result: SearchResult) -> str:
         se = best.get(o.se_column)
         se_text = f" +- {se:.4f}" if isinstance(se, float) and math.isfinite(se) else ""
         lines.append(
-            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}; the best of {len(ok)} draws, "
+            f"Best in search ({label}, {o.metric} {best[o.metric]:.4f}{se_text}; the best of {len(ranked)} draws, "
             "so biased upwards: the final re-training compares fairly): "
             f"{_plan_summary(best['plan_json'])}"
         )
@@ -110,12 +111,18 @@ def summary_text(result: SearchResult) -> str:
                     f"Baseline {name} (best of {len(part)} grid points): {o.metric} {top[o.metric]:.4f}, "
                     f"{_plan_summary(top['plan_json'])}"
                 )
+            elif name == rf.LEARNED_TRIAL:  # one training that learns the rates; the plan they make
+                value = f"{o.metric} {part[o.metric].mean():.4f}"
+                lines.append(f"Baseline {name} (rates learned in one training): {value}, "
+                             f"learned-rates {_learned_summary(part.iloc[0])}")  # fmt: skip
             else:
                 lines.append(f"Baseline {name}: {o.metric} {part[o.metric].mean():.4f}")
         if ref is None:
             lines.append("No regularization: no finished 'none' baseline to compare with")
         else:
             lines.append(f"No regularization: {o.metric} {ref:.4f} ({len(plain)} trial{'s' * (len(plain) > 1)})")
+    elif len(ok):
+        lines.append("No trial but the learned baseline finished with status ok: see the error column of trials.csv")
     else:
         lines.append("No trial finished with status ok: see the error column of trials.csv")
     if result.final is not None and len(result.final) and result.status == "finished":
@@ -157,3 +164,13 @@ def _plan_summary(plan_json: str) -> str:
     from search_space.plan import Plan
 
     return Plan.from_json(str(plan_json)).summary()
+
+
+def _learned_summary(row: Any) -> str:
+    """The plan the learned baseline's rates make (``search_space.learned.derived_plan``), in one line."""
+    from controller.learned import rates_of
+    from search_space.learned import derived_plan
+    from search_space.plan import Plan
+
+    rates = rates_of(row)
+    return derived_plan(Plan.from_json(str(row["plan_json"])), rates).summary() if rates else "(no rates)"

@@ -75,6 +75,7 @@ def searcher_from_config(settings: Any, config: Mapping[str, Any], run_dir: Path
         final_top_k=settings.final_top_k,
         final_seeds=list(config["final_seeds"]),
         settings=settings,
+        learned=Plan.from_dict(config["learned"]) if config.get("learned") is not None else None,
     )
     if settings.search == "controller":
         kwargs["controller_kwargs"] = dict(settings.controller_kwargs)

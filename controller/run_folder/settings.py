@@ -8,6 +8,8 @@ Version 4 (``CONFIG_VERSION``)::
                   what the start resolved from them and the model: the searcher's name, the
                   objective, the search space, the baselines' and tuned recipes' plans, the
                   seed lists (``results`` reads these; their names are those of version 3)
+    learned       the plan of the ``learned`` trial (its sites learn their rates), when the
+                  search has one (``learned_rates``); a folder without it has none
 
 Version 3 (before ``SearchConfig``) is read too: its settings are rebuilt from its flat keys
 and, for a run of ``launch_search.py``, its ``args`` (``_settings_v3``).
@@ -38,22 +40,26 @@ log = logging.getLogger(__name__)
 #: Versions a resume reads: 3 (flat keys and the command's args) and 4.
 READABLE_VERSIONS = (3, 4)
 #: What the start resolved, beside the settings (the same keys in versions 3 and 4).
-RESOLVED = ("searcher", "objective", "space", "baselines", "tuned", "reward_seeds", "final_seeds", "started_at")
+RESOLVED = ("searcher", "objective", "space", "baselines", "tuned", "learned", "reward_seeds", "final_seeds",
+            "started_at")  # fmt: skip
 #: Version 3's flat keys: the resolved ones, the settings it stored, the command's args and train.
 _V3_KEYS = {*RESOLVED, "version", "num_samples", "seed", "final_top_k", "controller_batch", "controller_lr",
             "controller_kwargs", "penalty_reward", "scheduler", "max_epochs", "max_concurrent", "max_failures",
             "trial_timeout", "args", "train"}  # fmt: skip
 
 
-def config_json(settings: Any, *, space: Any, baselines: Mapping[str, Any], tuned: Mapping[str, Any]) -> dict:
+def config_json(
+    settings: Any, *, space: Any, baselines: Mapping[str, Any], tuned: Mapping[str, Any], learned: Any = None
+) -> dict:
     """search_config.json of a new run: the settings, and what the start resolved from them
-    (the space and plans from the model; the seed lists from ``seed``)."""
+    (the space and plans from the model, the ``learned`` trial's plan or none; the seed lists
+    from ``seed``)."""
     from controller.config import FINAL_SEED_OFFSET
 
     s = settings
-    budget = s.final_budget_for(final_contenders(s, baselines, tuned))
+    budget = s.final_budget_for(final_contenders(s, baselines, tuned, learned is not None))
     final_seeds = budget if s.final_stage == "race" else (s.final_seeds if budget else 0)
-    return {
+    out = {
         "version": CONFIG_VERSION,
         "settings": s.to_dict(),
         "searcher": s.search,
@@ -65,16 +71,23 @@ def config_json(settings: Any, *, space: Any, baselines: Mapping[str, Any], tune
         "final_seeds": [s.seed + FINAL_SEED_OFFSET + i for i in range(final_seeds)],
         "started_at": rf.now_iso(),
     }
+    if learned is not None:  # a folder without it (older, or --no-learned-rates) has no learned trial
+        out["learned"] = learned.to_dict()
+    return out
 
 
-def final_contenders(settings: Any, baselines: Mapping[str, Any], tuned: Mapping[str, Any]) -> list[tuple[str, str]]:
+def final_contenders(
+    settings: Any, baselines: Mapping[str, Any], tuned: Mapping[str, Any], learned: bool = False
+) -> list[tuple[str, str]]:
     """(label, kind) of the most finalists a search can have (``controller.stages.contenders``
     may drop a plan equal to an earlier one): what sizes the final stage's budget."""
     from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX
+    from search_space.learned import LEARNED
 
     return [
         *((str(b), BASELINE) for b in baselines),
         *((f"{TUNED_PREFIX}{m}", TUNED) for m in tuned),
+        *([(LEARNED, BASELINE)] if learned else []),
         *((f"searched#{i + 1}", SEARCHED) for i in range(settings.final_top_k)),
     ]
 

@@ -149,6 +149,7 @@ class RunStore:
                 "methods": _text(r.get("methods")),
                 "reference": bool(baseline),
                 "tokens": _text(r.get("tokens")) or "[]",
+                "learned_rates": _text(r.get("learned_rates")),
             }
             out.append(row)
         out.sort(key=lambda row: row["order"])

@@ -1,4 +1,5 @@
-"""The sampled plans: drawn from the searcher's policy, started from the best tuned recipe,
+"""The sampled plans: drawn from the searcher's policy, started from the best tuned recipe
+and the learned rates,
 and drawn again (up to the setting ``max_redraws`` times) when a trial has trained or is training the
 plan already, so no trial repeats one while the policy still proposes others."""
 
@@ -11,6 +12,7 @@ from typing import Any, ClassVar
 
 from controller import run_folder as rf
 from controller.final import SEARCHED, TUNED
+from controller.learned import learned_recipe, learned_row
 from controller.stages.base import Proposal
 from search_space.plan import plan_key
 
@@ -32,21 +34,28 @@ class SampledPlans:
         self.warmed = False  # the tuned recipes were handed to the policy (searcher_state.json)
 
     def ready(self, records: Sequence[Mapping[str, Any]], tuned_total: int) -> bool:
-        """Warm-starting policies sample once every tuned recipe is recorded (then start from
-        them, once); the others right away."""
-        if self.warmed or not self.policy.warm_starts or not tuned_total:
+        """Warm-starting policies sample once every tuned recipe and the ``learned`` trial
+        (when the search has one: the policy's ``learning_plan``) are recorded, then start
+        from them, once (``controller.prior.start_recipes``); the others right away."""
+        learning = getattr(self.policy, "learning_plan", None) is not None
+        if self.warmed or not self.policy.warm_starts or not (tuned_total or learning):
             return True
         tuned = [r for r in records if r.get("kind") == TUNED]
-        if len(tuned) < tuned_total:
+        if len(tuned) < tuned_total or (learning and learned_row(records) is None):
             return False
         ok = [r for r in tuned if r["status"] == rf.OK and r.get("reward") is not None and json.loads(r["tokens"])]
         ok.sort(key=lambda r: (-float(r["reward"]), r["order"]))
-        self.policy._warm_start([(json.loads(r["tokens"]), float(r["reward"])) for r in ok])
+        learned = learned_recipe(records, self.space) if learning else None
+        self.policy._warm_start([(json.loads(r["tokens"]), float(r["reward"])) for r in ok], learned)
         self.warmed = True
         if ok:
             best = ok[0]
             log.info(
                 "%s starts from the best tuned recipe (%s): %s", self.policy.name, best["baseline"], best["methods"]
+            )
+        if learned is not None:
+            log.info(
+                "%s starts from the learned rates too: %s", self.policy.name, self.space.decode(learned[0]).summary()
             )
         return True
 
@@ -102,8 +111,12 @@ class PolicyHooks:
     def _requeued(self, trial_id: str, entry: dict[str, Any]) -> None:
         """A resumed trial runs again under ``trial_id`` (e.g. TPE opens a trial for it)."""
 
-    def _warm_start(self, recipes: list[tuple[list[int], float]]) -> None:
-        """Start from known (tokens, reward) recipes, best first (the tuned global ones)."""
+    def _warm_start(
+        self, recipes: list[tuple[list[int], float]], learned: tuple[list[int], float] | None = None
+    ) -> None:
+        """Start from known (tokens, reward) recipes, best first (the tuned global ones), and
+        from the tokens nearest the plan the learned rates make, with the ``learned`` trial's
+        reward (None: the search has no such trial, or it did not end ok)."""
 
     def _discard(self, trial_id: str, tokens: list[int], reward: float | None) -> None:
         """A draw not trained because its plan was trained (``reward``) or is running (None)."""

@@ -13,7 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from controller import run_folder as rf
-from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, final_rows
+from controller.final import BASELINE, LEARNED, SEARCHED, TUNED, TUNED_PREFIX, final_rows
+from controller.learned import learned_contender
 from controller.stages.base import FinalTrial
 from search_space.plan import plan_key
 
@@ -24,8 +25,10 @@ log = logging.getLogger("controller.searcher")
 
 class TopKFinal:
     """A ``FinalStage`` (``controller.stages.base``): ``top_k`` sampled plans, the
-    ``baselines`` (label -> Plan) and the best recipe of each ``tuned`` method, each trained
-    with every one of ``seeds``. No seeds: no final stage."""
+    ``baselines`` (label -> Plan), the best recipe of each ``tuned`` method and, with
+    ``learned``, ``learned-rates``, each trained with every one of ``seeds``. No seeds: no
+    final stage. (Tune's trial count is fixed from ``planned()`` at the start, so it must
+    never be below what the stage trains.)"""
 
     def __init__(
         self,
@@ -34,8 +37,10 @@ class TopKFinal:
         tuned: Sequence[str],
         top_k: int,
         seeds: Sequence[int],
+        learned: bool = False,
     ) -> None:
         self.objective = objective
+        self.learned = learned  # a learned-rates finalist may come: counted before the start
         self.baselines = dict(baselines)
         self.tuned = list(tuned)
         self.seeds = [int(s) for s in seeds]
@@ -52,7 +57,7 @@ class TopKFinal:
         when fewer distinct sampled plans finished ok."""
         if self._total is not None:
             return self._total
-        return (self.top_k + len(self.baselines) + len(self.tuned)) * len(self.seeds)
+        return (self.top_k + len(self.baselines) + len(self.tuned) + self.learned) * len(self.seeds)
 
     def done(self) -> bool:
         return not self.seeds or (self._queue is not None and not self._queue)
@@ -124,9 +129,11 @@ def contenders(
     top_k: int,
 ) -> dict[str, tuple[Any, str]]:
     """The finalists, label -> (plan, source trial id), in order: the hand-set ``baselines``,
-    each ``tuned`` method's best recipe, then the ``top_k`` best distinct sampled plans (by
-    search-stage value; ties to the earlier). A plan equal to an earlier finalist is not added
-    (a searched plan that is a baseline is that baseline; the next distinct one takes its place)."""
+    each ``tuned`` method's best recipe, ``learned-rates`` (the plan the ``learned`` trial's
+    rates make, when that trial ended ok: ``controller.learned``), then the ``top_k`` best
+    distinct sampled plans (by search-stage value; ties to the earlier). A plan equal to an
+    earlier finalist is not added (a searched plan that is a baseline is that baseline; the
+    next distinct one takes its place)."""
     o = objective
 
     def ranked(kind: str, label: str = "") -> list[Mapping[str, Any]]:
@@ -158,6 +165,9 @@ def contenders(
         best = ranked(TUNED, f"{TUNED_PREFIX}{method}")
         if best:
             add(f"{TUNED_PREFIX}{method}", best[0]["plan"], best[0]["trial_id"])
+    learned = learned_contender(records)
+    if learned is not None:
+        add(LEARNED, *learned)
     n_searched = 0
     for r in ranked(SEARCHED):
         if n_searched >= top_k:

@@ -4,6 +4,7 @@ child_trainer CLI's language-model defaults and text-data messages."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -112,7 +113,10 @@ def test_search_a_users_model_with_the_built_in_trainer(ray_session, user_folder
     config = json.loads((user_folder / "runs" / "r" / "search_config.json").read_text())
     assert config["space"]["groups"] == [["stage1", ["2"]]] and config["space"]["methods"] == ["none", "dropout"]
     assert set(config["baselines"]) == {"none", "dropout"}  # no feature maps: the block baselines do not apply
-    assert "Search finished: 3 trials (3 ok)" in out
+    assert "Search finished: 4 trials (4 ok)" in out  # none, dropout, learned (our trainer learns the rates), 1 sampled
+    rows = list(csv.DictReader((user_folder / "runs" / "r" / "trials.csv").open()))
+    learned = next(r for r in rows if r["baseline"] == "learned")
+    assert set(json.loads(learned["learned_rates"])) == {"2"}  # the MLP's hidden layer: elementwise
 
 
 def test_child_trainer_language_model_uses_its_own_defaults() -> None:

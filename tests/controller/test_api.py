@@ -19,7 +19,7 @@ from torch import nn
 from controller import run_search
 from controller.run_folder import Objective
 from results.cli import main as results_main
-from search_space import Plan, apply_plan, step_schedulers
+from search_space import Plan, apply_plan, learned_param_groups, learned_regularizer, step_schedulers
 
 EPOCHS = 3
 
@@ -58,12 +58,13 @@ def user_train(plan: Plan, seed: int, report) -> None:
     torch.set_num_threads(1)
     xt, yt, xv, yv = user_data()
     model = UserNet()
-    apply_plan(model, plan, total_steps=EPOCHS * 4)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    apply_plan(model, plan, total_steps=EPOCHS * 4, n_train=len(yt))  # n_train: the learned baseline's
+    opt = torch.optim.Adam(learned_param_groups(model), lr=0.02)  # after apply_plan: its logits too
     for _ in range(EPOCHS):
         model.train()
         for i in range(0, 64, 16):
             loss = nn.functional.cross_entropy(model(xt[i : i + 16]), yt[i : i + 16])
+            loss = loss + learned_regularizer(model)  # Concrete Dropout's term; 0 for every other plan
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -102,7 +103,7 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
     )
     assert result.status == "finished" and result.run_dir == tmp_path / "mine"
     rows = _rows(tmp_path / "mine" / "trials.csv")
-    assert len(rows) == 6 and len(result.trials) == 6  # the 'none' baseline + 5 sampled plans
+    assert len(rows) == 7 and len(result.trials) == 7  # the 'none' and 'learned' baselines + 5 sampled plans
     assert {"val_loss", "val_loss_se", "val_loss_seeds", "best_val_loss"} <= set(rows[0])
     assert "val_acc" not in rows[0]
     for r in rows:
@@ -112,27 +113,36 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
         assert float(r["reward"]) == pytest.approx(-float(r["val_loss"]))  # mode=min: reward = -loss
         assert float(r["best_val_loss"]) <= float(r["val_loss"]) + 1e-9
     assert [r["baseline"] for r in rows].count("none") == 1
+    learned = next(r for r in rows if r["baseline"] == "learned")  # user_train follows the recipe: rates back
+    rates = json.loads(learned["learned_rates"])
+    assert learned["kind"] == "baseline" and set(rates) == {"features.1", "features.4"}
+    assert all(0 < r < 1 for r in rates.values()) and all(r["learned_rates"] == "" for r in rows if r is not learned)
     sampled = [r for r in rows if not r["baseline"]]
     used = {t for h in _rows(tmp_path / "mine" / "controller_history.csv") for t in json.loads(h["trials"])}
     assert all(r["trial_id"] in used for r in sampled)  # every sampled plan reached an update
     assert not any(r["trial_id"] in used for r in rows if r["baseline"])  # the baseline never did
     # returned table == trials.csv
     assert list(result.trials["trial_id"]) == [r["trial_id"] for r in rows]
-    # final stage: searched#1 and none, 2 fresh seeds each. Two paired seeds cannot show a
-    # difference (t at 1 df), so best_plan.json holds the baseline whatever the means say.
+    # final stage: searched#1 and the baselines none and learned-rates, 2 fresh seeds each. Two
+    # paired seeds cannot show a difference (t at 1 df), so best_plan.json holds a baseline
+    # whatever the means say.
     final = _rows(tmp_path / "mine" / "final.csv")
-    assert {f["label"] for f in final} == {"searched#1", "none"}
+    assert {f["label"]: f["kind"] for f in final} == {"searched#1": "searched", "none": "baseline",
+                                                       "learned-rates": "baseline"}  # fmt: skip
     searched = next(f for f in final if f["label"] == "searched#1")
     assert searched["comparison"] == "cannot tell: too few seeds" and searched["paired_seeds"] == "2"
     assert (
         float(searched["diff_ci95_low"]) < float(searched["diff_vs_best_baseline"]) < float(searched["diff_ci95_high"])
     )
     chosen = [f for f in final if f["chosen"] == "1"]
-    assert [f["label"] for f in chosen] == ["none"]
+    best_base = min((f for f in final if f["kind"] == "baseline"), key=lambda f: float(f["mean"]))
+    assert [f["label"] for f in chosen] == [best_base["label"]] == [searched["best_baseline"]]
     assert result.best_plan.sites == Plan.from_json(chosen[0]["plan_json"]).sites
     assert result.best_plan.metadata["selected_by"] == "final" and result.best_plan.metadata["kind"] == "baseline"
     state = json.loads((tmp_path / "mine" / "run_state.json").read_text())
-    assert state["exported"] == {"label": "none", "kind": "baseline", "selected_by": "final"}
+    assert state["exported"] == {"label": best_base["label"], "kind": "baseline", "selected_by": "final"}
+    learned_rates = Plan.from_json(next(f for f in final if f["label"] == "learned-rates")["plan_json"])
+    assert learned_rates.metadata["learned_rates"] == {s: round(r, 4) for s, r in rates.items()}
     best_searched = min((r for r in sampled), key=lambda r: float(r["val_loss"]))
     assert (
         Plan.from_json(next(f for f in final if f["label"] == "searched#1")["plan_json"]).sites
@@ -146,8 +156,12 @@ def test_user_model_and_loop_minimising_a_loss(ray_session, tmp_path, capsys):
     block = out.split("# top 5 plans")[1].split("\n\n")[0].split("\n", 1)[1]
     top = list(csv.DictReader(io.StringIO(block)))
     values = [float(r["val_loss"]) for r in top]
-    assert len(top) == 5 and values == sorted(values)
+    assert len(top) == 5 and values == sorted(values) and learned["trial_id"] not in {r["trial_id"] for r in top}
     assert all(" +- " in r["val_loss +- se"] for r in top)  # two reward seeds: a standard error
+    block = out.split("# learned rate per site")[1].split("\n\n")[0].split("\n", 1)[1]
+    table = list(csv.DictReader(io.StringIO(block)))  # beside the searched plan's, per site
+    assert [r["site"] for r in table] == ["features.1", "features.4"] and "searched (searched#1)" in table[0]
+    assert [float(r["learned rate"]) for r in table] == pytest.approx([rates[s] for s in rates], abs=1e-3)
     # figures work without our model (no masks: the API cannot rebuild the user's network)
     assert results_main(["plot", str(result.run_dir), "--out", str(tmp_path / "fig")]) == 0
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
@@ -186,13 +200,14 @@ def test_interrupted_api_search_resumes_without_rerunning(ray_session, tmp_path,
     first = run_search(UserNet, user_train, **kwargs)
     assert first.status == "interrupted"
     done = _rows(run / "trials.csv")
-    assert 3 <= len(done) < 7
+    assert 3 <= len(done) < 8
     second = run_search(UserNet, user_train, resume=True, **kwargs)
     assert second.status == "finished"
     rows = _rows(run / "trials.csv")
-    assert len(rows) == 7 and rows[: len(done)] == done  # finished trials kept as they were
-    assert len({r["trial_id"] for r in rows}) == 7
-    best = min((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["val_loss"]))
+    assert len(rows) == 8 and rows[: len(done)] == done  # finished trials kept as they were
+    assert len({r["trial_id"] for r in rows}) == 8
+    ranked = [r for r in rows if r["status"] == "ok" and r["baseline"] != "learned"]  # a way to train, not a plan
+    best = min(ranked, key=lambda r: float(r["val_loss"]))
     assert Plan.load(run / "best_plan.json").metadata["trial_id"] == best["trial_id"]
 
 

@@ -18,8 +18,10 @@ from search_space import Plan, SearchSpace
 SPACE = SearchSpace([("s1", ["s1"]), ("s2", ["s2"])], model="m")
 #: A value other than the default for every setting.
 OTHER = dict(
-    num_samples=9, search="tpe", reward_seeds=2, baselines=("none", "dropout"), tuned_trials=4, final_top_k=1,
-    final_seeds=3, seed=7, max_concurrent=2, cpus_per_trial=0.5, gpus_per_trial=0.25, scheduler="asha",
+    num_samples=9, search="tpe", reward_seeds=2, baselines=("none", "dropout"), learned_rates=False, tuned_trials=4,
+    final_top_k=1, final_stage="fixed", final_budget=40, final_seeds=4, race_start_seeds=3, race_growth="x2",
+    race_alpha=0.1, confirm_seeds=6, confirm_baselines=1, confirm_max=2, seed=7, max_concurrent=2,
+    cpus_per_trial=0.5, gpus_per_trial=0.25, scheduler="asha",
     max_epochs=5, trial_timeout=60.0, max_failures=1, penalty_reward=0.1, controller_batch=3, controller_lr=0.02,
     controller_kwargs={"hidden_size": 16}, max_redraws=3, metric="val_loss", mode="min", reward_transform="negate",
     sites=("a", "b.*"), layouts={"b.*": "NHWC"}, methods=("none", "dropout"), model_name="mine", child="my.py:train",
@@ -49,7 +51,8 @@ def test_the_command_flags_are_the_fields_with_their_help():
     for f in fields:
         assert re.sub(r"\s+", "", f.metadata["help"]) in text, f.name
     args = parser.parse_args(["--baselines", "none, dropout", "--tuned-trials", "4", "--sites", "a,b"])
-    assert (args.baselines, args.tuned_trials, args.sites, args.final_top_k) == (("none", "dropout"), 4, "a,b", 2)
+    assert (args.baselines, args.tuned_trials, args.sites, args.final_top_k) == (("none", "dropout"), 4, "a,b", 3)
+    assert (args.final_stage, args.final_budget) == ("race", "auto")
 
 
 @pytest.mark.parametrize(
@@ -61,7 +64,15 @@ def test_the_command_flags_are_the_fields_with_their_help():
         ({"tuned_trials": 16}, "tuned_trials: bad value 16; allowed: an integer in [0, 15]"),
         ({"scheduler": "asha"}, "max_epochs: bad value None"),
         ({"max_redraws": -1}, "max_redraws: bad value -1"),
-        ({"final_top_k": 2}, "final_seeds: bad value 0; allowed: at least 1 when final_top_k > 0"),
+        (
+            {"final_top_k": 2, "final_stage": "fixed", "final_seeds": 0},
+            "final_seeds: bad value 0; allowed: at least 1 when final_top_k > 0",
+        ),
+        ({"final_stage": "top-k"}, "final_stage: bad value 'top-k'; allowed: race, fixed"),
+        ({"final_budget": -1}, "final_budget: bad value -1"),
+        ({"race_growth": "x1"}, "race_growth: bad value 'x1'"),
+        ({"race_start_seeds": 1}, "race_start_seeds: bad value 1; allowed: an integer >= 2"),
+        ({"race_alpha": 1.5}, "race_alpha: bad value 1.5"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(kwargs, message):
@@ -138,7 +149,11 @@ def test_a_version_4_folder_reads_back_what_was_written(tmp_path):
     config = SearchConfig(**{**OTHER, "child": None, "train": None})
     started = config_json(config, space=SPACE, baselines={"none": Plan.none(SPACE.sites, model="m")}, tuned={})
     assert read_config(json.loads(json.dumps(started))) == config
-    assert started["reward_seeds"] == [7, 8] and started["final_seeds"] == [1007, 1008, 1009]
+    # a fixed stage: its finalists (none, searched#1) each on final_seeds seeds
+    assert started["reward_seeds"] == [7, 8] and started["final_seeds"] == [1007, 1008, 1009, 1010]
+    race = config_json(config.replace(final_stage="race"), space=SPACE, baselines={"none": Plan.none(SPACE.sites)},
+                       tuned={})  # fmt: skip
+    assert race["final_seeds"] == list(range(1007, 1007 + 40))  # the race's pool: its budget
     assert started["objective"] == {"metric": "val_loss", "mode": "min", "transform": "negate"}
 
 

@@ -41,6 +41,7 @@ def search(tmp_path: Path, *args: str, child: str = "quick") -> int:
             f"{CHILDREN}:{child}",
             "--baselines",
             "none",
+            "--no-learned-rates",  # the fake children learn no rates
             "--final-top-k",
             "0",
             "--epochs",

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controller.config import SearchConfig
 from controller.outcome import NO_REPORT_ERROR, PARTIAL_ERROR, trial_outcome
 from controller.policies import ControllerSearcher, RandomSearcher
 from controller.run_folder import HISTORY_COLUMNS, Objective, trial_columns
@@ -252,6 +253,8 @@ def run_search(monkeypatch, tmp_path, child: str | None, *args: str) -> tuple[in
         hook += ["--baselines", "none"]
     if "--final-top-k" not in args:
         hook += ["--final-top-k", "0"]
+    if child and "--learned-rates" not in args:
+        hook += ["--no-learned-rates"]  # the fake children learn no rates
     rc = launch_search.main(
         ["--storage-path", str(tmp_path), "--name", "run", "--data-dir", str(scratch), *hook, *args]
     )
@@ -273,10 +276,11 @@ def test_controller_search_with_real_children(ray_session, monkeypatch, tmp_path
         "2",
         "--max-concurrent",
         "2",
+        "--no-learned-rates",  # the controller's search alone (the learned baseline: test_learned_baseline.py)
     )
     assert rc == 0
     config = json.loads((run / "search_config.json").read_text())
-    assert config["searcher"] == "controller" and config["version"] == 4
+    assert config["searcher"] == "controller" and config["version"] == 4 and "learned" not in config
     assert config["settings"]["train"]["epochs"] == 1 and config["settings"]["train"]["train_size"] == 100
     assert config["settings"]["num_samples"] == 5 and config["settings"]["max_concurrent"] == 2
     space = SearchSpace.from_dict(config["space"])
@@ -511,8 +515,24 @@ def test_final_stage_is_resumed_without_repeating_finished_retrainings(ray_sessi
     scratch.mkdir()
     (scratch / "sleep").write_text("0.3")
     # launch() turns the final stage off; the later flags turn it back on (argparse: last one wins)
-    proc = launch(tmp_path, ray_session, "--num-samples", "3", "--epochs", "2", "--final-top-k", "1",
-                  "--final-seeds", "2", "--max-concurrent", "1", "--data-dir", str(scratch))  # fmt: skip
+    proc = launch(
+        tmp_path,
+        ray_session,
+        "--num-samples",
+        "3",
+        "--epochs",
+        "2",
+        "--final-top-k",
+        "1",
+        "--final-stage",
+        "fixed",
+        "--final-seeds",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--data-dir",
+        str(scratch),
+    )  # fmt: skip (the race's resume: test_ledger_kill.py)
     out = interrupt_when(proc, lambda: len(read_csv(run / "final_trials.csv")) >= 1)
     assert proc.returncode == 130, out[-3000:]
     partial = read_csv(run / "final_trials.csv")  # the final stage's ledger; final.csv comes when it is done
@@ -563,6 +583,7 @@ def test_final_stage_shrinks_when_fewer_distinct_plans_finished(tmp_path):
         baselines=none_baseline(tiny_space()),
         final_top_k=2,
         final_seeds=[1000, 1001],
+        settings=SearchConfig(final_stage="fixed"),
     )
     one = s.space.encode(s.space.uniform_plan("dropout", drop_prob=0.1, ramp=0.0))
     s._sample_tokens = lambda trial_id: list(one)  # always one plan

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from controller import run_search
-from search_space import Plan, apply_plan, step_schedulers
+from search_space import Plan, apply_plan, learned_param_groups, learned_regularizer, step_schedulers
 
 
 class MLP(nn.Module):
@@ -57,12 +57,13 @@ def train_any(plan: Plan, seed: int, report) -> None:
     torch.set_num_threads(1)
     xt, yt, xv, yv = _data()
     model = MODELS[plan.model]()
-    apply_plan(model, plan, total_steps=4)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    apply_plan(model, plan, total_steps=4, n_train=len(yt))  # n_train: for the learned baseline's plan
+    opt = torch.optim.SGD(learned_param_groups(model), lr=0.1)
     model.train()
     for i in range(0, 32, 8):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(xt[i : i + 8]), yt[i : i + 8]).backward()
+        loss = nn.functional.cross_entropy(model(xt[i : i + 8]), yt[i : i + 8])
+        (loss + learned_regularizer(model)).backward()  # zero but for the learned baseline
         opt.step()
         step_schedulers(model)
     model.eval()
@@ -79,6 +80,7 @@ def test_search_on_a_users_model_trains_searched_plans(ray_session, tmp_path: Pa
     result = run_search(  # verbose: the searcher's INFO lines, which the root's WARNING level drops otherwise
         MODELS[name], train_any, metric="val_loss", mode="min", num_samples=2, search="random", seed=1,
         storage_path=tmp_path, name=name, model_name=name, example_input=EXAMPLE, sites="stage", verbose=True,
+        final_top_k=0,  # the search stage on a user's model (the final stage: test_api.py)
     )  # fmt: skip
     assert result.status == "finished", result.summary
     space = json.loads((result.run_dir / "search_config.json").read_text())["space"]
@@ -90,8 +92,13 @@ def test_search_on_a_users_model_trains_searched_plans(ray_session, tmp_path: Pa
     assert len(searched) == 2
     plans = [Plan.from_json(p) for p in searched["plan_json"]]
     assert any(spec.method != "none" for p in plans for spec in p.sites.values())
+    learned = result.trials[result.trials["baseline"] == "learned"].iloc[0]  # the loop follows the recipe
+    rates = json.loads(learned["learned_rates"])
+    assert learned["status"] == "ok" and set(rates) == {s for _, g in space["groups"] for s in g}
+    per_channel = {s: spec.params["per_channel"] for s, spec in Plan.from_json(learned["plan_json"]).sites.items()}
+    assert set(per_channel.values()) == {name == "cnn"}  # maps learn per channel, flat features elementwise
     progress = [r.getMessage() for r in caplog.records if r.name == "controller.searcher" and r.levelno == logging.INFO]
-    assert sum(m.startswith(("[1/3]", "[2/3]", "[3/3]")) for m in progress) == 3  # verbose: a line per trial
+    assert sum(m.startswith(tuple(f"[{i}/4]" for i in range(1, 5))) for m in progress) == 4  # a line per trial
 
 
 def test_a_search_where_every_trial_fails_is_failed_and_names_the_error(ray_session, tmp_path: Path) -> None:
@@ -100,7 +107,7 @@ def test_a_search_where_every_trial_fails_is_failed_and_names_the_error(ray_sess
         storage_path=tmp_path, name="broken", example_input=EXAMPLE,
     )  # fmt: skip
     assert result.status == "failed" and not result.finished
-    assert "every trial failed; most common error (2 of 2 trials)" in result.error
+    assert "every trial failed; most common error (3 of 3 trials)" in result.error  # none, learned, sampled
     assert "the user's loop broke" in result.error
     next_lines = result.summary.split("Next:")[1]
     assert "summarize" in next_lines and "retrain" not in next_lines and "export" not in next_lines
@@ -118,7 +125,7 @@ def test_launch_search_exits_1_when_every_trial_fails(ray_session, tmp_path: Pat
     )  # fmt: skip
     out = capsys.readouterr()
     assert rc == 1, out.out + out.err
-    assert "Stopped by an error: every trial failed; most common error (2 of 2 trials): ValueError: no luck today" in (
+    assert "Stopped by an error: every trial failed; most common error (3 of 3 trials): ValueError: no luck today" in (
         out.out
     )
     assert "retrain" not in out.out.split("Next:")[1]

@@ -97,6 +97,7 @@ def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
                     f"{CHILDREN}:quick",
                     "--baselines",
                     "none",
+                    "--no-learned-rates",  # the fake children learn no rates
                     "--final-top-k",
                     "0",
                     *args,

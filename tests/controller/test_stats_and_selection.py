@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.config import SearchConfig
 from controller.final import final_rows, verdict
 from controller.policies import ControllerSearcher, RandomSearcher, TPESearcher
 from controller.run_folder import Objective
@@ -191,7 +192,10 @@ def test_tpe_is_told_the_tuned_recipes_before_sampling(tmp_path: Path):
 def test_sampled_repeats_are_drawn_again_and_finalists_are_distinct(tmp_path: Path):
     space = tiny_space()
     none = Plan.none(space.sites, model="m")
-    s = RandomSearcher(space, num_samples=3, baselines={"none": none}, final_top_k=2, final_seeds=3, seed=0)
+    fixed = SearchConfig(final_stage="fixed")  # every finalist on every seed (the race: test_race_stage.py)
+    s = RandomSearcher(
+        space, num_samples=3, baselines={"none": none}, final_top_k=2, final_seeds=3, seed=0, settings=fixed
+    )
     dropout = space.encode(space.uniform_plan("dropout", drop_prob=0.1, ramp=0.0))
     stronger = space.encode(space.uniform_plan("dropout", drop_prob=0.2, ramp=0.0))
     draws = iter([[0] * len(dropout), dropout, dropout, stronger] + [dropout] * (MAX_REDRAWS + 1))
@@ -215,7 +219,8 @@ def test_sampled_repeats_are_drawn_again_and_finalists_are_distinct(tmp_path: Pa
 def test_a_searched_finalist_equal_to_a_baseline_is_that_baseline(tmp_path: Path):
     space = tiny_space()
     base = {"none": Plan.none(space.sites, model="m"), "dropout": space.uniform_plan("dropout", drop_prob=0.1)}
-    s = RandomSearcher(space, num_samples=1, baselines=base, final_top_k=1, final_seeds=3, seed=0)
+    fixed = SearchConfig(final_stage="fixed")
+    s = RandomSearcher(space, num_samples=1, baselines=base, final_top_k=1, final_seeds=3, seed=0, settings=fixed)
     s._sample_tokens = lambda trial_id: space.encode(base["dropout"])  # the policy insists on a baseline
     for tid in ("a", "b", "c"):
         s.suggest(tid)

@@ -13,6 +13,8 @@ import pytest
 
 from results.cli import main as results_main
 from search_space import Plan
+from search_space.learned import derived_plan
+from search_space.plan import plan_key
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,11 @@ def test_lm_search_ranks_by_perplexity_with_the_transformer_baselines(lm_run: Pa
     train = config["settings"]["train"]
     assert train["dataset"] == "builtin_text" and train["model"] == "transformer_lm"
     rows = _rows(lm_run / "trials.csv")
-    assert len(rows) == 5 and {"val_ppl", "val_ppl_se", "best_val_ppl"} <= set(rows[0]) and "val_acc" not in rows[0]
-    assert sorted(r["baseline"] for r in rows if r["baseline"]) == ["dropout", "none"]
+    assert len(rows) == 6 and {"val_ppl", "val_ppl_se", "best_val_ppl"} <= set(rows[0]) and "val_acc" not in rows[0]
+    assert sorted(r["baseline"] for r in rows if r["baseline"]) == ["dropout", "learned", "none"]
+    learned = next(r for r in rows if r["baseline"] == "learned")  # token sites: elementwise rates
+    assert {s.params["per_channel"] for s in Plan.from_json(learned["plan_json"]).sites.values()} == {False}
+    assert all(0 < r < 1 for r in json.loads(learned["learned_rates"]).values())
     dropout = Plan.from_json(next(r for r in rows if r["baseline"] == "dropout")["plan_json"])
     assert {(s.method, s.params.get("drop_prob")) for s in dropout.sites.values()} == {("dropout", 0.1)}
     for r in rows:
@@ -71,7 +76,15 @@ def test_lm_search_ranks_by_perplexity_with_the_transformer_baselines(lm_run: Pa
     assert methods <= {"none", "dropout", "seq_pattern"}
     final = _rows(lm_run / "final.csv")
     chosen = next(f for f in final if f["chosen"] == "1")
-    assert float(chosen["mean"]) == min(float(f["mean"]) for f in final)  # lowest perplexity wins
+    derived = derived_plan(Plan.from_json(learned["plan_json"]), json.loads(learned["learned_rates"]))
+    same = [f["label"] for f in final if plan_key(Plan.from_json(f["plan_json"])) == plan_key(derived)]
+    kinds = {f["label"]: f["kind"] for f in final}
+    if "learned-rates" in kinds:  # a baseline finalist
+        assert same == ["learned-rates"] and kinds["learned-rates"] == "baseline"
+    else:  # the same plan as an earlier one (rates near 0.1 after two epochs: the dropout baseline's), trained once
+        assert len(same) == 1 and same[0] in ("none", "dropout")
+    pool = [f for f in final if (f["kind"] == "searched") == (chosen["kind"] == "searched")]
+    assert float(chosen["mean"]) == min(float(f["mean"]) for f in pool)  # lowest perplexity wins
     assert Plan.load(lm_run / "best_plan.json").sites == Plan.from_json(chosen["plan_json"]).sites
 
 
@@ -104,6 +117,6 @@ def test_results_on_an_lm_run_show_perplexity(lm_run: Path, tmp_path: Path, caps
         == 0
     )
     summary = {r["plan"]: r for r in _rows(tmp_path / "retrain_summary.csv")}
-    assert set(summary) == {"searched#1", "none"}
+    assert set(summary) == {"searched#1", "none", "learned-rates"}  # learned-rates by default
     assert all(float(r["test_ppl_mean"]) > 1 for r in summary.values())
     assert "test_ppl" in capsys.readouterr().out

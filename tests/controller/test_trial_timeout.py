@@ -23,7 +23,7 @@ def test_a_hung_child_is_recorded_as_timeout_and_the_search_goes_on(ray_session,
     start = time.time()
     rc = launch_search.main(
         ["--storage-path", str(tmp_path), "--name", "run", "--data-dir", str(scratch),
-         "--child", f"{CHILDREN}:hangs_once", "--baselines", "none", "--final-top-k", "0",
+         "--child", f"{CHILDREN}:hangs_once", "--baselines", "none", "--no-learned-rates", "--final-top-k", "0",
          "--tuned-trials", "0", "--epochs", "1", "--num-samples", "3", "--max-concurrent", "2",
          "--trial-timeout", "2"]
     )  # fmt: skip

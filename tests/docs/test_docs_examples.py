@@ -76,6 +76,14 @@ def test_docs_training_function_runs_without_ray(tmp_path: Path, monkeypatch: py
     reports: list[dict] = []
     namespace["user_train"](plan, 0, lambda **m: reports.append(m))
     assert len(reports) == namespace["EPOCHS"] and all(set(r) == {"val_loss"} for r in reports)
+    # the example follows the learned baseline's recipe: a search gets its rates back
+    from search_space import SearchSpace
+    from search_space.learned import learning_plan, trained_rates
+
+    learning = learning_plan(SearchSpace.for_model(namespace["UserNet"]()))
+    namespace["user_train"](learning, 0, lambda **m: None)
+    rates, why = trained_rates(learning)
+    assert why == "" and set(rates) == set(sites) and all(0 < r < 1 for r in rates.values())
 
 
 def slug(heading: str) -> str:

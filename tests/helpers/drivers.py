@@ -21,6 +21,7 @@ def launch(tmp_path: Path, address: str, *extra: str) -> subprocess.Popen:
         ["--child", f"{CHILDREN}:quick"]  # a resume takes the code from the command line, never the folder
         if "--resume" in extra
         else ["--child", f"{CHILDREN}:quick", "--baselines", "none", "--final-top-k", "0", "--tuned-trials", "0"]
+        + ["--no-learned-rates"]  # the fake children learn no rates
     )
     cmd = [
         sys.executable,

@@ -269,6 +269,7 @@ class PlantedTask:
             "sites": "stage",
             "baselines": BASELINES,
             "example_input": example_input(),
+            "learned_rates": False,  # nothing trains, so Concrete Dropout has no rates to learn
         }
 
     def describe(self) -> Mapping[str, Any]:

@@ -27,13 +27,14 @@ from results.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLED = 3
 BASELINES = ("none", "dropblock")
-NUM_SAMPLES = SAMPLED + len(BASELINES)  # rows of trials.csv
+NUM_SAMPLES = SAMPLED + len(BASELINES) + 1  # rows of trials.csv: the learned baseline too
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
-    """A real tiny controller search: 2 baselines, 3 sampled plans, then the best sampled plan and
-    both baselines re-trained with 2 fresh seeds (1 epoch each); it joins the suite's Ray."""
+    """A real tiny controller search: 2 baselines and the learned one, 3 sampled plans, then the best
+    sampled plan, both baselines and learned-rates re-trained with 2 fresh seeds (1 epoch each);
+    it joins the suite's Ray."""
     storage = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
         [
@@ -99,7 +100,7 @@ def test_load_run_reads_every_finished_trial_in_order(run_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- summarize
 def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys) -> None:
-    rows = [r for r in _rows(run_dir) if r["status"] == "ok"]
+    rows = [r for r in _rows(run_dir) if r["status"] == "ok" and r["baseline"] != "learned"]  # a way to train
     best_first = sorted(rows, key=lambda r: (-float(r["val_acc"]), int(r["order"])))
     rc, out, err = _cli(["summarize", str(run_dir), "--top", "3", "--format", "csv"], capsys)
     assert rc == 0, err
@@ -113,7 +114,13 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
     # per-method statistics, recomputed from the raw rows (the baselines are nobody's choice)
     all_rows = _rows(run_dir)
     sampled = [r for r in all_rows if not r["baseline"]]
-    assert len(sampled) == SAMPLED and sorted(r["baseline"] for r in all_rows if r["baseline"]) == sorted(BASELINES)
+    baselines = sorted(r["baseline"] for r in all_rows if r["baseline"])
+    assert len(sampled) == SAMPLED and baselines == sorted([*BASELINES, "learned"])
+    learned = sections["learned rate per site"]  # beside the learned-rates plan and the searched plan's
+    rates = json.loads(next(r for r in all_rows if r["baseline"] == "learned")["learned_rates"])
+    assert {r["site"]: float(r["learned rate"]) for r in learned} == pytest.approx(rates, abs=1e-3)
+    assert all(r["learned-rates"] for r in learned)
+    assert "searched (searched#1)" in learned[0]
     stats = sections["methods per site"]
     for site in (c[len("site:") :] for c in all_rows[0] if c.startswith("site:")):
         chosen = [r[f"site:{site}"] for r in sampled]
@@ -140,7 +147,7 @@ def test_summarize_ranks_and_method_stats_match_trials_csv(run_dir: Path, capsys
 def test_summarize_text_and_markdown(run_dir: Path, capsys) -> None:
     rc, out, _ = _cli(["summarize", str(run_dir), "--top", "2"], capsys)
     assert rc == 0 and "== top 2 plans" in out and "== failed or diverged trials ==" in out
-    best = max(_rows(run_dir), key=lambda r: float(r["val_acc"]))
+    best = max((r for r in _rows(run_dir) if r["baseline"] != "learned"), key=lambda r: float(r["val_acc"]))
     assert best["trial_id"] in out.split("== top 2 plans")[1].split("==")[1]
     rc, out, _ = _cli(["summarize", str(run_dir), "--format", "markdown"], capsys)
     assert rc == 0 and "### top 5 plans" in out and "|---|" in out
@@ -166,7 +173,7 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
     block = next(b for b in out.split("\n\n") if b.startswith("# controller vs random"))
     table = {r["searcher"]: r for r in csv.DictReader(io.StringIO(block.split("\n", 1)[1]))}
     assert set(table) == {"controller", "random"} | {
-        f"{run}:baseline:{b}" for run in ("tiny", "random_run") for b in BASELINES
+        f"{run}:baseline:{b}" for run in ("tiny", "random_run") for b in (*BASELINES, "learned")
     }
     for name, src in (("controller", _rows(run_dir)), ("random", rows)):
         src = [r for r in src if not r["baseline"]]
@@ -189,7 +196,7 @@ def test_controller_vs_random_last_quarter(run_dir: Path, tmp_path: Path, capsys
 
 def test_summarize_shows_the_final_stage_and_standard_errors(run_dir: Path, capsys) -> None:
     final = list(csv.DictReader(open(run_dir / "final.csv", newline="")))
-    assert sorted(f["label"] for f in final) == sorted(["searched#1", *BASELINES])
+    assert sorted(f["label"] for f in final) == sorted(["searched#1", "learned-rates", *BASELINES])
     assert all(int(f["seeds"]) == 2 and len(json.loads(f["values"])) == 2 for f in final)
     for f in final:
         vals = list(json.loads(f["values"]).values())
@@ -288,7 +295,7 @@ def test_interrupted_run_is_summarized_with_what_exists(run_dir: Path, tmp_path:
     part = _copy_run(run_dir, tmp_path / "part")
     state = json.loads((part / "run_state.json").read_text())
     (part / "run_state.json").write_text(json.dumps({**state, "status": "interrupted", "completed": 2}))
-    rows = _rows(part)[:2]
+    rows = [r for r in _rows(part) if r["baseline"] != "learned"][:2]  # two ranked trials
     with open(part / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -387,12 +394,13 @@ def test_retrain_writes_csv_summary_and_plot(run_dir: Path, tmp_path: Path, caps
     # fresh seeds: the first ones the search never trained with (its reward seed was 0)
     used = set(json.loads((run_dir / "search_config.json").read_text())["reward_seeds"])
     assert used == {0}
-    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in ("searched#1", "disout") for s in ("1", "2")]
+    plans = ("searched#1", "learned-rates", "disout")  # learned-rates: retrained by default
+    assert [(r["plan"], r["seed"]) for r in rows] == [(p, s) for p in plans for s in ("1", "2")]
     assert "seeds [1, 2]: fresh (the search never trained with them)" in out
     assert all(r["status"] == "ok" and 0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
     with open(tmp_path / "retrain_summary.csv", newline="") as f:
         summary = {r["plan"]: r for r in csv.DictReader(f)}
-    for plan in ("searched#1", "disout"):
+    for plan in plans:
         accs = [float(r["test_acc"]) for r in rows if r["plan"] == plan]
         assert float(summary[plan]["test_acc_mean"]) == pytest.approx(statistics.mean(accs))
         assert float(summary[plan]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), abs=1e-12)

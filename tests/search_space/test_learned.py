@@ -134,8 +134,8 @@ def test_bad_arguments_name_the_field() -> None:
         apply_learned(model, {"bn1": 1}, n_train=10, weight_decay=-1.0)
     with pytest.raises(FieldError, match="channel_dim"):
         apply_learned(model, {"bn1": "1"}, n_train=10)
-    with pytest.raises(FieldError, match="apply_learned"):
-        learned_regularizer(model)
+    zero = learned_regularizer(model)  # no ConcreteDropout: a loop may always add it
+    assert zero.item() == 0.0 and not zero.requires_grad
 
 
 def test_rates_make_an_ordinary_plan_on_the_grid_that_round_trips(tmp_path) -> None:

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from controller import run_search
-from search_space import Plan, apply_plan, regularizers, step_schedulers
+from search_space import Plan, apply_plan, learned_param_groups, learned_regularizer, regularizers, step_schedulers
 from search_space.apply import unwrap_regularizer
+from search_space.layers import ConcreteDropout
+from search_space.learned import channel_dim_of_layout
 
 
 class TextClassifier(nn.Module):
@@ -53,16 +55,20 @@ def train_two_steps(plan: Plan, seed: int, report) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = data(g, 16), torch.randint(0, 3, (16,), generator=g)
     model = make()
-    apply_plan(model, plan, total_steps=2)
+    apply_plan(model, plan, total_steps=2, n_train=len(y))  # n_train: the learned baseline's
     for site, reg in regularizers(model).items():
-        told = getattr(unwrap_regularizer(reg), "layout", plan.layouts[site])  # Dropout: layout-free
+        layer = unwrap_regularizer(reg)
+        told = getattr(layer, "layout", plan.layouts[site])  # Dropout: layout-free
+        if isinstance(layer, ConcreteDropout):  # the learned baseline: per channel on the layout's channel axis
+            told = plan.layouts[site] if layer.channel_dim == channel_dim_of_layout(plan.layouts[site]) else "?"
         if told != plan.layouts[site]:
             raise AssertionError(f"{site}: layer told {told}, site is {plan.layouts[site]}")
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(learned_param_groups(model), lr=0.1)
     model.train()
     for i in (0, 8):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 8]), y[i : i + 8]).backward()
+        loss = nn.functional.cross_entropy(model(x[i : i + 8]), y[i : i + 8])
+        (loss + learned_regularizer(model)).backward()
         opt.step()
         step_schedulers(model)
     model.eval()
@@ -87,7 +93,7 @@ def test_an_lstm_classifier_is_searched_at_its_embedding_and_lstm_output(ray_ses
     assert space["layouts"] == {"emb": "NTC", "lstm": "NTC"}  # not fc: the logits are never a site
     assert space["methods"] == ["none", "dropout", "seq_pattern"]
     searched = result.trials[result.trials["baseline"].fillna("") == ""]
-    assert len(searched) == 2 and set(searched["status"]) == {"ok"}
+    assert len(searched) == 2 and set(result.trials["status"]) == {"ok"}  # the learned baseline too: tokens
     plans = [Plan.from_json(p) for p in searched["plan_json"]]
     assert all(p.layouts == {"emb": "NTC", "lstm": "NTC"} for p in plans)
     assert any(spec.method != "none" for p in plans for spec in p.sites.values())
@@ -98,6 +104,10 @@ def test_a_conv3d_model_is_searched_with_dropblock3d_and_its_baselines(ray_sessi
     assert space["layouts"] == {"body.1": "NCDHW", "body.4": "NCDHW"}
     assert "dropblock" in space["methods"] and "disout" not in space["methods"]
     rows = result.trials
-    assert set(rows["status"]) == {"ok"} and sorted(b for b in rows["baseline"].dropna() if b) == ["dropblock", "none"]
+    baselines = sorted(b for b in rows["baseline"].dropna() if b)
+    assert set(rows["status"]) == {"ok"} and baselines == ["dropblock", "learned", "none"]
+    learned = rows.loc[rows["baseline"] == "learned"].iloc[0]  # per channel along C of N,C,D,H,W
+    assert set(json.loads(learned["learned_rates"])) == {"body.1", "body.4"}
+    assert Plan.from_json(learned["plan_json"]).sites["body.4"].params == {"per_channel": True}
     dropblock = Plan.from_json(rows.loc[rows["baseline"] == "dropblock", "plan_json"].iloc[0])
     assert dropblock.layouts["body.4"] == "NCDHW" and dropblock.sites["body.4"].method == "dropblock"
