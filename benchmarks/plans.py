@@ -68,7 +68,7 @@ SITE_SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 def as_layer_of(layer: nn.Module, layers: ModuleType) -> nn.Module:
     """``layer`` turned, in place, into the same-named regularizer of ``layers`` (an older
     version of the package, `benchmarks.layers.load_layers_at`): same attributes, its code.
-    Schedulers stay (apply.py recognizes them by class; they only set an attribute)."""
+    Schedulers stay (search_space.insertion recognizes them by class; they only set an attribute)."""
     name = type(layer).__name__
     if type(layer).__module__.startswith(_layers.__name__) and name != "LinearScheduler":
         layer.__class__ = getattr(layers, name)

@@ -185,11 +185,13 @@ def main() -> None:
 
     import controller.final
     import controller.race
+    import controller.race_confirmation
     from controller.race import RaceSettings
 
     rng = np.random.default_rng(args.seed)
     check_fast_paired(rng)
     controller.race.paired = fast_paired
+    controller.race_confirmation.paired = fast_paired
     controller.final.paired = fast_paired
     n_contenders = args.searched + len(BASELINES)
     today = n_contenders * 3

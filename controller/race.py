@@ -45,6 +45,9 @@ confirmation seed drops out of the pairs.
 (contenders, seed pool, budget, settings, mode) and the results in the order they were
 recorded; ``Race.replay`` rebuilds it from a ledger's rows, so an interruption at any point
 resumes to the same decisions. The race knows nothing of Ray or the run folder.
+
+What a race is given (`Contender`, `RaceSettings`) is ``controller.race_settings``; the
+confirmation's verdict is ``controller.race_confirmation``; both are importable from here.
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ import logging
 import math
 import statistics
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from controller.stats import BETTER, CANNOT_TELL, MIN_SEEDS, TOO_FEW, WORSE, Paired, holm, paired, standard_error
+from controller.race_confirmation import FAILED, confirmation_verdict
+from controller.race_settings import BASELINE, KINDS, SEARCHED, TUNED, Contender, RaceSettings
+from controller.stats import holm, holm_adjusted, paired, standard_error
 from search_space.errors import user_error
 
 __all__ = [
@@ -78,98 +82,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SEARCHED, BASELINE, TUNED = "searched", "baseline", "tuned"
-KINDS = (SEARCHED, BASELINE, TUNED)
-WINNER, SURVIVOR, FAILED = "winner", "survivor", "failed"
+WINNER, SURVIVOR = "winner", "survivor"
 RACE, CONFIRM, DONE = "race", "confirm", "done"
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One plan in the race: its label and whether it was searched or is a baseline."""
-
-    label: str
-    kind: str
-
-
-@dataclass(frozen=True)
-class RaceSettings:
-    """How a race spends its budget (defaults chosen by ``benchmarks/race_sim.py``).
-
-    start_seeds: seeds every contender starts on (2 or more: a paired t needs 2).
-    growth: how survivors' seed counts grow per round: ``xN`` multiplies (SMAC doubles),
-        ``+N`` adds N (irace adds one instance a round).
-    race_alpha: family-wise level of one round's eliminations (Holm over the round's
-        comparisons with the leader). A wrong elimination costs power, never a false export:
-        the confirmation alone decides what is exported.
-    alpha: family-wise level of the confirmation (Holm over the searched plans confirmed),
-        the product's "better".
-    confirm_seeds: fewest confirmation seeds per confirmed plan; the race keeps
-        ``(confirm_max + confirm_baselines) * confirm_seeds`` trainings of the budget for the
-        confirmation.
-    confirm_max: most searched survivors confirmed when the budget ends the race with several.
-    confirm_baselines: baselines confirmed against (the best ones by the race): a searched plan
-        is exported only when better than each (an intersection-union test: no correction
-        needed), so a best baseline the race misjudged among close ones cannot be the weak
-        one it is shown better than.
-    """
-
-    start_seeds: int = 2
-    growth: str = "+1"
-    race_alpha: float = 0.2
-    alpha: float = 0.05
-    confirm_seeds: int = 5
-    confirm_max: int = 1
-    confirm_baselines: int = 2
-
-    def __post_init__(self) -> None:
-        _int_at_least("start_seeds", self.start_seeds, 2)
-        _int_at_least("confirm_seeds", self.confirm_seeds, MIN_SEEDS)
-        _int_at_least("confirm_max", self.confirm_max, 1)
-        _int_at_least("confirm_baselines", self.confirm_baselines, 1)
-        for name in ("race_alpha", "alpha"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise user_error(name, value, "a number strictly between 0 and 1, e.g. 0.05")
-        self.grow(self.start_seeds)  # validates growth
-
-    def grow(self, n: int) -> int:
-        """The seed count survivors aim for in the next round, from ``n`` now."""
-        text = self.growth.strip() if isinstance(self.growth, str) else ""
-        op, num = text[:1], text[1:]
-        k = int(num) if num.isdigit() else 0
-        if op == "x" and k >= 2:
-            return n * k
-        if op == "+" and k >= 1:
-            return n + k
-        raise user_error("growth", self.growth, "'xN' (N >= 2: multiply seeds per round) or '+N' (N >= 1: add N)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _int_at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise user_error(name, value, f"an integer >= {low}")
-
-
-def _p_or_inf(p: float) -> float:
-    return p if math.isfinite(p) else math.inf
-
-
-def holm_adjusted(p_values: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values (for reading only: ``controller.stats.holm`` decides), in input
-    order: the i-th smallest becomes the running maximum of ``(m - j + 1) * p_(j)``, capped at 1;
-    NaN stays NaN. A hypothesis is rejected at ``alpha`` exactly when its adjusted value is
-    below ``alpha``."""
-    m = len(p_values)
-    finite = sorted((float(p), i) for i, p in enumerate(p_values) if isinstance(p, (int, float)) and math.isfinite(p))
-    out = [float("nan")] * m
-    running = 0.0
-    for rank, (p, i) in enumerate(finite):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
 
 
 class Race:
@@ -415,46 +329,9 @@ class Race:
         return sorted(pool, key=key, reverse=True)
 
     def _close_confirmation(self) -> None:
-        """Each confirmed plan against each confirmed baseline; its p-value is the largest of
-        them (intersection-union: better than all, or not better), Holm over the plans."""
-        binding: list[tuple[str, Paired] | None] = []
-        every: list[list[Paired]] = []
-        for c in self.confirmed:
-            vals = self._confirm_values[c]
-            cmps = [(b, paired(vals, self._confirm_values[b], self.mode)) for b in self.comparators]
-            every.append([cmp_ for _, cmp_ in cmps])
-            if any(not math.isfinite(v) for v in vals.values()):
-                binding.append(None)
-                continue
-            # the comparison that binds: the largest p (NaN largest of all), first listed on ties
-            binding.append(max(cmps, key=lambda bc: (_p_or_inf(bc[1].p_value), -self.comparators.index(bc[0]))))
-        p = [b[1].p_value if b is not None else float("nan") for b in binding]
-        rejected = holm(p, self.settings.alpha)
-        adjusted = holm_adjusted(p)
-        for c, bc, others, rej, p_adj in zip(self.confirmed, binding, every, rejected, adjusted):
-            cmp_ = bc[1] if bc is not None else None
-            if cmp_ is None:
-                word = FAILED
-            elif cmp_.n < MIN_SEEDS:
-                word = TOO_FEW
-            elif rej and all(o.mean > 0 for o in others):
-                word = BETTER
-            elif rej and all(o.mean < 0 for o in others):
-                word = WORSE
-            else:
-                word = CANNOT_TELL
-            self.confirmation[c] = {
-                "paired": cmp_,
-                "vs": bc[0] if bc is not None else self.comparator,
-                "p_holm": p_adj,
-                "word": word,
-                "m": len(self.confirmed),
-            }
-        better = [c for c in self.confirmed if self.confirmation[c]["word"] == BETTER]
-        self.exported = (
-            max(better, key=lambda c: (self.confirmation[c]["paired"].mean, -self._index[c]))
-            if better
-            else self.comparator
+        """The confirmation's verdict (``controller.race_confirmation``) decides the export."""
+        self.confirmation, self.exported = confirmation_verdict(
+            self.confirmed, self.comparators, self._confirm_values, self.mode, self.settings.alpha, self._index
         )
         self._pending = set()
         self.phase = DONE

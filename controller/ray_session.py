@@ -112,6 +112,14 @@ class _Signals:
                 signal.signal(signal.SIGTERM, self.previous)
 
 
+def _stop_tune() -> None:
+    """Ask a running Tune to stop as on Ctrl+C (SIGUSR1: it saves its state, and trials still
+    running are re-run on resume). Outside Tune (no handler installed) nothing is sent."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is not None and signal.getsignal(usr1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        os.kill(os.getpid(), usr1)
+
+
 class _DropTuneHints(logging.Filter):
     """Tune's end-of-run hints name Python APIs; our own log line says what to run instead."""
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -44,9 +43,11 @@ from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_
 from controller.learned import baseline_items
 from controller.outcome import trial_outcome
 from controller.progress import log_progress
+from controller.ray_session import _stop_tune
 from controller.records import Tally, trial_row
 from controller.run_folder.store import RunStore
-from controller.searcher_state import FINAL, SEARCH, Persisted, seed_list
+from controller.searcher_args import checked_args
+from controller.searcher_state import FINAL, SEARCH, Persisted
 from controller.stages import FixedPlans, Proposal, RaceFinal, SampledPlans, TopKFinal
 from controller.stages.neighbours import Neighbours, neighbour_limit
 from controller.stages.sampled import PolicyHooks
@@ -60,16 +61,6 @@ log = logging.getLogger(__name__)
 
 #: What ``on_trial_result`` keeps of a result (besides the objective's columns).
 _RESULT_KEYS = ("final", "status", "error", "message", "seconds", "node", "epoch", "precision", "learned_rates")
-
-
-def _stop_tune() -> None:
-    """Ask a running Tune to stop as on Ctrl+C (SIGUSR1: it saves its state, and trials still
-    running are re-run on resume). Outside Tune (no handler installed) nothing is sent."""
-    import signal
-
-    usr1 = getattr(signal, "SIGUSR1", None)
-    if usr1 is not None and signal.getsignal(usr1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-        os.kill(os.getpid(), usr1)
 
 
 class PlanSearcher(Persisted, PolicyHooks, Searcher):
@@ -116,33 +107,15 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
     ) -> None:
         self.objective = objective or rf.Objective()
         super().__init__(metric=self.objective.metric, mode=self.objective.mode)
-        for field, value in (("num_samples", num_samples), ("controller_batch", controller_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise user_error(field, value, "an integer >= 1")
-        if isinstance(final_top_k, bool) or not isinstance(final_top_k, int) or final_top_k < 0:
-            raise user_error("final_top_k", final_top_k, "an integer >= 0")
-        if penalty_reward is not None and not math.isfinite(float(penalty_reward)):
-            raise user_error("penalty_reward", penalty_reward, "a finite number")
-        reward_seeds = seed_list("reward_seeds", reward_seeds, first=0)
-        final_seeds = seed_list("final_seeds", final_seeds, first=1000)
-        if not reward_seeds:
-            raise user_error("reward_seeds", [], "a non-empty list of seeds")
+        reward_seeds, final_seeds, self.baselines, self.tuned = checked_args(
+            num_samples, controller_batch, final_top_k, penalty_reward, reward_seeds, final_seeds, baselines, tuned
+        )
         self.settings = settings if settings is not None else SearchConfig()
         self.space = space
         self.num_samples = num_samples
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.controller_batch = controller_batch
         self.penalty_reward = None if penalty_reward is None else float(penalty_reward)
-        self.baselines: dict[str, Plan] = dict(baselines or {})
-        for label, plan in self.baselines.items():
-            if not isinstance(plan, Plan):
-                raise user_error(f"baselines[{label!r}]", detail=f"bad value {type(plan).__name__}", allowed="a Plan")
-        self.tuned: dict[str, list[Plan]] = {}
-        for method, plans in dict(tuned or {}).items():
-            plans = list(plans)
-            if not plans or not all(isinstance(p, Plan) for p in plans):
-                raise user_error(f"tuned[{method!r}]", plans, "a non-empty list of Plans")
-            self.tuned[str(method)] = plans
         self._tuned_trials = [(f"{TUNED_PREFIX}{m}", p) for m, plans in self.tuned.items() for p in plans]
         self.learning_plan: Plan | None = learned
         self.reward_seeds = [int(s) for s in reward_seeds]

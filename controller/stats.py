@@ -33,6 +33,7 @@ __all__ = [
     "sign_of",
     "standard_error",
     "holm",
+    "holm_adjusted",
 ]
 
 MIN_SEEDS = 3
@@ -132,3 +133,18 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
             break
         rejected[i] = True
     return rejected
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (for reading only: `holm` decides), in input
+    order: the i-th smallest becomes the running maximum of ``(m - j + 1) * p_(j)``, capped at 1;
+    NaN stays NaN. A hypothesis is rejected at ``alpha`` exactly when its adjusted value is
+    below ``alpha``."""
+    m = len(p_values)
+    finite = sorted((float(p), i) for i, p in enumerate(p_values) if isinstance(p, (int, float)) and math.isfinite(p))
+    out = [float("nan")] * m
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

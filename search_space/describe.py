@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 import torch.nn as nn
 
-from search_space.apply import _named_modules, apply_plan, find_sites, transformer_sites
+from search_space.apply import apply_plan
 from search_space.errors import UserTypeError, user_error
+from search_space.insertion import _named_modules
 from search_space.layouts import MIN_BLOCK_MAP, get_layout, methods_for
 from search_space.plan import Plan, SiteSpec
 from search_space.probe import BLOCK_NAMES, SiteInfo, call_model, example_batch, first_line, probe_sites
+from search_space.sites import find_sites, transformer_sites
 from search_space.space import SearchSpace
 from search_space.vocab import VOCAB
 

@@ -39,17 +39,15 @@ from torch import nn
 
 from search_space.apply import (
     _SITE_NORMS,
-    CONCRETE_BEHIND,
-    LEARNED_APPLIED,
     _named_modules,
     check_sites,
-    concrete_layers,
     find_sites,
     insert_layers,
     is_residual_block,
     regularizers,
     unwrap_regularizer,
 )
+from search_space.concrete_sites import CONCRETE_BEHIND, LEARNED_APPLIED, concrete_layers
 from search_space.errors import user_error
 from search_space.layers.concrete import DEFAULT_TEMPERATURE, ConcreteDropout, dropout_penalty
 from search_space.plan import LEARNED_METHOD, Plan, SiteSpec

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from controller import run_folder as rf
 from controller.run_folder import FINAL_TRIALS, HISTORY, HISTORY_COLUMNS, TRIALS, disk_full_is_fatal
+from controller.run_folder.cells import _cell
 
 __all__ = ["Ledger", "append_row", "csv_line", "complete_text", "repair_tail", "read_rows"]
 
@@ -32,7 +32,7 @@ def csv_line(columns: Sequence[str], row: Mapping[str, Any]) -> str:
     """One CSV record on one line (``\\n``-terminated) with the given columns."""
     buf = io.StringIO()
     csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n").writerow(
-        {k: rf._cell(v) for k, v in row.items()}
+        {k: _cell(v) for k, v in row.items()}
     )
     return buf.getvalue()
 

@@ -88,3 +88,10 @@ def test_no_file_in_controller_is_far_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "controller").rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 420}  # fmt: skip
     assert long == {}
+
+
+def test_no_benchmark_is_named_like_a_package():
+    """Ray puts a driver script's folder on its workers' sys.path, so benchmarks/controller.py
+    would shadow the controller package in the workers of a benchmark run from benchmarks/."""
+    names = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    assert "race_sim" in names and not names & {*PACKAGES, "launch_search"}

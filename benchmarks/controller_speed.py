@@ -4,7 +4,7 @@ The controller must never be the bottleneck of a search (target: well under 10 m
 at 50 sites). Decisions per site come from the real search space (method + every parameter
 decision of search_space.vocab), with its active_mask as the REINFORCE mask.
 
-    python benchmarks/controller.py [--sites 20 50 100] [--batch 16] [--repeats 5] [--hidden 64]
+    python benchmarks/controller_speed.py [--sites 20 50 100] [--batch 16] [--repeats 5] [--hidden 64]
 """
 
 from __future__ import annotations
@@ -18,18 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# This file is named like the package it measures: run as a script, its own folder would
-# shadow the `controller` package, so import from the repository root instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+# This checkout's packages, whatever is installed. (A benchmark is never named like a package:
+# Ray puts the script's folder on its workers' sys.path, where it would shadow that package.)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 from controller import LSTMController, Reinforce  # noqa: E402
 from search_space import SearchSpace  # noqa: E402
 
-log = logging.getLogger("benchmarks.controller")
+log = logging.getLogger("benchmarks.controller_speed")
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
