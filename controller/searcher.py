@@ -39,7 +39,7 @@ from ray.tune.search import Searcher
 
 from controller import run_folder as rf
 from controller.config import MAX_REDRAWS, SearchConfig
-from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX, best_plan_of
+from controller.final import BASELINE, SEARCHED, TUNED, TUNED_PREFIX
 from controller.learned import baseline_items
 from controller.outcome import trial_outcome
 from controller.progress import log_progress
@@ -404,44 +404,3 @@ class PlanSearcher(Persisted, PolicyHooks, Searcher):
         if self.store is not None:
             self.store.update(row)
         self._buffer = self._buffer[n:]  # only once the update went through
-
-    # ---- what the files and the API read
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return list(self._history)
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return list(self._records)
-
-    @property
-    def final_records(self) -> list[dict[str, Any]]:
-        return list(self._final_records)
-
-    @property
-    def finished(self) -> int:
-        return len(self._records) + len(self._final_records)
-
-    def best(self) -> dict[str, Any] | None:
-        """The best search-stage trial (``run_folder.best_row``'s rule: ok, best metric)."""
-        return dict(self.tally.best) if self.tally.best is not None else None
-
-    def final_table(self) -> list[dict[str, Any]]:
-        """One row per final plan (``FinalStage.table``)."""
-        return self.final.table(self._final_records)
-
-    def _write_summaries(self) -> None:
-        """best_plan.json and run_state.json after every trial; final.csv once the final stage is done."""
-        if self.store is None:
-            return
-        done = self.finished >= self.total_trials
-        final = self.final_table() if done and self._final_records else []
-        plan, exported = best_plan_of(final, self.best(), self.objective, self.name)
-        self.store.summaries(
-            final=final,
-            best_plan=plan,
-            status="finished" if done else "running",
-            total=self.total_trials,
-            finished=self.finished,
-            exported=exported,
-        )

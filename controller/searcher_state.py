@@ -1,7 +1,9 @@
 """How a ``PlanSearcher`` persists and comes back: ``searcher_state.json`` beside the run
 folder's ledger (``resume``), or, without a run folder, Ray's checkpoint as plain values and
 tensors (``save`` / ``restore``, loaded with ``weights_only=True``). Nothing saved here is a
-pickle that can run code. A mixin of ``controller.searcher.PlanSearcher`` (one job: state)."""
+pickle that can run code. Also what the files and the API read from that state (records,
+best, final table, the summaries best_plan.json and run_state.json). A mixin of
+``controller.searcher.PlanSearcher`` (one job: its state, in memory and on disk)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
+from controller.final import best_plan_of
 from controller.run_folder.snapshot import SnapshotError
 from search_space.errors import UserTypeError, user_error
 from search_space.plan import Plan
@@ -229,3 +232,44 @@ def entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
             raise user_error(detail="a trial's seed is not an integer", cls=UserTypeError)
         out["seed"] = entry["seed"]
     return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
+
+    # ---- what the files and the API read
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self._history)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records)
+
+    @property
+    def final_records(self) -> list[dict[str, Any]]:
+        return list(self._final_records)
+
+    @property
+    def finished(self) -> int:
+        return len(self._records) + len(self._final_records)
+
+    def best(self) -> dict[str, Any] | None:
+        """The best search-stage trial (``run_folder.best_row``'s rule: ok, best metric)."""
+        return dict(self.tally.best) if self.tally.best is not None else None
+
+    def final_table(self) -> list[dict[str, Any]]:
+        """One row per final plan (``FinalStage.table``)."""
+        return self.final.table(self._final_records)
+
+    def _write_summaries(self) -> None:
+        """best_plan.json and run_state.json after every trial; final.csv once the final stage is done."""
+        if self.store is None:
+            return
+        done = self.finished >= self.total_trials
+        final = self.final_table() if done and self._final_records else []
+        plan, exported = best_plan_of(final, self.best(), self.objective, self.name)
+        self.store.summaries(
+            final=final,
+            best_plan=plan,
+            status="finished" if done else "running",
+            total=self.total_trials,
+            finished=self.finished,
+            exported=exported,
+        )
