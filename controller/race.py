@@ -217,12 +217,12 @@ class Race:
         once (the first); one the race never asked for is a bug and raises ValueError."""
         seed = int(seed)
         if label not in self._index:
-            raise ValueError(f"race: unknown contender {label!r}")
+            raise RuntimeError(f"race: unknown contender {label!r}")
         if seed in self._values[label] or seed in self._confirm_values.get(label, {}):
             log.warning("race: %s on seed %d recorded twice; the first result counts", label, seed)
             return
         if (label, seed) not in self._pending:
-            raise ValueError(f"race: {label} on seed {seed} was not asked for ({self.phase}, round {self._round})")
+            raise RuntimeError(f"race: {label} on seed {seed} was not asked for ({self.phase}, round {self._round})")
         v = float("nan") if value is None else float(value)
         v = v if math.isfinite(v) else float("nan")
         target = self._values if self.phase == RACE else self._confirm_values

@@ -193,46 +193,6 @@ class Persisted:
         self._load_policy_state(state["policy"])
         self._retally()
 
-
-def seed_list(field: str, value: Any, first: int) -> list[int]:
-    """Seeds as given, or their number (``first``, ``first + 1``, ...)."""
-    if isinstance(value, bool):
-        raise user_error(field, value, "a number of seeds or a list of seeds", cls=UserTypeError)
-    if isinstance(value, int):
-        if value < 0:
-            raise user_error(field, value, "a number of seeds >= 0 or a list of seeds")
-        return list(range(first, first + value))
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise user_error(
-            field,
-            detail=f"bad value {value!r} of type {type(value).__name__}",
-            allowed="a number of seeds or a list",
-            cls=UserTypeError,
-        )
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
-        raise user_error(field, list(value), "seeds (integers >= 0)")
-    return [int(s) for s in value]
-
-
-def entry_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A running trial as searcher_state.json keeps it (its plan as the plan's own JSON)."""
-    keep = ("stage", "tokens", "baseline", "kind", "label", "seed", "source", "suggested_at")
-    return {**{k: entry[k] for k in keep if k in entry}, "plan": entry["plan"].to_dict()}
-
-
-def entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    tokens = entry["tokens"]
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise user_error(detail="a running trial's tokens are not a list of integers", cls=UserTypeError)
-    out = {k: entry[k] for k in ("stage", "baseline", "kind", "label", "source") if k in entry}
-    if not all(isinstance(v, str) for v in out.values()):
-        raise user_error(detail="a trial's stage, baseline, kind, label or source is not text", cls=UserTypeError)
-    if "seed" in entry:
-        if isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int):
-            raise user_error(detail="a trial's seed is not an integer", cls=UserTypeError)
-        out["seed"] = entry["seed"]
-    return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
-
     # ---- what the files and the API read
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -273,3 +233,43 @@ def entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
             finished=self.finished,
             exported=exported,
         )
+
+
+def seed_list(field: str, value: Any, first: int) -> list[int]:
+    """Seeds as given, or their number (``first``, ``first + 1``, ...)."""
+    if isinstance(value, bool):
+        raise user_error(field, value, "a number of seeds or a list of seeds", cls=UserTypeError)
+    if isinstance(value, int):
+        if value < 0:
+            raise user_error(field, value, "a number of seeds >= 0 or a list of seeds")
+        return list(range(first, first + value))
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise user_error(
+            field,
+            detail=f"bad value {value!r} of type {type(value).__name__}",
+            allowed="a number of seeds or a list",
+            cls=UserTypeError,
+        )
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise user_error(field, list(value), "seeds (integers >= 0)")
+    return [int(s) for s in value]
+
+
+def entry_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A running trial as searcher_state.json keeps it (its plan as the plan's own JSON)."""
+    keep = ("stage", "tokens", "baseline", "kind", "label", "seed", "source", "suggested_at")
+    return {**{k: entry[k] for k in keep if k in entry}, "plan": entry["plan"].to_dict()}
+
+
+def entry_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    tokens = entry["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise user_error(detail="a running trial's tokens are not a list of integers", cls=UserTypeError)
+    out = {k: entry[k] for k in ("stage", "baseline", "kind", "label", "source") if k in entry}
+    if not all(isinstance(v, str) for v in out.values()):
+        raise user_error(detail="a trial's stage, baseline, kind, label or source is not text", cls=UserTypeError)
+    if "seed" in entry:
+        if isinstance(entry["seed"], bool) or not isinstance(entry["seed"], int):
+            raise user_error(detail="a trial's seed is not an integer", cls=UserTypeError)
+        out["seed"] = entry["seed"]
+    return {**out, "baseline": out.get("baseline", ""), "tokens": tokens, "plan": Plan.from_dict(entry["plan"])}
