@@ -289,12 +289,16 @@ def _retrain(run: Any, cfg: Any, dest: Path, searcher: str, trained: dict, only:
         retrain(run, cfg, dest)
     metric = test_metric(run.objective)
     per_seed = pd.read_csv(done)
+    some = Plan.load(next((dest / "plans").glob("*.json")))
+    none_key = plan_key(Plan.none(list(some.sites), model=some.model))
     for label, part in per_seed.groupby("plan", sort=False):
         key = plan_key(Plan.load(dest / "plans" / f"{str(label).replace('#', '_')}.json"))
         if key in trained or (only is not None and key != only):
             continue
         ok = part[part["status"] == "ok"]
         role = role_of(str(label), cfg.baselines)
+        if role != "none" and key == none_key:  # e.g. learned rates that round to 0 at every site
+            role, label = "none", f"none (= {label})"
         name = f"{searcher} exported" if role == "searched" else f"{label} ({searcher})" if searcher else str(label)
         trained[key] = (name, role, {int(s): float(v) for s, v in zip(ok["seed"], ok[metric])})
 
