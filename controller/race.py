@@ -17,8 +17,8 @@ noise is (SMAC's intensifier, irace; ``REFERENCES.md``):
 2. **Confirmation.** The race's own numbers carry the winner's curse, so nothing is claimed
    from them. The best searched survivors (the winner, or the top ``confirm_max`` by mean when
    the budget ran out with several) and the best ``confirm_baselines`` baselines (the
-   non-searched contenders that stayed longest, then best by mean, eliminated or not; the
-   first is "the best baseline") are trained on seeds the race never used: the pool's next
+   non-searched contenders best by their mean over the seeds they all share, eliminated or
+   not; the first is "the best baseline") are trained on seeds the race never used: the pool's next
    ones. The confirmation's seeds come out of the same budget: the race keeps
    ``(confirm_max + confirm_baselines) * confirm_seeds`` trainings aside, and the
    confirmation gets everything the race left, split evenly (so never fewer than
@@ -313,18 +313,23 @@ class Race:
         )
 
     def _ranked_baselines(self) -> list[str]:
-        """The non-searched contenders, best first: those that stayed longest (survivors longest
-        of all), then by mean over their seeds; never one that failed."""
+        """The non-searched contenders, best first by their mean over the seeds they all share
+        (the race's first seeds: a paired ranking on the same seeds), then by how long they
+        stayed; never one that failed. Not by how long they stayed first: a noisy baseline
+        stays longer because its comparisons are inconclusive, not because it is better, and
+        the best baseline is the one a searched plan has to beat."""
         pool = [
             c
             for c in self._index
             if self._kind[c] != SEARCHED and not str(self._exit.get(c, {}).get("reason", "")).startswith("failed")
         ]
+        shared = set.intersection(*(set(self._values[c]) for c in pool)) if pool else set()
 
         def key(c: str) -> tuple[float, float, int]:
+            values = [v for v in (self._values[c][s] for s in shared) if math.isfinite(v)]
+            mean = math.fsum(values) / len(values) if values else self._mean(c)
             stayed = math.inf if c in self._alive else self._exit[c]["round"]
-            mean = self._mean(c)
-            return (stayed, self.sign * mean if math.isfinite(mean) else -math.inf, -self._index[c])
+            return (self.sign * mean if math.isfinite(mean) else -math.inf, stayed, -self._index[c])
 
         return sorted(pool, key=key, reverse=True)
 

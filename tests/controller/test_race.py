@@ -330,9 +330,9 @@ def test_min_mode_mirrors_max_mode():
 
 def test_results_it_did_not_ask_for_are_refused_and_repeats_count_once():
     race = Race(contenders(1, 1), SEEDS, 20, RaceSettings(confirm_seeds=3), "max")
-    with pytest.raises(ValueError, match="unknown contender"):
+    with pytest.raises(RuntimeError, match="unknown contender"):
         race.record("nobody", SEEDS[0], 0.5)
-    with pytest.raises(ValueError, match="not asked for"):
+    with pytest.raises(RuntimeError, match="not asked for"):
         race.record("b0", SEEDS[5], 0.5)
     race.record("b0", SEEDS[0], 0.5)
     race.record("b0", SEEDS[0], 0.9)  # a second line for the same training: the first counts
