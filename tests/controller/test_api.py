@@ -194,7 +194,7 @@ def test_interrupted_api_search_resumes_without_rerunning(ray_session, tmp_path,
         name="r",
         max_concurrent=1,
         seed=3,
-        final_top_k=0,  # the search stage's resume (the race's resume: tests/controller/test_race_stage.py)
+        final_top_k=0,  # the search stage's resume (the race's resume: tests/controller/test_ledger_kill.py)
     )
     threading.Thread(target=interrupt_after, args=(3,), daemon=True).start()
     first = run_search(UserNet, user_train, **kwargs)

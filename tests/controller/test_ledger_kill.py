@@ -52,7 +52,7 @@ def test_sigkill_then_resume_finishes_and_reruns_nothing_finished(ray_session, t
     scratch.mkdir()
     (scratch / "sleep").write_text("0.2")
     proc = launch(tmp_path, ray_session, "--num-samples", "6", "--epochs", "2", "--controller-batch", "2",
-                  "--final-top-k", "1", "--final-seeds", "2", "--max-concurrent", "1",
+                  "--final-top-k", "1", "--confirm-seeds", "3", "--max-concurrent", "1",
                   "--data-dir", str(scratch))  # fmt: skip
     watch = AppendOnly(run)
 

@@ -80,7 +80,7 @@ def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
         ray_start(f"--address={address}", f"--temp-dir={dirs[1]}")
         scratch = tmp_path / "scratch"
         scratch.mkdir()
-        (scratch / "sleep").write_text("0.5")  # long enough that both nodes get trials
+        (scratch / "together").write_text("2")  # the first two trials run at once: one on each node
 
         def search(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(

@@ -195,7 +195,7 @@ def test_tpe_is_told_the_tuned_recipes_before_sampling(tmp_path: Path):
 def test_sampled_repeats_are_drawn_again_and_finalists_are_distinct(tmp_path: Path):
     space = tiny_space()
     none = Plan.none(space.sites, model="m")
-    fixed = SearchConfig(final_stage="fixed")  # every finalist on every seed (the race: test_race_stage.py)
+    fixed = SearchConfig(final_stage="fixed")  # every finalist on every seed (the race: test_race_final.py)
     s = RandomSearcher(
         space, num_samples=3, baselines={"none": none}, final_top_k=2, final_seeds=3, seed=0, settings=fixed
     )

@@ -39,6 +39,8 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
             "stage",
             "--final-top-k",
             "1",
+            "--final-stage",  # every finalist on 2 seeds: the race in min mode is tests/controller/test_race.py's
+            "fixed",
             "--final-seeds",
             "2",
             "--storage-path",

@@ -4,7 +4,9 @@ is ``tests.helpers.CHILDREN``).
 
 The reward is a deterministic function of the plan, so a search has something to learn.
 Settings travel in the trial config, not the environment: ``train.data_dir`` (unused by the
-digits data) names a scratch folder that may hold ``sleep`` (seconds per epoch), and gets
+digits data) names a scratch folder that may hold ``sleep`` (seconds per epoch) and
+``together`` (a number N: a trial waits, up to 2 minutes, until N trials have started, so N
+run at once whatever the machine's load), and gets
 ``calls.log`` (one line "trial_id start|end" per call) and ``counter`` (numbers the calls
 across workers for `flaky`).
 """
@@ -46,6 +48,8 @@ def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
     acc = _score(plan)
     scratch = _scratch(train)
     pause = float((scratch / "sleep").read_text()) if scratch and (scratch / "sleep").is_file() else 0.0
+    if scratch and (scratch / "together").is_file():
+        _wait_for_starts(scratch, int((scratch / "together").read_text()))
     for epoch in range(1, train.epochs + 1):
         time.sleep(pause)
         if report is not None:
@@ -60,6 +64,14 @@ def quick(train: Any, plan: Any, report: ReportFn | None = None) -> dict:
         "status": "ok",
         "message": "",
     }
+
+
+def _wait_for_starts(scratch: Path, n: int, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (scratch / "calls.log").read_text().count(" start\n") >= n:
+            return
+        time.sleep(0.05)
 
 
 def noisy(train: Any, plan: Any, report: ReportFn | None = None) -> dict:

@@ -33,7 +33,8 @@ NUM_SAMPLES = SAMPLED + len(BASELINES) + 1  # rows of trials.csv: the learned ba
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
     """A real tiny controller search: 2 baselines and the learned one, 3 sampled plans, then the best
-    sampled plan, both baselines and learned-rates re-trained with 2 fresh seeds (1 epoch each);
+    sampled plan, both baselines and learned-rates raced on 2 fresh seeds, then 3 confirmation
+    seeds (1 epoch each);
     it joins the suite's Ray."""
     storage = tmp_path_factory.mktemp("runs")
     proc = subprocess.run(
@@ -58,6 +59,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Path:
             "1",
             "--final-seeds",
             "2",
+            "--confirm-seeds",  # the smallest race with words: 2 seeds each, then 3 confirmation seeds
+            "3",
+            "--confirm-baselines",
+            "1",
             "--address",
             ray_session,
         ],
