@@ -18,24 +18,12 @@ import pandas as pd
 from controller import run_folder as rf
 from controller.final import SEARCHED
 from controller.run_folder import Objective
+from controller.run_folder.columns import COMPARISON_COLUMNS
 from controller.stats import BETTER, CANNOT_TELL, TOO_FEW, WORSE, Paired, holm, paired, sign_of, standard_error
 
 __all__ = ["test_metric", "holm_word", "summarize_retrain"]
 
 test_metric = rf.test_metric  # val_acc -> test_acc, val_ppl -> test_ppl
-
-#: The summary's comparison with the best baseline, after ``best_baseline`` (``rf.retrain_summary_columns``).
-COMPARISON_COLUMNS = (
-    "diff_vs_best_baseline",
-    "diff_ci95_low",
-    "diff_ci95_high",
-    "p_value",
-    "paired_seeds",
-    "comparison_uncorrected",
-    "holm_family",
-    "holm_rejected",
-    "comparison",
-)
 
 
 def holm_word(cmp: Paired, rejected: bool) -> str:

@@ -156,6 +156,20 @@ def retrain_columns(objective: Objective) -> list[str]:
     ]
 
 
+#: retrain_summary.csv's comparison with the best baseline, after ``best_baseline``.
+COMPARISON_COLUMNS = (
+    "diff_vs_best_baseline",
+    "diff_ci95_low",
+    "diff_ci95_high",
+    "p_value",
+    "paired_seeds",
+    "comparison_uncorrected",
+    "holm_family",
+    "holm_rejected",
+    "comparison",
+)
+
+
 def retrain_summary_columns(objective: Objective) -> list[str]:
     """retrain_summary.csv: one row per plan. ``<test>`` is "mean +- se"; the paired comparison
     with the best baseline on test (positive = better) gives ``diff_*``, ``p_value`` and
@@ -174,13 +188,5 @@ def retrain_summary_columns(objective: Objective) -> list[str]:
         f"{objective.metric}_mean",
         "summary",
         "best_baseline",
-        "diff_vs_best_baseline",
-        "diff_ci95_low",
-        "diff_ci95_high",
-        "p_value",
-        "paired_seeds",
-        "comparison_uncorrected",
-        "holm_family",
-        "holm_rejected",
-        "comparison",
+        *COMPARISON_COLUMNS,
     ]
