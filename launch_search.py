@@ -32,7 +32,6 @@ from search_space.errors import UserError, user_error
 
 log = logging.getLogger("launch_search")
 
-REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "launch_search.py"
 # The built-in children's recipes. Digits: a small training subset trained long enough to
@@ -61,7 +60,6 @@ TRAIN_HELP = {
     "amp": "auto",
 }
 FLAG_OF = {"max_epochs": "--epochs", "num_threads": "--cpus-per-trial"}  # settings the command derives
-SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
 
 
 class UsageError(UserError, ValueError):
@@ -197,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, str(Path.cwd()))
     from controller.api import check_resumable, check_storage, run_search
     from controller.config import RunConfig, SearchConfig
+    from controller.ray_session import code_runtime_env
     from controller.run_folder.settings import resume_settings
     from search_space.errors import FieldError
 
@@ -231,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     penalty_reward=penalty,
                 )  # fmt: skip
             name = args.name or f"{train['dataset']}-{train['model']}-{config.search}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run = dataclasses.replace(run, name=name, runtime_env=_runtime_env(args.address, storage))
+            run = dataclasses.replace(run, name=name, runtime_env=code_runtime_env(args.address, storage))
             from child_trainer.trial import ChildTrain
 
             train_fn = ChildTrain(train, child, paths=[str(Path.cwd())])
@@ -260,18 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("search stopped: %s; resume with --resume --name %s once fixed", result.error, name)
         return EXIT_CRASH
     return EXIT_OK
-
-
-def _runtime_env(address: str | None, storage: Path) -> dict[str, Any] | None:
-    """On a cluster the code travels as the job's working_dir (data and runs stay behind)."""
-    if not address:
-        return None
-    excludes = list(SHIPPING_EXCLUDES)
-    try:
-        excludes.append(storage.relative_to(REPO_ROOT).as_posix() + "/")
-    except ValueError:
-        pass
-    return {"working_dir": str(REPO_ROOT), "excludes": excludes}
 
 
 if __name__ == "__main__":

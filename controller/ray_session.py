@@ -9,11 +9,42 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from search_space.errors import user_error
 
-__all__ = ["start_ray", "trial_resources", "max_concurrent", "Signals", "quiet_tune", "ship_by_value", "trial_name"]
+__all__ = [
+    "code_runtime_env",
+    "SHIPPING_EXCLUDES",
+    "start_ray",
+    "trial_resources",
+    "max_concurrent",
+    "Signals",
+    "quiet_tune",
+    "ship_by_value",
+    "trial_name",
+]
+
+#: The repository whose code a cluster's workers get (launch_search.py, controller/, ...).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: What never travels with the code: data, run folders, caches.
+SHIPPING_EXCLUDES = [".git/", "data/", "runs/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/"]
+
+
+def code_runtime_env(address: str | None, storage: Path) -> dict[str, Any] | None:
+    """On a cluster (``address``) the code travels as the job's working_dir, without the data,
+    the caches and ``storage`` (the run folders, when they live inside the repository); a local
+    Ray needs nothing (its workers see this machine's files). ``launch_search.py`` and
+    ``python -m results retrain`` ship the same way."""
+    if not address:
+        return None
+    excludes = list(SHIPPING_EXCLUDES)
+    try:
+        excludes.append(storage.resolve().relative_to(REPO_ROOT).as_posix() + "/")
+    except ValueError:
+        pass
+    return {"working_dir": str(REPO_ROOT), "excludes": excludes}
 
 
 def _start_ray(address: str | None, runtime_env: Mapping[str, Any] | None) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.final import LEARNED
+from controller.ray_session import code_runtime_env
 from search_space.errors import user_error
 
 from .learned import learned_rates_table, learned_value
@@ -236,7 +237,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         address=args.address,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
-        runtime_env=_runtime_env(args.address, out),
+        runtime_env=code_runtime_env(args.address, out),
     )
     per_seed, summary = retrain(run, cfg, out, options)
     test = test_metric(run.objective)
@@ -282,10 +283,3 @@ def _holm_line(summary: "pd.DataFrame", best: str) -> str:
         f"verdicts: Holm-corrected over the {m} comparisons with {best} (family-wise 5%); the intervals and p "
         "are each comparison's own" + (f"; the correction changed {', '.join(changed)}" if changed else "")
     )
-
-
-def _runtime_env(address: str | None, out: Path) -> dict[str, Any] | None:
-    """On a cluster the code travels as the job's working_dir, as launch_search.py ships it."""
-    from launch_search import _runtime_env as ship
-
-    return ship(address, out.resolve())

@@ -46,7 +46,7 @@ class RayOptions:
     """Where the trainings run: ``address`` None starts a local Ray with every CPU (and GPU) of
     this machine; ``gpus_per_trial`` None is 0.25 on a cluster with GPUs, else 0 (as the search);
     ``max_concurrent`` None: as many as the resources allow; ``runtime_env`` ships the code to
-    a cluster (``launch_search._runtime_env``)."""
+    a cluster (``controller.ray_session.code_runtime_env``)."""
 
     address: str | None = None
     cpus_per_trial: float = 1.0
