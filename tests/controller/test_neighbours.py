@@ -204,3 +204,25 @@ def test_a_resume_finds_the_same_recombinations_and_keeps_them_out_of_the_batche
     assert a.reinforce.sample(5) == b.reinforce.sample(5)
     state = json.loads((tmp_path / "b" / "searcher_state.json").read_text())
     assert state["warmed"] is True
+
+
+def test_the_learned_rates_nearest_plan_is_a_recipe_ranked_by_the_learned_trials_reward(monkeypatch):
+    """The learned rates' nearest tokens join the recipes to recombine, at the ``learned``
+    trial's reward: best of all here, so it is the incumbent and its stage settings come first."""
+    from controller.stages import neighbours
+
+    space = space2()
+    tuned = dropout(space, 0.2)
+    plan = space.decode(dropout(space, 0.4))  # none early, dropout 0.4 late: a per-stage plan
+    plan.sites["s1"] = Plan.none(["s1"], model="m").sites["s1"]
+    learned = space.encode(plan)
+    record = {"kind": "tuned", "status": "ok", "reward": 0.8, "order": 0, "tokens": json.dumps(tuned)}
+    record.update(baseline="tuned-dropout", methods="dropout")
+    monkeypatch.setattr(neighbours, "learned_recipe", lambda records, sp: (learned, 0.9))
+    ranked = neighbours._ranked_recipes([record], space)
+    assert [name for _, name in ranked] == ["learned-rates", "tuned-dropout (dropout)"]
+    assert ranked[0][0] == learned
+    monkeypatch.setattr(neighbours, "learned_recipe", lambda records, sp: (learned, 0.5))
+    assert [name for _, name in neighbours._ranked_recipes([record], space)][0] == "tuned-dropout (dropout)"
+    monkeypatch.setattr(neighbours, "learned_recipe", lambda records, sp: None)  # no learned trial
+    assert [name for _, name in neighbours._ranked_recipes([record], space)] == ["tuned-dropout (dropout)"]
