@@ -128,10 +128,15 @@ def summary_text(result: SearchResult) -> str:
     if result.final is not None and len(result.final) and result.status == "finished":
         rows = result.final.to_dict("records")
         chosen = next((r for r in rows if r.get("chosen")), None)
-        lines.append(
-            f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
-            "difference from the best baseline, positive = better):"
-        )
+        if any(str(r.get("left", "")).strip() not in ("", "nan") for r in rows):
+            lines += _race_lines(rows, o, chosen)
+            lines.append(verdict(rows, o))
+            rows = []
+        if rows:
+            lines.append(
+                f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
+                "difference from the best baseline, positive = better):"
+            )
         for r in rows:
             low, high = rf.as_float(r.get("diff_ci95_low")), rf.as_float(r.get("diff_ci95_high"))
             word = r.get("comparison") if isinstance(r.get("comparison"), str) else ""
@@ -144,7 +149,8 @@ def summary_text(result: SearchResult) -> str:
                 f"  {r['label']:<16} {o.metric} {rf.mean_se_text(r['mean'], r['se'])}{versus.rstrip()}"
                 + ("   <- best_plan.json" if r is chosen else "")
             )
-        lines.append(verdict(rows, o))
+        if rows:
+            lines.append(verdict(rows, o))
     if result.error:
         lines.append(f"Stopped by an error: {result.error}")
     rel = os.path.relpath(result.run_dir)
@@ -158,6 +164,31 @@ def summary_text(result: SearchResult) -> str:
                 f"  python -m results retrain {rel}",
             ]
     return "\n".join(lines)
+
+
+def _race_lines(rows: list[dict[str, Any]], o: Any, chosen: Any) -> list[str]:
+    """A raced final stage: each contender's mean over its race seeds and how it left (the
+    race's numbers only decide who goes on: they claim nothing), then, for the confirmed
+    plans, the confirmation on fresh seeds with its Holm-corrected word, which decides."""
+    lines = [
+        "Final race (shared fresh seeds, validation split; the clearly worse leave after each round), then a "
+        "confirmation on seeds the race never used (paired 95% interval against a confirmed baseline, "
+        "positive = better; Holm over the plans confirmed):"
+    ]
+    for r in rows:
+        left = str(r.get("left", "")).strip()
+        left = f"left in round {int(float(left))}" if left.replace(".", "", 1).isdigit() else left
+        text = (
+            f"  {r['label']:<16} {o.metric} {rf.mean_se_text(r['mean'], r['se'])} over {int(r['seeds'])} seeds, {left}"
+        )
+        low, high = rf.as_float(r.get("confirm_ci95_low")), rf.as_float(r.get("confirm_ci95_high"))
+        if math.isfinite(low) and math.isfinite(high):
+            text += (
+                f"; confirmation vs {r.get('confirm_vs')}: {rf.as_float(r.get('confirm_diff')):+.4f} "
+                f"[{low:+.4f}, {high:+.4f}] on {int(r['confirm_seeds'])} seeds, {r.get('confirm_word')}"
+            )
+        lines.append(text + ("   <- best_plan.json" if r is chosen else ""))
+    return lines
 
 
 def _plan_summary(plan_json: str) -> str:
