@@ -74,11 +74,17 @@ def _all_failed(trials: Any) -> str:
 def summary_text(result: SearchResult) -> str:
     """The end-of-search lines: counts, the search stage's best and the baselines (values only),
     the final re-training's paired intervals, and the verdict."""
+    import pandas as pd
+
     from controller.final import verdict
 
     o, df = result.objective, result.trials
     counts = df["status"].value_counts() if len(df) else {}
-    n_final = int(result.final["seeds"].sum()) if result.final is not None and len(result.final) else 0
+    n_final = 0
+    if result.final is not None and len(result.final):  # the race's seeds and the confirmation's
+        n_final = int(result.final["seeds"].sum())
+        if "confirm_seeds" in result.final.columns:
+            n_final += int(pd.to_numeric(result.final["confirm_seeds"], errors="coerce").fillna(0).sum())
     lines = [
         f"Search {result.status}: {len(df)} trials ("
         + ", ".join(f"{int(counts[s])} {s}" for s in rf.STATUSES if s in counts)
