@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from controller import run_folder as rf
+from controller.final_race import comparison_columns, race_results, race_rows, race_verdict, raced, raced_plan
 from controller.final_race import is_true as _true
-from controller.final_race import race_results, race_rows, race_verdict, raced, raced_plan
 from controller.race import BASELINE, SEARCHED, TUNED, Race
 from controller.stats import BETTER, MIN_SEEDS, TOO_FEW, paired, sign_of, standard_error
 
@@ -115,28 +115,8 @@ def final_rows(
     base = [r for r in rows if r["kind"] != SEARCHED and r["complete"]]
     best_base = max(base, key=lambda r: sign * r["mean"]) if base else None
     for r in rows:
-        r.update(
-            best_baseline=best_base["label"] if best_base else "",
-            diff_vs_best_baseline=float("nan"),
-            diff_se=float("nan"),
-            diff_ci95_low=float("nan"),
-            diff_ci95_high=float("nan"),
-            p_value=float("nan"),
-            paired_seeds=0,
-            comparison="",
-        )
-        if best_base is None or r is best_base:
-            continue
-        cmp = paired(r["_seeds"], best_base["_seeds"], objective.mode)
-        r.update(
-            diff_vs_best_baseline=cmp.mean,
-            diff_se=cmp.se,
-            diff_ci95_low=cmp.ci95_low,
-            diff_ci95_high=cmp.ci95_high,
-            p_value=cmp.p_value,
-            paired_seeds=cmp.n,
-            comparison=cmp.word,
-        )
+        cmp = None if best_base is None or r is best_base else paired(r["_seeds"], best_base["_seeds"], objective.mode)
+        r.update(best_baseline=best_base["label"] if best_base else "", **comparison_columns(cmp))
     searched = [r for r in rows if r["kind"] == SEARCHED and r["complete"]]
     if best_base is None:  # nothing to compare with: the best searched plan, and the verdict says so
         chosen = max(searched, key=lambda r: sign * r["mean"]) if searched else None

@@ -15,7 +15,7 @@ from typing import Any
 
 from controller import run_folder as rf
 from controller.race import SEARCHED, Race
-from controller.stats import TOO_FEW, paired
+from controller.stats import TOO_FEW, Paired, paired
 
 __all__ = ["race_results", "race_rows", "raced", "raced_plan", "race_verdict"]
 
@@ -29,6 +29,21 @@ def race_results(records: Sequence[Mapping[str, Any]], objective: rf.Objective) 
         ok = r["status"] == rf.OK and math.isfinite(value)
         out.append((str(r["label"]), int(r["seed"]), value if ok else float("nan")))
     return out
+
+
+def comparison_columns(cmp: Paired | None) -> dict[str, Any]:
+    """final.csv's paired comparison with the best baseline (``diff_*``, ``p_value``,
+    ``paired_seeds``, ``comparison``); empty values without one (the best baseline itself)."""
+    nan = float("nan")
+    return {
+        "diff_vs_best_baseline": cmp.mean if cmp else nan,
+        "diff_se": cmp.se if cmp else nan,
+        "diff_ci95_low": cmp.ci95_low if cmp else nan,
+        "diff_ci95_high": cmp.ci95_high if cmp else nan,
+        "p_value": cmp.p_value if cmp else nan,
+        "paired_seeds": cmp.n if cmp else 0,
+        "comparison": cmp.word if cmp else "",
+    }
 
 
 def race_rows(
@@ -73,13 +88,7 @@ def race_rows(
                 "values": json.dumps({str(k): v for k, v in t["values"].items()}),
                 "complete": not t["failed"] and all(math.isfinite(v) for v in t["confirm_values"].values()),
                 "best_baseline": race.comparator or "",
-                "diff_vs_best_baseline": cmp.mean if cmp else nan,
-                "diff_se": cmp.se if cmp else nan,
-                "diff_ci95_low": cmp.ci95_low if cmp else nan,
-                "diff_ci95_high": cmp.ci95_high if cmp else nan,
-                "p_value": cmp.p_value if cmp else nan,
-                "paired_seeds": cmp.n if cmp else 0,
-                "comparison": cmp.word if cmp else "",
+                **comparison_columns(cmp),
                 "chosen": t["exported"],
                 "left": t["left"],
                 "left_reason": t["reason"],
