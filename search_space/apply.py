@@ -206,11 +206,7 @@ def apply_plan(
                 residual.append((block, _ramped(_build(site, spec, layout), steps(site), site + _RESIDUAL_SUFFIX)))
     remove_plan(model)
     for path, reg in own + residual:  # a block's own regularizer runs before residual ones
-        if _is_virtual(path):
-            attention, part = path.rsplit(":", 1)
-            _attach_qkv(modules[attention], part, reg)  # type: ignore[arg-type]
-        else:
-            _attach(modules[path], reg, switch_class=_torch_layer_of(modules, path) is not None)
+        _attach_at(modules, path, reg)
     # step_schedulers runs every iteration: keep the list instead of walking the model
     # (a plain attribute, so deepcopy/pickle carry it along with the copied modules).
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
@@ -227,13 +223,18 @@ def insert_layers(model: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
     remove_plan(model)
     for site, layer in layers.items():
         layer.plan_site = site
-        if _is_virtual(site):
-            attention, part = site.rsplit(":", 1)
-            _attach_qkv(modules[attention], part, layer)  # type: ignore[arg-type]
-        else:
-            _attach(modules[site], layer, switch_class=_torch_layer_of(modules, site) is not None)
+        _attach_at(modules, site, layer)
     model.__dict__[_SCHEDULERS] = _find_schedulers(model)
     return model
+
+
+def _attach_at(modules: dict[str, nn.Module], path: str, layer: nn.Module) -> None:
+    """Attach ``layer`` at a module path, or at an attention's q/k/v (a virtual site ``attn:q``)."""
+    if _is_virtual(path):
+        attention, part = path.rsplit(":", 1)
+        _attach_qkv(modules[attention], part, layer)  # type: ignore[arg-type]
+    else:
+        _attach(modules[path], layer, switch_class=_torch_layer_of(modules, path) is not None)
 
 
 def _check_method_fits(
