@@ -136,27 +136,9 @@ def summary_text(result: SearchResult) -> str:
         chosen = next((r for r in rows if r.get("chosen")), None)
         if any(str(r.get("left", "")).strip() not in ("", "nan") for r in rows):
             lines += _race_lines(rows, o, chosen)
-            lines.append(verdict(rows, o))
-            rows = []
-        if rows:
-            lines.append(
-                f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
-                "difference from the best baseline, positive = better):"
-            )
-        for r in rows:
-            low, high = rf.as_float(r.get("diff_ci95_low")), rf.as_float(r.get("diff_ci95_high"))
-            word = r.get("comparison") if isinstance(r.get("comparison"), str) else ""
-            versus = (
-                f"  [{low:+.4f}, {high:+.4f}] {word}"
-                if math.isfinite(low) and math.isfinite(high)
-                else ("  best baseline" if r["label"] == r.get("best_baseline") else f"  {word}")
-            )
-            lines.append(
-                f"  {r['label']:<16} {o.metric} {rf.mean_se_text(r['mean'], r['se'])}{versus.rstrip()}"
-                + ("   <- best_plan.json" if r is chosen else "")
-            )
-        if rows:
-            lines.append(verdict(rows, o))
+        else:
+            lines += _fixed_lines(rows, o, chosen)
+        lines.append(verdict(rows, o))
     if result.error:
         lines.append(f"Stopped by an error: {result.error}")
     rel = os.path.relpath(result.run_dir)
@@ -170,6 +152,27 @@ def summary_text(result: SearchResult) -> str:
                 f"  python -m results retrain {rel}",
             ]
     return "\n".join(lines)
+
+
+def _fixed_lines(rows: list[dict[str, Any]], o: Any, chosen: Any) -> list[str]:
+    """A fixed final stage: every finalist on the same fresh seeds, each paired with the best baseline."""
+    lines = [
+        f"Final re-training ({int(rows[0]['seeds'])} fresh seeds, validation split; paired 95% interval of the "
+        "difference from the best baseline, positive = better):"
+    ]
+    for r in rows:
+        low, high = rf.as_float(r.get("diff_ci95_low")), rf.as_float(r.get("diff_ci95_high"))
+        word = r.get("comparison") if isinstance(r.get("comparison"), str) else ""
+        versus = (
+            f"  [{low:+.4f}, {high:+.4f}] {word}"
+            if math.isfinite(low) and math.isfinite(high)
+            else ("  best baseline" if r["label"] == r.get("best_baseline") else f"  {word}")
+        )
+        lines.append(
+            f"  {r['label']:<16} {o.metric} {rf.mean_se_text(r['mean'], r['se'])}{versus.rstrip()}"
+            + ("   <- best_plan.json" if r is chosen else "")
+        )
+    return lines
 
 
 def _race_lines(rows: list[dict[str, Any]], o: Any, chosen: Any) -> list[str]:
